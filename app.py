@@ -1,0 +1,76 @@
+"""metainf dashboard — home: choose a trained meta-learner and see its card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from metainf_core.checkpoint import read_meta
+from metainf_core.exceptions import MetainfError
+
+DEMO_DIR = Path(__file__).parent / "assets" / "demo"
+
+st.set_page_config(page_title="metainf", page_icon="🧭", layout="wide")
+
+
+@st.cache_data(show_spinner=False)
+def load_card(path: str) -> dict:
+    return read_meta(path)
+
+
+def model_picker() -> str | None:
+    demos = sorted(p for p in DEMO_DIR.glob("*") if (p / "meta.json").exists())
+    choice = st.sidebar.radio("Model", ["Bundled demo", "Run folder"], key="home_source")
+    if choice == "Bundled demo":
+        if not demos:
+            st.sidebar.error("No bundled demo found in assets/demo.")
+            return None
+        name = st.sidebar.selectbox("Demo", [p.name for p in demos], key="home_demo")
+        return str(DEMO_DIR / name)
+    folder = st.sidebar.text_input("Checkpoint folder", key="home_folder", placeholder="runs/my-run")
+    return folder or None
+
+
+def show_card(meta: dict) -> None:
+    tc, test = meta["task_config"], meta.get("test")
+    cols = st.columns(4)
+    cols[0].metric("Dataset", meta["dataset"]["name"])
+    cols[1].metric("Algorithm", meta["algorithm"].upper() if meta["algorithm"] == "maml" else "ProtoNet")
+    cols[2].metric("Network", f"{meta['architecture']} · {meta['num_parameters']:,} params")
+    if test:
+        cols[3].metric("Test accuracy", f"{test['accuracy']:.1%}", help=f"± {test['accuracy_ci95']:.1%} (95% interval over {test['num_tasks']} test tasks)")
+    st.write(
+        f"**Tasksets:** {tc['train_tasks']:,} training tasks ({tc['noise_tasks']} noise, {tc['label_flip_tasks']} label-flip) · "
+        f"{tc['test_tasks']:,} test tasks · {tc['ways']}-way {tc['shots']}-shot, {tc['queries']} queries per class"
+    )
+    if test:
+        st.write(f"**Test accuracy:** {test['accuracy']:.3f} ± {test['accuracy_ci95']:.3f} · **loss** {test['loss']:.3f} ± {test['loss_ci95']:.3f}")
+    if not meta.get("complete", False):
+        st.warning(f"Training has not finished: this checkpoint is from step {meta.get('step')}.")
+    curve = meta.get("curve", [])
+    if curve:
+        import plotly.graph_objects as go
+
+        fig = go.Figure(go.Scatter(x=[c["step"] for c in curve], y=[c["accuracy"] for c in curve], name="train accuracy"))
+        fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="Meta-training accuracy", xaxis_title="step")
+        st.plotly_chart(fig, use_container_width=True)
+
+
+def main() -> None:
+    st.title("metainf")
+    st.caption("Which training tasks made this meta-learner good or bad at a test task?")
+    path = model_picker()
+    if path is None:
+        st.info("Choose a model in the sidebar.")
+        st.stop()
+    try:
+        meta = load_card(path)
+    except MetainfError as e:
+        st.error(f"Cannot open this checkpoint: {e}")
+        st.stop()
+    st.session_state["model_path"] = path
+    show_card(meta)
+
+
+main()

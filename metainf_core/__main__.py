@@ -1,0 +1,3 @@
+from metainf_core.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""Content-addressed disk cache for expensive results (influence fits, score tables).
+
+An entry lives in ``<root>/<kind>/<key>/`` where ``key`` hashes everything the result depends
+on (checkpoint hash, taskset fingerprints, method and settings). Files are written atomically;
+a partial state saved during a long fit lets a killed fit resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metainf_core.checkpoint import load_tensors, read_tensor_metadata, save_tensors
+from metainf_core.data.base import REPO_ROOT
+from metainf_core.io import write_json_atomic
+
+RESULT, PARTIAL, INFO = "result.safetensors", "partial.safetensors", "info.json"
+
+
+def cache_root() -> Path:
+    """``$METAINF_CACHE`` or ``<repo>/.cache/metainf``."""
+    return Path(os.environ.get("METAINF_CACHE", REPO_ROOT / ".cache" / "metainf"))
+
+
+def content_key(inputs: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``inputs`` (first 24 hex digits)."""
+    blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached result: a final tensor file + JSON info, or a resumable partial state."""
+
+    directory: Path
+    inputs: dict[str, Any]
+
+    @classmethod
+    def for_inputs(cls, kind: str, inputs: dict[str, Any], root: Path | None = None) -> CacheEntry:
+        return cls((root or cache_root()) / kind / content_key(inputs), inputs)
+
+    @property
+    def complete(self) -> bool:
+        return (self.directory / RESULT).is_file() and (self.directory / INFO).is_file()
+
+    def save(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        """Write the final result (tensors first, info last) and drop any partial state."""
+        save_tensors(self.directory / RESULT, tensors)
+        write_json_atomic(self.directory / INFO, {"inputs": self.inputs, **info})
+        (self.directory / PARTIAL).unlink(missing_ok=True)
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        info = json.loads((self.directory / INFO).read_text(encoding="utf-8"))
+        return load_tensors(self.directory / RESULT), info
+
+    def save_partial(self, tensors: dict[str, torch.Tensor], progress: dict[str, Any]) -> None:
+        """Checkpoint a running computation: tensors and progress in one atomic file."""
+        save_tensors(self.directory / PARTIAL, tensors, metadata={"inputs": self.inputs, **progress})
+
+    def load_partial(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The last partial state, or None when there is none (or it is unreadable)."""
+        path = self.directory / PARTIAL
+        if not path.is_file():
+            return None
+        try:
+            return load_tensors(path), read_tensor_metadata(path)
+        except (ValueError, OSError):
+            return None
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)

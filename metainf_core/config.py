@@ -1,0 +1,111 @@
+"""Frozen, validated, serialisable configuration for each stage: tasks and training."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from enum import Enum
+from typing import Any
+
+from metainf_core.exceptions import ConfigError
+
+
+class Algorithm(str, Enum):
+    """Meta-learners (TLXML A.1)."""
+
+    MAML = "maml"
+    PROTONET = "protonet"
+
+
+class Architecture(str, Enum):
+    """Networks of TLXML 5.1 / B.2–B.4."""
+
+    CONV3 = "conv3"  # 3 conv blocks (+ linear head for MAML)
+    CONV4 = "conv4"  # 4 conv blocks (+ linear head for MAML)
+    MLP = "mlp"  # FFT 6x6 features -> 32 -> ways, batch norm (TLXML B.2, 1,413 params)
+    MLP_SYNTHETIC = "mlp-synthetic"  # 2-4-4-3 with batch norm (TLXML B.3, 63 params)
+
+
+def _check_positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What the fixed training and test tasksets are drawn from (TLXML 3, B.1).
+
+    ``noise_tasks`` / ``label_flip_tasks`` training tasks are corrupted (TLXML 5.1.2, seed 001
+    §6.3); their ids are chosen at random from the seed and recorded in the manifest.
+    """
+
+    dataset: str = "fashion-mnist"
+    ways: int = 3
+    shots: int = 5
+    queries: int = 5
+    train_tasks: int = 512
+    test_tasks: int = 128
+    seed: int = 0
+    noise_tasks: int = 0
+    label_flip_tasks: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "ways", "shots", "queries", "train_tasks", "test_tasks")
+        if self.ways < 2:
+            raise ConfigError("ways must be at least 2")
+        for name in ("noise_tasks", "label_flip_tasks", "seed"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be a non-negative integer")
+        if self.noise_tasks + self.label_flip_tasks > self.train_tasks:
+            raise ConfigError("more corrupted tasks than training tasks")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskConfig:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Meta-training hyper-parameters (TLXML 5.1: Adam, meta-batch 32; MAML one inner step)."""
+
+    algo: str = "protonet"
+    arch: str = "conv4"
+    filters: int = 16
+    steps: int = 1000
+    meta_batch: int = 32
+    lr: float = 1e-3
+    inner_lr: float = 0.4
+    inner_steps: int = 1
+    first_order: bool = False
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_history: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            Algorithm(self.algo)
+            Architecture(self.arch)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        _check_positive(self, "filters", "steps", "meta_batch", "inner_steps", "checkpoint_every")
+        if not (self.lr > 0 and self.inner_lr > 0):
+            raise ConfigError("learning rates must be positive")
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return Algorithm(self.algo)
+
+    @property
+    def architecture(self) -> Architecture:
+        return Architecture(self.arch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})

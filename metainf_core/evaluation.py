@@ -1,0 +1,65 @@
+"""Few-shot evaluation over a fixed taskset: per-task query loss/accuracy, mean and 95% interval."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metainf_core.data.base import FewShotDataset
+from metainf_core.learners import Params
+from metainf_core.tasks import TaskSet
+
+BatchedMetrics = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def mean_ci95(values: np.ndarray) -> tuple[float, float]:
+    """Mean and the half-width of its normal 95% interval, 1.96·s/√n (0 for n < 2)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return float(v.mean()) if v.size else float("nan"), 0.0
+    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(v.size))
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """Query loss and accuracy of each evaluated task, in the order of ``task_ids``."""
+
+    task_ids: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        acc, acc_ci = mean_ci95(self.accuracy)
+        loss, loss_ci = mean_ci95(self.loss)
+        return {
+            "accuracy": acc,
+            "accuracy_ci95": acc_ci,
+            "loss": loss,
+            "loss_ci95": loss_ci,
+            "num_tasks": int(len(self.task_ids)),
+        }
+
+
+def evaluate_tasks(
+    metrics_fn: BatchedMetrics,
+    params: Params,
+    taskset: TaskSet,
+    dataset: FewShotDataset,
+    task_ids: np.ndarray | list[int] | None = None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> TaskMetrics:
+    """Run ``metrics_fn`` (from ``create_batched_task_metrics_function``) over tasks in batches."""
+    ids = np.arange(len(taskset)) if task_ids is None else np.asarray(task_ids, dtype=np.int64)
+    losses, accs = [], []
+    with torch.no_grad():
+        for start in range(0, len(ids), batch_size):
+            batch = taskset.batch(ids[start : start + batch_size], dataset).to(device)
+            loss, acc = metrics_fn(params, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+            losses.append(loss.cpu().numpy())
+            accs.append(acc.cpu().numpy())
+    return TaskMetrics(ids, np.concatenate(losses), np.concatenate(accs))

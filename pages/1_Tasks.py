@@ -1,0 +1,41 @@
+"""Browse the fixed test and training tasksets of the chosen model."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from metainf_core.exceptions import MetainfError
+from metainf_core.figures import thumbnail_strip
+from metainf_core.service import open_run, task_view
+
+st.set_page_config(page_title="metainf · Tasks", layout="wide")
+
+
+@st.cache_resource(show_spinner="Loading model and data…")
+def get_run(path: str):
+    return open_run(path)
+
+
+path = st.session_state.get("model_path")
+if not path:
+    st.info("Choose a model on the home page first.")
+    st.stop()
+try:
+    run = get_run(path)
+except MetainfError as e:
+    st.error(f"Cannot open this checkpoint: {e}")
+    st.stop()
+
+split = st.radio("Taskset", ["test", "train"], horizontal=True, key="tasks_split")
+n = len(run.test_tasks if split == "test" else run.train_tasks)
+default = int(st.query_params.get("task", 0)) if str(st.query_params.get("task", "0")).isdigit() else 0
+task_id = st.number_input(f"Task id (0–{n - 1})", 0, n - 1, min(default, n - 1), key="tasks_id")
+st.query_params["task"] = str(task_id)
+view = task_view(run, split, int(task_id))
+st.subheader(f"{split.capitalize()} task {view.task_id}" + (f" · corrupted: {view.corruption}" if view.corruption != "none" else ""))
+if not run.dataset.is_image:
+    st.write("This dataset has no images (2-D points).")
+    st.stop()
+shots = run.train_tasks.config.shots
+for k, (name, sup) in enumerate(zip(view.class_names, view.superclasses, strict=True)):
+    st.image(thumbnail_strip(view.support_images[k * shots : (k + 1) * shots], scale=3), caption=f"label {k}: {name} ({sup})")

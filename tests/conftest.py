@@ -1,0 +1,39 @@
+"""Shared fixtures: seeded RNGs, tiny float64 models, and one small trained run per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("METAINF_SHARED_DATA", REPO.parent / "shared" / "data"))
+# CLI subprocesses (python -m metainf_core) import the package from the repo wherever pytest runs.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def python_exe() -> str:
+    return sys.executable
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 63-parameter MAML trained briefly on 48 synthetic tasks (TLXML B.3 network)."""
+    from metainf_core.config import TaskConfig, TrainConfig
+    from metainf_core.train import train
+
+    out = tmp_path_factory.mktemp("synthetic_run")
+    task_cfg = TaskConfig(dataset="synthetic", ways=3, shots=5, queries=5, train_tasks=48, test_tasks=16, noise_tasks=6)
+    train_cfg = TrainConfig(algo="maml", arch="mlp-synthetic", steps=150, meta_batch=16, lr=0.01, inner_lr=0.4, checkpoint_every=50)
+    return train(task_cfg, train_cfg, out, progress=False, device="cpu")

@@ -1,0 +1,106 @@
+"""Checkpoints: round trip, learn2learn prefixes, and refusal of unsafe or damaged files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from metainf_core.checkpoint import MODEL_FILE, load_checkpoint, load_tensors, read_meta
+from metainf_core.exceptions import CheckpointError, UnsafeFileError
+from metainf_core.service import open_run
+
+
+def _info(path, python_exe):
+    return subprocess.run([python_exe, "-m", "metainf_core", "info", str(path)], capture_output=True, text=True, timeout=120)
+
+
+def test_round_trip_and_info(synthetic_run, python_exe):
+    ckpt = load_checkpoint(synthetic_run)
+    run = open_run(synthetic_run)
+    for k, v in dict(run.model.named_parameters()).items():
+        assert ckpt.params[k].shape == v.shape
+    assert ckpt.num_parameters == 63 and ckpt.meta["num_parameters"] == 63
+    # the recorded test accuracy is reproduced by re-evaluating the loaded checkpoint
+    assert run.evaluate().summary()["accuracy"] == pytest.approx(ckpt.meta["test"]["accuracy"], abs=1e-6)
+    out = _info(synthetic_run, python_exe)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["algorithm"] == "maml" and info["task_config"]["train_tasks"] == 48
+    assert {"torch", "learn2learn"} <= set(info["versions"])
+    assert 0 <= info["test"]["accuracy"] <= 1 and info["test"]["accuracy_ci95"] > 0
+
+
+def test_info_refuses_a_crafted_pickle_without_running_it(tmp_path, python_exe):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for name, payload in (("model.safetensors", pickle.dumps(Exploit())), ("evil.pt", pickle.dumps(Exploit()))):
+        bad = tmp_path / "ckpt" / name
+        bad.parent.mkdir(exist_ok=True)
+        bad.write_bytes(payload)
+        out = _info(bad, python_exe)
+        assert out.returncode != 0
+        assert "pickle" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+        assert not marker.exists()
+    with pytest.raises(UnsafeFileError):
+        load_tensors(tmp_path / "ckpt" / "evil.pt")
+    # torch.save archives (zip) are refused too
+    torch.save({"w": torch.zeros(2)}, tmp_path / "zip.pt")
+    with pytest.raises(UnsafeFileError):
+        load_tensors(tmp_path / "zip.pt")
+
+
+def test_truncated_missing_and_mismatched_files(synthetic_run, tmp_path, python_exe):
+    d = tmp_path / "copy"
+    shutil.copytree(synthetic_run, d)
+    data = (d / MODEL_FILE).read_bytes()
+    (d / MODEL_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_meta(d)
+    out = _info(d, python_exe)
+    assert out.returncode != 0 and "truncated" in out.stderr
+    # same size, altered bytes: caught by the content hash in meta.json
+    altered = bytearray(data)
+    altered[-1] ^= 0xFF
+    (d / MODEL_FILE).write_bytes(bytes(altered))
+    with pytest.raises(CheckpointError, match="hash"):
+        read_meta(d)
+    (d / MODEL_FILE).unlink()
+    assert _info(d, python_exe).returncode != 0
+    assert _info(tmp_path / "nope", python_exe).returncode != 0
+    # weights of another shape than meta.json records
+    shutil.copytree(synthetic_run, tmp_path / "shape")
+    meta = json.loads((tmp_path / "shape" / "meta.json").read_text())
+    t = load_tensors(tmp_path / "shape" / MODEL_FILE)
+    first = next(iter(t))
+    t[first] = torch.zeros(7, 7)
+    save_file(t, str(tmp_path / "shape" / MODEL_FILE))
+    meta["hashes"].pop(MODEL_FILE)
+    (tmp_path / "shape" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(tmp_path / "shape")
+
+
+def test_learn2learn_module_prefix_loads(synthetic_run, tmp_path):
+    import learn2learn as l2l
+
+    run = open_run(synthetic_run)
+    run.model.load_state_dict({k: v for k, v in run.checkpoint.params.items()})
+    wrapped = l2l.algorithms.MAML(run.model, lr=0.4)
+    state = {k: v for k, v in wrapped.state_dict().items()}
+    assert all(k.startswith("module.") for k in state)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "l2l.safetensors"))
+    loaded = load_tensors(tmp_path / "l2l.safetensors")
+    assert set(loaded) == set(run.checkpoint.params)
+    for k in loaded:
+        torch.testing.assert_close(loaded[k], run.checkpoint.params[k])

@@ -1,0 +1,83 @@
+"""Meta-training: the loss goes down, accuracy beats chance, and a killed run resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from metainf_core.checkpoint import load_checkpoint
+from metainf_core.config import TaskConfig, TrainConfig
+from metainf_core.exceptions import ConfigError
+from metainf_core.train import meta_batch_ids, train
+
+
+def test_training_lowers_meta_loss(synthetic_run):
+    meta = load_checkpoint(synthetic_run).meta
+    curve = meta["curve"]
+    first, last = np.mean([c["loss"] for c in curve[:5]]), np.mean([c["loss"] for c in curve[-5:]])
+    assert last < 0.8 * first, (first, last)
+    assert meta["complete"] and meta["step"] == 150
+    assert meta["test"]["accuracy"] > 1 / 3 + 0.1  # 3-way chance is 1/3
+
+
+def test_protonet_trains_on_fashion_mnist(tmp_path):
+    task_cfg = TaskConfig(dataset="fashion-mnist", ways=3, shots=5, queries=5, train_tasks=64, test_tasks=32)
+    train_cfg = TrainConfig(algo="protonet", arch="conv4", filters=8, steps=30, meta_batch=8, checkpoint_every=15)
+    meta = load_checkpoint(train(task_cfg, train_cfg, tmp_path / "pn", progress=False, device="cpu")).meta
+    assert meta["test"]["accuracy"] > 0.5, meta["test"]
+
+
+def test_meta_batches_are_a_function_of_seed_and_step():
+    a = meta_batch_ids(100, 32, seed=0, step=5)
+    assert len(set(a.tolist())) == 32
+    np.testing.assert_array_equal(a, meta_batch_ids(100, 32, seed=0, step=5))
+    assert not np.array_equal(a, meta_batch_ids(100, 32, seed=0, step=6))
+
+
+def _cli_train(python_exe, out, steps, resume=False):
+    cmd = [
+        python_exe, "-m", "metainf_core", "train", "--dataset", "synthetic", "--algo", "maml", "--arch", "mlp-synthetic",
+        "--ways", "3", "--train-tasks", "40", "--test-tasks", "8", "--steps", str(steps), "--meta-batch", "8",
+        "--lr", "0.01", "--checkpoint-every", "10", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    return cmd + (["--resume"] if resume else [])
+
+
+def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, python_exe):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli_train(python_exe, out, 1_000_000), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    meta_path = out / "meta.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if meta_path.exists() and json.loads(meta_path.read_text()).get("step", 0) >= 20:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = json.loads(meta_path.read_text())["step"]
+    assert saved >= 20 and not json.loads(meta_path.read_text())["complete"]
+    target = saved + 25  # not a multiple of the interval: the last step is checkpointed too
+    res = subprocess.run(_cli_train(python_exe, out, target, resume=True), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    ref = subprocess.run(_cli_train(python_exe, tmp_path / "ref", target), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    resumed, reference = load_checkpoint(out), load_checkpoint(tmp_path / "ref")
+    assert resumed.meta["step"] == reference.meta["step"] == target
+    for k in reference.params:
+        torch.testing.assert_close(resumed.params[k], reference.params[k], rtol=0, atol=1e-6)
+    assert resumed.meta["test"]["accuracy"] == pytest.approx(reference.meta["test"]["accuracy"])
+    # a fresh train into a used folder is refused, and so is resuming with another configuration
+    again = subprocess.run(_cli_train(python_exe, out, target), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    with pytest.raises(ConfigError, match="differs"):
+        train(
+            TaskConfig(dataset="synthetic", ways=3, train_tasks=40, test_tasks=8),
+            TrainConfig(algo="maml", arch="mlp-synthetic", steps=target + 5, meta_batch=8, lr=0.02, checkpoint_every=10),
+            out, resume=True, progress=False,
+        )  # fmt: skip
