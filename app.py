@@ -10,6 +10,7 @@ from metainf_core.checkpoint import read_meta
 from metainf_core.exceptions import MetainfError
 
 DEMO_DIR = Path(__file__).parent / "assets" / "demo"
+DEFAULT_DEMO = "protonet-fashion-mnist"  # fastest to explain and edit interactively
 
 st.set_page_config(page_title="metainf", page_icon="🧭", layout="wide")
 
@@ -26,7 +27,9 @@ def model_picker() -> str | None:
         if not demos:
             st.sidebar.error("No bundled demo found in assets/demo.")
             return None
-        name = st.sidebar.selectbox("Demo", [p.name for p in demos], key="home_demo")
+        names = [p.name for p in demos]
+        default = names.index(DEFAULT_DEMO) if DEFAULT_DEMO in names else 0
+        name = st.sidebar.selectbox("Demo", names, index=default, key="home_demo")
         return str(DEMO_DIR / name)
     folder = st.sidebar.text_input("Checkpoint folder", key="home_folder", placeholder="runs/my-run")
     return folder or None

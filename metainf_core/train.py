@@ -126,7 +126,7 @@ def base_meta(
         "ways": task_cfg.ways,
         "tasksets": {"train": TRAIN_TASKS_FILE, "test": TEST_TASKS_FILE},
         "versions": library_versions(),
-        "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("__main__.py") else None,
+        "command": "python -m metainf_core " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("__main__.py") else None,
     }
 
 

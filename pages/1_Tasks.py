@@ -38,4 +38,4 @@ if not run.dataset.is_image:
     st.stop()
 shots = run.train_tasks.config.shots
 for k, (name, sup) in enumerate(zip(view.class_names, view.superclasses, strict=True)):
-    st.image(thumbnail_strip(view.support_images[k * shots : (k + 1) * shots], scale=3), caption=f"label {k}: {name} ({sup})")
+    st.image(thumbnail_strip(view.support_images[k * shots : (k + 1) * shots], scale=3), caption=f"label {k}: {name} ({sup})", output_format="PNG")

@@ -1,0 +1,78 @@
+"""Checks that explanations behave as they should (TLXML 5.1, B.2–B.4; METHODS §5).
+
+Pure functions over score matrices: ``scores[t, j]`` is the helpfulness of training task j for
+test t (positive = up-weighting j lowers the test loss).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ProperTestResult:
+    """How many of T tests put subpopulation P above the rest, against the binomial null T/2."""
+
+    proper: int
+    total: int
+    sigma: float  # sqrt(T/4), the null's standard deviation
+    z: float  # (proper − T/2) / sigma
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def proper_tests(scores: np.ndarray, expected_higher: np.ndarray) -> ProperTestResult:
+    """A test is proper when the mean score over P exceeds the mean over the rest (TLXML 5.1.2).
+
+    ``expected_higher`` is a ``T x M`` (or ``M``) boolean mask of P; tests where P or its
+    complement is empty are left out of T.
+    """
+    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    mask = np.broadcast_to(np.asarray(expected_higher, dtype=bool), s.shape)
+    n_in, n_out = mask.sum(1), (~mask).sum(1)
+    valid = (n_in > 0) & (n_out > 0)
+    mean_in = np.where(mask, s, 0).sum(1) / np.maximum(n_in, 1)
+    mean_out = np.where(~mask, s, 0).sum(1) / np.maximum(n_out, 1)
+    proper = int(((mean_in > mean_out) & valid).sum())
+    total = int(valid.sum())
+    sigma = math.sqrt(total / 4) if total else float("nan")
+    return ProperTestResult(proper, total, sigma, (proper - total / 2) / sigma if total else float("nan"))
+
+
+def superclass_overlap(test_sets: list[frozenset[str]], train_sets: list[frozenset[str]]) -> np.ndarray:
+    """``T x M`` number of superclasses each training task shares with each test task (TLXML 5.1.3)."""
+    vocab = sorted(set().union(*test_sets, *train_sets))
+    index = {s: i for i, s in enumerate(vocab)}
+
+    def onehot(sets: list[frozenset[str]]) -> np.ndarray:
+        m = np.zeros((len(sets), len(vocab)), dtype=np.int64)
+        for r, ss in enumerate(sets):
+            m[r, [index[s] for s in ss]] = 1
+        return m
+
+    return onehot(test_sets) @ onehot(train_sets).T
+
+
+def self_ranks(scores: np.ndarray, identical: np.ndarray) -> np.ndarray:
+    """Rank (0 = top) of training task ``identical[t]`` among the scores of test t (TLXML 5.1.1);
+    ties count against it (a task tied with others gets the worst of their ranks)."""
+    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    own = s[np.arange(len(s)), np.asarray(identical)]
+    return (s >= own[:, None]).sum(1) - 1
+
+
+def score_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman correlation of two methods' scores for the same test (flattened)."""
+    x, y = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": float(np.corrcoef(rx, ry)[0, 1])}
+
+
+def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Fraction of the k highest-scored tasks that two rankings share."""
+    ta, tb = set(np.argsort(-np.asarray(a))[:k].tolist()), set(np.argsort(-np.asarray(b))[:k].tolist())
+    return len(ta & tb) / k
