@@ -35,6 +35,11 @@ def test_round_trip_and_info(synthetic_run, python_exe):
     assert info["algorithm"] == "maml" and info["task_config"]["train_tasks"] == 48
     assert {"torch", "learn2learn"} <= set(info["versions"])
     assert 0 <= info["test"]["accuracy"] <= 1 and info["test"]["accuracy_ci95"] > 0
+    ev = subprocess.run([python_exe, "-m", "metainf_core", "evaluate", str(synthetic_run), "--train"], capture_output=True, text=True, timeout=120)
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert result["test"]["accuracy"] == pytest.approx(info["test"]["accuracy"], abs=1e-6)
+    assert result["test"]["num_tasks"] == 16 and result["train"]["num_tasks"] == 48
 
 
 def test_info_refuses_a_crafted_pickle_without_running_it(tmp_path, python_exe):
