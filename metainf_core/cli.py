@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Any
 
-from metainf_core.config import TaskConfig, TrainConfig
-from metainf_core.exceptions import MetainfError
+from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
+from metainf_core.exceptions import ConfigError, MetainfError
 
 
 def _train(a: argparse.Namespace) -> dict[str, Any]:
@@ -49,6 +49,111 @@ def _evaluate(a: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _influence_config(a: argparse.Namespace) -> InfluenceConfig:
+    dtype = a.dtype or ("float64" if a.method == "exact" else "float32")
+    return InfluenceConfig(method=a.method, n_orth=a.n_orth, damping=a.damping, truncation=a.truncation, dtype=dtype)
+
+
+def _fitted(a: argparse.Namespace, *, fit_if_needed: bool = True):
+    from metainf_core.explain import fit_influence, is_fitted
+    from metainf_core.service import open_run
+
+    run = open_run(a.path, device="cpu")
+    cfg = _influence_config(a)
+    if not fit_if_needed and not is_fitted(run, cfg):
+        raise MetainfError(f"{a.path}: no cached {cfg.method} influence fit with these settings; run `fit` first")
+    bar = None
+    if not getattr(a, "quiet", False):
+        from tqdm.auto import tqdm
+
+        def progress(stage: str, done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None or bar.desc != stage:
+                if bar is not None:
+                    bar.close()
+                bar = tqdm(total=total, desc=stage, unit="task", file=sys.stderr)
+            bar.n = done
+            bar.refresh()
+
+    inf = fit_influence(run, cfg, progress=None if getattr(a, "quiet", False) else progress)
+    if bar is not None:
+        bar.close()
+    return run, cfg, inf
+
+
+def _fit(a: argparse.Namespace) -> dict[str, Any]:
+    from metainf_core.explain import cache_entry
+
+    run, cfg, inf = _fitted(a)
+    _, info = cache_entry(run, cfg).load()
+    return {
+        "method": cfg.method, "num_tasks": inf.num_tasks, "num_parameters": int(inf.factor.shape[0]),
+        "columns": inf.num_columns, "truncation": inf.truncation, "num_negative_eigenvalues": inf.num_negative,
+        "self_rank_table": [{"k": k, "mean_self_rank": r} for k, r in inf.self_ranks],
+        "fit_seconds": info.get("fit_seconds"), "cache": str(cache_entry(run, cfg).directory),
+    }  # fmt: skip
+
+
+def _rank(a: argparse.Namespace) -> dict[str, Any]:
+    from metainf_core.explain import Target, all_scores, group_scores, ranking_table, task_rows
+
+    run, cfg, inf = _fitted(a)
+    target = Target.parse(a.test_task, run)
+    scores = all_scores(run, inf, target, cfg.dtype)
+    order, ranks = ranking_table(scores)
+    top = order[: a.top]
+    out: dict[str, Any] = {
+        "target": {"split": target.split, "ids": list(target.ids)},
+        "sign": "helpfulness = -I_perf: positive means up-weighting the training task lowers the target's loss",
+        "truncation": inf.truncation,
+        "most_helpful": task_rows(run, top, scores[top], ranks[top]),
+        "most_harmful": task_rows(run, order[::-1][: a.top], scores[order[::-1][: a.top]], ranks[order[::-1][: a.top]]),
+    }
+    if a.group:
+        out["groups"] = group_scores(run, scores, a.group)
+    return out
+
+
+def _parse_ids(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"task ids must be comma-separated integers, got {text!r}") from None
+
+
+def _edit(a: argparse.Namespace) -> dict[str, Any]:
+    from metainf_core.edit import EditSpec
+    from metainf_core.explain import edit_report, edited_params, save_edited_checkpoint
+
+    spec = EditSpec(_parse_ids(a.block), a.xi_block, _parse_ids(a.enhance), a.xi_enhance)
+    run, cfg, inf = _fitted(a)
+    params = edited_params(run, inf, spec)
+    report = edit_report(run, params, a.test_task)
+    report["edit"] = {"block": list(spec.block), "xi_block": spec.xi_block, "enhance": list(spec.enhance), "xi_enhance": spec.xi_enhance}
+    if a.out:
+        report["out"] = str(save_edited_checkpoint(run, params, a.out, {**report["edit"], "test": report["taskset"]["after"]}))
+    return report
+
+
+def _validate(a: argparse.Namespace) -> dict[str, Any]:
+    from metainf_core.explain import validation_report
+
+    run, cfg, inf = _fitted(a)
+    return validation_report(run, inf, cfg, self_rank=a.self_rank, noise=a.noise, superclass=a.superclass, max_tests=a.max_tests)
+
+
+def _add_influence_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="checkpoint directory")
+    p.add_argument("--method", choices=["exact", "gn"], default="gn", help="exact Hessian (small q) or Gauss-Newton")
+    p.add_argument("--n-orth", type=int, default=512, help="Algorithm 1's N_orth (N_max = 2 N_orth)")
+    p.add_argument("--damping", type=float, default=0.0)
+    p.add_argument("--truncation", type=int, default=0, help="kept eigen-directions k (0: choose by self-rank)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: float64 exact, float32 gn")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m metainf_core", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,6 +192,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--train", action="store_true", help="also evaluate on the training taskset")
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=_evaluate)
+
+    f = sub.add_parser("fit", help="fit TLXML influence for a checkpoint (cached, resumable)")
+    _add_influence_args(f)
+    f.set_defaults(func=_fit)
+
+    r = sub.add_parser("rank", help="rank training tasks by helpfulness for a target")
+    _add_influence_args(r)
+    r.add_argument("--test-task", required=True, help="ID, ID,ID,..., all, or train:J")
+    r.add_argument("--group", choices=["superclass"], default=None, help="also sum scores per group (TLXML A.3)")
+    r.add_argument("--top", type=int, default=10)
+    r.set_defaults(func=_rank)
+
+    d = sub.add_parser("edit", help="one-step block/enhance update (TLXML Eq. 13) and its effect")
+    _add_influence_args(d)
+    d.add_argument("--block", help="comma-separated training task ids")
+    d.add_argument("--xi-block", type=float, default=-1.0)
+    d.add_argument("--enhance", help="comma-separated training task ids")
+    d.add_argument("--xi-enhance", type=float, default=1.0)
+    d.add_argument("--test-task", type=int, default=None, help="also report this test task")
+    d.add_argument("--out", help="write the edited checkpoint here")
+    d.set_defaults(func=_edit)
+
+    v = sub.add_parser("validate", help="explanation checks: self-rank, noise and superclass proper tests")
+    _add_influence_args(v)
+    v.add_argument("--self-rank", action="store_true")
+    v.add_argument("--noise", action="store_true")
+    v.add_argument("--superclass", action="store_true")
+    v.add_argument("--max-tests", type=int, default=128, help="test tasks used for proper tests")
+    v.set_defaults(func=_validate)
     return p
 
 

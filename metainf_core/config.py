@@ -109,3 +109,47 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+class InfluenceMethod(str, Enum):
+    """How the meta-Hessian is obtained (TLXML Eq. 5 exact; Eq. 10–11 Gauss-Newton)."""
+
+    EXACT = "exact"
+    GN = "gn"
+
+
+@dataclass(frozen=True)
+class InfluenceConfig:
+    """Settings of a TLXML fit; together with the checkpoint and taskset they key the disk cache.
+
+    ``truncation`` 0 chooses k by self-rank (TLXML B.3); ``n_orth`` is Algorithm 1's N_orth
+    (N_max = 2·N_orth); ``damping`` adds λ to the curvature (METHODS §8).
+    """
+
+    method: str = "gn"
+    n_orth: int = 512
+    damping: float = 0.0
+    truncation: int = 0
+    self_rank_sample: int = 256
+    dtype: str = "float64"
+    task_batch: int = 8
+
+    def __post_init__(self) -> None:
+        try:
+            InfluenceMethod(self.method)
+        except ValueError:
+            raise ConfigError(f"method must be 'exact' or 'gn', got {self.method!r}") from None
+        _check_positive(self, "n_orth", "self_rank_sample", "task_batch")
+        if not isinstance(self.truncation, int) or self.truncation < 0:
+            raise ConfigError("truncation must be a non-negative integer (0 = choose by self-rank)")
+        if not (self.damping >= 0 and self.damping < float("inf")):
+            raise ConfigError(f"damping must be a finite non-negative number, got {self.damping!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InfluenceConfig:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})

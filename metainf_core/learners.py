@@ -67,7 +67,7 @@ def create_maml_adapt_function(model: nn.Module, spec: LearnerSpec) -> Callable[
 
 def prototype_logits(support_emb: Tensor, support_y: Tensor, query_emb: Tensor, ways: int) -> Tensor:
     """logits_l(x) = −‖f(x) − c_l‖², c_l the mean support embedding of class l (TLXML A.1)."""
-    onehot = F.one_hot(support_y, ways).to(support_emb.dtype)  # n_s x ways
+    onehot = (support_y.unsqueeze(-1) == torch.arange(ways, device=support_y.device)).to(support_emb.dtype)  # n_s x ways (vmap-safe)
     centroids = (onehot.T @ support_emb) / onehot.sum(0).unsqueeze(1)
     return -((query_emb.unsqueeze(1) - centroids.unsqueeze(0)) ** 2).sum(-1)
 

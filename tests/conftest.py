@@ -37,3 +37,12 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     task_cfg = TaskConfig(dataset="synthetic", ways=3, shots=5, queries=5, train_tasks=48, test_tasks=16, noise_tasks=6)
     train_cfg = TrainConfig(algo="maml", arch="mlp-synthetic", steps=150, meta_batch=16, lr=0.01, inner_lr=0.4, checkpoint_every=50)
     return train(task_cfg, train_cfg, out, progress=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread (OpenMP barriers crawl on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

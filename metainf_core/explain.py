@@ -1,0 +1,295 @@
+"""Influence for a trained run, end to end: cached resumable fit → ranking rows → one-step edits.
+
+The orchestration the CLI and the pages share. A fit is stored under a content hash of
+(model weights, training taskset, settings); a Gauss-Newton fit saves its streaming state every
+``save_every`` tasks, so a killed fit resumes without recomputing finished tasks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metainf_core.cache import CacheEntry
+from metainf_core.checkpoint import MODEL_FILE, save_checkpoint
+from metainf_core.config import InfluenceConfig, InfluenceMethod
+from metainf_core.edit import EditSpec, apply_delta, edit_delta
+from metainf_core.exceptions import ConfigError
+from metainf_core.influence import (
+    GaussNewtonConfig,
+    GaussNewtonFit,
+    TaskInfluence,
+    fit_exact,
+    superclass_groups,
+    task_gradients,
+)
+from metainf_core.learners import Params
+from metainf_core.service import Run
+from metainf_core.validate import proper_tests, self_ranks, superclass_overlap
+
+CACHE_FORMAT = 1
+# (stage, done, total) — stage is "curvature" or "gradients"
+FitProgress = Callable[[str, int, int], None]
+
+
+def _params_as(run: Run, dtype: str) -> Params:
+    return {k: v.to(getattr(torch, dtype)) for k, v in run.params.items()}
+
+
+def cache_inputs(run: Run, cfg: InfluenceConfig) -> dict[str, Any]:
+    """Everything a fit depends on: weights hash, learner, training taskset, settings."""
+    return {
+        "format": CACHE_FORMAT,
+        "model": run.meta["hashes"][MODEL_FILE],
+        "learner": run.spec.__dict__,
+        "train_tasks": run.train_tasks.fingerprint(),
+        "dataset": run.dataset.fingerprint,
+        "config": cfg.to_dict(),
+    }
+
+
+def cache_entry(run: Run, cfg: InfluenceConfig) -> CacheEntry:
+    return CacheEntry.for_inputs("influence", cache_inputs(run, cfg))
+
+
+def is_fitted(run: Run, cfg: InfluenceConfig) -> bool:
+    return cache_entry(run, cfg).complete
+
+
+def _to_tensors(inf: TaskInfluence) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"factor": inf.factor, "projections": inf.projections, "signs": inf.signs, "eigenvalues": inf.eigenvalues}
+    info = {
+        "truncation": inf.truncation,
+        "mode": inf.mode,
+        "num_negative": inf.num_negative,
+        "num_positive": inf.num_positive,
+        "self_ranks": [list(x) for x in inf.self_ranks],
+    }
+    return tensors, info
+
+
+def _from_tensors(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> TaskInfluence:
+    return TaskInfluence(
+        factor=tensors["factor"],
+        projections=tensors["projections"],
+        signs=tensors["signs"],
+        eigenvalues=tensors["eigenvalues"],
+        truncation=int(info["truncation"]),
+        mode=info["mode"],
+        num_negative=int(info["num_negative"]),
+        num_positive=int(info["num_positive"]),
+        self_ranks=tuple((int(k), float(r)) for k, r in info["self_ranks"]),
+    )
+
+
+def _gauss_newton_factor(run: Run, cfg: InfluenceConfig, entry: CacheEntry, params: Params, progress, save_every: int):
+    """Algorithm 1 over all training tasks, checkpointed to the cache every ``save_every`` tasks."""
+    args = (run.model, run.spec, params, run.train_tasks, run.dataset)
+    partial = entry.load_partial()
+    if partial is not None:
+        tensors, meta = partial
+        fit = GaussNewtonFit.from_state_dict({**meta["state"], **tensors}, *args)
+    else:
+        fit = GaussNewtonFit(*args, GaussNewtonConfig(n_orth=cfg.n_orth, task_batch=cfg.task_batch))
+    todo = np.flatnonzero(~fit.done)
+    total = len(run.train_tasks)
+    for start in range(0, len(todo), save_every):
+        fit.add_tasks(todo[start : start + save_every], None if progress is None else lambda d, _t: progress("curvature", d, total))
+        state = fit.state_dict()
+        tensors = {"rows": state.pop("rows"), "done": state.pop("done").to(torch.uint8)}
+        entry.save_partial(tensors, {"state": state, "tasks_done": fit.tasks_done, "total": total})
+    return fit.factor(cfg.damping)
+
+
+def fit_influence(
+    run: Run, cfg: InfluenceConfig, *, progress: FitProgress | None = None, save_every: int = 64, grad_batch: int = 32
+) -> TaskInfluence:
+    """TLXML fitted on the run's training taskset, from the disk cache when already computed."""
+    entry = cache_entry(run, cfg)
+    if entry.complete:
+        return _from_tensors(*entry.load())
+    started = time.time()
+    params = _params_as(run, cfg.dtype)
+    if InfluenceMethod(cfg.method) is InfluenceMethod.EXACT:
+        inf = fit_exact(run.model, run.spec, params, run.train_tasks, run.dataset, damping=cfg.damping, select=False)
+    else:
+        factor = _gauss_newton_factor(run, cfg, entry, params, progress, save_every)
+        m = len(run.train_tasks)
+        proj = torch.empty(m, factor.factor.shape[1], dtype=factor.factor.dtype)
+        for start in range(0, m, grad_batch):  # P = G U in chunks: never the whole M × q gradient matrix
+            ids = np.arange(start, min(m, start + grad_batch))
+            proj[ids] = task_gradients(run.model, run.spec, params, run.train_tasks, run.dataset, ids, grad_batch) @ factor.factor
+            if progress is not None:
+                progress("gradients", int(ids[-1]) + 1, m)
+        inf = TaskInfluence(
+            factor=factor.factor, projections=proj, signs=factor.signs, eigenvalues=factor.eigenvalues,
+            truncation=max(factor.num_positive, 1) if factor.num_positive > 0 else factor.factor.shape[1],
+            mode="gauss_newton", num_negative=factor.num_negative, num_positive=factor.num_positive,
+        )  # fmt: skip
+    inf = inf.with_truncation(cfg.truncation) if cfg.truncation else inf.select_truncation(sample=cfg.self_rank_sample)
+    tensors, info = _to_tensors(inf)
+    entry.save(tensors, {**info, "fit_seconds": round(time.time() - started, 2)})
+    return inf
+
+
+# ---- targets and rankings -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """What to explain: test tasks ``ids`` (average loss), or a training task (``split="train"``)."""
+
+    ids: tuple[int, ...]
+    split: str = "test"
+
+    @classmethod
+    def parse(cls, text: str, run: Run) -> Target:
+        """``"7"``, ``"1,2,3"``, ``"all"`` (whole test taskset) or ``"train:J"`` (self-rank probe)."""
+        text = text.strip()
+        if text == "all":
+            return cls(tuple(range(len(run.test_tasks))))
+        split, _, rest = text.rpartition(":")
+        split = split or "test"
+        if split not in ("test", "train"):
+            raise ConfigError(f"target {text!r}: expected ID, IDS, all or train:J")
+        try:
+            ids = tuple(int(x) for x in rest.split(","))
+        except ValueError:
+            raise ConfigError(f"target {text!r}: task ids must be integers") from None
+        ts = run.test_tasks if split == "test" else run.train_tasks
+        for i in ids:
+            ts.check_id(i)
+        return cls(ids, split)
+
+
+def target_gradient(run: Run, target: Target, dtype: str) -> torch.Tensor:
+    """∇_ω of the target's average query loss at ω̂ (TLXML Eq. 9's g_i)."""
+    ts = run.test_tasks if target.split == "test" else run.train_tasks
+    return task_gradients(run.model, run.spec, _params_as(run, dtype), ts, run.dataset, list(target.ids)).mean(0)
+
+
+def task_rows(run: Run, ids: Sequence[int], scores: np.ndarray, ranks: np.ndarray) -> list[dict[str, Any]]:
+    """Ranked rows as users read them: id, score, rank, fine labels, superclasses, corruption."""
+    rows = []
+    for j, s, r in zip(ids, scores, ranks, strict=True):
+        t = run.train_tasks.task(int(j), run.dataset)
+        rows.append({
+            "task": t.id, "rank": int(r), "helpfulness": float(s), "classes": list(t.class_names),
+            "superclasses": list(t.superclasses), "corruption": t.corruption,
+        })  # fmt: skip
+    return rows
+
+
+def all_scores(run: Run, inf: TaskInfluence, target: Target, dtype: str) -> np.ndarray:
+    """Helpfulness of every training task for the target (M,), positive = lowers its loss."""
+    return inf.helpfulness(target_gradient(run, target, dtype)).cpu().numpy()
+
+
+def group_scores(run: Run, scores: np.ndarray, grouping: str = "superclass") -> dict[str, float]:
+    """Sum of helpfulness per group (TLXML A.3); ``superclass`` groups by a task's superclass set."""
+    if grouping != "superclass":
+        raise ConfigError(f"unknown grouping {grouping!r} (built in: superclass)")
+    out: dict[str, float] = {}
+    for j, label in superclass_groups(run.train_tasks, run.dataset).items():
+        out[label] = out.get(label, 0.0) + float(scores[j])
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def ranking_table(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Task ids by decreasing helpfulness and the rank (0 = most helpful) of every task."""
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty_like(order)
+    ranks[order] = np.arange(len(order))
+    return order, ranks
+
+
+# ---- one-step edits -----------------------------------------------------------------------
+def i_meta_sum_function(inf: TaskInfluence) -> Callable[[np.ndarray], torch.Tensor]:
+    """ids → Σ_{j∈ids} I_meta(j) = −(1/M) U_k s ⊙ Σ_j P_j,k (one q × k mat-vec per group)."""
+
+    def i_meta_sum(ids: np.ndarray) -> torch.Tensor:
+        for j in ids:
+            if not 0 <= int(j) < inf.num_tasks:
+                raise ConfigError(f"training task {int(j)} is not in 0..{inf.num_tasks - 1}")
+        k = inf.truncation
+        p = inf.projections[torch.as_tensor(np.asarray(ids, dtype=np.int64)), :k].sum(0) * inf.signs[:k]
+        return -(inf.factor[:, :k] @ p) / inf.num_tasks
+
+    return i_meta_sum
+
+
+def edited_params(run: Run, inf: TaskInfluence, spec: EditSpec) -> Params:
+    """ω' = ω̂ + δω of TLXML Eq. 13."""
+    return apply_delta(run.params, edit_delta(i_meta_sum_function(inf), spec))
+
+
+def edit_report(run: Run, params: Params, test_task: int | None = None) -> dict[str, Any]:
+    """Loss and accuracy before and after on the test taskset (mean, 95% interval) and one test task."""
+    before, after = run.evaluate(), run.evaluate(params)
+    report: dict[str, Any] = {"taskset": {"before": before.summary(), "after": after.summary()}}
+    if test_task is not None:
+        i = run.test_tasks.check_id(test_task)
+        report["test_task"] = {
+            "id": i,
+            "before": {"loss": float(before.loss[i]), "accuracy": float(before.accuracy[i])},
+            "after": {"loss": float(after.loss[i]), "accuracy": float(after.accuracy[i])},
+        }
+    return report
+
+
+def save_edited_checkpoint(run: Run, params: Params, out: str | Path, edit: dict[str, Any]) -> Path:
+    """Write ω' as a checkpoint of its own (same tasksets), recording the edit that made it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in run.meta["tasksets"].values():
+        shutil.copyfile(run.checkpoint.path / name, out / name)
+    meta = {k: v for k, v in run.meta.items() if k not in ("hashes", "test")}
+    meta.update(edited_from=str(run.checkpoint.path), edit=edit, test=edit.get("test"))
+    return save_checkpoint(out, params, meta, tuple(run.meta["tasksets"].values()))
+
+
+# ---- validation (TLXML 5.1) ---------------------------------------------------------------
+def test_score_matrix(run: Run, inf: TaskInfluence, dtype: str, test_ids: Sequence[int]) -> np.ndarray:
+    """T × M helpfulness of every training task for each test task in ``test_ids``."""
+    g = task_gradients(run.model, run.spec, _params_as(run, dtype), run.test_tasks, run.dataset, list(test_ids))
+    return inf.helpfulness(g).cpu().numpy()
+
+
+def validation_report(
+    run: Run, inf: TaskInfluence, cfg: InfluenceConfig, *, self_rank: bool = True, noise: bool = True,
+    superclass: bool = True, max_tests: int = 128,
+) -> dict[str, Any]:  # fmt: skip
+    """Self-rank table, noise-vs-normal and superclass-overlap proper tests with binomial σ."""
+    out: dict[str, Any] = {"method": cfg.method, "truncation": inf.truncation, "num_tasks": inf.num_tasks}
+    if self_rank:
+        out["self_rank"] = [{"k": k, "mean_self_rank": r} for k, r in (inf.self_ranks or inf.self_rank_table(sample=cfg.self_rank_sample))]
+        m = inf.num_tasks
+        g = inf.projections[:, : inf.truncation] * inf.signs[: inf.truncation]
+        s = (g @ inf.projections[:, : inf.truncation].T).cpu().numpy()
+        ranks = self_ranks(s, np.arange(m))
+        out["self_rank_at_truncation"] = {"mean": float(ranks.mean()), "fraction_top1": float((ranks == 0).mean()), "random_mean": (m - 1) / 2}
+    if not (noise or superclass):
+        return out
+    test_ids = np.arange(min(max_tests, len(run.test_tasks)))
+    scores = test_score_matrix(run, inf, cfg.dtype, test_ids)
+    if noise:
+        noisy = run.train_tasks.ids_with("noise")
+        if len(noisy) == 0:
+            out["noise"] = {"skipped": "the training taskset has no noise tasks"}
+        else:
+            normal = np.ones(inf.num_tasks, dtype=bool)
+            normal[noisy] = False
+            out["noise"] = {"expected_higher": "normal tasks", **proper_tests(scores, normal).to_dict()}
+    if superclass:
+        overlap = superclass_overlap(
+            [run.test_tasks.superclass_sets(run.dataset)[i] for i in test_ids], run.train_tasks.superclass_sets(run.dataset)
+        )
+        out["superclass"] = [
+            {"min_shared": s, **proper_tests(scores, overlap >= s).to_dict()} for s in range(1, int(overlap.max()) + 1)
+        ]
+    return out

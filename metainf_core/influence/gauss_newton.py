@@ -1,0 +1,209 @@
+"""Gauss-Newton TLXML for real models: streamed orthogonal columns (TLXML 4.2, A.6, Algorithms 1–3).
+
+H ≈ (1/M) V Vᵀ with V = [V_1 … V_M], V_j the task's columns (``columns.py``; scaled so that
+(1/M) V Vᵀ is the Gauss-Newton matrix of L = (1/M) Σ_j L_j). V is never stored whole and no q × q
+matrix is formed: columns are buffered and, when the buffer holds more than N_max = 2·N_orth,
+replaced by their N_orth leading orthogonal columns (Algorithm 2: VᵀV = OΛOᵀ, keep V·O[:, top]).
+Proposition 4: exact whenever N_orth ≥ rank V. Algorithm 3: U = V⁺ with columns √M·v/‖v‖²
+(v sorted by norm, so truncation k = first k), H⁺ = U Uᵀ.
+
+Damping λ_d here acts inside the column space only: column i becomes v̂_i/√(‖v_i‖²/M + λ_d)
+(the exact (H + λ_d I)⁻¹ would add (1/λ_d)(I − P) on the flat directions, which the projected
+influence of TLXML Eq. 12 drops anyway).
+
+Buffer storage is row-major: the buffer holds Vᵀ (n × q) as a list of blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from metainf_core.data.base import FewShotDataset
+from metainf_core.exceptions import ConfigError, MetainfError
+from metainf_core.influence.columns import create_columns_function
+from metainf_core.influence.exact import CurvatureFactor
+from metainf_core.influence.flat import ParamLayout
+from metainf_core.influence.gradients import iter_task_batches
+from metainf_core.learners import LearnerSpec, Params
+from metainf_core.tasks import TaskSet
+
+ProgressCallback = Callable[[int, int], None]  # (tasks done, total)
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class GaussNewtonConfig:
+    """Settings of the streamed Gauss-Newton fit (TLXML A.6: N_orth = 8,192, N_max = 2·N_orth)."""
+
+    n_orth: int = 512
+    n_max: int = 0  # 0 -> 2 * n_orth
+    task_batch: int = 8
+    structured: bool = True
+    chunk: int = 1  # rows per vmapped call; 1 = plain loop (fastest on CPU), 0 = all at once
+    hvp: str = "reverse"
+    gram_block: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.n_orth < 1 or self.task_batch < 1 or self.gram_block < 1 or self.chunk < 0:
+            raise ConfigError("n_orth, task_batch and gram_block must be positive, chunk non-negative")
+        if self.n_max and self.n_max < self.n_orth:
+            raise ConfigError(f"n_max ({self.n_max}) must be at least n_orth ({self.n_orth})")
+        if self.hvp not in ("forward", "reverse"):
+            raise ConfigError(f"hvp must be 'forward' or 'reverse', got {self.hvp!r}")
+
+    @property
+    def buffer_limit(self) -> int:
+        return self.n_max or 2 * self.n_orth
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gram(rows: Tensor, block: int = 8192) -> Tensor:
+    """R Rᵀ in float64, accumulated over blocks of the q columns (R is n × q)."""
+    g = torch.zeros(rows.shape[0], rows.shape[0], dtype=torch.float64, device=rows.device)
+    for i in range(0, rows.shape[1], block):
+        part = rows[:, i : i + block].to(torch.float64)
+        g += part @ part.T
+    return g
+
+
+def orthogonal_columns(rows: Tensor, n_orth: int, block: int = 8192) -> Tensor:
+    """Algorithm 2 on Vᵀ = ``rows`` (n × q): the ≤ n_orth leading orthogonal columns, as rows, by norm."""
+    lam, o = torch.linalg.eigh(gram(rows, block))
+    top = torch.argsort(lam, descending=True)[: min(n_orth, rows.shape[0])]
+    return o[:, top].T.to(rows.dtype) @ rows
+
+
+def pseudo_inverse_factor(rows: Tensor, num_tasks: int, damping: float = 0.0, rtol: float | None = None) -> CurvatureFactor:
+    """Algorithm 3: U (q × r) with U Uᵀ = ((1/M) V Vᵀ)⁺ from orthogonal ``rows`` (Vᵀ, n × q).
+
+    Columns with ‖v‖² ≤ rtol·max‖v‖² count as zero (default rtol = n·eps of the dtype).
+    """
+    norms2 = (rows.to(torch.float64) ** 2).sum(1)
+    order = torch.argsort(norms2, descending=True)
+    norms2 = norms2[order]
+    tol = (rtol if rtol is not None else max(rows.shape) * torch.finfo(rows.dtype).eps) * norms2[:1].clamp_min(1e-300)
+    keep = norms2 > tol
+    norms2 = norms2[keep]
+    eig = norms2 / num_tasks
+    unit = rows[order[keep]].to(torch.float64) / norms2.sqrt().unsqueeze(1)
+    u = (unit / (eig + damping).sqrt().unsqueeze(1)).T.to(rows.dtype)
+    return CurvatureFactor(factor=u, eigenvalues=(eig + damping).to(rows.dtype), num_zero=int((~keep).sum()))
+
+
+class GaussNewtonFit:
+    """Resumable Algorithm 1 over a training taskset: ``add_tasks`` streams, ``factor`` finishes.
+
+    State (``state_dict``) is the row buffer, the mask of tasks already added and counters;
+    ``from_state_dict`` resumes with the same model/params/taskset.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: LearnerSpec,
+        params: Params,
+        taskset: TaskSet,
+        dataset: FewShotDataset,
+        config: GaussNewtonConfig | None = None,
+    ) -> None:
+        self.config = config or GaussNewtonConfig()
+        self.layout = ParamLayout.from_params(params)
+        self.w = self.layout.flatten(params).detach()
+        self.taskset, self.dataset = taskset, dataset
+        chunk = self.config.chunk or None
+        self._columns = create_columns_function(
+            model, spec, self.layout, structured=self.config.structured, chunk=chunk, hvp=self.config.hvp
+        )
+        self._blocks: list[Tensor] = []
+        self.done = np.zeros(len(taskset), dtype=bool)
+        self.num_reductions = 0
+
+    @property
+    def tasks_done(self) -> int:
+        return int(self.done.sum())
+
+    @property
+    def num_buffered(self) -> int:
+        return sum(b.shape[0] for b in self._blocks)
+
+    def _rows(self) -> Tensor:
+        if not self._blocks:
+            return self.w.new_zeros(0, self.w.numel())
+        if len(self._blocks) > 1:
+            self._blocks = [torch.cat(self._blocks)]
+        return self._blocks[0]
+
+    def _reduce(self) -> None:
+        self._blocks = [orthogonal_columns(self._rows(), self.config.n_orth, self.config.gram_block)]
+        self.num_reductions += 1
+
+    def add_tasks(self, ids: Sequence[int] | np.ndarray, callback: ProgressCallback | None = None) -> None:
+        """Stream the columns of tasks ``ids`` (ids already added are skipped) into the buffer."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        for j in ids:
+            self.taskset.check_id(int(j))
+        todo = np.array([j for j in dict.fromkeys(ids.tolist()) if not self.done[j]], dtype=np.int64)
+        total = self.tasks_done + len(todo)
+        for chunk, b in iter_task_batches(self.taskset, self.dataset, todo, self.config.task_batch, self.w.dtype, self.w.device):
+            for k, j in enumerate(chunk):
+                self._blocks.append(self._columns(self.w, b.support_x[k], b.support_y[k], b.query_x[k]).detach())
+                self.done[j] = True
+                if self.num_buffered > self.config.buffer_limit:
+                    self._reduce()
+            if callback is not None:
+                callback(self.tasks_done, total)
+
+    def orthogonal_rows(self) -> Tensor:
+        """Final Algorithm 1 line 21 (without mutating the buffer): ≤ N_orth orthogonal rows."""
+        return orthogonal_columns(self._rows(), self.config.n_orth, self.config.gram_block)
+
+    def factor(self, damping: float = 0.0, rtol: float | None = None) -> CurvatureFactor:
+        """U with U Uᵀ = H_GN⁺ over the tasks added so far (Algorithm 3)."""
+        if self.tasks_done == 0:
+            raise MetainfError("no tasks added yet: call add_tasks first")
+        return pseudo_inverse_factor(self.orthogonal_rows(), self.tasks_done, damping, rtol)
+
+    # ---- resumable state -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors (buffer rows, done mask) plus JSON-able ints and the config."""
+        return {
+            "rows": self._rows().clone(),
+            "done": torch.from_numpy(self.done.copy()),
+            "num_reductions": self.num_reductions,
+            "num_params": self.w.numel(),
+            "num_tasks": len(self.taskset),
+            "format": STATE_FORMAT,
+            "config": self.config.to_dict(),
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: dict[str, Any],
+        model: nn.Module,
+        spec: LearnerSpec,
+        params: Params,
+        taskset: TaskSet,
+        dataset: FewShotDataset,
+    ) -> GaussNewtonFit:
+        """Resume a fit saved by ``state_dict`` (raises ConfigError on a shape/config mismatch)."""
+        if int(state.get("format", -1)) != STATE_FORMAT:
+            raise ConfigError(f"unknown Gauss-Newton state format {state.get('format')!r}")
+        fit = cls(model, spec, params, taskset, dataset, GaussNewtonConfig(**state["config"]))
+        rows, done = state["rows"], state["done"]
+        if int(state["num_params"]) != fit.w.numel() or rows.shape[-1] != fit.w.numel():
+            raise ConfigError(f"saved state has q = {state['num_params']}, the model has q = {fit.w.numel()}")
+        if int(state["num_tasks"]) != len(taskset) or done.numel() != len(taskset):
+            raise ConfigError(f"saved state covers {state['num_tasks']} tasks, the taskset has {len(taskset)}")
+        fit._blocks = [rows.to(dtype=fit.w.dtype, device=fit.w.device)] if rows.shape[0] else []
+        fit.done = done.cpu().numpy().astype(bool).copy()
+        fit.num_reductions = int(state["num_reductions"])
+        return fit

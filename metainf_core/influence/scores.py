@@ -1,0 +1,151 @@
+"""Influence scores from a factor U (H⁺ ≈ U diag(s) Uᵀ) and the stored r-vectors P = Uᵀ g_j.
+
+TLXML Eq. 12: I_meta(j) = −(1/M) H⁺ g_j = −(1/M) U P_j  (s = +1 on kept positive eigenvalues).
+Eq. 9: I_perf(i, j) = g_iᵀ I_meta(j). Product convention (METHODS §2):
+
+    helpfulness(i, j) = −I_perf(i, j) = (1/M) (Uᵀ g_i)·P_j,
+
+positive = up-weighting training task j *lowers* test loss i (sign checked by finite differences
+in tests/test_influence_exact.py). Scoring a new target costs one gradient g_i, a q × k mat-vec
+and an M × k mat-vec. Groups (TLXML A.3): a group's score is the sum over its member tasks.
+Truncation (TLXML A.6, B.3): keep the first k columns (largest eigenvalues), k chosen by the
+mean self-rank over (a sample of) training tasks, ties -> smallest k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metainf_core.data.base import FewShotDataset
+from metainf_core.exceptions import ConfigError, TaskNotFoundError
+from metainf_core.tasks import TaskSet
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Training-task ids sorted by decreasing helpfulness, with their scores."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+
+def truncation_candidates(rank: int, num_positive: int | None = None, small: bool | None = None) -> list[int]:
+    """64, 128, … below ``rank`` plus ``rank`` (TLXML A.6); from 4 for small models (B.3), plus
+    ``num_positive`` ("all positive") when the factor also carries negative eigenvalues."""
+    start = 4 if (small if small is not None else rank <= 256) else 64
+    cands = {k for k in (2**i for i in range(2, 40)) if start <= k < rank}
+    cands.add(rank)
+    if num_positive is not None and 0 < num_positive <= rank:
+        cands.add(num_positive)
+    return sorted(cands)
+
+
+@dataclass(frozen=True, eq=False)
+class TaskInfluence:
+    """Fitted TLXML scores for M training tasks: U (q × r), signs (r), P = Uᵀ g_j (M × r).
+
+    ``truncation`` k selects the first k columns; ``self_ranks`` is the (k, mean self-rank) table
+    used to choose it (empty if not computed).
+    """
+
+    factor: Tensor
+    projections: Tensor
+    signs: Tensor
+    eigenvalues: Tensor
+    truncation: int
+    mode: str = "exact"
+    num_negative: int = 0
+    num_positive: int = -1
+    self_ranks: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.truncation <= self.num_columns):
+            raise ConfigError(f"truncation must be in 1..{self.num_columns}, got {self.truncation}")
+
+    @property
+    def num_columns(self) -> int:
+        """r, the columns of U available for truncation."""
+        return int(self.factor.shape[1])
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.projections.shape[0])
+
+    def with_truncation(self, k: int) -> TaskInfluence:
+        return replace(self, truncation=int(k))
+
+    def _check_grad(self, g: Tensor) -> Tensor:
+        if g.shape[-1] != self.factor.shape[0]:
+            raise ConfigError(f"gradient has {g.shape[-1]} entries, the model has q = {self.factor.shape[0]}")
+        return g.to(self.factor)
+
+    def _check_task(self, j: int) -> int:
+        if not 0 <= int(j) < self.num_tasks:
+            raise TaskNotFoundError(f"training task {j} is not in 0..{self.num_tasks - 1}")
+        return int(j)
+
+    def project(self, test_grad: Tensor) -> Tensor:
+        """s ⊙ U_kᵀ g (k): a target's coordinates; ``test_grad`` may be q or B × q."""
+        k = self.truncation
+        return (self._check_grad(test_grad) @ self.factor[:, :k]) * self.signs[:k]
+
+    def i_meta(self, j: int) -> Tensor:
+        """I_meta(j) = −(1/M) U_k diag(s) P_j,k ∈ R^q (TLXML Eq. 12)."""
+        k = self.truncation
+        p = self.projections[self._check_task(j), :k] * self.signs[:k]
+        return -(self.factor[:, :k] @ p) / self.num_tasks
+
+    def helpfulness(self, test_grad: Tensor) -> Tensor:
+        """(M,) or (B × M): helpfulness(i, j) = −I_perf(i, j) = (1/M) g_iᵀ H⁺ g_j for all j."""
+        return self.project(test_grad) @ self.projections[:, : self.truncation].T / self.num_tasks
+
+    def rank(self, test_grad: Tensor, top: int | None = None) -> Ranking:
+        """Training tasks by decreasing helpfulness for the target with gradient ``test_grad`` (q)."""
+        scores = self.helpfulness(test_grad)
+        order = torch.argsort(scores, descending=True, stable=True)[:top]
+        return Ranking(order.cpu().numpy(), scores[order].cpu().numpy())
+
+    def group_helpfulness(self, test_grad: Tensor, groups: Mapping[int, Hashable] | Sequence[Hashable]) -> dict[Hashable, float]:
+        """Σ_{j∈G} helpfulness(i, j) per group label (TLXML A.3, Eq. 17); ``groups``: task -> label."""
+        scores = self.helpfulness(test_grad).cpu().numpy()
+        items = groups.items() if isinstance(groups, Mapping) else enumerate(groups)
+        out: dict[Hashable, float] = {}
+        for j, label in items:
+            out[label] = out.get(label, 0.0) + float(scores[self._check_task(j)])
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def self_rank_table(
+        self, candidates: Sequence[int] | None = None, sample: int | None = 256, seed: int = 0
+    ) -> list[tuple[int, float]]:
+        """(k, mean self-rank) for each candidate truncation: test task := training task j, rank of j
+        among all M scores (0 = top; ties with j count in j's favour), averaged over ≤ ``sample`` tasks."""
+        cands = list(candidates) if candidates is not None else truncation_candidates(self.num_columns, self.num_positive)
+        ids = np.arange(self.num_tasks)
+        if sample is not None and sample < self.num_tasks:
+            ids = np.sort(np.random.default_rng(seed).choice(self.num_tasks, sample, replace=False))
+        idx = torch.as_tensor(ids, device=self.projections.device)
+        table = []
+        for k in cands:
+            if not 1 <= k <= self.num_columns:
+                raise ConfigError(f"candidate truncation {k} outside 1..{self.num_columns}")
+            pk = self.projections[:, :k] * self.signs[:k]
+            s = pk[idx] @ self.projections[:, :k].T  # |sample| × M, same scale for all j
+            own = s.gather(1, idx.unsqueeze(1))
+            table.append((int(k), float((s > own).sum(1).double().mean())))
+        return table
+
+    def select_truncation(self, candidates: Sequence[int] | None = None, sample: int | None = 256, seed: int = 0) -> TaskInfluence:
+        """Copy with k = argmin mean self-rank (ties -> smallest k) and the table recorded."""
+        table = self.self_rank_table(candidates, sample, seed)
+        best = min(table, key=lambda kv: (kv[1], kv[0]))[0]
+        return replace(self, truncation=best, self_ranks=tuple(table))
+
+
+def superclass_groups(taskset: TaskSet, dataset: FewShotDataset) -> dict[int, str]:
+    """Task -> label of its superclass set ("a+b+c", sorted), for group scores (TLXML A.3)."""
+    return {j: "+".join(sorted(s)) for j, s in enumerate(taskset.superclass_sets(dataset))}
