@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from metainf_core.checkpoint import read_meta
 from metainf_core.exceptions import MetainfError
+from ui import DEFAULT_DEMO, DEMO_DIR
 
-DEMO_DIR = Path(__file__).parent / "assets" / "demo"
-DEFAULT_DEMO = "protonet-fashion-mnist"  # fastest to explain and edit interactively
 
 st.set_page_config(page_title="metainf", page_icon="🧭", layout="wide")
 

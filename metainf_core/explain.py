@@ -293,3 +293,25 @@ def validation_report(
             {"min_shared": s, **proper_tests(scores, overlap >= s).to_dict()} for s in range(1, int(overlap.max()) + 1)
         ]
     return out
+
+
+def plain_summary(helpful: list[dict[str, Any]], harmful: list[dict[str, Any]]) -> str:
+    """One sentence for non-experts from the top rows: which kind of training task helped and
+    which hurt (the class most common among them, with its superclass; noise/label-flip tasks
+    named as such when they are the majority)."""
+
+    def kind(rows: list[dict[str, Any]]) -> str:
+        corrupted = [r["corruption"] for r in rows if r["corruption"] != "none"]
+        if rows and len(corrupted) * 2 > len(rows):
+            return "tasks made of noise" if max(set(corrupted), key=corrupted.count) == "noise" else "tasks with shuffled labels"
+        counts: dict[tuple[str, str], int] = {}
+        for r in rows:
+            for pair in set(zip(r["classes"], r["superclasses"], strict=True)):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return "no particular kind of task"
+        best = max(counts.values())
+        top = sorted(f"{c} ({s})" for (c, s), n in counts.items() if n == best)
+        return "tasks containing " + " or ".join(top[:2])
+
+    return f"Training {kind(helpful)} helped this test task most; {kind(harmful)} hurt it most."

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from metainf_core.exceptions import MetainfError
 from metainf_core.figures import thumbnail_strip
-from metainf_core.service import open_run, task_view
+from metainf_core.service import task_view
+from ui import require_run
 
 st.set_page_config(page_title="metainf · Tasks", layout="wide")
 
 
-@st.cache_resource(show_spinner="Loading model and data…")
-def get_run(path: str):
-    return open_run(path)
-
-
-path = st.session_state.get("model_path")
-if not path:
-    st.info("Choose a model on the home page first.")
-    st.stop()
-try:
-    run = get_run(path)
-except MetainfError as e:
-    st.error(f"Cannot open this checkpoint: {e}")
-    st.stop()
+path, run = require_run()
 
 split = st.radio("Taskset", ["test", "train"], horizontal=True, key="tasks_split")
 n = len(run.test_tasks if split == "test" else run.train_tasks)
