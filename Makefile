@@ -4,15 +4,17 @@
 PY := .venv/bin/python
 PORT ?= 8501
 
-.PHONY: setup run test bench demo
+.PHONY: setup run test bench
 setup:
 	@bash scripts/setup.sh
 
 run: setup
 	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true
 
-test: setup
+test:
+	@bash scripts/setup.sh --with-browser
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_influence.py
+	$(PY) bench/bench_demo_paths.py

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: virtualenv (.venv), Python packages, learn2learn 0.2.0 built for Python 3.11,
-# and the default dataset (Fashion-MNIST from Debian's dataset-fashion-mnist package).
+# the default dataset (Fashion-MNIST from Debian's dataset-fashion-mnist package) and, with
+# --with-browser, Debian's chromium for the end-to-end browser test.
 # A second run only checks a stamp and returns in seconds.
 #
 # Environment:
@@ -12,7 +13,9 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 L2L_VERSION=0.2.0
-KEY=$(cat requirements.txt scripts/setup.sh | sha256sum | cut -c1-16)
+# The virtualenv is keyed by what goes into it: requirements.txt and the learn2learn build recipe.
+VENV_RECIPE="l2l-$L2L_VERSION-cython3-nobuildisolation-1"
+KEY=$( (cat requirements.txt; echo "$VENV_RECIPE") | sha256sum | cut -c1-16)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -73,4 +76,16 @@ if [ ! -f "$RAW/t10k-labels-idx1-ubyte" ]; then
     gunzip -c "$SRC/$f.gz" > "$RAW/$f.part" && mv "$RAW/$f.part" "$RAW/$f"
   done
   log "Fashion-MNIST ready in $RAW"
+fi
+
+# ---- 3. Debian chromium for tests/test_e2e_browser.py (make test passes --with-browser) -------
+if [ "${1:-}" = "--with-browser" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    log "installing Debian's chromium for the end-to-end browser test (about a minute)"
+    (apt-get update -qq >/dev/null 2>&1 || true)
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || log "could not install chromium: the browser test will fail and say how to install it"
+  else
+    log "chromium is missing and this is not root: run 'sudo apt-get install chromium' for the browser test"
+  fi
 fi
