@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from metainf_core.checkpoint import read_meta
+from metainf_core.checkpoint import import_checkpoint_zip, read_meta
+from metainf_core.cache import cache_root
 from metainf_core.exceptions import MetainfError
 from ui import DEFAULT_DEMO, DEMO_DIR
 
 
 st.set_page_config(page_title="metainf", page_icon="🧭", layout="wide")
+UPLOAD_DIR = cache_root() / "uploads"  # verified uploads, named by content hash; never unpickled
 
 
 @st.cache_data(show_spinner=False)
@@ -19,7 +21,18 @@ def load_card(path: str) -> dict:
 
 def model_picker() -> str | None:
     demos = sorted(p for p in DEMO_DIR.glob("*") if (p / "meta.json").exists())
-    choice = st.sidebar.radio("Model", ["Bundled demo", "Run folder"], key="home_source")
+    choice = st.sidebar.radio("Model", ["Bundled demo", "Run folder", "Upload"], key="home_source")
+    if choice == "Upload":
+        upload = st.sidebar.file_uploader(
+            "Checkpoint (.zip of a folder with model.safetensors, meta.json and the taskset files)", type=["zip"], key="home_upload"
+        )
+        if upload is None:
+            return None
+        try:
+            return str(import_checkpoint_zip(upload.getvalue(), UPLOAD_DIR))
+        except MetainfError as e:
+            st.error(f"Cannot use this upload: {e}")
+            st.stop()
     if choice == "Bundled demo":
         if not demos:
             st.sidebar.error("No bundled demo found in assets/demo.")

@@ -164,3 +164,56 @@ def save_checkpoint(
     meta["hashes"] = {name: sha256_file(d / name) for name in (MODEL_FILE, *extra_files)}
     write_json_atomic(d / META_FILE, meta)
     return d
+
+
+ALLOWED_UPLOAD_FILES = (MODEL_FILE, META_FILE, TRAIN_TASKS_FILE, TEST_TASKS_FILE, TRAIN_STATE_FILE)
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+
+
+def import_checkpoint_zip(data: bytes, dest_root: str | Path, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
+    """Unpack an uploaded checkpoint (a .zip of one checkpoint directory) into
+    ``dest_root/<sha256 prefix>/`` and verify it; nothing is unpickled or executed.
+
+    Only the known file names are extracted (no paths, so no traversal); sizes are checked
+    before extraction; the result must pass ``read_meta`` and the shape checks of ``load_checkpoint``.
+    """
+    import hashlib
+    import io
+    import shutil
+    import tempfile
+    import zipfile
+
+    if len(data) > max_bytes:
+        raise CheckpointError(f"upload is {len(data) / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise CheckpointError("upload is not a .zip of a checkpoint folder (model.safetensors + meta.json + tasksets)") from None
+    members = {}
+    for info in archive.infolist():
+        name = Path(info.filename).name
+        if info.is_dir() or name not in ALLOWED_UPLOAD_FILES:
+            continue
+        if name in members:
+            raise CheckpointError(f"upload holds {name} twice")
+        if info.file_size > max_bytes:
+            raise CheckpointError(f"{name} in the upload is larger than {max_bytes / 2**20:.0f} MiB")
+        members[name] = info
+    missing = [n for n in (MODEL_FILE, META_FILE) if n not in members]
+    if missing:
+        raise CheckpointError(f"upload lacks {', '.join(missing)}")
+    dest = Path(dest_root) / hashlib.sha256(data).hexdigest()[:16]
+    if dest.is_dir():
+        load_checkpoint(dest)
+        return dest
+    Path(dest_root).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".upload-", dir=dest_root))
+    try:
+        for name, info in members.items():
+            (tmp / name).write_bytes(archive.read(info))
+        load_checkpoint(tmp)  # refuses pickles, truncated or altered files, shape mismatches
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

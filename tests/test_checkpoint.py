@@ -109,3 +109,44 @@ def test_learn2learn_module_prefix_loads(synthetic_run, tmp_path):
     assert set(loaded) == set(run.checkpoint.params)
     for k in loaded:
         torch.testing.assert_close(loaded[k], run.checkpoint.params[k])
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_import_uploaded_checkpoint_zip(synthetic_run, tmp_path):
+    from metainf_core.checkpoint import import_checkpoint_zip
+
+    good = _zip({f"run/{p.name}": p.read_bytes() for p in synthetic_run.iterdir() if p.is_file()})
+    dest = import_checkpoint_zip(good, tmp_path / "uploads")
+    assert load_checkpoint(dest).num_parameters == 63
+    assert open_run(dest).evaluate().summary()["accuracy"] == pytest.approx(read_meta(synthetic_run)["test"]["accuracy"], abs=1e-6)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    files = {p.name: p.read_bytes() for p in synthetic_run.iterdir() if p.is_file()}
+    bad_cases = {
+        "pickle": {**files, "model.safetensors": pickle.dumps(Exploit())},
+        "lacks": {k: v for k, v in files.items() if k != "meta.json"},
+        "hash": {**files, "model.safetensors": files["model.safetensors"][:-4] + b"\x00\x00\x00\x00"},
+    }
+    for reason, content in bad_cases.items():
+        with pytest.raises(CheckpointError, match=reason):
+            import_checkpoint_zip(_zip(content), tmp_path / "uploads")
+    with pytest.raises(CheckpointError, match="not a .zip"):
+        import_checkpoint_zip(b"not a zip at all", tmp_path / "uploads")
+    with pytest.raises(CheckpointError, match="limit"):
+        import_checkpoint_zip(good, tmp_path / "uploads", max_bytes=1000)
+    assert not marker.exists()
+    assert [p.name for p in (tmp_path / "uploads").iterdir()] == [dest.name]  # failed uploads leave nothing
