@@ -54,14 +54,13 @@ def _influence_config(a: argparse.Namespace) -> InfluenceConfig:
     return InfluenceConfig(method=a.method, n_orth=a.n_orth, damping=a.damping, truncation=a.truncation, dtype=dtype)
 
 
-def _fitted(a: argparse.Namespace, *, fit_if_needed: bool = True):
-    from metainf_core.explain import fit_influence, is_fitted
+def _fitted(a: argparse.Namespace):
+    """The run and its TLXML fit (from the cache, or fitted now with a progress bar on stderr)."""
+    from metainf_core.explain import fit_influence
     from metainf_core.service import open_run
 
     run = open_run(a.path, device="cpu")
     cfg = _influence_config(a)
-    if not fit_if_needed and not is_fitted(run, cfg):
-        raise MetainfError(f"{a.path}: no cached {cfg.method} influence fit with these settings; run `fit` first")
     bar = None
     if not getattr(a, "quiet", False):
         from tqdm.auto import tqdm
