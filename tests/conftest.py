@@ -46,3 +46,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def demo_fitted() -> Path:
+    """The bundled ProtoNet demo with the app's default influence fit in the disk cache (fitted
+    once here, through the core, so page tests do not spend their AppTest time limit on it)."""
+    from metainf_core.explain import fit_influence
+    from metainf_core.service import open_run
+    from ui import DEFAULT_INFLUENCE
+
+    demo = REPO / "assets" / "demo" / "protonet-fashion-mnist"
+    fit_influence(open_run(demo), DEFAULT_INFLUENCE)
+    return demo

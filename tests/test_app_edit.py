@@ -14,7 +14,7 @@ def _taskset_accuracy(at: AppTest) -> str:
     return next(m.value for m in at.metric if m.label.startswith("Test taskset accuracy"))
 
 
-def test_edit_flow():
+def test_edit_flow(demo_fitted):
     at = AppTest.from_file(str(REPO / "pages" / "3_Edit.py"), default_timeout=900)
     at.session_state["model_path"] = str(DEMO)
     at.run()

@@ -15,7 +15,7 @@ def _images(at: AppTest) -> list:
     return at.get("image")
 
 
-def test_explain_flow():
+def test_explain_flow(demo_fitted):
     at = AppTest.from_file(str(REPO / "pages" / "2_Explain.py"), default_timeout=900)
     at.session_state["model_path"] = str(DEMO)
     at.run()
@@ -34,3 +34,17 @@ def test_explain_flow():
     assert not at.exception
     assert at.query_params["test"] in (["7"], "7")
     assert [m.value for m in at.markdown if "training task" in m.value][:5] != first
+
+
+def test_unfitted_model_offers_a_fit_with_progress(synthetic_run, tmp_path, monkeypatch):
+    """A model without a cached fit: the page explains, stops, and fits on request (small run)."""
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
+    at = AppTest.from_file(str(REPO / "pages" / "2_Explain.py"), default_timeout=300)
+    at.session_state["model_path"] = str(synthetic_run)
+    at.run()
+    assert not at.exception
+    assert "not fitted yet" in at.info[0].value and not at.success
+    at.button(key="fit_button").click().run()
+    assert not at.exception, at.exception
+    assert "helped this test task most" in at.success[0].value
+    assert any((tmp_path / "cache" / "influence").iterdir())  # the fit went to the disk cache

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_validate_flow():
+def test_validate_flow(demo_fitted):
     at = AppTest.from_file(str(REPO / "pages" / "4_Validate.py"), default_timeout=900)
     at.session_state["model_path"] = str(REPO / "assets" / "demo" / "protonet-fashion-mnist")
     at.run()

@@ -45,7 +45,7 @@ def server():
     proc.wait(timeout=30)
 
 
-def test_explain_and_edit_in_chromium(server, tmp_path):
+def test_explain_and_edit_in_chromium(demo_fitted, server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
