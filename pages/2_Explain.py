@@ -78,6 +78,18 @@ with left:
 with right:
     show_rows(harmful, f"{k} most harmful")
 
+# ---- side by side ----------------------------------------------------------------------------------
+st.markdown("#### Compare a training task with the test task")
+choices = [r["task"] for r in helpful + harmful]
+picked = st.selectbox("Training task", choices, format_func=lambda j: f"task {j} (rank {int(ranks[j]) + 1}, score {scores[j]:+.3g})",
+                      key="explain_compare")
+a, b = st.columns(2)
+for col, split, tid, title in ((a, "test", test_id, f"Test task {test_id}"), (b, "train", int(picked), f"Training task {picked}")):
+    col.markdown(f"**{title}** — {describe_task(path, split, tid)}")
+    img = task_strip(path, split, tid, scale=3, rows=True)
+    if img is not None:
+        col.image(img, output_format="PNG")
+
 # ---- charts -------------------------------------------------------------------------------------
 c1, c2 = st.columns(2)
 fig = go.Figure(go.Histogram(x=scores, nbinsx=60, name="all training tasks", marker_color="#9aa5b1"))

@@ -25,15 +25,18 @@ def test_explain_flow(demo_fitted):
     assert not at.exception, at.exception
     summary = at.success[0].value
     assert "helped this test task most" in summary and "hurt it most" in summary
-    rows = [m.value for m in at.markdown if "training task" in m.value]
+    rows = [m.value for m in at.markdown if m.value.startswith("**#")]
     assert len(rows) == 10  # 5 most helpful + 5 most harmful
     assert all(any(s in r for s in ("(tops)", "(footwear)", "(other)")) for r in rows)
-    assert len(_images(at)) >= 11  # the test task + one strip per ranked training task (+ gallery)
+    assert len(_images(at)) >= 13  # test task + a grid per ranked training task + the side-by-side pair
+    at.selectbox(key="explain_compare").select_index(9).run()  # the most harmful task beside the test task
+    assert not at.exception
+    assert any(m.value.startswith(f"**Training task {at.selectbox(key='explain_compare').value}**") for m in at.markdown)
     first = rows[:5]
     at.number_input(key="explain_test").set_value(7).run()
     assert not at.exception
     assert at.query_params["test"] in (["7"], "7")
-    assert [m.value for m in at.markdown if "training task" in m.value][:5] != first
+    assert [m.value for m in at.markdown if m.value.startswith("**#")][:5] != first
 
 
 def test_unfitted_model_offers_a_fit_with_progress(synthetic_run, tmp_path, monkeypatch):
