@@ -22,7 +22,7 @@ def _train(a: argparse.Namespace) -> dict[str, Any]:
     train_cfg = TrainConfig(
         algo=a.algo, arch=a.arch, filters=a.filters, steps=a.steps, meta_batch=a.meta_batch, lr=a.lr,
         inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order, seed=a.seed,
-        checkpoint_every=a.checkpoint_every, keep_history=a.keep_history,
+        checkpoint_every=a.checkpoint_every, keep_history=a.keep_history, exclude_tasks=a.exclude_tasks,
     )  # fmt: skip
     out = train(task_cfg, train_cfg, a.out, resume=a.resume, device=a.device, progress=not a.quiet)
     meta = read_meta(out)
@@ -124,7 +124,7 @@ def _parse_ids(text: str | None) -> tuple[int, ...]:
 
 def _edit(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.edit import EditSpec
-    from metainf_core.explain import edit_report, edited_params, save_edited_checkpoint
+    from metainf_core.explain import edit_report, edited_params, leave_out_retrain, save_edited_checkpoint
 
     spec = EditSpec(_parse_ids(a.block), a.xi_block, _parse_ids(a.enhance), a.xi_enhance)
     run, cfg, inf = _fitted(a)
@@ -133,6 +133,10 @@ def _edit(a: argparse.Namespace) -> dict[str, Any]:
     report["edit"] = {"block": list(spec.block), "xi_block": spec.xi_block, "enhance": list(spec.enhance), "xi_enhance": spec.xi_enhance}
     if a.out:
         report["out"] = str(save_edited_checkpoint(run, params, a.out, {**report["edit"], "test": report["taskset"]["after"]}))
+    if a.leave_out:
+        if not spec.block:
+            raise ConfigError("--leave-out retrains without the blocked tasks: give --block")
+        report["leave_out"] = leave_out_retrain(run, spec.block, a.leave_out, a.leave_out_steps)
     return report
 
 
@@ -175,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=rd.seed, help="initialisation and meta-batch seed")
     t.add_argument("--checkpoint-every", type=int, default=rd.checkpoint_every)
     t.add_argument("--keep-history", action="store_true", help="also keep ω at every checkpoint (diagnostics)")
+    t.add_argument("--exclude-tasks", type=_parse_ids, default=(), help="comma-separated training task ids never drawn")
     t.add_argument("--out", required=True)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -211,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--xi-enhance", type=float, default=1.0)
     d.add_argument("--test-task", type=int, default=None, help="also report this test task")
     d.add_argument("--out", help="write the edited checkpoint here")
+    d.add_argument("--leave-out", metavar="DIR", help="also retrain from scratch without the blocked tasks (slow baseline)")
+    d.add_argument("--leave-out-steps", type=int, default=None, help="steps for --leave-out (default: as trained)")
     d.set_defaults(func=_edit)
 
     v = sub.add_parser("validate", help="explanation checks: self-rank, noise and superclass proper tests")

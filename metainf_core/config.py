@@ -84,8 +84,12 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     keep_history: bool = False
+    exclude_tasks: tuple[int, ...] = ()  # training task ids never drawn (leave-out retraining)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude_tasks", tuple(sorted({int(j) for j in self.exclude_tasks})))
+        if any(j < 0 for j in self.exclude_tasks):
+            raise ConfigError("exclude_tasks must be non-negative task ids")
         try:
             Algorithm(self.algo)
             Architecture(self.arch)

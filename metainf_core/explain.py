@@ -31,7 +31,7 @@ from metainf_core.influence import (
     task_gradients,
 )
 from metainf_core.learners import Params
-from metainf_core.service import Run
+from metainf_core.service import Run, open_run
 from metainf_core.validate import proper_tests, self_ranks, superclass_overlap
 
 CACHE_FORMAT = 1
@@ -315,3 +315,19 @@ def plain_summary(helpful: list[dict[str, Any]], harmful: list[dict[str, Any]]) 
         return "tasks containing " + " or ".join(top[:2])
 
     return f"Training {kind(helpful)} helped this test task most; {kind(harmful)} hurt it most."
+
+
+def leave_out_retrain(run: Run, exclude: Sequence[int], out: str | Path, steps: int | None = None) -> dict[str, Any]:
+    """Slow baseline for an edit: retrain from scratch with the same settings, never drawing the
+    tasks in ``exclude`` (TLXML Table 3's leave-out); returns its test summary and runtime."""
+    from metainf_core.config import TaskConfig, TrainConfig
+    from metainf_core.train import train
+
+    task_cfg = TaskConfig.from_dict(run.meta["task_config"])
+    train_dict = {**run.meta["train_config"], "exclude_tasks": tuple(int(j) for j in exclude)}
+    if steps is not None:
+        train_dict["steps"] = int(steps)
+    started = time.time()
+    directory = train(task_cfg, TrainConfig.from_dict(train_dict), out, progress=False, device=str(run.device))
+    retrained = open_run(directory)
+    return {"out": str(directory), "test": retrained.evaluate().summary(), "seconds": round(time.time() - started, 2)}

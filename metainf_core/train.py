@@ -6,6 +6,7 @@ checkpoint of step ``s`` replays exactly the steps an uninterrupted run would ta
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 import time
@@ -48,10 +49,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def meta_batch_ids(num_tasks: int, meta_batch: int, seed: int, step: int) -> np.ndarray:
-    """The training task ids of meta-batch ``step`` (without replacement when M ≥ batch)."""
+def meta_batch_ids(num_tasks: int, meta_batch: int, seed: int, step: int, exclude: tuple[int, ...] = ()) -> np.ndarray:
+    """The training task ids of meta-batch ``step`` (without replacement when enough tasks),
+    never one of ``exclude`` (leave-out retraining, TLXML Table 3)."""
+    allowed = np.setdiff1d(np.arange(num_tasks), np.asarray(exclude, dtype=np.int64))
+    if len(allowed) == 0:
+        raise ConfigError("every training task is excluded")
     rng = np.random.default_rng([seed, step])
-    return rng.choice(num_tasks, size=meta_batch, replace=num_tasks < meta_batch)
+    return allowed[rng.choice(len(allowed), size=meta_batch, replace=len(allowed) < meta_batch)]
 
 
 def library_versions() -> dict[str, str]:
@@ -89,7 +94,8 @@ def _save_train_state(path: Path, st: _State, configs: dict[str, Any]) -> None:
 def _load_train_state(path: Path, st: _State, configs: dict[str, Any]) -> None:
     meta = read_tensor_metadata(path)
     for part in ("task", "train"):
-        a, b = dict(meta.get("configs", {}).get(part, {})), dict(configs[part])
+        a = dict(meta.get("configs", {}).get(part, {}))
+        b = json.loads(json.dumps(configs[part]))  # tuples as JSON lists, as saved
         a.pop("steps", None), b.pop("steps", None)  # a resumed run may train longer
         if a != b:
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -149,6 +155,8 @@ def train(
     dev = resolve_device(device)
     dataset = load_dataset(task_cfg.dataset)
     train_ts, test_ts = make_taskset(dataset, task_cfg, "train"), make_taskset(dataset, task_cfg, "test")
+    for j in train_cfg.exclude_tasks:
+        train_ts.check_id(j)
     state_path = out / TRAIN_STATE_FILE
     if not resume and state_path.exists():
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
@@ -179,7 +187,7 @@ def train(
     started = time.time()
     bar = tqdm(total=train_cfg.steps, initial=st.step, disable=not progress, desc="meta-train", unit="step", file=sys.stderr)
     while st.step < train_cfg.steps:
-        ids = meta_batch_ids(len(train_ts), train_cfg.meta_batch, train_cfg.seed, st.step)
+        ids = meta_batch_ids(len(train_ts), train_cfg.meta_batch, train_cfg.seed, st.step, train_cfg.exclude_tasks)
         b = train_ts.batch(ids, dataset).to(dev)
         loss, acc = metrics_fn(st.params, b.support_x, b.support_y, b.query_x, b.query_y)
         st.optimizer.zero_grad(set_to_none=True)

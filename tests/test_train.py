@@ -81,3 +81,22 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, python_exe):
             TrainConfig(algo="maml", arch="mlp-synthetic", steps=target + 5, meta_batch=8, lr=0.02, checkpoint_every=10),
             out, resume=True, progress=False,
         )  # fmt: skip
+
+
+def test_leave_out_retraining_never_draws_excluded_tasks(synthetic_run, tmp_path):
+    from metainf_core.explain import leave_out_retrain
+    from metainf_core.service import open_run
+
+    excluded = (0, 5, 7)
+    drawn = np.concatenate([meta_batch_ids(48, 16, 0, s, excluded) for s in range(200)])
+    assert not set(drawn.tolist()) & set(excluded) and len(set(drawn.tolist())) == 45
+    np.testing.assert_array_equal(meta_batch_ids(48, 16, 0, 3), meta_batch_ids(48, 16, 0, 3, ()))  # default unchanged
+    res = leave_out_retrain(open_run(synthetic_run), excluded, tmp_path / "loo", steps=40)
+    meta = load_checkpoint(res["out"]).meta
+    assert meta["train_config"]["exclude_tasks"] == [0, 5, 7] and meta["step"] == 40
+    assert 0 <= res["test"]["accuracy"] <= 1 and res["seconds"] > 0
+    # a resumed leave-out run keeps its exclusion (the saved config round-trips through JSON)
+    task_cfg = TaskConfig.from_dict(meta["task_config"])
+    train_cfg = TrainConfig.from_dict({**meta["train_config"], "steps": 50})
+    train(task_cfg, train_cfg, res["out"], resume=True, progress=False)
+    assert load_checkpoint(res["out"]).meta["step"] == 50
