@@ -32,7 +32,8 @@ from metainf_core.influence import (
 )
 from metainf_core.learners import Params
 from metainf_core.service import Run, open_run
-from metainf_core.validate import proper_tests, self_ranks, superclass_overlap
+from metainf_core.influence.exact import MAX_EXACT_PARAMS
+from metainf_core.validate import proper_tests, score_agreement, self_ranks, superclass_overlap, top_k_overlap
 
 CACHE_FORMAT = 1
 # (stage, done, total) — stage is "curvature" or "gradients"
@@ -262,7 +263,7 @@ def test_score_matrix(run: Run, inf: TaskInfluence, dtype: str, test_ids: Sequen
 
 def validation_report(
     run: Run, inf: TaskInfluence, cfg: InfluenceConfig, *, self_rank: bool = True, noise: bool = True,
-    superclass: bool = True, max_tests: int = 128,
+    superclass: bool = True, max_tests: int = 128, exact_agreement: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Self-rank table, noise-vs-normal and superclass-overlap proper tests with binomial σ."""
     out: dict[str, Any] = {"method": cfg.method, "truncation": inf.truncation, "num_tasks": inf.num_tasks}
@@ -273,10 +274,27 @@ def validation_report(
         s = (g @ inf.projections[:, : inf.truncation].T).cpu().numpy()
         ranks = self_ranks(s, np.arange(m))
         out["self_rank_at_truncation"] = {"mean": float(ranks.mean()), "fraction_top1": float((ranks == 0).mean()), "random_mean": (m - 1) / 2}
-    if not (noise or superclass):
+    if not (noise or superclass or exact_agreement):
         return out
     test_ids = np.arange(min(max_tests, len(run.test_tasks)))
     scores = test_score_matrix(run, inf, cfg.dtype, test_ids)
+    if exact_agreement and InfluenceMethod(cfg.method) is InfluenceMethod.GN:
+        q = int(inf.factor.shape[0])
+        if q > MAX_EXACT_PARAMS:
+            out["exact_vs_gn"] = {"skipped": f"exact Hessian infeasible for q = {q:,} > {MAX_EXACT_PARAMS:,} parameters"}
+        else:
+            exact_cfg = InfluenceConfig(**{**cfg.to_dict(), "method": "exact", "dtype": "float64"})
+            exact = test_score_matrix(run, fit_influence(run, exact_cfg), "float64", test_ids)
+            per_test = [score_agreement(a, b) for a, b in zip(exact, scores, strict=True)]
+            pearson = np.array([d["pearson"] for d in per_test])
+            spearman = np.array([d["spearman"] for d in per_test])
+            k = max(1, inf.num_tasks // 10)
+            overlap = np.array([top_k_overlap(a, b, k) for a, b in zip(exact, scores, strict=True)])
+            out["exact_vs_gn"] = {
+                "pearson_mean": float(pearson.mean()), "pearson_sd": float(pearson.std()),
+                "spearman_mean": float(spearman.mean()), f"top{k}_overlap_mean": float(overlap.mean()),
+                "num_tests": len(test_ids), "paper_pearson": "0.715 ± 0.092 (TLXML B.3)",
+            }  # fmt: skip
     if noise:
         noisy = run.train_tasks.ids_with("noise")
         if len(noisy) == 0:

@@ -55,3 +55,14 @@ table = pd.DataFrame(rows)[["subpopulation P", "proper", "total", "sigma", "z"]]
 if not table.empty:
     table = table.rename(columns={"z": "distance from T/2 (σ)"})
     st.dataframe(table, hide_index=True, use_container_width=True)
+
+st.subheader("Gauss-Newton versus exact Hessian (TLXML B.3)")
+agree = rep.get("exact_vs_gn", {})
+if "skipped" in agree:
+    st.info(f"Not computed: {agree['skipped']}.")
+elif agree:
+    a1, a2, a3 = st.columns(3)
+    a1.metric("Pearson correlation of scores", f"{agree['pearson_mean']:.3f} ± {agree['pearson_sd']:.3f}", help=f"TLXML reports {agree['paper_pearson']}")
+    a2.metric("Spearman correlation", f"{agree['spearman_mean']:.3f}")
+    overlap = next(v for k, v in agree.items() if k.startswith("top") and k.endswith("_overlap_mean"))
+    a3.metric("Top-10% overlap", f"{overlap:.0%}")
