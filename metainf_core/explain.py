@@ -23,10 +23,13 @@ from metainf_core.config import InfluenceConfig, InfluenceMethod
 from metainf_core.edit import EditSpec, apply_delta, edit_delta
 from metainf_core.exceptions import ConfigError
 from metainf_core.influence import (
+    CurvatureMode,
     GaussNewtonConfig,
     GaussNewtonFit,
     TaskInfluence,
     fit_exact,
+    influence_from_projections,
+    sum_by_group,
     superclass_groups,
     task_gradients,
 )
@@ -129,11 +132,7 @@ def fit_influence(
             proj[ids] = task_gradients(run.model, run.spec, params, run.train_tasks, run.dataset, ids, grad_batch) @ factor.factor
             if progress is not None:
                 progress("gradients", int(ids[-1]) + 1, m)
-        inf = TaskInfluence(
-            factor=factor.factor, projections=proj, signs=factor.signs, eigenvalues=factor.eigenvalues,
-            truncation=max(factor.num_positive, 1) if factor.num_positive > 0 else factor.factor.shape[1],
-            mode="gauss_newton", num_negative=factor.num_negative, num_positive=factor.num_positive,
-        )  # fmt: skip
+        inf = influence_from_projections(factor, proj, CurvatureMode.GAUSS_NEWTON, select=False)
     inf = inf.with_truncation(cfg.truncation) if cfg.truncation else inf.select_truncation(sample=cfg.self_rank_sample)
     tensors, info = _to_tensors(inf)
     entry.save(tensors, {**info, "fit_seconds": round(time.time() - started, 2)})
@@ -195,10 +194,7 @@ def group_scores(run: Run, scores: np.ndarray, grouping: str = "superclass") -> 
     """Sum of helpfulness per group (TLXML A.3); ``superclass`` groups by a task's superclass set."""
     if grouping != "superclass":
         raise ConfigError(f"unknown grouping {grouping!r} (built in: superclass)")
-    out: dict[str, float] = {}
-    for j, label in superclass_groups(run.train_tasks, run.dataset).items():
-        out[label] = out.get(label, 0.0) + float(scores[j])
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    return sum_by_group(scores, superclass_groups(run.train_tasks, run.dataset))
 
 
 def ranking_table(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -210,23 +206,9 @@ def ranking_table(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---- one-step edits -----------------------------------------------------------------------
-def i_meta_sum_function(inf: TaskInfluence) -> Callable[[np.ndarray], torch.Tensor]:
-    """ids → Σ_{j∈ids} I_meta(j) = −(1/M) U_k s ⊙ Σ_j P_j,k (one q × k mat-vec per group)."""
-
-    def i_meta_sum(ids: np.ndarray) -> torch.Tensor:
-        for j in ids:
-            if not 0 <= int(j) < inf.num_tasks:
-                raise ConfigError(f"training task {int(j)} is not in 0..{inf.num_tasks - 1}")
-        k = inf.truncation
-        p = inf.projections[torch.as_tensor(np.asarray(ids, dtype=np.int64)), :k].sum(0) * inf.signs[:k]
-        return -(inf.factor[:, :k] @ p) / inf.num_tasks
-
-    return i_meta_sum
-
-
 def edited_params(run: Run, inf: TaskInfluence, spec: EditSpec) -> Params:
     """ω' = ω̂ + δω of TLXML Eq. 13."""
-    return apply_delta(run.params, edit_delta(i_meta_sum_function(inf), spec))
+    return apply_delta(run.params, edit_delta(inf.i_meta_sum, spec))
 
 
 def edit_report(run: Run, params: Params, test_task: int | None = None) -> dict[str, Any]:

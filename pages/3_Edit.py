@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.edit import apply_delta
-from metainf_core.explain import Target, all_scores, i_meta_sum_function, ranking_table, save_edited_checkpoint
+from metainf_core.explain import Target, all_scores, ranking_table, save_edited_checkpoint
 from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run
 
 XI_RANGE = (-8.0, 8.0)
@@ -45,7 +45,7 @@ st.write(f"Blocked set B: {len(block)} tasks · enhanced set E: {len(enhance)} t
 @st.cache_data(show_spinner=False, max_entries=64)
 def group_directions(path: str, block: tuple[int, ...], enhance: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Σ I_meta over B and over E (flat, length q); ξ only rescales them."""
-    fn = i_meta_sum_function(inf)
+    fn = inf.i_meta_sum
     zero = np.zeros(inf.factor.shape[0])
     a = fn(np.asarray(block)).cpu().numpy() if block else zero
     b = fn(np.asarray(enhance)).cpu().numpy() if enhance else zero

@@ -11,11 +11,17 @@ Public API::
 """
 
 from metainf_core.influence.exact import CurvatureFactor, meta_hessian, spectral_factor
-from metainf_core.influence.fit import CurvatureMode, fit_exact, fit_gauss_newton, influence_from_factor
+from metainf_core.influence.fit import (
+    CurvatureMode,
+    fit_exact,
+    fit_gauss_newton,
+    influence_from_factor,
+    influence_from_projections,
+)
 from metainf_core.influence.flat import ParamLayout
 from metainf_core.influence.gauss_newton import GaussNewtonConfig, GaussNewtonFit
 from metainf_core.influence.gradients import target_gradient, task_gradients
-from metainf_core.influence.scores import Ranking, TaskInfluence, superclass_groups, truncation_candidates
+from metainf_core.influence.scores import Ranking, TaskInfluence, sum_by_group, superclass_groups, truncation_candidates
 
 __all__ = [
     "CurvatureFactor",
@@ -28,8 +34,10 @@ __all__ = [
     "fit_exact",
     "fit_gauss_newton",
     "influence_from_factor",
+    "influence_from_projections",
     "meta_hessian",
     "spectral_factor",
+    "sum_by_group",
     "superclass_groups",
     "target_gradient",
     "task_gradients",

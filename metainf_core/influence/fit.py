@@ -37,12 +37,26 @@ def influence_from_factor(
     sample: int | None = 256,
 ) -> TaskInfluence:
     """Project the per-task gradients (M × q) onto U and choose the truncation by self-rank."""
+    projections = gradients.to(factor.factor) @ factor.factor
+    return influence_from_projections(factor, projections, mode, select=select, candidates=candidates, sample=sample)
+
+
+def influence_from_projections(
+    factor: CurvatureFactor,
+    projections: torch.Tensor,
+    mode: CurvatureMode,
+    *,
+    select: bool = True,
+    candidates: Sequence[int] | None = None,
+    sample: int | None = 256,
+) -> TaskInfluence:
+    """TaskInfluence from U and P = G U (M × r, computed by the caller, e.g. in chunks)."""
     if factor.factor.shape[1] == 0:
         raise ConfigError("the curvature has no positive eigenvalue: nothing to invert")
     n_pos = factor.num_positive if factor.num_positive >= 0 else factor.factor.shape[1]
     inf = TaskInfluence(
         factor=factor.factor,
-        projections=gradients.to(factor.factor) @ factor.factor,
+        projections=projections,
         signs=factor.signs,
         eigenvalues=factor.eigenvalues,
         truncation=max(n_pos, 1),

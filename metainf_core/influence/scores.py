@@ -96,8 +96,13 @@ class TaskInfluence:
 
     def i_meta(self, j: int) -> Tensor:
         """I_meta(j) = −(1/M) U_k diag(s) P_j,k ∈ R^q (TLXML Eq. 12)."""
+        return self.i_meta_sum([j])
+
+    def i_meta_sum(self, ids: Sequence[int] | np.ndarray) -> Tensor:
+        """Σ_{j∈ids} I_meta(j) (a group's influence, TLXML A.3) with one q × k mat-vec."""
         k = self.truncation
-        p = self.projections[self._check_task(j), :k] * self.signs[:k]
+        rows = torch.as_tensor([self._check_task(j) for j in np.asarray(ids, dtype=np.int64).reshape(-1)], dtype=torch.long)
+        p = self.projections[rows, :k].sum(0) * self.signs[:k]
         return -(self.factor[:, :k] @ p) / self.num_tasks
 
     def helpfulness(self, test_grad: Tensor) -> Tensor:
@@ -114,10 +119,7 @@ class TaskInfluence:
         """Σ_{j∈G} helpfulness(i, j) per group label (TLXML A.3, Eq. 17); ``groups``: task -> label."""
         scores = self.helpfulness(test_grad).cpu().numpy()
         items = groups.items() if isinstance(groups, Mapping) else enumerate(groups)
-        out: dict[Hashable, float] = {}
-        for j, label in items:
-            out[label] = out.get(label, 0.0) + float(scores[self._check_task(j)])
-        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+        return sum_by_group(scores, {self._check_task(j): label for j, label in items})
 
     def self_rank_table(
         self, candidates: Sequence[int] | None = None, sample: int | None = 256, seed: int = 0
@@ -144,6 +146,14 @@ class TaskInfluence:
         table = self.self_rank_table(candidates, sample, seed)
         best = min(table, key=lambda kv: (kv[1], kv[0]))[0]
         return replace(self, truncation=best, self_ranks=tuple(table))
+
+
+def sum_by_group(scores: np.ndarray, groups: Mapping[int, Hashable]) -> dict[Hashable, float]:
+    """Σ of ``scores[j]`` per group label (TLXML A.3), largest first; ``groups``: task -> label."""
+    out: dict[Hashable, float] = {}
+    for j, label in groups.items():
+        out[label] = out.get(label, 0.0) + float(scores[j])
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def superclass_groups(taskset: TaskSet, dataset: FewShotDataset) -> dict[int, str]:
