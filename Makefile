@@ -18,3 +18,4 @@ test:
 bench: setup
 	$(PY) bench/bench_influence.py
 	$(PY) bench/bench_demo_paths.py
+	$(PY) bench/bench_app_responsiveness.py

@@ -7,7 +7,7 @@ import streamlit as st
 from metainf_core.checkpoint import import_checkpoint_zip, read_meta
 from metainf_core.cache import cache_root
 from metainf_core.exceptions import MetainfError
-from ui import DEFAULT_DEMO, DEMO_DIR
+from ui import DEFAULT_DEMO, DEMO_DIR, show_figure
 
 
 st.set_page_config(page_title="metainf", page_icon="🧭", layout="wide")
@@ -67,7 +67,7 @@ def show_card(meta: dict) -> None:
 
         fig = go.Figure(go.Scatter(x=[c["step"] for c in curve], y=[c["accuracy"] for c in curve], name="train accuracy"))
         fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="Meta-training accuracy", xaxis_title="step")
-        st.plotly_chart(fig, use_container_width=True)
+        show_figure(fig, "home_curve", "training_curve")
 
 
 def main() -> None:

@@ -63,6 +63,25 @@ def require_influence(path: str, run: Run, cfg: InfluenceConfig = DEFAULT_INFLUE
     return _fitted(path, cfg)
 
 
+PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+def figure_html(fig) -> str:  # noqa: ANN001 - a plotly Figure
+    """The figure as one self-contained HTML file (plotly.js embedded, opens offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def show_figure(fig, key: str, file_stem: str, container=None) -> None:  # noqa: ANN001
+    """A Plotly chart with its exports: PNG from the chart's camera button (2× scale), and a
+    self-contained HTML file from the button below it (built only when clicked)."""
+    where = container if container is not None else st
+    where.plotly_chart(fig, use_container_width=True, key=key, config=PLOT_CONFIG)
+    where.download_button(
+        "Figure as HTML", lambda: figure_html(fig), f"{file_stem}.html", "text/html", key=f"{key}_html",
+        on_click="ignore", icon=":material/download:", help="PNG: use the camera icon on the chart",
+    )
+
+
 @st.cache_data(show_spinner=False, max_entries=512)
 def task_strip(
     path: str, split: str, task_id: int, scale: int = 2, per_class: int | None = None, rows: bool = False

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.explain import Target, all_scores, group_scores, plain_summary, ranking_table, task_rows
-from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run, task_strip
+from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run, show_figure, task_strip
 
 st.set_page_config(page_title="metainf · Explain", layout="wide")
 st.title("Explain a test task")
@@ -102,14 +102,14 @@ if len(noise):
                              marker=dict(color="#6a1b9a", size=6, symbol="x"), text=[f"task {j}" for j in noise]))
 fig.update_layout(title=f"Helpfulness of all {len(scores)} training tasks", xaxis_title="helpfulness", yaxis_title="tasks",
                   height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h"))
-c1.plotly_chart(fig, use_container_width=True, key="explain_hist")
+show_figure(fig, "explain_hist", f"helpfulness_test{test_id}", c1)
 
 groups = group_scores(run, scores)
 gfig = go.Figure(go.Bar(x=list(groups.values()), y=list(groups.keys()), orientation="h",
                         marker_color=["#2e7d32" if v > 0 else "#c62828" for v in groups.values()]))
 gfig.update_layout(title="Summed helpfulness by superclass set (TLXML A.3)", height=340, margin=dict(l=10, r=10, t=40, b=10),
                    yaxis=dict(autorange="reversed"))
-c2.plotly_chart(gfig, use_container_width=True, key="explain_groups")
+show_figure(gfig, "explain_groups", f"superclasses_test{test_id}", c2)
 
 table = pd.DataFrame(task_rows(run, order, scores[order], ranks[order]))
 st.download_button("Download the full ranking (CSV)", table.to_csv(index=False), f"ranking_test{test_id}.csv", "text/csv", key="explain_csv")

@@ -13,7 +13,7 @@ import streamlit as st
 
 from metainf_core.edit import apply_delta
 from metainf_core.explain import Target, all_scores, ranking_table, save_edited_checkpoint
-from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run
+from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run, show_figure, task_strip
 
 XI_RANGE = (-8.0, 8.0)
 st.set_page_config(page_title="metainf · Edit", layout="wide")
@@ -35,9 +35,33 @@ k_block = int(c2.number_input("Block the k most harmful training tasks", 0, m, k
 k_enh = int(c3.number_input("Enhance the k most helpful training tasks", 0, m, key="edit_k_enhance"))
 
 scores = all_scores(run, inf, Target((test_id,)), DEFAULT_INFLUENCE.dtype)
-order, _ = ranking_table(scores)
-block = order[::-1][:k_block]
-enhance = np.setdiff1d(order[:k_enh], block, assume_unique=True)
+order, ranks = ranking_table(scores)
+PICK_ROWS = 8
+
+
+def pick_from_ranking() -> tuple[list[int], list[int]]:
+    """Checkboxes beside the most harmful and most helpful tasks (thumbnails, rank, score)."""
+    picked_b, picked_e = [], []
+    with st.expander(f"Pick tasks from the ranking ({PICK_ROWS} most harmful, {PICK_ROWS} most helpful)"):
+        sides = st.columns(2)
+        for side, ids, title in ((sides[0], order[::-1][:PICK_ROWS], "Most harmful"), (sides[1], order[:PICK_ROWS], "Most helpful")):
+            side.markdown(f"**{title}**")
+            for j in (int(x) for x in ids):
+                a, b, c = side.columns([4, 1, 1])
+                img = task_strip(path, "train", j, scale=1, per_class=3)
+                if img is not None:
+                    a.image(img, output_format="PNG")
+                a.caption(f"task {j} · rank {int(ranks[j]) + 1} · score {scores[j]:+.3g} · {describe_task(path, 'train', j)}")
+                if b.checkbox("block", key=f"edit_pick_block_{j}"):
+                    picked_b.append(j)
+                if c.checkbox("enhance", key=f"edit_pick_enhance_{j}"):
+                    picked_e.append(j)
+    return picked_b, picked_e
+
+
+picked_block, picked_enhance = pick_from_ranking()
+block = np.union1d(order[::-1][:k_block], picked_block).astype(np.int64)
+enhance = np.setdiff1d(np.union1d(order[:k_enh], picked_enhance), block).astype(np.int64)
 st.write(f"Blocked set B: {len(block)} tasks · enhanced set E: {len(enhance)} tasks "
          f"({int(np.isin(block, run.train_tasks.ids_with('noise')).sum())} of B are noise tasks).")
 
@@ -65,6 +89,18 @@ def edited(xi_b: float, xi_e: float):
     return apply_delta(run.params, torch.from_numpy(xi_b * a + xi_e * b))
 
 
+def checkpoint_zip(xi_b: float, xi_e: float) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = save_edited_checkpoint(run, edited(xi_b, xi_e), Path(tmp) / "edited", {
+            "block": [int(x) for x in block], "xi_block": xi_b, "enhance": [int(x) for x in enhance], "xi_enhance": xi_e,
+            "test": run.evaluate(edited(xi_b, xi_e)).summary()})  # fmt: skip
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(out.iterdir()):
+                z.write(f, f"edited/{f.name}")
+        return buf.getvalue()
+
+
 @st.fragment
 def sliders_and_results() -> None:
     s1, s2, s3 = st.columns([2, 2, 1])
@@ -89,7 +125,11 @@ def sliders_and_results() -> None:
         f"Accuracy on the test taskset: **before** {summ0['accuracy']:.3f} ± {summ0['accuracy_ci95']:.3f} → "
         f"**after** {summ1['accuracy']:.3f} ± {summ1['accuracy_ci95']:.3f} (95% intervals)"
     )
-    st.session_state["edit_current"] = (xi_b, xi_e)
+    st.download_button(
+        "Download the edited checkpoint (.zip)", lambda xb=xi_b, xe=xi_e: checkpoint_zip(xb, xe), "edited-checkpoint.zip",
+        "application/zip", key="edit_download", on_click="ignore", icon=":material/download:",
+        help="safetensors + meta.json with the edit recorded; built when you click",
+    )
 
 
 sliders_and_results()
@@ -108,21 +148,4 @@ if st.button("Accuracy versus ξ (blocked set)", key="edit_curve", disabled=not 
     fig = go.Figure([go.Scatter(x=xis, y=accs, mode="lines+markers", name="test taskset"),
                      go.Scatter(x=xis, y=task_accs, mode="lines+markers", name=f"test task {test_id}")])
     fig.update_layout(xaxis_title="ξ (blocked set)", yaxis_title="accuracy", height=320, margin=dict(l=10, r=10, t=30, b=10))
-    st.plotly_chart(fig, use_container_width=True, key="edit_curve_fig")
-
-
-def checkpoint_zip(xi_b: float, xi_e: float) -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = save_edited_checkpoint(run, edited(xi_b, xi_e), Path(tmp) / "edited", {
-            "block": [int(x) for x in block], "xi_block": xi_b, "enhance": [int(x) for x in enhance], "xi_enhance": xi_e,
-            "test": run.evaluate(edited(xi_b, xi_e)).summary()})  # fmt: skip
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-            for f in sorted(out.iterdir()):
-                z.write(f, f"edited/{f.name}")
-        return buf.getvalue()
-
-
-if st.button("Prepare the edited checkpoint for download", key="edit_prepare", disabled=not (len(block) or len(enhance))):
-    xi_b, xi_e = st.session_state.get("edit_current", (-1.0, 1.0))
-    st.download_button("Download edited checkpoint (.zip)", checkpoint_zip(xi_b, xi_e), "edited-checkpoint.zip", key="edit_download")
+    show_figure(fig, "edit_curve_fig", "accuracy_vs_xi")

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.explain import validation_report
-from ui import DEFAULT_INFLUENCE, require_influence, require_run
+from ui import DEFAULT_INFLUENCE, require_influence, require_run, show_figure
 
 st.set_page_config(page_title="metainf · Validate", layout="wide")
 st.title("Validate the explanations")
@@ -36,7 +36,7 @@ c1.metric("Training tasks ranked first for themselves", f"{rep['self_rank_at_tru
 fig = go.Figure(go.Scatter(x=sr["k"], y=sr["mean_self_rank"], mode="lines+markers"))
 fig.update_layout(xaxis_type="log", xaxis_title="kept eigen-directions k", yaxis_title="mean self-rank", height=300,
                   margin=dict(l=10, r=10, t=30, b=10), title="Truncation chosen by self-rank (TLXML B.3)")
-c2.plotly_chart(fig, use_container_width=True, key="validate_selfrank")
+show_figure(fig, "validate_selfrank", "self_rank_vs_truncation", c2)
 
 st.subheader("Proper tests (TLXML 5.1.2–5.1.3)")
 st.write(

@@ -40,3 +40,54 @@ def test_tasks_page_shows_thumbnails_with_superclasses():
     assert at.query_params["task"] in (["5"], "5")
     assert len(images) == 3 and all(img.proto.imgs[0].url.endswith(".png") for img in images)
     assert all(c.endswith(("(tops)", "(footwear)", "(other)")) for c in captions), captions
+
+
+def _zip_of(folder: Path, names=None) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and (names is None or f.name in names):
+                z.write(f, f"run/{f.name}")
+    return buf.getvalue()
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.sidebar.radio(key="home_source").set_value("Upload").run()
+    return at.sidebar.file_uploader(key="home_upload").upload(name, data, "application/zip").run()
+
+
+def test_upload_of_a_checkpoint_shows_its_card(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
+    at = _upload(AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run(), "demo.zip", _zip_of(DEMO))
+    assert not at.exception and not at.error
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["Algorithm"] == "ProtoNet" and labels["Network"].endswith("7,248 params")
+    assert Path(at.session_state["model_path"]).parent == tmp_path / "cache" / "uploads"
+
+
+def test_bad_uploads_give_a_clear_error_and_nothing_is_unpickled(tmp_path, monkeypatch):
+    import pickle
+
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in DEMO.iterdir():
+        if f.is_file():
+            (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "model.safetensors").write_bytes(pickle.dumps(Exploit()))
+    cases = {"not-a-zip.zip": b"hello", "pickle.zip": _zip_of(bad), "no-meta.zip": _zip_of(DEMO, {"model.safetensors"})}
+    for name, data in cases.items():
+        at = _upload(AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run(), name, data)
+        assert not at.exception, name
+        assert at.error and at.error[0].value.startswith("Cannot use this upload"), name
+        assert not at.metric, name  # no card for a refused file
+    assert not marker.exists()

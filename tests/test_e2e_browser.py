@@ -66,6 +66,20 @@ def test_explain_and_edit_in_chromium(demo_fitted, server, tmp_path):
         assert page.get_by_text("#1 ·").count() == 1 and page.get_by_text("#512 ·").count() == 1
         page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
 
+        # figure exports: PNG from the chart's camera button, self-contained HTML from the button below
+        chart = page.locator('[data-testid="stPlotlyChart"]').first
+        chart.wait_for(timeout=60_000)
+        chart.scroll_into_view_if_needed()
+        chart.hover()
+        with page.expect_download(timeout=60_000) as png:
+            chart.locator('.modebar-btn[data-title="Download plot as a PNG"]').click()
+        png_path = tmp_path / "figure.png"
+        png.value.save_as(png_path)
+        with page.expect_download(timeout=60_000) as html:
+            page.get_by_role("button", name="Figure as HTML").first.click()
+        html_path = tmp_path / "figure.html"
+        html.value.save_as(html_path)
+
         page.goto(f"{server}/Edit")
         metric = page.locator('[data-testid="stMetric"]').filter(has_text="Test taskset accuracy").locator('[data-testid="stMetricValue"]')
         expect(metric).to_be_visible(timeout=120_000)
@@ -75,8 +89,26 @@ def test_explain_and_edit_in_chromium(demo_fitted, server, tmp_path):
         for _ in range(6):  # ξ_B from −1 to −4 in steps of 0.5
             page.keyboard.press("ArrowLeft")
         expect(metric).not_to_have_text(before, timeout=60_000)
+        deadline = time.time() + 60
+        while time.time() < deadline and page.locator('[data-stale="true"]').count():  # the fragment rerun is done
+            page.wait_for_timeout(250)
+        page.wait_for_timeout(500)
         after = metric.inner_text()
         page.screenshot(path=str(tmp_path / "edit.png"), full_page=True)
+        with page.expect_download(timeout=120_000) as ckpt:
+            page.get_by_role("button", name="Download the edited checkpoint").click()
+        zip_path = tmp_path / "edited.zip"
+        ckpt.value.save_as(zip_path)
         browser.close()
     assert before != after and after.endswith("%")
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 5_000
+    text = html_path.read_text()
+    assert "Helpfulness of all 512 training tasks" in text and "plotly" in text and len(text) > 1_000_000  # plotly.js inside
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as z:
+        meta = json.loads(z.read("edited/meta.json"))
+        assert {"edited/model.safetensors", "edited/meta.json"} <= set(z.namelist())
+    assert meta["edit"]["xi_block"] == -4.0 and len(meta["edit"]["block"]) == 16  # the slider value, the default k
     assert (tmp_path / "explain.png").stat().st_size > 10_000

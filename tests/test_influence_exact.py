@@ -106,7 +106,9 @@ def test_minimum_is_polished(problem):
 def _reoptimise(p, j: int, eps: float) -> torch.Tensor:
     weights = torch.full((M,), 1.0 / M, dtype=torch.float64)
     weights[j] += eps / M
-    return newton(_regularised(p, weights), p["w"], tol=1e-12)
+    # ReLU kinks floor ‖∇R‖ near 1e-9 on some CPUs; the residual moves ω by ≤ tol/λ ≈ 2e-8, far below
+    # the ε·I_meta ≈ 1e-4 being measured.
+    return newton(_regularised(p, weights), p["w"], tol=1e-8)
 
 
 def test_i_meta_matches_reoptimisation(problem):

@@ -36,6 +36,7 @@ from metainf_core.influence.flat import (
     create_flat_forward_function,
     create_flat_logits_function,
     create_flat_support_loss_function,
+    needs_second_order,
 )
 from metainf_core.learners import LearnerSpec
 
@@ -91,7 +92,7 @@ def create_naive_columns_function(
 
     For MAML the pullback runs through the inner gradient (a double backward per row).
     """
-    logits_fn = create_flat_logits_function(model, spec, layout)
+    logits_fn = create_flat_logits_function(model, spec, layout, second_order=needs_second_order(spec))
 
     def columns(w: Tensor, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
         y, pullback = vjp(lambda p: logits_fn(p, sx, sy, qx), w)
@@ -134,14 +135,15 @@ def create_maml_columns_function(
     if hvp not in HVP_BACKENDS:
         raise ConfigError(f"hvp must be one of {sorted(HVP_BACKENDS)}, got {hvp!r}")
     hvp_rows = HVP_BACKENDS[hvp]
-    forward = create_flat_forward_function(model, layout)
-    inner_grad = grad(create_flat_support_loss_function(model, layout))
+    forward = create_flat_forward_function(model, layout, second_order=False)
+    inner_step_grad = grad(create_flat_support_loss_function(model, layout, second_order=False))
+    inner_grad = grad(create_flat_support_loss_function(model, layout))  # differentiated again (HVPs)
     alpha, steps = spec.inner_lr, spec.inner_steps
 
     def columns(w: Tensor, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
         thetas = [w.detach()]
         for _ in range(steps):
-            thetas.append((thetas[-1] - alpha * inner_grad(thetas[-1], sx, sy)).detach())
+            thetas.append((thetas[-1] - alpha * inner_step_grad(thetas[-1], sx, sy)).detach())
         y, pullback = vjp(lambda p: forward(p, qx), thetas[-1])
         rows = _map_rows(lambda r: pullback(r)[0], fisher_cotangents(y.detach(), reduced), chunk).detach()
         if not spec.first_order:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metainf_core.config import Algorithm
 from metainf_core.learners import LearnerSpec, Params, create_logits_function
 
 class CompositeBatchNorm(nn.Module):
@@ -89,9 +90,29 @@ class ParamLayout:
         return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
 
 
-def create_flat_logits_function(model: nn.Module, spec: LearnerSpec, layout: ParamLayout) -> FlatLogitsFunction:
-    """y(ω) = query logits after adaptation, as a function of the flat ω (one task, unbatched)."""
-    logits_fn = create_logits_function(with_composite_batch_norm(model), spec)
+def _network_for(model: nn.Module, second_order: bool) -> nn.Module:
+    """The network to differentiate: composite batch norm when second derivatives are taken.
+
+    First derivatives of the fused kernel are right and about twice as fast on the CPU
+    (bench/bench_influence.py), so first-order paths (ProtoNet columns and gradients, MAML's
+    query vjps at θ̂) keep it.
+    """
+    return with_composite_batch_norm(model) if second_order else model
+
+
+def needs_second_order(spec: LearnerSpec) -> bool:
+    """Whether ∂L_j/∂ω differentiates through a gradient (second-order MAML's inner step)."""
+    return Algorithm(spec.algo) is Algorithm.MAML and not spec.first_order
+
+
+def create_flat_logits_function(
+    model: nn.Module, spec: LearnerSpec, layout: ParamLayout, *, second_order: bool = True
+) -> FlatLogitsFunction:
+    """y(ω) = query logits after adaptation, as a function of the flat ω (one task, unbatched).
+
+    ``second_order=False`` is for callers that differentiate the logits once only.
+    """
+    logits_fn = create_logits_function(_network_for(model, second_order), spec)
 
     def flat_logits(w: Tensor, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
         return logits_fn(layout.unflatten(w), sx, sy, qx)
@@ -99,9 +120,11 @@ def create_flat_logits_function(model: nn.Module, spec: LearnerSpec, layout: Par
     return flat_logits
 
 
-def create_flat_loss_function(model: nn.Module, spec: LearnerSpec, layout: ParamLayout) -> FlatLossFunction:
+def create_flat_loss_function(
+    model: nn.Module, spec: LearnerSpec, layout: ParamLayout, *, second_order: bool = True
+) -> FlatLossFunction:
     """L_j(ω) = mean query cross-entropy after adaptation (TLXML Eq. 1), flat ω."""
-    logits_fn = create_flat_logits_function(model, spec, layout)
+    logits_fn = create_flat_logits_function(model, spec, layout, second_order=second_order)
 
     def flat_loss(w: Tensor, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
         return F.cross_entropy(logits_fn(w, sx, sy, qx), qy)
@@ -109,9 +132,11 @@ def create_flat_loss_function(model: nn.Module, spec: LearnerSpec, layout: Param
     return flat_loss
 
 
-def create_flat_forward_function(model: nn.Module, layout: ParamLayout) -> Callable[[Tensor, Tensor], Tensor]:
+def create_flat_forward_function(
+    model: nn.Module, layout: ParamLayout, *, second_order: bool = True
+) -> Callable[[Tensor, Tensor], Tensor]:
     """f(θ, x): the bare network (no adaptation), flat θ; MAML's model at adapted weights."""
-    model = with_composite_batch_norm(model)
+    model = _network_for(model, second_order)
 
     def forward(w: Tensor, x: Tensor) -> Tensor:
         return functional_call(model, layout.unflatten(w), (x,))
@@ -119,9 +144,11 @@ def create_flat_forward_function(model: nn.Module, layout: ParamLayout) -> Calla
     return forward
 
 
-def create_flat_support_loss_function(model: nn.Module, layout: ParamLayout) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+def create_flat_support_loss_function(
+    model: nn.Module, layout: ParamLayout, *, second_order: bool = True
+) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """L_S(θ) = mean support cross-entropy: MAML's inner objective."""
-    forward = create_flat_forward_function(model, layout)
+    forward = create_flat_forward_function(model, layout, second_order=second_order)
 
     def support_loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(forward(w, x), y)

@@ -11,7 +11,7 @@ from torch.func import grad, vmap
 
 from metainf_core.data.base import FewShotDataset
 from metainf_core.exceptions import ConfigError
-from metainf_core.influence.flat import FlatLossFunction, ParamLayout, create_flat_loss_function
+from metainf_core.influence.flat import FlatLossFunction, ParamLayout, create_flat_loss_function, needs_second_order
 from metainf_core.learners import LearnerSpec, Params
 from metainf_core.tasks import TaskBatch, TaskSet
 
@@ -62,7 +62,7 @@ def task_gradients(
     """
     layout = ParamLayout.from_params(params)
     w = layout.flatten(params).detach()
-    loss_fn = create_flat_loss_function(model, spec, layout)
+    loss_fn = create_flat_loss_function(model, spec, layout, second_order=needs_second_order(spec))
     ids = np.arange(len(taskset)) if ids is None else np.asarray(ids, dtype=np.int64)
     out = torch.empty(len(ids), layout.numel, dtype=w.dtype, device=w.device)
     row = 0
