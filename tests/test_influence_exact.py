@@ -59,11 +59,27 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def problem():
+    return _make_problem(smooth=False)
+
+
+@pytest.fixture(scope="module")
+def smooth_problem():
+    """The same network with Softplus for ReLU: the leave-one-out re-optimum is then a smooth
+    problem Newton can solve (with ReLU kinks, L-BFGS and Newton stall at ‖∇R‖ ≈ 3e-3)."""
+    return _make_problem(smooth=True)
+
+
+def _make_problem(smooth: bool) -> dict:
     torch.manual_seed(0)
     ds = load_dataset("synthetic")
     cfg = TaskConfig(dataset="synthetic", ways=3, shots=5, queries=5, train_tasks=M, test_tasks=8, seed=1)
     train_ts, test_ts = make_taskset(ds, cfg, "train"), make_taskset(ds, cfg, "test")
     model = build_model("mlp-synthetic", "maml", (2,), 3).double()
+    if smooth:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.ReLU):
+                    setattr(parent, name, torch.nn.Softplus(beta=4.0))
     spec = LearnerSpec("maml", 3, inner_lr=0.4, inner_steps=1)
     layout = ParamLayout.from_params(params_of(model))
     loss_fn = create_flat_loss_function(model, spec, layout)
@@ -193,3 +209,24 @@ def test_composite_batch_norm_fixes_second_derivatives():
     fd = (grad(loss)(w + 1e-6 * v) - grad(loss)(w - 1e-6 * v)) / 2e-6
     torch.testing.assert_close(h @ v, fd, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(h, h.T)
+
+
+def test_xi_minus_one_moves_towards_the_leave_one_out_optimum(smooth_problem):
+    """TLXML Eq. 13 with B = {j}, ξ_B = −1 vs the re-optimum without task j (ε = −1/M, not infinitesimal)."""
+    from metainf_core.edit import EditSpec, edit_delta
+
+    p = smooth_problem
+    inf = fit_exact(p["model"], p["spec"], p["params"], p["train"], p["ds"], damping=p["lam"], select=False)
+    cosines, ratios = [], []
+    for j in range(0, M, 4):
+        weights = torch.full((M,), 1.0 / M, dtype=torch.float64)
+        weights[j] = 0.0
+        w_loo = newton(_regularised(p, weights), p["w"], tol=1e-10, max_iter=30)
+        actual = w_loo - p["w"]
+        predicted = edit_delta(inf.i_meta_sum, EditSpec(block=(j,), xi_block=-1.0)).to(actual)
+        cosines.append(torch.nn.functional.cosine_similarity(predicted, actual, dim=0).item())
+        ratios.append((predicted.norm() / actual.norm()).item())
+    print(f"ξ = −1 vs leave-one-out re-optimum over {len(cosines)} tasks: cosines {np.round(cosines, 3).tolist()}, "
+          f"|pred|/|actual| {np.round(ratios, 2).tolist()}")
+    assert min(cosines) > 0
+    assert np.median(cosines) > 0.9

@@ -36,3 +36,16 @@ def test_noise_tasks_score_below_normal_tasks(noisy_run, method, tmp_path, monke
         assert agree["num_tests"] == 64 and agree["pearson_mean"] > 0.5, agree
     self_rank = rep["self_rank_at_truncation"]
     assert self_rank["mean"] < 0.1 * self_rank["random_mean"] and self_rank["fraction_top1"] > 0.3
+
+
+def test_noise_tasks_score_below_normal_tasks_on_fashion_mnist(demo_fitted):
+    """Real data (TLXML 5.1.2): the bundled ProtoNet demo, 64 of its 512 training tasks noise images,
+    Gauss-Newton fit of the app; every one of the 128 test tasks is one proper test."""
+    from ui import DEFAULT_INFLUENCE
+
+    run = open_run(demo_fitted)
+    inf = fit_influence(run, DEFAULT_INFLUENCE)  # from the disk cache
+    rep = validation_report(run, inf, DEFAULT_INFLUENCE, self_rank=False, superclass=False, max_tests=128)
+    print("fashion-mnist ProtoNet demo, noise vs normal:", rep["noise"])
+    assert rep["noise"]["total"] == 128
+    assert rep["noise"]["z"] > 2.0, rep["noise"]  # measured: 84/128 (+3.5σ)
