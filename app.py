@@ -11,6 +11,7 @@ from ui import DEFAULT_DEMO, DEMO_DIR, show_figure
 
 
 st.set_page_config(page_title="metainf", page_icon="🧭", layout="wide")
+ALGORITHM_NAMES = {"maml": "MAML", "protonet": "ProtoNet", "proximal-maml": "Proximal MAML"}
 UPLOAD_DIR = cache_root() / "uploads"  # verified uploads, named by content hash; never unpickled
 
 
@@ -49,7 +50,7 @@ def show_card(meta: dict) -> None:
     tc, test = meta["task_config"], meta.get("test")
     cols = st.columns(4)
     cols[0].metric("Dataset", meta["dataset"]["name"])
-    cols[1].metric("Algorithm", meta["algorithm"].upper() if meta["algorithm"] == "maml" else "ProtoNet")
+    cols[1].metric("Algorithm", ALGORITHM_NAMES.get(meta["algorithm"], meta["algorithm"]))
     cols[2].metric("Network", f"{meta['architecture']} · {meta['num_parameters']:,} params")
     if test:
         cols[3].metric("Test accuracy", f"{test['accuracy']:.1%}", help=f"± {test['accuracy_ci95']:.1%} (95% interval over {test['num_tasks']} test tasks)")

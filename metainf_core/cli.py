@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
+from metainf_core.config import Algorithm, Architecture, InfluenceConfig, TaskConfig, TrainConfig
 from metainf_core.exceptions import ConfigError, MetainfError
 
 
@@ -23,6 +23,8 @@ def _train(a: argparse.Namespace) -> dict[str, Any]:
         algo=a.algo, arch=a.arch, filters=a.filters, steps=a.steps, meta_batch=a.meta_batch, lr=a.lr,
         inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order, seed=a.seed,
         checkpoint_every=a.checkpoint_every, keep_history=a.keep_history, exclude_tasks=a.exclude_tasks,
+        prox_lambda=a.prox_lambda, prox_lr=a.prox_lr, prox_steps=a.prox_steps, prox_tol=a.prox_tol,
+        cg_steps=a.cg_steps, cg_tol=a.cg_tol,
     )  # fmt: skip
     out = train(task_cfg, train_cfg, a.out, resume=a.resume, device=a.device, progress=not a.quiet)
     meta = read_meta(out)
@@ -147,6 +149,26 @@ def _validate(a: argparse.Namespace) -> dict[str, Any]:
     return validation_report(run, inf, cfg, self_rank=a.self_rank, noise=a.noise, superclass=a.superclass, max_tests=a.max_tests)
 
 
+def _diagnose(a: argparse.Namespace) -> dict[str, Any]:
+    """Landscape diagnostics (seed 003) over the run's training snapshots, with their test accuracy."""
+    from tqdm import tqdm
+
+    from metainf_core.diagnostics import DiagnosticsConfig, diagnostics_over_history, history_snapshots
+
+    cfg = DiagnosticsConfig(steps=a.steps, step_size=a.step_size, num_tasks=a.tasks)
+    history_snapshots(a.path)  # a clear error before any progress bar
+    bar = tqdm(desc="diagnose", unit="snapshot", disable=a.quiet, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    rows = diagnostics_over_history(a.path, cfg, progress)
+    bar.close()
+    return {"config": cfg.to_dict(), "rows": [r.to_dict() for r in rows]}
+
+
 def _add_influence_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="checkpoint directory")
     p.add_argument("--method", choices=["exact", "gn"], default="gn", help="exact Hessian (small q) or Gauss-Newton")
@@ -161,11 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m metainf_core", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="meta-train MAML or ProtoNet on fixed tasksets")
+    t = sub.add_parser("train", help="meta-train MAML, ProtoNet or proximal MAML on fixed tasksets")
     td, rd = TaskConfig(), TrainConfig()
     t.add_argument("--dataset", default=td.dataset)
-    t.add_argument("--algo", choices=["maml", "protonet"], default=rd.algo)
-    t.add_argument("--arch", choices=["conv3", "conv4", "mlp", "mlp-synthetic"], default=rd.arch)
+    t.add_argument("--algo", choices=[a.value for a in Algorithm], default=rd.algo)
+    t.add_argument("--arch", choices=[a.value for a in Architecture], default=rd.arch)
     t.add_argument("--filters", type=int, default=rd.filters)
     for name in ("ways", "shots", "queries", "train_tasks", "test_tasks", "noise_tasks", "label_flip_tasks"):
         t.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(td, name))
@@ -176,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--inner-lr", type=float, default=rd.inner_lr, help="MAML inner step size α")
     t.add_argument("--inner-steps", type=int, default=rd.inner_steps)
     t.add_argument("--first-order", action="store_true")
+    t.add_argument("--prox-lambda", type=float, default=rd.prox_lambda, help="proximal MAML: λ, (λ/2)‖θ − ω‖²")
+    t.add_argument("--prox-lr", type=float, default=rd.prox_lr, help="proximal MAML: inner gradient step size")
+    t.add_argument("--prox-steps", type=int, default=rd.prox_steps, help="proximal MAML: most inner steps")
+    t.add_argument("--prox-tol", type=float, default=rd.prox_tol, help="proximal MAML: inner stop at ‖∇‖ ≤ tol")
+    t.add_argument("--cg-steps", type=int, default=rd.cg_steps, help="proximal MAML: most CG steps")
+    t.add_argument("--cg-tol", type=float, default=rd.cg_tol, help="proximal MAML: CG relative residual tolerance")
     t.add_argument("--seed", type=int, default=rd.seed, help="initialisation and meta-batch seed")
     t.add_argument("--checkpoint-every", type=int, default=rd.checkpoint_every)
     t.add_argument("--keep-history", action="store_true", help="also keep ω at every checkpoint (diagnostics)")
@@ -227,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--superclass", action="store_true")
     v.add_argument("--max-tests", type=int, default=128, help="test tasks used for proper tests")
     v.set_defaults(func=_validate)
+
+    g = sub.add_parser("diagnose", help="landscape diagnostics over training snapshots (train with --keep-history)")
+    g.add_argument("path", help="checkpoint directory with history/")
+    g.add_argument("--tasks", type=int, default=60, help="test tasks used (the first ones; seed 003 uses 60)")
+    g.add_argument("--steps", type=int, default=None, help="adaptation steps T (default: the learner's)")
+    g.add_argument("--step-size", type=float, default=None, help="adaptation step α (default: the learner's)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=_diagnose)
     return p
 
 

@@ -1,19 +1,25 @@
-"""MAML and ProtoNet as pure functions of a parameter dict (TLXML A.1; METHODS §1).
+"""MAML, ProtoNet and proximal MAML as pure functions of a parameter dict (TLXML A.1; METHODS §1).
 
-One definition of each learner's maths serves training, evaluation and influence: every
-function here composes with ``torch.func`` (grad, vjp, jvp, vmap), so the Jacobians of query
-logits through the adaptation (TLXML Eq. 7, 10–11) come from the same code that trains.
+One definition of each learner's maths serves training, evaluation and influence: MAML's and
+ProtoNet's functions compose with ``torch.func`` (grad, vjp, jvp, vmap), so the Jacobians of
+query logits through the adaptation (TLXML Eq. 7, 10–11) come from the same code that trains.
+
+Proximal MAML's adaptation is an iterative solve whose derivative comes from the implicit
+function theorem (METHODS §6), wrapped in a ``torch.autograd.Function``: plain autograd
+(``loss.backward()``) and ``torch.func.grad`` see the implicit meta-gradient; ``vmap`` does not
+compose with its data-dependent stopping, so its batched metrics loop over tasks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, grad_and_value, vjp, vmap
 
 from metainf_core.config import Algorithm, TrainConfig
 
@@ -24,17 +30,28 @@ LogitsFunction = Callable[[Params, Tensor, Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class LearnerSpec:
-    """What defines the adaptation A(S, ω): the algorithm and MAML's inner loop (TLXML A.1)."""
+    """What defines the adaptation A(S, ω): the algorithm, MAML's inner loop (TLXML A.1) and
+    proximal MAML's inner and implicit solves (``prox_*``, ``cg_*``; see ``TrainConfig``)."""
 
     algo: str
     ways: int
     inner_lr: float = 0.4
     inner_steps: int = 1
     first_order: bool = False
+    # one source for the defaults: TrainConfig's
+    prox_lambda: float = TrainConfig.prox_lambda
+    prox_lr: float = TrainConfig.prox_lr
+    prox_steps: int = TrainConfig.prox_steps
+    prox_tol: float = TrainConfig.prox_tol
+    cg_steps: int = TrainConfig.cg_steps
+    cg_tol: float = TrainConfig.cg_tol
 
     @classmethod
     def from_train_config(cls, cfg: TrainConfig, ways: int) -> LearnerSpec:
-        return cls(cfg.algo, ways, cfg.inner_lr, cfg.inner_steps, cfg.first_order)
+        return cls(
+            cfg.algo, ways, cfg.inner_lr, cfg.inner_steps, cfg.first_order,
+            cfg.prox_lambda, cfg.prox_lr, cfg.prox_steps, cfg.prox_tol, cfg.cg_steps, cfg.cg_tol,
+        )  # fmt: skip
 
 
 def params_of(model: nn.Module) -> Params:
@@ -65,6 +82,123 @@ def create_maml_adapt_function(model: nn.Module, spec: LearnerSpec) -> Callable[
     return adapt
 
 
+class ProximalSolver:
+    """Proximal MAML's two solves for one network (METHODS §1, §6), on flat vectors in R^q.
+
+    Inner: θ̂ = argmin_θ F(θ), F(θ) = L(S; θ) + (λ/2)‖θ − ω‖², by gradient descent from θ = ω
+    (step ``prox_lr``, halved whenever F would rise; at most ``prox_steps`` steps, stopping once
+    ‖∇F(θ)‖ ≤ ``prox_tol``). No graph is kept across steps.
+    Implicit: for an outer gradient g = ∇_θ L_out(θ̂), dL_out/dω = (dθ̂/dω)ᵀ g = λ (H_in + λI)⁻¹ g
+    with H_in = ∇²_θ L(S; θ̂), by conjugate gradient on Hessian-vector products (reverse over
+    reverse, the gradient graph built once per solve) of the composite-batch-norm copy of the
+    network (the fused kernel's double backward is wrong in this torch; ``influence.flat``).
+    """
+
+    def __init__(self, model: nn.Module, spec: LearnerSpec) -> None:
+        from metainf_core.influence.flat import with_composite_batch_norm  # lazy: flat imports this module
+
+        self.spec = spec
+        self.names = tuple(n for n, _ in model.named_parameters())
+        self.shapes = tuple(tuple(p.shape) for _, p in model.named_parameters())
+        composite = with_composite_batch_norm(model)
+        self._grad_value = grad_and_value(self._support_loss_of(model))  # first derivatives: fused BN
+        self._grad_composite = grad(self._support_loss_of(composite))  # differentiated again (HVPs)
+
+    def _support_loss_of(self, net: nn.Module) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        def support_loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+            return F.cross_entropy(functional_call(net, self.unflatten(w), (x,)), y)
+
+        return support_loss
+
+    def flatten(self, params: Params) -> Tensor:
+        """ω as one vector, in the network's parameter order."""
+        return torch.cat([params[n].reshape(-1) for n in self.names])
+
+    def unflatten(self, w: Tensor) -> Params:
+        sizes = [int(torch.Size(s).numel()) for s in self.shapes]
+        return {n: p.view(s) for n, p, s in zip(self.names, torch.split(w, sizes), self.shapes, strict=True)}
+
+    def solve(self, w: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
+        """θ̂(ω) (detached), by safeguarded gradient descent on F."""
+        lam, lr, spec = self.spec.prox_lambda, self.spec.prox_lr, self.spec
+        w = w.detach()
+        slack = 8 * torch.finfo(w.dtype).eps
+
+        def objective(theta: Tensor) -> tuple[Tensor, float]:
+            g, loss = self._grad_value(theta, sx, sy)
+            d = theta - w
+            return g + lam * d, float(loss) + 0.5 * lam * float((d * d).sum())
+
+        theta = w.clone()
+        g, f = objective(theta)
+        for _ in range(spec.prox_steps):
+            if float(g.norm()) <= spec.prox_tol:
+                break
+            cand = theta - lr * g
+            g_c, f_c = objective(cand)
+            if not f_c <= f + slack * (1.0 + abs(f)):  # a rise (or NaN): the step was too long
+                lr *= 0.5
+                continue
+            theta, g, f = cand, g_c, f_c
+        return theta
+
+    def meta_gradient(self, theta: Tensor, sx: Tensor, sy: Tensor, g: Tensor) -> Tensor:
+        """λ (H_in(θ̂) + λI)⁻¹ g by conjugate gradient from x = 0.
+
+        Stops when ‖r‖ ≤ ``cg_tol``·‖g‖ or after ``cg_steps``; on non-positive curvature pᵀAp ≤ 0
+        (θ̂ not a strict minimum of F) it stops early, using g/λ (H_in dropped) if that happens first.
+        """
+        lam, spec = self.spec.prox_lambda, self.spec
+        _, pullback = vjp(lambda t: self._grad_composite(t, sx, sy), theta.detach())
+        g = g.detach()
+        x, r = torch.zeros_like(g), g.clone()
+        p, rr = r.clone(), float((r * r).sum())
+        stop = (spec.cg_tol * float(g.norm())) ** 2
+        for k in range(spec.cg_steps):
+            if rr <= stop:
+                break
+            ap = pullback(p)[0] + lam * p
+            curvature = float((p * ap).sum())
+            if not curvature > 0:
+                x = g / lam if k == 0 else x
+                break
+            step = rr / curvature
+            x, r = x + step * p, r - step * ap
+            rr_new = float((r * r).sum())
+            p, rr = r + (rr_new / rr) * p, rr_new
+        return lam * x
+
+
+class _ProximalAdapt(torch.autograd.Function):
+    """θ̂ = ProximalSolver.solve(ω) forward; λ (H_in + λI)⁻¹ ḡ backward (implicit function theorem)."""
+
+    @staticmethod
+    def forward(w: Tensor, sx: Tensor, sy: Tensor, solver: ProximalSolver) -> Tensor:  # type: ignore[override]
+        return solver.solve(w, sx, sy)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        _, sx, sy, solver = inputs
+        ctx.solver = solver
+        ctx.save_for_backward(output, sx, sy)
+
+    @staticmethod
+    def backward(ctx: Any, grad_theta: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        theta, sx, sy = ctx.saved_tensors
+        return ctx.solver.meta_gradient(theta, sx, sy, grad_theta), None, None, None
+
+
+def create_proximal_adapt_function(model: nn.Module, spec: LearnerSpec) -> Callable[[Params, Tensor, Tensor], Params]:
+    """θ̂ = A(S, ω) = argmin_θ L(S; θ) + (λ/2)‖θ − ω‖² (METHODS §1), differentiable w.r.t. ω by the
+    implicit function theorem: dθ̂/dω = λ(H_in + λI)⁻¹ (METHODS §6), never by unrolling."""
+    solver = ProximalSolver(model, spec)
+
+    def adapt(params: Params, sx: Tensor, sy: Tensor) -> Params:
+        return solver.unflatten(_ProximalAdapt.apply(solver.flatten(params), sx, sy, solver))
+
+    return adapt
+
+
 def prototype_logits(support_emb: Tensor, support_y: Tensor, query_emb: Tensor, ways: int) -> Tensor:
     """logits_l(x) = −‖f(x) − c_l‖², c_l the mean support embedding of class l (TLXML A.1)."""
     onehot = (support_y.unsqueeze(-1) == torch.arange(ways, device=support_y.device)).to(support_emb.dtype)  # n_s x ways (vmap-safe)
@@ -74,8 +208,9 @@ def prototype_logits(support_emb: Tensor, support_y: Tensor, query_emb: Tensor, 
 
 def create_logits_function(model: nn.Module, spec: LearnerSpec) -> LogitsFunction:
     """Query logits after adaptation to the support set, for one task (unbatched tensors)."""
-    if Algorithm(spec.algo) is Algorithm.MAML:
-        adapt = create_maml_adapt_function(model, spec)
+    algo = Algorithm(spec.algo)
+    if algo.has_classifier_head:
+        adapt = (create_maml_adapt_function if algo is Algorithm.MAML else create_proximal_adapt_function)(model, spec)
 
         def maml_logits(params: Params, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
             return functional_call(model, adapt(params, sx, sy), (qx,))
@@ -104,8 +239,18 @@ def create_task_loss_function(model: nn.Module, spec: LearnerSpec) -> Callable[.
 def create_batched_task_metrics_function(
     model: nn.Module, spec: LearnerSpec
 ) -> Callable[[Params, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """Per-task query loss and accuracy for a batch of B tasks, vectorised with ``vmap``."""
-    logits_fn = vmap(create_logits_function(model, spec), in_dims=(None, 0, 0, 0))
+    """Per-task query loss and accuracy for a batch of B tasks, vectorised with ``vmap``.
+
+    Proximal MAML loops over the tasks instead: its inner solve stops on a data-dependent test,
+    which ``vmap`` cannot batch.
+    """
+    single = create_logits_function(model, spec)
+
+    def looped(params: Params, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
+        return torch.stack([single(params, sx[b], sy[b], qx[b]) for b in range(sx.shape[0])])
+
+    loop = Algorithm(spec.algo) is Algorithm.PROXIMAL_MAML
+    logits_fn: LogitsFunction = looped if loop else vmap(single, in_dims=(None, 0, 0, 0))
 
     def metrics(params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
         logits = logits_fn(params, sx, sy, qx)  # B x n_q x ways

@@ -65,7 +65,7 @@ def build_model(
     ways: int,
     filters: int = 32,
 ) -> FewShotNet:
-    """Construct the network for ``arch``; MAML gets a ``ways``-output head, ProtoNet none.
+    """Construct the network for ``arch``; MAML and proximal MAML get a ``ways``-output head, ProtoNet none.
 
     Examples: conv4/32 filters on 1x28x28 for ProtoNet has 28,320 parameters (TLXML B.3);
     mlp has 1,285 on 32-d features (TLXML 5.1.1) and 1,413 on images (36 FFT features); mlp-synthetic has 63 (TLXML B.3).
@@ -79,18 +79,18 @@ def build_model(
         features = nn.Sequential(*blocks)
         with torch.no_grad():
             dim = features(torch.zeros(2, *input_shape)).flatten(1).shape[1]
-        head = nn.Linear(dim, ways) if algo is Algorithm.MAML else None
+        head = nn.Linear(dim, ways) if algo.has_classifier_head else None
         return FewShotNet(features, head)
     if arch is Architecture.MLP:
         # Images: |FFT| 6x6 features (36-d, Omniglot in TLXML B.2); vectors (e.g. 32-d BoVW) as they are.
         if len(input_shape) not in (1, 3):
             raise ConfigError(f"mlp expects images or feature vectors, got shape {input_shape}")
         d_in = 36 if len(input_shape) == 3 else input_shape[0]
-        mlp = _mlp([d_in, 32, ways] if algo is Algorithm.MAML else [d_in, 32, 32])
+        mlp = _mlp([d_in, 32, ways] if algo.has_classifier_head else [d_in, 32, 32])
         return FewShotNet(nn.Sequential(FFTFeatures(6), mlp) if len(input_shape) == 3 else mlp, None)
     if len(input_shape) != 1:
         raise ConfigError(f"mlp-synthetic expects vector inputs, got shape {input_shape}")
-    dims = [input_shape[0], 4, 4, ways] if algo is Algorithm.MAML else [input_shape[0], 4, 4, 4]
+    dims = [input_shape[0], 4, 4, ways] if algo.has_classifier_head else [input_shape[0], 4, 4, 4]
     return FewShotNet(_mlp(dims), None)
 
 

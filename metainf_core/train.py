@@ -93,8 +93,9 @@ def _save_train_state(path: Path, st: _State, configs: dict[str, Any]) -> None:
 
 def _load_train_state(path: Path, st: _State, configs: dict[str, Any]) -> None:
     meta = read_tensor_metadata(path)
-    for part in ("task", "train"):
-        a = dict(meta.get("configs", {}).get(part, {}))
+    for part, cls in (("task", TaskConfig), ("train", TrainConfig)):
+        # a field added after the run was saved (e.g. prox_* for an old MAML run) counts as its default
+        a = json.loads(json.dumps({**cls().to_dict(), **meta.get("configs", {}).get(part, {})}))
         b = json.loads(json.dumps(configs[part]))  # tuples as JSON lists, as saved
         a.pop("steps", None), b.pop("steps", None)  # a resumed run may train longer
         if a != b:

@@ -17,6 +17,7 @@ from metainf_core.learners import (
     prototype_logits,
 )
 from metainf_core.models import build_model, count_parameters
+from helpers import tiny_task  # tests/helpers.py (pytest puts tests/ on sys.path)
 
 
 @pytest.mark.parametrize(
@@ -34,15 +35,6 @@ def test_parameter_counts_match_paper(arch, algo, shape, ways, filters, expected
     assert count_parameters(build_model(arch, algo, shape, ways, filters)) == expected
 
 
-def _tiny_task(ways=3, shots=4, queries=3, dim=2, dtype=torch.float64):
-    centers = torch.randn(ways, dim, dtype=dtype) * 2
-    sy = torch.arange(ways).repeat_interleave(shots)
-    qy = torch.arange(ways).repeat_interleave(queries)
-    sx = centers[sy] + 0.3 * torch.randn(len(sy), dim, dtype=dtype)
-    qx = centers[qy] + 0.3 * torch.randn(len(qy), dim, dtype=dtype)
-    return sx, sy, qx, qy
-
-
 def test_prototype_logits_brute_force():
     emb_s, emb_q = torch.randn(6, 4), torch.randn(5, 4)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -58,7 +50,7 @@ def test_maml_meta_gradient_matches_finite_differences(inner_steps):
     model = build_model("mlp-synthetic", "maml", (2,), 3).double()
     spec = LearnerSpec("maml", 3, inner_lr=0.5, inner_steps=inner_steps)
     loss_fn = create_task_loss_function(model, spec)
-    task = _tiny_task()
+    task = tiny_task()
     params = {k: v.requires_grad_() for k, v in params_of(model).items()}
     loss = loss_fn(params, *task)
     grads = torch.autograd.grad(loss, list(params.values()))

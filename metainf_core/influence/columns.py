@@ -44,6 +44,12 @@ from metainf_core.learners import LearnerSpec
 ColumnsFunction = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
+def require_tlxml_support(spec: LearnerSpec) -> None:
+    """TLXML's fits differentiate through explicit adaptation steps; proximal MAML's is implicit."""
+    if Algorithm(spec.algo) is Algorithm.PROXIMAL_MAML:
+        raise ConfigError("TLXML influence is not supported for proximal-maml yet; use task-IF (METHODS §6)")
+
+
 def fisher_factor(logits: Tensor, reduced: bool = True) -> Tensor:
     """F_n with F_n F_nᵀ = diag σ_n − σ_n σ_nᵀ: n_q × c × c (or c−1 columns when ``reduced``).
 
@@ -165,6 +171,7 @@ def create_columns_function(
     hvp: str = "reverse",
 ) -> ColumnsFunction:
     """The GN columns of one task for ``spec``'s learner (structured MAML or ProtoNet vjps)."""
+    require_tlxml_support(spec)
     if structured and Algorithm(spec.algo) is Algorithm.MAML:
         return create_maml_columns_function(model, spec, layout, chunk, reduced, hvp)
     return create_naive_columns_function(model, spec, layout, chunk, reduced)

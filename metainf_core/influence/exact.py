@@ -13,16 +13,16 @@ factor uses λ + λ_d in place of λ (eigenvectors unchanged).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.func import grad, jvp, vmap
 
 from metainf_core.exceptions import ConfigError
 from metainf_core.influence.flat import FlatLossFunction
 from metainf_core.influence.gradients import create_meta_objective_function
+from metainf_core.influence.hvp import hessian_of
 from metainf_core.tasks import TaskBatch
 
 MAX_EXACT_PARAMS = 5000
@@ -50,20 +50,6 @@ class CurvatureFactor:
     @property
     def rank(self) -> int:
         return int(self.factor.shape[1])
-
-
-def hessian_of(fn: Callable[[Tensor], Tensor], w: Tensor, chunk: int = 16) -> Tensor:
-    """q × q Hessian of a scalar ``fn`` at ``w`` from vmapped HVPs on basis chunks (jvp of grad)."""
-    q = w.numel()
-    g = grad(fn)
-
-    def hvp(v: Tensor) -> Tensor:
-        return jvp(g, (w,), (v,))[1]
-
-    eye = torch.eye(q, dtype=w.dtype, device=w.device)
-    rows = [vmap(hvp)(eye[i : i + chunk]) for i in range(0, q, chunk)]
-    h = torch.cat(rows).detach()
-    return 0.5 * (h + h.T)
 
 
 def meta_hessian(

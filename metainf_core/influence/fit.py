@@ -11,6 +11,7 @@ from torch import nn
 
 from metainf_core.data.base import FewShotDataset
 from metainf_core.exceptions import ConfigError
+from metainf_core.influence.columns import require_tlxml_support
 from metainf_core.influence.exact import CurvatureFactor, meta_hessian, spectral_factor
 from metainf_core.influence.flat import ParamLayout, create_flat_loss_function
 from metainf_core.influence.gauss_newton import GaussNewtonConfig, GaussNewtonFit, ProgressCallback
@@ -87,6 +88,7 @@ def fit_exact(
     compare "all positive" with the plain inverse (TLXML B.2, B.3); the default truncation is
     "all positive" when ``select`` is False.
     """
+    require_tlxml_support(spec)
     layout = ParamLayout.from_params(params)
     w = layout.flatten(params).detach()
     ids = np.arange(len(taskset)) if ids is None else np.asarray(ids, dtype=np.int64)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from metainf_core.data.base import FewShotDataset
 from metainf_core.exceptions import ConfigError, MetainfError
-from metainf_core.influence.columns import create_columns_function
+from metainf_core.influence.columns import create_columns_function, require_tlxml_support
 from metainf_core.influence.exact import CurvatureFactor
 from metainf_core.influence.flat import ParamLayout
 from metainf_core.influence.gradients import iter_task_batches
@@ -114,6 +114,7 @@ class GaussNewtonFit:
         dataset: FewShotDataset,
         config: GaussNewtonConfig | None = None,
     ) -> None:
+        require_tlxml_support(spec)
         self.config = config or GaussNewtonConfig()
         self.layout = ParamLayout.from_params(params)
         self.w = self.layout.flatten(params).detach()

@@ -1,0 +1,314 @@
+"""Landscape diagnostics of a meta-train solution ω (METHODS §7; seed 003, Guiroy et al. §4, §6).
+
+For test tasks i with support sets S_i (the paper's D_i), at parameters ω (the paper's θ^s):
+
+- gradient coherence  E_{i≠j}[g_iᵀ g_j], g_i = −∇_θ L(S_i; ω)          (seed 003 Eq. 6; cosine too)
+- trajectory coherence E_{i≠j}[cos(θ̃_i − ω, θ̃_j − ω)], θ̃_i after T steps (Eq. 5)
+- flatness E_i ‖∇²_θ L(S_i; θ̃_i)‖_σ by power iteration and by Lanczos   (Eq. 3–4; HVPs only,
+  influence/hvp.py).
+  ‖H‖_σ is the largest |λ|; Eq. 3 writes λ_max, equal only when H ⪰ 0 (after a few steps from an
+  early ω the dominant eigenvalue is often negative, so the sign is kept in ``EigenEstimate``)
+- representation coherence E_{i≠j}[h_iᵀ h_j], h_i the mean penultimate feature of S_i at ω (§6)
+
+Choices (documented departures):
+- L(S; θ) is MAML's inner objective, the support cross-entropy of the network's outputs. ProtoNet
+  has no weight adaptation; its support loss is the prototype loss of S classified against its own
+  prototypes, and θ̃_i := ω for its flatness (the weights it classifies task i with). Its
+  "trajectory" is the virtual fine-tuning path of T gradient steps on that prototype loss.
+- Every MAML-family learner (proximal MAML included) adapts by T plain gradient steps of size α
+  (the paper's definition), T = ``inner_steps`` and α = ``inner_lr`` unless configured.
+- Representation coherence averages over *task pairs* of per-task mean features (the paper
+  averages over all image pairs of the meta-test data); features use the support set's batch-norm
+  statistics, as adaptation does.
+- Second derivatives run on the composite batch-norm copy of the network (flat.py: the fused
+  batch-norm double backward in this torch build is wrong).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from metainf_core.checkpoint import load_tensors
+from metainf_core.config import Algorithm
+from metainf_core.exceptions import CheckpointError, ConfigError
+from metainf_core.influence.flat import ParamLayout, with_composite_batch_norm
+from metainf_core.influence.hvp import EigenEstimate, hvp_of, lanczos, power_iteration
+from metainf_core.learners import LearnerSpec, Params, prototype_logits
+from metainf_core.service import Run, open_run
+from metainf_core.tasks import TaskBatch
+
+# (flat θ, support_x, support_y) -> scalar support loss L(S; θ)
+SupportLossFunction = Callable[[Tensor, Tensor, Tensor], Tensor]
+HISTORY_DIR = "history"
+_SNAPSHOT = re.compile(r"^step_(\d+)\.safetensors$")
+
+
+# ---- coherence statistics ---------------------------------------------------------------------
+def mean_pairwise_inner(x: Tensor) -> float:
+    """E_{i≠j}[x_iᵀ x_j] over the rows of x (n × d, n ≥ 2), from the off-diagonal Gram entries."""
+    n = x.shape[0]
+    if n < 2:
+        raise ConfigError(f"coherence needs at least 2 tasks, got {n}")
+    gram = x.double() @ x.double().T
+    return float((gram.sum() - gram.diagonal().sum()) / (n * (n - 1)))
+
+
+def mean_pairwise_cosine(x: Tensor) -> float:
+    """E_{i≠j}[cos(x_i, x_j)]: mean_pairwise_inner of the unit rows (a zero row counts as 0)."""
+    norms = x.double().norm(dim=1, keepdim=True)
+    return mean_pairwise_inner(x.double() / norms.clamp_min(torch.finfo(torch.float64).tiny))
+
+
+# ---- per-task quantities ----------------------------------------------------------------------
+def _is_protonet(spec: LearnerSpec) -> bool:
+    return Algorithm(spec.algo) is Algorithm.PROTONET
+
+
+def create_support_loss_function(
+    model: nn.Module, spec: LearnerSpec, layout: ParamLayout, *, second_order: bool = False
+) -> SupportLossFunction:
+    """L(S; θ) on flat θ: support cross-entropy (MAML family) or ProtoNet's prototype loss of S.
+
+    ``second_order=True`` differentiates a composite batch-norm copy (needed for HVPs).
+    """
+    net = with_composite_batch_norm(model) if second_order else model
+
+    def loss(w: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
+        out = functional_call(net, layout.unflatten(w), (sx,)).flatten(1)
+        if _is_protonet(spec):
+            out = prototype_logits(out, sy, out, spec.ways)
+        return F.cross_entropy(out, sy)
+
+    return loss
+
+
+def _map_support(fn: Callable[..., Tensor], w: Tensor, batch: TaskBatch) -> Tensor:
+    """fn(w_i, sx_i, sy_i) for each task; ``w`` is shared (q) or per task (B × q). vmapped."""
+    w_dim = 0 if w.dim() == 2 else None
+    return vmap(fn, in_dims=(w_dim, 0, 0))(w, batch.support_x, batch.support_y)
+
+
+def support_gradients(model: nn.Module, spec: LearnerSpec, params: Params, batch: TaskBatch) -> Tensor:
+    """B × q matrix of g_i = −∇_θ L(S_i; ω), the descent direction of each task (seed 003 Fig. 1(3))."""
+    layout = ParamLayout.from_params(params)
+    loss = create_support_loss_function(model, spec, layout)
+    return -_map_support(grad(loss), layout.flatten(params), batch).detach()
+
+
+def adapted_parameters(
+    model: nn.Module, spec: LearnerSpec, params: Params, batch: TaskBatch, steps: int, step_size: float
+) -> Tensor:
+    """B × q flat θ̃_i: ``steps`` full-batch gradient steps θ ← θ − α∇L(S_i; θ) from ω (§4.1–4.2)."""
+    layout = ParamLayout.from_params(params)
+    g = grad(create_support_loss_function(model, spec, layout))
+
+    def adapt(w: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
+        for _ in range(steps):
+            w = w - step_size * g(w, sx, sy)
+        return w
+
+    return _map_support(adapt, layout.flatten(params), batch).detach()
+
+
+def create_feature_function(model: nn.Module, spec: LearnerSpec) -> Callable[[Params, Tensor], Tensor]:
+    """(params, x) ↦ penultimate features h(x) (n × d): the input of the last ``nn.Linear`` for the
+    MAML family (conv4: the flattened embedding; mlp-synthetic: the last hidden ReLU), ProtoNet's
+    embedding itself."""
+    if _is_protonet(spec):
+        return lambda p, x: functional_call(model, p, (x,)).flatten(1)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ConfigError("the network has no linear classifier layer to take features before")
+    trunk = copy.deepcopy(model)
+    parent_name, _, child = names[-1].rpartition(".")
+    setattr(trunk.get_submodule(parent_name) if parent_name else trunk, child, nn.Identity())
+    keep = set(dict(trunk.named_parameters()))
+    return lambda p, x: functional_call(trunk, {k: v for k, v in p.items() if k in keep}, (x,)).flatten(1)
+
+
+def task_representations(model: nn.Module, spec: LearnerSpec, params: Params, batch: TaskBatch) -> Tensor:
+    """B × d matrix of h_i = mean over S_i of the penultimate features at ω (seed 003 §6)."""
+    feats = create_feature_function(model, spec)
+    with torch.no_grad():
+        return torch.stack([feats(params, batch.support_x[b]).mean(0) for b in range(len(batch))])
+
+
+# ---- one checkpoint ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    """What the diagnostics compute: T and α of the trajectories (None: the learner's inner_steps,
+    inner_lr; ProtoNet: 1 step), eigen-solver budgets, and how many test tasks (the first ones)."""
+
+    steps: int | None = None
+    step_size: float | None = None
+    num_tasks: int = 60  # seed 003 §5.1 uses 60 fixed meta-test tasks
+    power_iters: int = 100
+    power_tol: float = 1e-5
+    lanczos_iters: int = 20
+    lanczos_tol: float = 1e-8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_tasks", "power_iters", "lanczos_iters"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.num_tasks < 2:
+            raise ConfigError("coherence needs num_tasks ≥ 2")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ConfigError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ConfigError(f"step_size must be positive, got {self.step_size!r}")
+        if not (self.power_tol >= 0 and self.lanczos_tol >= 0):
+            raise ConfigError("tolerances must be non-negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def trajectory(self, spec: LearnerSpec) -> tuple[int, float]:
+        """(T, α) for ``spec``."""
+        steps = self.steps if self.steps is not None else (1 if _is_protonet(spec) else spec.inner_steps)
+        return steps, self.step_size if self.step_size is not None else spec.inner_lr
+
+
+@dataclass(frozen=True)
+class LandscapeDiagnostics:
+    """The §7 statistics of one ω over B tasks; sharpness is E_i of |λ_max| (seed 003 Eq. 4)."""
+
+    num_tasks: int
+    gradient_inner: float
+    gradient_cosine: float
+    trajectory_cosine: float
+    sharpness_power: float
+    sharpness_lanczos: float
+    representation_inner: float
+    adapted_support_loss: float  # E_i L(S_i; θ̃_i), which the paper finds flatness tracks (§5.1)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def support_hessian_norms(
+    model: nn.Module, spec: LearnerSpec, params: Params, adapted: Tensor, batch: TaskBatch, config: DiagnosticsConfig
+) -> tuple[list[EigenEstimate], list[EigenEstimate]]:
+    """Per task, ‖∇²_θ L(S_i; θ̃_i)‖_σ estimates (power iteration, Lanczos) from HVPs at θ̃_i (B × q)."""
+    layout = ParamLayout.from_params(params)
+    loss = create_support_loss_function(model, spec, layout, second_order=True)
+    power, lanc = [], []
+    for b in range(len(batch)):
+        sx, sy = batch.support_x[b], batch.support_y[b]
+        hvp = hvp_of(lambda w, sx=sx, sy=sy: loss(w, sx, sy), adapted[b])
+        kw = {"dtype": adapted.dtype, "device": adapted.device, "seed": config.seed + b}
+        power.append(power_iteration(hvp, layout.numel, num_iters=config.power_iters, tol=config.power_tol, **kw))
+        lanc.append(lanczos(hvp, layout.numel, num_iters=config.lanczos_iters, tol=config.lanczos_tol, **kw))
+    return power, lanc
+
+
+def landscape_diagnostics(
+    model: nn.Module,
+    spec: LearnerSpec,
+    params: Params,
+    batch: TaskBatch,
+    config: DiagnosticsConfig = DiagnosticsConfig(),
+) -> LandscapeDiagnostics:
+    """All §7 statistics of ω on the tasks of ``batch`` (see the module docstring for definitions)."""
+    if len(batch) < 2:
+        raise ConfigError(f"landscape diagnostics need at least 2 tasks, got {len(batch)}")
+    layout = ParamLayout.from_params(params)
+    w = layout.flatten(params)
+    steps, alpha = config.trajectory(spec)
+    trajectories = adapted_parameters(model, spec, params, batch, steps, alpha)
+    flat_at = w.expand_as(trajectories) if _is_protonet(spec) else trajectories
+    power, lanc = support_hessian_norms(model, spec, params, flat_at, batch, config)
+    grads = support_gradients(model, spec, params, batch)
+    loss = create_support_loss_function(model, spec, layout)
+    with torch.no_grad():
+        adapted_loss = _map_support(loss, flat_at, batch).mean()
+    return LandscapeDiagnostics(
+        num_tasks=len(batch),
+        gradient_inner=mean_pairwise_inner(grads),
+        gradient_cosine=mean_pairwise_cosine(grads),
+        trajectory_cosine=mean_pairwise_cosine(trajectories - w),
+        sharpness_power=float(np.mean([abs(e.value) for e in power])),
+        sharpness_lanczos=float(np.mean([abs(e.value) for e in lanc])),
+        representation_inner=mean_pairwise_inner(task_representations(model, spec, params, batch)),
+        adapted_support_loss=float(adapted_loss),
+    )
+
+
+# ---- over a run's training history ------------------------------------------------------------
+@dataclass(frozen=True)
+class DiagnosticsRow(LandscapeDiagnostics):
+    """One training snapshot: its step, test accuracy/loss (all test tasks) and its diagnostics."""
+
+    step: int = 0
+    accuracy: float = math.nan
+    accuracy_ci95: float = math.nan
+    loss: float = math.nan
+
+
+def history_snapshots(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of ``run_dir/history/step_XXXXXXX.safetensors``, sorted by step."""
+    folder = Path(run_dir) / HISTORY_DIR
+    paths = folder.glob("step_*.safetensors") if folder.is_dir() else ()
+    found = sorted((int(m.group(1)), p) for p in paths if (m := _SNAPSHOT.match(p.name)))
+    if not found:
+        raise ConfigError(
+            f"{run_dir}: no training history ({HISTORY_DIR}/step_*.safetensors); "
+            "retrain with keep_history=True (--keep-history) to get diagnostics over training"
+        )
+    return found
+
+
+def diagnostics_over_history(
+    run: Run | str | Path,
+    config: DiagnosticsConfig = DiagnosticsConfig(),
+    progress: Callable[[int, int], None] | None = None,
+) -> list[DiagnosticsRow]:
+    """Diagnostics and test accuracy of every history snapshot of ``run`` (a ``Run`` or its folder),
+    sorted by step, on the first ``num_tasks`` test tasks — the curves of seed 003 Fig. 5, 7.
+
+    ``progress(done, total)`` is called before the first snapshot and after each one.
+    """
+    if not isinstance(run, Run):
+        run = open_run(run)
+    snapshots = history_snapshots(run.checkpoint.path)
+    ids = np.arange(min(config.num_tasks, len(run.test_tasks)))
+    if len(ids) < 2:
+        raise ConfigError("the run's test taskset has fewer than 2 tasks")
+    batch = run.test_tasks.batch(ids, run.dataset).to(run.device)
+    dtype = next(iter(run.params.values())).dtype
+    batch = TaskBatch(batch.support_x.to(dtype), batch.support_y, batch.query_x.to(dtype), batch.query_y)
+    rows: list[DiagnosticsRow] = []
+    if progress is not None:
+        progress(0, len(snapshots))
+    for i, (step, path) in enumerate(snapshots):
+        params = load_tensors(path)
+        if set(params) != set(run.params) or any(params[k].shape != run.params[k].shape for k in params):
+            raise CheckpointError(f"{path}: snapshot parameters do not fit the run's network")
+        params = {k: params[k].to(device=run.device, dtype=run.params[k].dtype) for k in run.params}
+        diag = landscape_diagnostics(run.model, run.spec, params, batch, config)
+        summary = run.evaluate(params, split="test").summary()
+        rows.append(
+            DiagnosticsRow(
+                **{f.name: getattr(diag, f.name) for f in fields(LandscapeDiagnostics)},
+                step=step,
+                accuracy=summary["accuracy"],
+                accuracy_ci95=summary["accuracy_ci95"],
+                loss=summary["loss"],
+            )
+        )
+        if progress is not None:
+            progress(i + 1, len(snapshots))
+    return rows
