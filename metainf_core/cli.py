@@ -95,9 +95,38 @@ def _fit(a: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# rank --method: the TLXML spellings of fit/edit/validate, and compare's registry names
+_TLXML_ALIASES = {"exact": "exact", "gn": "gn", "tlxml-exact": "exact", "tlxml-gn": "gn"}
+
+
+def _rank_other(a: argparse.Namespace) -> dict[str, Any]:
+    """rank --method task-if | direct-if | grad-sim: a compare.py registry method (no TLXML truncation)."""
+    from metainf_core.compare import SIGN, CompareConfig, get_method
+    from metainf_core.explain import Target, group_scores, ranking_table, task_rows
+    from metainf_core.service import open_run
+
+    method = get_method(a.method)  # ConfigError (exit 2, one line) for an unknown name
+    run = open_run(a.path, device="cpu")
+    target = Target.parse(a.test_task, run)
+    scores, details = method.scores(run, target, CompareConfig(damping=a.damping))
+    order, ranks = ranking_table(scores)
+    worst = order[::-1][: a.top]
+    out: dict[str, Any] = {
+        "target": {"split": target.split, "ids": list(target.ids)}, "method": a.method, "sign": SIGN, "details": details,
+        "most_helpful": task_rows(run, order[: a.top], scores[order[: a.top]], ranks[order[: a.top]]),
+        "most_harmful": task_rows(run, worst, scores[worst], ranks[worst]),
+    }  # fmt: skip
+    if a.group:
+        out["groups"] = group_scores(run, scores, a.group)
+    return out
+
+
 def _rank(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.explain import Target, all_scores, group_scores, ranking_table, task_rows
 
+    if a.method not in _TLXML_ALIASES:
+        return _rank_other(a)
+    a.method = _TLXML_ALIASES[a.method]
     run, cfg, inf = _fitted(a)
     target = Target.parse(a.test_task, run)
     scores = all_scores(run, inf, target, cfg.dtype)
@@ -113,6 +142,18 @@ def _rank(a: argparse.Namespace) -> dict[str, Any]:
     if a.group:
         out["groups"] = group_scores(run, scores, a.group)
     return out
+
+
+def _compare(a: argparse.Namespace) -> dict[str, Any]:
+    """Scores of several influence methods for one target and every pair's agreement (compare.py)."""
+    from metainf_core.compare import CompareConfig, compare_methods, parse_methods
+    from metainf_core.explain import Target
+    from metainf_core.service import open_run
+
+    names = parse_methods(a.methods)  # before loading anything: unknown names fail fast
+    run = open_run(a.path, device="cpu")
+    target = Target.parse(a.test_task, run)
+    return compare_methods(run, target, names, k=a.top, config=CompareConfig(damping=a.damping), include_scores=a.scores)
 
 
 def _parse_ids(text: str | None) -> tuple[int, ...]:
@@ -169,9 +210,43 @@ def _diagnose(a: argparse.Namespace) -> dict[str, Any]:
     return {"config": cfg.to_dict(), "rows": [r.to_dict() for r in rows]}
 
 
-def _add_influence_args(p: argparse.ArgumentParser) -> None:
+def _detect(a: argparse.Namespace) -> dict[str, Any]:
+    """Harmful-task detection (seed 001 §6.3): detection curves and removal effect, see metainf_core.detect."""
+    from metainf_core.detect import detect_report
+    from metainf_core.service import open_run
+
+    run = open_run(a.path, device="cpu")
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if a.quiet:
+            return
+        from tqdm.auto import tqdm
+
+        for name in [n for n in bars if n != stage]:
+            bars.pop(name).close()
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=stage, unit="step", file=sys.stderr)
+        bars[stage].n = done
+        bars[stage].refresh()
+
+    xis = tuple(float(x) for x in a.xi.split(",")) if a.xi else (-1.0,)
+    try:
+        return detect_report(
+            run, _influence_config(a), score=a.score, k_values=_parse_ids(a.k) or None, xis=xis, random_draws=a.draws,
+            seed=a.seed, retrain=a.retrain, retrain_dir=a.retrain_dir, retrain_steps=a.retrain_steps, progress=progress,
+        )  # fmt: skip
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _add_influence_args(p: argparse.ArgumentParser, method_choices: list[str] | None = ["exact", "gn"]) -> None:  # noqa: B006
     p.add_argument("path", help="checkpoint directory")
-    p.add_argument("--method", choices=["exact", "gn"], default="gn", help="exact Hessian (small q) or Gauss-Newton")
+    if method_choices is None:  # rank: checked by its handler (one-line error, exit 2)
+        p.add_argument("--method", default="gn", help="exact | gn (= tlxml-exact | tlxml-gn), task-if, direct-if, grad-sim")
+    else:
+        p.add_argument("--method", choices=method_choices, default="gn", help="exact Hessian (small q) or Gauss-Newton")
     p.add_argument("--n-orth", type=int, default=512, help="Algorithm 1's N_orth (N_max = 2 N_orth)")
     p.add_argument("--damping", type=float, default=0.0)
     p.add_argument("--truncation", type=int, default=0, help="kept eigen-directions k (0: choose by self-rank)")
@@ -230,11 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_fit)
 
     r = sub.add_parser("rank", help="rank training tasks by helpfulness for a target")
-    _add_influence_args(r)
+    _add_influence_args(r, method_choices=None)
     r.add_argument("--test-task", required=True, help="ID, ID,ID,..., all, or train:J")
     r.add_argument("--group", choices=["superclass"], default=None, help="also sum scores per group (TLXML A.3)")
     r.add_argument("--top", type=int, default=10)
     r.set_defaults(func=_rank)
+
+    c = sub.add_parser("compare", help="compare influence methods for one target: scores, Spearman/Pearson, top-k overlap")
+    c.add_argument("path", help="checkpoint directory")
+    c.add_argument("--test-task", required=True, help="ID, ID,ID,..., all, or train:J")
+    c.add_argument("--methods", default=None, help="comma-separated (default all): tlxml-exact,tlxml-gn,task-if,direct-if,grad-sim")
+    c.add_argument("--top", type=int, default=10, help="k of the top-k lists and overlaps")
+    c.add_argument("--damping", type=float, default=0.0, help="λ_d of task-if and direct-if")
+    c.add_argument("--scores", action="store_true", help="also print every method's full score vector")
+    c.set_defaults(func=_compare)
 
     d = sub.add_parser("edit", help="one-step block/enhance update (TLXML Eq. 13) and its effect")
     _add_influence_args(d)
@@ -263,6 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--step-size", type=float, default=None, help="adaptation step α (default: the learner's)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_diagnose)
+
+    h = sub.add_parser("detect", help="harmful-task detection: corrupted tasks found in score order, removal effect")
+    _add_influence_args(h)
+    h.add_argument("--k", default=None, help="comma-separated removal sizes (default: C/2, C, 2C for C corrupted tasks)")
+    h.add_argument("--score", choices=["mean", "self", "rank"], default="mean", help="what orders the inspection (see detect.py)")
+    h.add_argument("--xi", default=None, help="comma-separated edit shifts ξ (default -1: removal)")
+    h.add_argument("--draws", type=int, default=5, help="random removal draws per k")
+    h.add_argument("--seed", type=int, default=0, help="seed of the random removals")
+    h.add_argument("--retrain", action="store_true", help="also leave-out retrain per k (slow: 2 trainings per k)")
+    h.add_argument("--retrain-dir", default=None, help="keep the retrained checkpoints here (default: a temporary folder)")
+    h.add_argument("--retrain-steps", type=int, default=None, help="steps of each retraining (default: as trained)")
+    h.set_defaults(func=_detect)
     return p
 
 

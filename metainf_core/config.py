@@ -31,6 +31,14 @@ class Architecture(str, Enum):
     MLP_SYNTHETIC = "mlp-synthetic"  # 2-4-4-3 with batch norm (TLXML B.3, 63 params)
 
 
+def check_damping_and_dtype(damping: float, dtype: str) -> None:
+    """Shared checks of influence settings: finite λ_d ≥ 0 and a float dtype name."""
+    if not (damping >= 0 and damping < float("inf")):
+        raise ConfigError(f"damping must be a finite non-negative number, got {damping!r}")
+    if dtype not in ("float32", "float64"):
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
+
+
 def _check_positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -175,10 +183,7 @@ class InfluenceConfig:
         _check_positive(self, "n_orth", "self_rank_sample", "task_batch")
         if not isinstance(self.truncation, int) or self.truncation < 0:
             raise ConfigError("truncation must be a non-negative integer (0 = choose by self-rank)")
-        if not (self.damping >= 0 and self.damping < float("inf")):
-            raise ConfigError(f"damping must be a finite non-negative number, got {self.damping!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        check_damping_and_dtype(self.damping, self.dtype)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,414 @@
+"""Method comparison: several task-level influence scores for one target, and how they agree.
+
+Every registered method maps ``(run, target)`` to an (M,) array of **helpfulness** over all M
+training tasks with one sign convention (README "Sign convention", METHODS §2):
+
+    positive = the training task helped the target: up-weighting it lowers the target's loss
+    (equivalently, removing it raises that loss, to first order).
+
+Methods (g_j = gradient of training task j's query loss, g_i = the target's; 1/M as TLXML):
+
+- ``tlxml-exact``: TLXML with the exact meta-Hessian (third-order terms included), positive-part
+  pseudo-inverse truncated by self-rank: (1/M) g_iᵀ H⁺_k g_j (``explain.fit_influence``, method
+  "exact"; needs q ≤ MAX_EXACT_PARAMS). MAML and ProtoNet.
+- ``tlxml-gn``: the same with the Gauss-Newton curvature (Algorithm 1–3). MAML and ProtoNet.
+- ``task-if`` (seed 001, total derivatives): (1/M) g_iᵀ (H_T + λ_d I)⁺ g_j with d/dω taken *through*
+  the adaptation θ̂_j(ω). For proximal MAML: ``fit_task_if`` mode "exact" (implicit function
+  theorem). For MAML / ProtoNet the adaptation is explicit, so the total gradient is ∇_ω L_j(ω̂)
+  and the total Hessian is TLXML's exact meta-Hessian: **task-IF = TLXML-exact with damping λ_d
+  and every positive eigen-direction kept** (no self-rank truncation). We map it to exactly that
+  (an ``explain.fit_influence`` exact fit with damping λ_d, truncation = all positive columns).
+- ``direct-if`` (seed 001's baseline, partial derivatives only): θ̂_j treated as moving one-for-one
+  with ω, i.e. gradient g_j = ∇_θ L(Q_j; θ̂_j), Hessian H_D = (1/M) Σ_j ∇²_θ L(Q_j; θ̂_j); scores
+  (1/M) g_iᵀ (H_D + λ_d I)⁺ g_i with the target's own partial gradient. Proximal MAML:
+  ``fit_task_if`` mode "direct"; MAML: computed here for q ≤ MAX_EXACT_PARAMS (dense Hessians).
+  ProtoNet is refused: its adaptation (class centroids) has no θ̂ in weight space.
+- ``grad-sim``: first-order baseline g_iᵀ g_j with meta-gradients (total derivatives) at ω̂; no
+  Hessian (= TLXML with H replaced by M·I). Positive = a gradient step on task j lowers the target
+  loss to first order. All learners.
+
+Pseudo-inverses keep positive eigenvalues only (TLXML B.2): after ordinary training ω̂ is not a
+minimum and the Hessians are indefinite (METHODS §8). Damping λ_d (``CompareConfig.damping``)
+applies to task-IF and direct-IF only; the TLXML methods use the product's defaults (no damping,
+truncation by self-rank) so that ``tlxml-exact`` equals what ``rank --method exact`` shows.
+Proximal MAML's inner problem is solved by the learner's own solver (as in training); its
+stationarity ‖∇F(θ̂)‖ is reported, since the implicit derivatives assume a stationary θ̂.
+
+Expensive parts (curvature fits, training-task gradient matrices) are cached on disk under a
+content hash (``cache.CacheEntry``; TLXML fits share ``explain``'s cache), so a second comparison
+only recomputes the target's gradient.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import grad, hessian
+
+from metainf_core.cache import CacheEntry
+from metainf_core.checkpoint import MODEL_FILE
+from metainf_core.config import Algorithm, InfluenceConfig, check_damping_and_dtype
+from metainf_core.exceptions import ConfigError
+from metainf_core.explain import Target, _params_as, all_scores, fit_influence, target_gradient
+from metainf_core.influence.exact import MAX_EXACT_PARAMS, spectral_factor
+from metainf_core.influence.flat import ParamLayout, create_flat_forward_function
+from metainf_core.influence.gradients import iter_task_batches, task_gradients
+from metainf_core.influence.task_if import (
+    TaskIFConfig,
+    batch_tasks,
+    create_proximal_functions,
+    fit_task_if_tasks,
+    task_state,
+)
+from metainf_core.service import Run
+from metainf_core.validate import score_agreement, top_k_overlap
+
+CACHE_FORMAT = 1
+SIGN = ("helpfulness: positive = the training task helped the target (up-weighting it lowers the target's loss; "
+        "removing it raises it)")  # fmt: skip
+DENSE_MAX_PARAMS = 1000  # task-IF builds per-task q × q matrices up to here, HVP products above
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Settings shared by the methods: ``damping`` λ_d of task-IF / direct-IF, ``dtype`` of all
+    computations, ``n_orth`` of the Gauss-Newton fit. TLXML truncation is chosen by self-rank."""
+
+    damping: float = 0.0
+    dtype: str = "float64"
+    n_orth: int = 512
+
+    def __post_init__(self) -> None:
+        check_damping_and_dtype(self.damping, self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Scorer = Callable[[Run, Target, CompareConfig], tuple[np.ndarray, dict[str, Any]]]
+Check = Callable[[Run, CompareConfig], "str | None"]
+
+
+@dataclass(frozen=True)
+class ScoringMethod:
+    """One registered method: ``check`` gives the reason it does not apply to a run (or None),
+    ``scorer`` returns the (M,) helpfulness and details (truncation, solve quality, ...)."""
+
+    name: str
+    summary: str
+    check: Check
+    scorer: Scorer
+
+    def skip_reason(self, run: Run, config: CompareConfig = CompareConfig()) -> str | None:
+        return self.check(run, config)
+
+    def scores(self, run: Run, target: Target, config: CompareConfig = CompareConfig()) -> tuple[np.ndarray, dict[str, Any]]:
+        reason = self.check(run, config)
+        if reason:
+            raise ConfigError(f"{self.name} does not apply to this run: {reason}")
+        s, details = self.scorer(run, target, config)
+        return np.asarray(s, dtype=np.float64), details
+
+    def __call__(self, run: Run, target: Target, config: CompareConfig = CompareConfig()) -> np.ndarray:
+        """Helpfulness of every training task for ``target`` (M,), positive = helped."""
+        return self.scores(run, target, config)[0]
+
+
+# ---- helpers --------------------------------------------------------------------------------
+def _algo(run: Run) -> Algorithm:
+    return Algorithm(run.spec.algo)
+
+
+def _num_params(run: Run) -> int:
+    return int(sum(v.numel() for v in run.params.values()))
+
+
+def _cache_entry(run: Run, method: str, settings: dict[str, Any]) -> CacheEntry:
+    inputs = {
+        "format": CACHE_FORMAT, "method": method, "model": run.meta["hashes"][MODEL_FILE], "learner": run.spec.__dict__,
+        "train_tasks": run.train_tasks.fingerprint(), "dataset": run.dataset.fingerprint, "settings": settings,
+    }  # fmt: skip
+    return CacheEntry.for_inputs("compare", inputs)
+
+
+def _cached(entry: CacheEntry, compute: Callable[[], tuple[dict[str, Tensor], dict[str, Any]]]):
+    """``compute()`` once per content hash; later calls load the tensors and info from disk."""
+    if entry.complete:
+        tensors, info = entry.load()
+        return tensors, {k: v for k, v in info.items() if k != "inputs"}
+    started = time.time()
+    tensors, info = compute()
+    info = {**info, "fit_seconds": round(time.time() - started, 3)}
+    entry.save({k: v.contiguous() for k, v in tensors.items()}, info)
+    return tensors, info
+
+
+def _target_tasks(run: Run, target: Target, dtype: torch.dtype):
+    ts = run.test_tasks if target.split == "test" else run.train_tasks
+    tasks = []
+    for _, b in iter_task_batches(ts, run.dataset, list(target.ids), 32, dtype):
+        tasks.extend(batch_tasks(b))
+    return tasks
+
+
+def _train_tasks(run: Run, dtype: torch.dtype):
+    tasks = []
+    for _, b in iter_task_batches(run.train_tasks, run.dataset, np.arange(len(run.train_tasks)), 32, dtype):
+        tasks.extend(batch_tasks(b))
+    return tasks
+
+
+# ---- TLXML (explain's cached fits) ----------------------------------------------------------
+def _tlxml_check(exact: bool) -> Check:
+    def check(run: Run, cfg: CompareConfig) -> str | None:
+        if _algo(run) is Algorithm.PROXIMAL_MAML:
+            return "TLXML differentiates through explicit adaptation steps; proximal-maml's is implicit (use task-if)"
+        q = _num_params(run)
+        if exact and q > MAX_EXACT_PARAMS:
+            return f"exact Hessian infeasible for q = {q:,} > {MAX_EXACT_PARAMS:,} parameters (use tlxml-gn)"
+        return None
+
+    return check
+
+
+def tlxml_config(method: str, cfg: CompareConfig, damping: float = 0.0) -> InfluenceConfig:
+    """The InfluenceConfig the registry fits TLXML with (product defaults, ``cfg.dtype``)."""
+    return InfluenceConfig(method=method, n_orth=cfg.n_orth, damping=damping, dtype=cfg.dtype)
+
+
+def _tlxml(method: str) -> Scorer:
+    def score(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
+        icfg = tlxml_config(method, cfg)
+        inf = fit_influence(run, icfg)
+        details = {"truncation": inf.truncation, "columns": inf.num_columns, "num_negative": inf.num_negative}
+        return all_scores(run, inf, target, icfg.dtype), details
+
+    return score
+
+
+# ---- task-IF ----------------------------------------------------------------------------------
+def _task_if_check(run: Run, cfg: CompareConfig) -> str | None:
+    q = _num_params(run)
+    if q > MAX_EXACT_PARAMS:
+        return f"task-IF here uses dense q × q Hessians, infeasible for q = {q:,} > {MAX_EXACT_PARAMS:,}"
+    return None
+
+
+def task_if_config(run: Run, mode: str, cfg: CompareConfig) -> TaskIFConfig:
+    """Proximal MAML's task-IF settings: the learner's inner solver, positive-part pseudo-inverses."""
+    return TaskIFConfig(mode=mode, damping=cfg.damping, method="exact", inner_method="exact", inner_solver="gd",
+                        dense=_num_params(run) <= DENSE_MAX_PARAMS)  # fmt: skip
+
+
+def _proximal_fit(run: Run, mode: str, cfg: CompareConfig) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tcfg = task_if_config(run, mode, cfg)
+
+    def compute():
+        params = _params_as(run, cfg.dtype)
+        fns = create_proximal_functions(run.model, run.spec, params)
+        w = fns.layout.flatten(params).detach()
+        fit = fit_task_if_tasks(fns, w, _train_tasks(run, w.dtype), tcfg)
+        summ = fit.summary()
+        info = {"mode": mode, "max_inner_stationarity": max(s.stationarity for s in fit.states),
+                "outer_max_relative_residual": summ["outer"]["max_relative_residual"]}  # fmt: skip
+        return {"removals": fit.removals, "gradients": fit.gradients}, info
+
+    return _cached(_cache_entry(run, f"task-if-{mode}", tcfg.to_dict()), compute)
+
+
+def _proximal_target_gradient(run: Run, target: Target, mode: str, cfg: CompareConfig) -> Tensor:
+    tcfg = task_if_config(run, mode, cfg)
+    params = _params_as(run, cfg.dtype)
+    fns = create_proximal_functions(run.model, run.spec, params)
+    w = fns.layout.flatten(params).detach()
+    states = [task_state(fns, w, t, tcfg) for t in _target_tasks(run, target, w.dtype)]
+    g = [s.outer_grad if mode == "direct" else s.total_gradient for s in states]
+    return torch.stack(g).mean(0)
+
+
+def task_if_influence_config(cfg: CompareConfig) -> InfluenceConfig:
+    """MAML / ProtoNet task-IF = this exact TLXML fit at truncation "all positive" (module docstring)."""
+    return tlxml_config("exact", cfg, damping=cfg.damping)
+
+
+def _task_if(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    if _algo(run) is Algorithm.PROXIMAL_MAML:
+        tensors, info = _proximal_fit(run, "exact", cfg)
+        g = _proximal_target_gradient(run, target, "exact", cfg)
+        return (g @ tensors["removals"].T).cpu().numpy(), {**info, "damping": cfg.damping}
+    icfg = task_if_influence_config(cfg)
+    inf = fit_influence(run, icfg)
+    k = inf.num_positive if inf.num_positive > 0 else inf.num_columns
+    inf = inf.with_truncation(k)
+    details = {"equivalent_to": "tlxml-exact with damping, all positive eigen-directions", "damping": cfg.damping,
+               "truncation": k, "num_negative": inf.num_negative}  # fmt: skip
+    return all_scores(run, inf, target, icfg.dtype), details
+
+
+# ---- direct IF --------------------------------------------------------------------------------
+def _direct_check(run: Run, cfg: CompareConfig) -> str | None:
+    if _algo(run) is Algorithm.PROTONET:
+        return "direct IF needs task weights θ̂_j(ω) in weight space; ProtoNet adapts class centroids only"
+    return _task_if_check(run, cfg)
+
+
+def _maml_partial(run: Run, tasks, dtype: str, with_hessian: bool) -> tuple[Tensor, Tensor | None]:
+    """Per task: ∇_θ L(Q; θ̂) (T × q) and, if asked, Σ_T ∇²_θ L(Q; θ̂) (q × q), θ̂ = MAML's adapted weights."""
+    params = _params_as(run, dtype)
+    layout = ParamLayout.from_params(params)
+    w = layout.flatten(params).detach()
+    forward = create_flat_forward_function(run.model, layout, second_order=True)
+    spec = run.spec
+
+    def support_loss(t: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(forward(t, x), y)
+
+    def query_loss(t: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(forward(t, x), y)
+
+    grads, h = [], torch.zeros(w.numel(), w.numel(), dtype=w.dtype) if with_hessian else None
+    for sx, sy, qx, qy in tasks:
+        theta = w
+        for _ in range(spec.inner_steps):
+            theta = theta - spec.inner_lr * grad(support_loss)(theta, sx, sy)
+        theta = theta.detach()
+        grads.append(grad(query_loss)(theta, qx, qy).detach())
+        if h is not None:
+            h += hessian(query_loss)(theta, qx, qy).detach()
+    return torch.stack(grads), h
+
+
+def _maml_direct_fit(run: Run, cfg: CompareConfig) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    def compute():
+        g, h = _maml_partial(run, _train_tasks(run, getattr(torch, cfg.dtype)), cfg.dtype, True)
+        m = g.shape[0]
+        fac = spectral_factor(h / m, cfg.damping)  # positive part of H_D + λ_d I
+        removals = ((g @ fac.factor) * fac.signs) @ fac.factor.T / m  # (1/M) (H_D + λ_d I)⁺ g_j
+        info = {"mode": "direct", "kept": fac.rank, "num_negative": fac.num_negative, "num_zero": fac.num_zero}
+        return {"removals": removals, "gradients": g}, info
+
+    return _cached(_cache_entry(run, "direct-if-maml", {"damping": cfg.damping, "dtype": cfg.dtype}), compute)
+
+
+def _direct_if(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    if _algo(run) is Algorithm.PROXIMAL_MAML:
+        tensors, info = _proximal_fit(run, "direct", cfg)
+        g = _proximal_target_gradient(run, target, "direct", cfg)
+    else:
+        tensors, info = _maml_direct_fit(run, cfg)
+        g = _maml_partial(run, _target_tasks(run, target, getattr(torch, cfg.dtype)), cfg.dtype, False)[0].mean(0)
+    return (g @ tensors["removals"].T).cpu().numpy(), {**info, "damping": cfg.damping}
+
+
+# ---- gradient similarity ------------------------------------------------------------------
+def _grad_sim(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    if _algo(run) is Algorithm.PROXIMAL_MAML:  # total (implicit) meta-gradients, as task-IF's
+        tensors, info = _proximal_fit(run, "exact", cfg)
+        g = _proximal_target_gradient(run, target, "exact", cfg)
+        return (tensors["gradients"] @ g).cpu().numpy(), {"max_inner_stationarity": info["max_inner_stationarity"]}
+
+    def compute():
+        params = _params_as(run, cfg.dtype)
+        return {"gradients": task_gradients(run.model, run.spec, params, run.train_tasks, run.dataset)}, {}
+
+    tensors, info = _cached(_cache_entry(run, "grad-sim", {"dtype": cfg.dtype}), compute)
+    g = target_gradient(run, target, cfg.dtype)
+    return (tensors["gradients"] @ g).cpu().numpy(), {}
+
+
+def _always(run: Run, cfg: CompareConfig) -> str | None:
+    return None
+
+
+METHODS: dict[str, ScoringMethod] = {
+    m.name: m
+    for m in (
+        ScoringMethod("tlxml-exact", "TLXML, exact meta-Hessian, pseudo-inverse truncated by self-rank", _tlxml_check(True), _tlxml("exact")),
+        ScoringMethod("tlxml-gn", "TLXML, Gauss-Newton curvature (Algorithms 1-3)", _tlxml_check(False), _tlxml("gn")),
+        ScoringMethod("task-if", "seed 001 task-IF: total derivatives through the adaptation, damped", _task_if_check, _task_if),
+        ScoringMethod("direct-if", "seed 001 direct IF: partial derivatives at the adapted weights only", _direct_check, _direct_if),
+        ScoringMethod("grad-sim", "first-order baseline: dot product of meta-gradients, no Hessian", _always, _grad_sim),
+    )
+}
+
+
+def get_method(name: str) -> ScoringMethod:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}") from None
+
+
+def parse_methods(text: str | None) -> list[str]:
+    """``"a,b,c"`` -> validated method names (all registered methods when empty)."""
+    if not text:
+        return list(METHODS)
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    for n in names:
+        get_method(n)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"methods listed twice in {text!r}")
+    return names
+
+
+def method_scores(run: Run, target: Target, name: str, config: CompareConfig = CompareConfig()) -> np.ndarray:
+    """Helpfulness (M,) of every training task for ``target`` by the registered method ``name``."""
+    return get_method(name)(run, target, config)
+
+
+def pair_agreement(a: np.ndarray, b: np.ndarray, k: int) -> dict[str, float]:
+    """Pearson, Spearman and the top-k overlap of the k most helpful and the k most harmful tasks."""
+    return {**score_agreement(a, b), "top_k_helpful_overlap": top_k_overlap(a, b, k),
+            "top_k_harmful_overlap": top_k_overlap(-np.asarray(a), -np.asarray(b), k)}  # fmt: skip
+
+
+def compare_methods(
+    run: Run, target: Target, methods: Sequence[str] | None = None, k: int = 10,
+    config: CompareConfig = CompareConfig(), include_scores: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Scores of each method for ``target`` and every pair's agreement (module docstring).
+
+    Methods that do not apply to the run's learner (or size) are listed under ``skipped`` with the
+    reason. ``k`` is clipped to M. Per method: the k most helpful and most harmful task ids, the
+    scores (``include_scores``), details and seconds; per pair: Pearson, Spearman, top-k overlaps.
+    """
+    names = list(METHODS) if methods is None else list(methods)
+    for n in names:
+        get_method(n)
+    if k < 1:
+        raise ConfigError(f"k must be positive, got {k}")
+    m = len(run.train_tasks)
+    k = min(k, m)
+    out: dict[str, Any] = {
+        "target": {"split": target.split, "ids": list(target.ids)}, "num_tasks": m, "k": k, "sign": SIGN,
+        "config": config.to_dict(), "methods": {}, "skipped": {}, "pairs": [],
+    }  # fmt: skip
+    scores: dict[str, np.ndarray] = {}
+    for n in names:
+        method = METHODS[n]
+        reason = method.skip_reason(run, config)
+        if reason:
+            out["skipped"][n] = reason
+            continue
+        started = time.time()
+        s, details = method.scores(run, target, config)
+        if s.shape != (m,) or not np.isfinite(s).all():
+            raise ConfigError(f"{n} produced {s.shape} scores, {int((~np.isfinite(s)).sum())} non-finite")
+        order = np.argsort(-s, kind="stable")
+        entry = {"summary": method.summary, "most_helpful": order[:k].tolist(), "most_harmful": order[::-1][:k].tolist(),
+                 "details": details, "seconds": round(time.time() - started, 3)}  # fmt: skip
+        if include_scores:
+            entry["scores"] = s.tolist()
+        out["methods"][n] = entry
+        scores[n] = s
+    for a, b in itertools.combinations(scores, 2):
+        out["pairs"].append({"a": a, "b": b, **pair_agreement(scores[a], scores[b], k)})
+    return out

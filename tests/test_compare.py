@@ -1,0 +1,254 @@
+"""Method comparison (compare.py): each registry method against an independent computation, the
+pair statistics against scipy and plain sets, proximal-MAML task-IF / direct IF, caching, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch.func import grad
+
+from metainf_core import compare
+from metainf_core.compare import METHODS, CompareConfig, compare_methods, method_scores, task_if_config
+from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
+from metainf_core.exceptions import ConfigError
+from metainf_core.explain import Target, all_scores, fit_influence
+from metainf_core.influence import fit_task_if
+from metainf_core.influence.flat import with_composite_batch_norm
+from metainf_core.influence.gradients import iter_task_batches
+from metainf_core.influence.task_if import batch_tasks
+from metainf_core.learners import create_task_loss_function
+from metainf_core.service import open_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the module, so fits made by one test are reused by the next."""
+    return tmp_path_factory.mktemp("compare_cache")
+
+
+@pytest.fixture()
+def cache(cache_dir, monkeypatch) -> Path:
+    monkeypatch.setenv("METAINF_CACHE", str(cache_dir))
+    return cache_dir
+
+
+@pytest.fixture(scope="module")
+def prox_run(tmp_path_factory) -> Path:
+    """A tiny proximal MAML (63 parameters, 16 training tasks), trained for a few steps (~2 s)."""
+    from metainf_core.train import train
+
+    task_cfg = TaskConfig(dataset="synthetic", ways=3, shots=5, queries=5, train_tasks=16, test_tasks=4)
+    train_cfg = TrainConfig(
+        algo="proximal-maml", arch="mlp-synthetic", steps=20, meta_batch=4, lr=0.02,
+        prox_lambda=1.0, prox_lr=0.3, prox_steps=10, cg_steps=10, checkpoint_every=20,
+    )  # fmt: skip
+    return train(task_cfg, train_cfg, tmp_path_factory.mktemp("prox") / "run", progress=False, device="cpu")
+
+
+def _tasks(run, taskset, ids):
+    out = []
+    for _, b in iter_task_batches(taskset, run.dataset, ids, 64, torch.float64):
+        out.extend(batch_tasks(b))
+    return out
+
+
+def test_grad_sim_is_the_dot_product_of_meta_gradients(synthetic_run, cache):
+    run = open_run(synthetic_run)
+    scores = method_scores(run, Target((3,)), "grad-sim")
+    # brute force: torch.func.grad of each task's loss through MAML's inner step, on a dict of
+    # float64 weights (composite batch norm: second derivatives through the inner step)
+    loss = create_task_loss_function(with_composite_batch_norm(run.model), run.spec)
+    params = {k: v.double() for k, v in run.params.items()}
+
+    def flat_grad(task) -> torch.Tensor:
+        g = grad(loss)(params, *task)
+        return torch.cat([g[k].reshape(-1) for k in params])
+
+    g_train = torch.stack([flat_grad(t) for t in _tasks(run, run.train_tasks, np.arange(len(run.train_tasks)))])
+    g_test = flat_grad(_tasks(run, run.test_tasks, [3])[0])
+    expected = (g_train @ g_test).numpy()
+    print(f"\ngrad-sim: max |diff| {np.abs(scores - expected).max():.2e}, scale {np.abs(expected).max():.2e}")
+    assert scores.shape == (48,)
+    np.testing.assert_allclose(scores, expected, rtol=1e-8, atol=1e-12 * np.abs(expected).max())
+    # sign: the target's own gradient direction; a training task's self-score is ‖g_j‖² > 0
+    self_scores = np.array([method_scores(run, Target((j,), "train"), "grad-sim")[j] for j in (0, 7)])
+    np.testing.assert_allclose(self_scores, (g_train[[0, 7]] ** 2).sum(1).numpy(), rtol=1e-8)
+
+
+def test_tlxml_and_task_if_match_explain(synthetic_run, cache):
+    run = open_run(synthetic_run)
+    target = Target((0, 1))
+    inf = fit_influence(run, InfluenceConfig(method="exact", dtype="float64"))
+    expected = all_scores(run, inf, target, "float64")
+    np.testing.assert_allclose(method_scores(run, target, "tlxml-exact"), expected, rtol=1e-10, atol=1e-14)
+    gn = fit_influence(run, InfluenceConfig(method="gn", dtype="float64"))
+    np.testing.assert_allclose(method_scores(run, target, "tlxml-gn"), all_scores(run, gn, target, "float64"), rtol=1e-10, atol=1e-14)
+    # the documented equivalence: MAML task-IF = exact TLXML, damped, every positive eigen-direction
+    full = inf.with_truncation(inf.num_positive)
+    np.testing.assert_allclose(method_scores(run, target, "task-if"), all_scores(run, full, target, "float64"), rtol=1e-10, atol=1e-14)
+    damped = fit_influence(run, InfluenceConfig(method="exact", dtype="float64", damping=0.5))
+    damped = damped.with_truncation(damped.num_positive)
+    np.testing.assert_allclose(
+        method_scores(run, target, "task-if", CompareConfig(damping=0.5)), all_scores(run, damped, target, "float64"), rtol=1e-10
+    )
+    print(f"\nexact truncation {inf.truncation}, all positive {inf.num_positive} of {inf.num_columns} columns")
+
+
+def test_direct_if_for_maml_uses_partial_derivatives(synthetic_run, cache):
+    """direct IF: (1/M) g_iᵀ (H_D + λ I)⁻¹ g_j with g, H_D of the query loss at θ̂ (θ̂ held fixed)."""
+    run = open_run(synthetic_run)
+    lam = 2.0  # large enough that H_D + λI is positive definite here: a plain solve is the reference
+    scores = method_scores(run, Target((5,)), "direct-if", CompareConfig(damping=lam))
+    params = {k: v.double() for k, v in run.params.items()}
+    net = with_composite_batch_norm(run.model)
+    names = list(params)
+    sizes = [params[k].numel() for k in names]
+
+    def unflat(w):
+        return {k: p.view(params[k].shape) for k, p in zip(names, torch.split(w, sizes), strict=True)}
+
+    def ce(w, x, y):
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(net, unflat(w), (x,)), y)
+
+    w = torch.cat([params[k].reshape(-1) for k in names])
+
+    def adapted(task):
+        sx, sy, _, _ = task
+        return (w - run.spec.inner_lr * grad(ce)(w, sx, sy)).detach()
+
+    train = _tasks(run, run.train_tasks, np.arange(48))
+    thetas = [adapted(t) for t in train]
+    g = torch.stack([grad(ce)(th, t[2], t[3]) for th, t in zip(thetas, train, strict=True)])
+    h = sum(torch.autograd.functional.hessian(lambda v, t=t: ce(v, t[2], t[3]), th) for th, t in zip(thetas, train, strict=True)) / 48
+    assert torch.linalg.eigvalsh(h + lam * torch.eye(63)).min() > 0
+    test = _tasks(run, run.test_tasks, [5])[0]
+    g_i = grad(ce)(adapted(test), test[2], test[3])
+    expected = (torch.linalg.solve(h + lam * torch.eye(63), g.T).T @ g_i / 48).numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-7, atol=1e-12 * np.abs(expected).max())
+
+
+def test_compare_pairs_match_scipy_and_sets_and_are_cached(synthetic_run, cache, monkeypatch):
+    run = open_run(synthetic_run)
+    k = 8
+    t0 = time.perf_counter()
+    out = compare_methods(run, Target((2,)), k=k)
+    first = time.perf_counter() - t0
+    assert set(out["methods"]) == set(METHODS) and out["skipped"] == {}
+    assert len(out["pairs"]) == len(METHODS) * (len(METHODS) - 1) // 2
+    s = {n: np.asarray(e["scores"]) for n, e in out["methods"].items()}
+    for pair in out["pairs"]:
+        a, b = s[pair["a"]], s[pair["b"]]
+        assert pair["spearman"] == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+        assert pair["pearson"] == pytest.approx(stats.pearsonr(a, b).statistic, abs=1e-12)
+        helpful = set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])
+        harmful = set(np.argsort(a)[:k]) & set(np.argsort(b)[:k])
+        assert pair["top_k_helpful_overlap"] == len(helpful) / k
+        assert pair["top_k_harmful_overlap"] == len(harmful) / k
+    for n, e in out["methods"].items():
+        assert e["most_helpful"] == np.argsort(-s[n], kind="stable")[:k].tolist()
+        assert s[n][e["most_helpful"][0]] == s[n].max() and s[n][e["most_harmful"][0]] == s[n].min()
+    table = {(p["a"], p["b"]): p for p in out["pairs"]}
+    print(f"\nfirst compare {first:.1f} s; test task 2, M = 48, k = {k}")
+    for (a, b), p in table.items():
+        print(f"  {a:>11} vs {b:<10} spearman {p['spearman']:+.3f} pearson {p['pearson']:+.3f} "
+              f"top-{k} helpful {p['top_k_helpful_overlap']:.2f} harmful {p['top_k_harmful_overlap']:.2f}")
+    # over several test tasks, exact and GN curvature should agree better than chance
+    rho = [compare_methods(run, Target((i,)), ["tlxml-exact", "tlxml-gn"])["pairs"][0]["spearman"] for i in range(8)]
+    print(f"  tlxml-exact vs tlxml-gn Spearman over test tasks 0-7: {np.mean(rho):+.3f} ± {np.std(rho):.3f}")
+    assert np.mean(rho) > 0.2
+
+    # second run: everything expensive comes from the disk cache
+    def boom(*a, **kw):
+        raise AssertionError("recomputed a cached fit")
+
+    for name in ("fit_exact", "_gauss_newton_factor"):
+        monkeypatch.setattr(f"metainf_core.explain.{name}", boom)
+    for name in ("spectral_factor", "task_gradients", "fit_task_if_tasks"):
+        monkeypatch.setattr(compare, name, boom)
+    t0 = time.perf_counter()
+    again = compare_methods(run, Target((2,)), k=k)
+    print(f"  cached compare {time.perf_counter() - t0:.2f} s")
+    assert again["pairs"] == out["pairs"]
+
+
+def test_proximal_task_if_and_direct_if(prox_run, cache):
+    run = open_run(prox_run)
+    out = compare_methods(run, Target((0,)), k=4)
+    assert set(out["skipped"]) == {"tlxml-exact", "tlxml-gn"} and "proximal-maml" in out["skipped"]["tlxml-exact"]
+    assert set(out["methods"]) == {"task-if", "direct-if", "grad-sim"}
+    for n in ("task-if", "direct-if"):
+        assert np.isfinite(out["methods"][n]["scores"]).all() and np.abs(out["methods"][n]["scores"]).max() > 0
+        print(f"\n{n}: {out['methods'][n]['details']}")
+    # the registry equals fit_task_if itself (TaskIF.helpfulness of its own target gradient)
+    params = {k: v.double() for k, v in run.params.items()}
+    test = _tasks(run, run.test_tasks, [0])
+    for mode, name in (("exact", "task-if"), ("direct", "direct-if")):
+        fit = fit_task_if(run.model, run.spec, params, run.train_tasks, run.dataset, config=task_if_config(run, mode, CompareConfig()))
+        expected = fit.helpfulness(fit.target_gradient(test)).numpy()
+        np.testing.assert_allclose(out["methods"][name]["scores"], expected, rtol=1e-8, atol=1e-12 * np.abs(expected).max())
+    # documented sign: a training task helps itself (removing it raises its own loss)
+    m = len(run.train_tasks)
+    for name in ("task-if", "direct-if"):
+        own = np.array([method_scores(run, Target((j,), "train"), name)[j] for j in range(m)])
+        print(f"{name}: self-helpfulness positive for {(own > 0).sum()}/{m} training tasks")
+        assert (own > 0).mean() >= 0.75
+
+
+def test_refusals(synthetic_run, prox_run, cache):
+    with pytest.raises(ConfigError, match="unknown method"):
+        compare_methods(open_run(synthetic_run), Target((0,)), ["tlxml-exact", "nope"])
+    with pytest.raises(ConfigError, match="proximal-maml"):
+        method_scores(open_run(prox_run), Target((0,)), "tlxml-gn")
+    with pytest.raises(ConfigError, match="damping"):
+        CompareConfig(damping=-1.0)
+
+
+def _cli(python_exe, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread (see conftest.one_thread)
+    return subprocess.run([python_exe, "-m", "metainf_core", *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_compare_cli(synthetic_run, prox_run, cache, python_exe):
+    res = _cli(python_exe, "compare", str(synthetic_run), "--test-task", "1", "--top", "5")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    names = list(METHODS)
+    assert sorted((p["a"], p["b"]) for p in out["pairs"]) == sorted(
+        (a, b) for i, a in enumerate(names) for b in names[i + 1 :]
+    )
+    assert all(len(e["most_helpful"]) == 5 and "scores" not in e for e in out["methods"].values())
+
+    res = _cli(python_exe, "compare", str(prox_run), "--test-task", "0", "--methods", "tlxml-exact,grad-sim", "--scores")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert "tlxml-exact" in out["skipped"] and len(out["methods"]["grad-sim"]["scores"]) == 16 and out["pairs"] == []
+
+    res = _cli(python_exe, "compare", str(synthetic_run), "--test-task", "0", "--methods", "tlxml-exact,bogus")
+    assert res.returncode == 2 and "bogus" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_rank_cli_methods(synthetic_run, cache, python_exe):
+    """rank --method: registry names (tlxml-exact = the old 'exact' path, grad-sim, ...); bad names exit 2."""
+    res = _cli(python_exe, "rank", str(synthetic_run), "--test-task", "0", "--method", "bogus")
+    assert res.returncode == 2 and "bogus" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    run = open_run(synthetic_run)
+    expected = {
+        "tlxml-exact": all_scores(run, fit_influence(run, InfluenceConfig(method="exact", dtype="float64")), Target((1,)), "float64"),
+        "grad-sim": method_scores(run, Target((1,)), "grad-sim"),
+    }
+    for method, scores in expected.items():
+        res = _cli(python_exe, "rank", str(synthetic_run), "--method", method, "--test-task", "1", "--top", "3", "--quiet")
+        assert res.returncode == 0, res.stderr
+        rows = json.loads(res.stdout)["most_helpful"]
+        assert [r["task"] for r in rows] == np.argsort(-scores, kind="stable")[:3].tolist()
+        np.testing.assert_allclose([r["helpfulness"] for r in rows], np.sort(scores)[::-1][:3], rtol=1e-9)
