@@ -45,7 +45,7 @@ class Run:
     def batched_metrics(self):  # noqa: ANN201 - a closure from learners
         return create_batched_task_metrics_function(self.model, self.spec)
 
-    def evaluate(self, params: Params | None = None, split: str = "test", task_ids=None, batch_size: int = 64) -> TaskMetrics:
+    def evaluate(self, params: Params | None = None, split: str = "test", task_ids=None, batch_size: int | None = None) -> TaskMetrics:
         """Per-task query loss/accuracy of ``params`` (default ω̂) on the chosen taskset."""
         ts = self.test_tasks if split == "test" else self.train_tasks
         return evaluate_tasks(

@@ -145,7 +145,7 @@ def train(
     resume: bool = False,
     device: str = "auto",
     progress: bool = True,
-    eval_batch: int = 64,
+    eval_batch: int | None = None,
 ) -> Path:
     """Meta-train on a fixed training taskset; checkpoint every ``checkpoint_every`` steps.
 
