@@ -110,3 +110,21 @@ def test_batched_metrics_equal_per_task_loop():
     for i in range(b):
         assert loss[i].item() == pytest.approx(single(params, sx[i], sy[i], qx[i], qy[i]).item(), rel=1e-5)
     assert ((acc >= 0) & (acc <= 1)).all()
+
+
+def test_max_pool_2x2_equals_torch_max_pool_and_its_gradient():
+    """models.MaxPool2x2 (strided maxima, fast under vmap) vs nn.MaxPool2d(2): values bitwise,
+    gradients equal where there are no ties (odd sizes floor like torch)."""
+    from torch.func import vmap
+
+    from metainf_core.models import MaxPool2x2
+
+    for shape in ((3, 4, 28, 28), (3, 4, 7, 7), (2, 5, 3, 3)):
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        ours, ref = MaxPool2x2()(x), torch.nn.MaxPool2d(2)(x)
+        assert torch.equal(ours, ref)
+        g = torch.randn_like(ref)
+        (ga,), (gb,) = torch.autograd.grad(ours, x, g), torch.autograd.grad(ref, x, g)
+        assert torch.equal(ga, gb)
+    batched = torch.randn(4, 6, 3, 14, 14)
+    assert torch.equal(vmap(MaxPool2x2())(batched), torch.nn.MaxPool2d(2)(batched.flatten(0, 1)).view(4, 6, 3, 7, 7))
