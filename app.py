@@ -7,7 +7,8 @@ import streamlit as st
 from metainf_core.checkpoint import import_checkpoint_zip, read_meta
 from metainf_core.cache import cache_root
 from metainf_core.exceptions import MetainfError
-from ui import DEFAULT_DEMO, DEMO_DIR, show_figure
+from metainf_core.explain import fit_status
+from ui import DEFAULT_DEMO, DEFAULT_INFLUENCE, DEMO_DIR, get_run, show_figure
 
 
 st.set_page_config(page_title="metainf", page_icon="🧭", layout="wide")
@@ -46,7 +47,12 @@ def model_picker() -> str | None:
     return folder or None
 
 
-def show_card(meta: dict) -> None:
+def influence_status(path: str) -> dict:
+    """Whether the app's default influence fit is in the disk cache (complete / partial / none)."""
+    return fit_status(get_run(path), DEFAULT_INFLUENCE)
+
+
+def show_card(path: str, meta: dict) -> None:
     tc, test = meta["task_config"], meta.get("test")
     cols = st.columns(4)
     cols[0].metric("Dataset", meta["dataset"]["name"])
@@ -60,6 +66,15 @@ def show_card(meta: dict) -> None:
     )
     if test:
         st.write(f"**Test accuracy:** {test['accuracy']:.3f} ± {test['accuracy_ci95']:.3f} · **loss** {test['loss']:.3f} ± {test['loss_ci95']:.3f}")
+    status = influence_status(path)
+    if status["state"] == "complete":
+        st.write("**Influence fit:** cached (Gauss-Newton TLXML): Explain and Edit answer at once.")
+    elif status["state"] == "partial":
+        st.write(f"**Influence fit:** left half-way ({status['tasks_done']}/{status['total']} training tasks): "
+                 "the Explain page resumes it.")
+    else:
+        st.write(f"**Influence fit:** not fitted yet: the Explain page fits it over {status['total']:,} training tasks "
+                 "with a progress bar, saving as it goes.")
     if not meta.get("complete", False):
         st.warning(f"Training has not finished: this checkpoint is from step {meta.get('step')}.")
     curve = meta.get("curve", [])
@@ -84,7 +99,7 @@ def main() -> None:
         st.error(f"Cannot open this checkpoint: {e}")
         st.stop()
     st.session_state["model_path"] = path
-    show_card(meta)
+    show_card(path, meta)
 
 
 main()

@@ -74,5 +74,15 @@ class CacheEntry:
         except (ValueError, OSError):
             return None
 
+    def partial_progress(self) -> dict[str, Any] | None:
+        """The progress saved with the partial state (header only, no tensors), or None."""
+        path = self.directory / PARTIAL
+        if not path.is_file():
+            return None
+        try:
+            return read_tensor_metadata(path)
+        except (ValueError, OSError):
+            return None
+
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -67,6 +67,19 @@ def is_fitted(run: Run, cfg: InfluenceConfig) -> bool:
     return cache_entry(run, cfg).complete
 
 
+def fit_status(run: Run, cfg: InfluenceConfig) -> dict[str, Any]:
+    """Whether the influence fit is cached: ``state`` complete / partial (a fit left half-way,
+    with ``tasks_done`` of ``total``) / none; read from the cache without loading the fit."""
+    entry = cache_entry(run, cfg)
+    total = len(run.train_tasks)
+    if entry.complete:
+        return {"state": "complete", "tasks_done": total, "total": total}
+    progress = entry.partial_progress()
+    if progress is not None:
+        return {"state": "partial", "tasks_done": int(progress.get("tasks_done", 0)), "total": total}
+    return {"state": "none", "tasks_done": 0, "total": total}
+
+
 def _to_tensors(inf: TaskInfluence) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {"factor": inf.factor, "projections": inf.projections, "signs": inf.signs, "eigenvalues": inf.eigenvalues}
     info = {

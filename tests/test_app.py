@@ -10,13 +10,14 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo" / "protonet-fashion-mnist"
 
 
-def test_home_shows_the_demo_card():
+def test_home_shows_the_demo_card(demo_fitted):
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
     assert not at.exception
     labels = {m.label: m.value for m in at.metric}
     assert labels["Dataset"] == "fashion-mnist" and labels["Algorithm"] == "ProtoNet"
     assert labels["Test accuracy"].endswith("%") and float(labels["Test accuracy"][:-1]) > 50
     assert at.session_state["model_path"].endswith("protonet-fashion-mnist")
+    assert any(m.value.startswith("**Influence fit:** cached") for m in at.markdown)
 
 
 def test_home_reports_a_bad_folder(tmp_path):
@@ -66,6 +67,7 @@ def test_upload_of_a_checkpoint_shows_its_card(tmp_path, monkeypatch):
     labels = {m.label: m.value for m in at.metric}
     assert labels["Algorithm"] == "ProtoNet" and labels["Network"].endswith("7,248 params")
     assert Path(at.session_state["model_path"]).parent == tmp_path / "cache" / "uploads"
+    assert any(m.value.startswith("**Influence fit:** not fitted yet") for m in at.markdown)  # empty cache here
 
 
 def test_bad_uploads_give_a_clear_error_and_nothing_is_unpickled(tmp_path, monkeypatch):

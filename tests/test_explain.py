@@ -20,6 +20,7 @@ from metainf_core.explain import (
     edit_report,
     edited_params,
     fit_influence,
+    fit_status,
     ranking_table,
     task_rows,
     validation_report,
@@ -49,10 +50,13 @@ def test_fit_is_cached_and_resumes_after_interruption(synthetic_run, cache):
         fit_influence(run, GN, progress=crash_after_16, save_every=8)
     entry = cache_entry(run, GN)
     assert not entry.complete and entry.load_partial()[1]["tasks_done"] == 8  # the chunk that crashed was not saved
+    assert fit_status(run, GN) == {"state": "partial", "tasks_done": 8, "total": len(run.train_tasks)}
     resumed_from: list[int] = []
     inf = fit_influence(run, GN, progress=lambda s, d, t: resumed_from.append(d) if s == "curvature" else None, save_every=8)
     assert min(resumed_from) > 8  # finished tasks were not recomputed
     assert entry.complete and entry.load_partial() is None
+    assert fit_status(run, GN)["state"] == "complete"
+    assert fit_status(run, InfluenceConfig(**{**GN.to_dict(), "n_orth": 7}))["state"] == "none"
     fresh_cache_run = InfluenceConfig(**{**GN.to_dict(), "task_batch": 8})  # another key: an uninterrupted fit
     ref = fit_influence(run, fresh_cache_run)
     torch.testing.assert_close(inf.projections @ inf.factor.T, ref.projections @ ref.factor.T, rtol=1e-8, atol=1e-10)
