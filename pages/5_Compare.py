@@ -1,0 +1,81 @@
+"""Compare: two influence methods' rankings for one test task, side by side, and how much they agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from metainf_core.compare import METHODS, CompareConfig, compare_methods
+from metainf_core.explain import Target
+from ui import DEFAULT_INFLUENCE, describe_task, get_run, require_influence, require_run, show_figure, task_strip
+
+st.set_page_config(page_title="metainf · Compare", layout="wide")
+st.title("Compare influence methods")
+st.caption("One method's ranking is an opinion: here two methods rank the same training tasks for the same test task. "
+           "Positive score = the training task helped (up-weighting it lowers the test loss), for every method.")
+path, run = require_run()
+CFG = CompareConfig(dtype=DEFAULT_INFLUENCE.dtype)  # tlxml-gn then shares the app's cached fit
+reasons = {name: m.skip_reason(run, CFG) for name, m in METHODS.items()}
+names = [n for n, r in reasons.items() if not r]
+if len(names) < 2:
+    st.warning("Fewer than two methods apply to this model: " + "; ".join(f"{n}: {r}" for n, r in reasons.items() if r))
+    st.stop()
+
+n_test = len(run.test_tasks)
+st.session_state.setdefault("compare_test", int(st.session_state.get("explain_test", 0)))
+c1, c2, c3, c4 = st.columns([1, 2, 2, 1])
+test_id = int(c1.number_input(f"Test task (0–{n_test - 1})", 0, n_test - 1, key="compare_test"))
+label = {n: f"{n} — {METHODS[n].summary}" for n in names}
+a = c2.selectbox("Method A", names, index=names.index("tlxml-gn") if "tlxml-gn" in names else 0, format_func=label.get, key="compare_a")
+b = c3.selectbox("Method B", names, index=names.index("grad-sim") if "grad-sim" in names else 1, format_func=label.get, key="compare_b")
+k = int(c4.number_input("Tasks shown", 3, 10, 5, key="compare_k"))
+skipped = {n: r for n, r in reasons.items() if r}
+if skipped:
+    st.caption("Not applicable to this model: " + "; ".join(f"**{n}** ({r})" for n, r in skipped.items()))
+if a == b:
+    st.info("Choose two different methods.")
+    st.stop()
+if "tlxml-gn" in (a, b):
+    require_influence(path, run)  # offers the fit, with progress, when it is not cached yet
+
+
+@st.cache_data(show_spinner="Scoring all training tasks with both methods…", max_entries=64)
+def comparison(path: str, test_id: int, a: str, b: str, k: int) -> dict:
+    return compare_methods(get_run(path), Target((test_id,)), [a, b], k, CFG)
+
+
+res = comparison(path, test_id, a, b, k)
+pair = res["pairs"][0]
+st.markdown(f"**Test task {test_id}** — {describe_task(path, 'test', test_id)}")
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Spearman (all tasks)", f"{pair['spearman']:+.2f}")
+m2.metric("Pearson", f"{pair['pearson']:+.2f}")
+m3.metric(f"Top-{res['k']} helpful overlap", f"{pair['top_k_helpful_overlap']:.0%}")
+m4.metric(f"Top-{res['k']} harmful overlap", f"{pair['top_k_harmful_overlap']:.0%}")
+
+scores = {n: np.asarray(res["methods"][n]["scores"]) for n in (a, b)}
+cols = st.columns(2)
+for col, n in zip(cols, (a, b), strict=True):
+    col.markdown(f"#### {n}: {k} most helpful")
+    ranks = np.empty(len(scores[n]), dtype=int)
+    ranks[np.argsort(-scores[n], kind="stable")] = np.arange(len(scores[n]))
+    other = b if n == a else a
+    other_ranks = np.empty(len(scores[other]), dtype=int)
+    other_ranks[np.argsort(-scores[other], kind="stable")] = np.arange(len(scores[other]))
+    for j in res["methods"][n]["most_helpful"]:
+        img = task_strip(path, "train", int(j), scale=1, per_class=5)
+        if img is not None:
+            col.image(img, output_format="PNG")
+        col.caption(f"#{ranks[j] + 1} · training task {j} · score {scores[n][j]:+.3g} · rank by {other}: #{other_ranks[j] + 1} · "
+                    f"{describe_task(path, 'train', int(j))}")
+
+fig = go.Figure(go.Scatter(x=scores[a], y=scores[b], mode="markers", name="training tasks", marker=dict(size=5, color="#455a64", opacity=0.6),
+                           text=[f"task {j}" for j in range(len(scores[a]))]))
+noise = run.train_tasks.ids_with("noise")
+if len(noise):
+    fig.add_trace(go.Scatter(x=scores[a][noise], y=scores[b][noise], mode="markers", name="noise tasks",
+                             marker=dict(size=7, color="#6a1b9a", symbol="x")))
+fig.update_layout(title=f"Scores of all {len(scores[a])} training tasks", xaxis_title=a, yaxis_title=b, height=380,
+                  margin=dict(l=10, r=10, t=40, b=10), showlegend=bool(len(noise)))
+show_figure(fig, "compare_scatter", f"compare_{a}_{b}_test{test_id}")
