@@ -47,9 +47,13 @@ def model_picker() -> str | None:
     return folder or None
 
 
-def influence_status(path: str) -> dict:
-    """Whether the app's default influence fit is in the disk cache (complete / partial / none)."""
-    return fit_status(get_run(path), DEFAULT_INFLUENCE)
+def influence_status(path: str) -> dict | None:
+    """Whether the app's default influence fit is in the disk cache (complete / partial / none);
+    None when the run's data cannot be opened here (the card still shows what meta.json says)."""
+    try:
+        return fit_status(get_run(path), DEFAULT_INFLUENCE)
+    except MetainfError:
+        return None
 
 
 def show_card(path: str, meta: dict) -> None:
@@ -67,7 +71,9 @@ def show_card(path: str, meta: dict) -> None:
     if test:
         st.write(f"**Test accuracy:** {test['accuracy']:.3f} ± {test['accuracy_ci95']:.3f} · **loss** {test['loss']:.3f} ± {test['loss_ci95']:.3f}")
     status = influence_status(path)
-    if status["state"] == "complete":
+    if status is None:
+        st.write("**Influence fit:** unknown: this run's data cannot be opened here.")
+    elif status["state"] == "complete":
         st.write("**Influence fit:** cached (Gauss-Newton TLXML): Explain and Edit answer at once.")
     elif status["state"] == "partial":
         st.write(f"**Influence fit:** left half-way ({status['tasks_done']}/{status['total']} training tasks): "

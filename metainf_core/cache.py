@@ -66,11 +66,11 @@ class CacheEntry:
 
     def load_partial(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """The last partial state, or None when there is none (or it is unreadable)."""
-        path = self.directory / PARTIAL
-        if not path.is_file():
+        progress = self.partial_progress()
+        if progress is None:
             return None
         try:
-            return load_tensors(path), read_tensor_metadata(path)
+            return load_tensors(self.directory / PARTIAL), progress
         except (ValueError, OSError):
             return None
 

@@ -54,10 +54,9 @@ from torch import Tensor
 from torch.func import grad, hessian
 
 from metainf_core.cache import CacheEntry
-from metainf_core.checkpoint import MODEL_FILE
 from metainf_core.config import Algorithm, InfluenceConfig, check_damping_and_dtype
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import Target, _params_as, all_scores, fit_influence, target_gradient
+from metainf_core.explain import Target, _params_as, all_scores, fit_influence, run_fingerprint, target_gradient
 from metainf_core.influence.exact import MAX_EXACT_PARAMS, spectral_factor
 from metainf_core.influence.flat import ParamLayout, create_flat_forward_function
 from metainf_core.influence.gradients import iter_task_batches, task_gradients
@@ -132,10 +131,7 @@ def _num_params(run: Run) -> int:
 
 
 def _cache_entry(run: Run, method: str, settings: dict[str, Any]) -> CacheEntry:
-    inputs = {
-        "format": CACHE_FORMAT, "method": method, "model": run.meta["hashes"][MODEL_FILE], "learner": run.spec.__dict__,
-        "train_tasks": run.train_tasks.fingerprint(), "dataset": run.dataset.fingerprint, "settings": settings,
-    }  # fmt: skip
+    inputs = {"format": CACHE_FORMAT, "method": method, **run_fingerprint(run), "settings": settings}
     return CacheEntry.for_inputs("compare", inputs)
 
 
@@ -151,19 +147,20 @@ def _cached(entry: CacheEntry, compute: Callable[[], tuple[dict[str, Tensor], di
     return tensors, info
 
 
-def _target_tasks(run: Run, target: Target, dtype: torch.dtype):
-    ts = run.test_tasks if target.split == "test" else run.train_tasks
+def _tasks(run: Run, taskset, ids, dtype: torch.dtype):
+    """The tasks ``ids`` of ``taskset`` as single-task tuples in ``dtype``."""
     tasks = []
-    for _, b in iter_task_batches(ts, run.dataset, list(target.ids), 32, dtype):
+    for _, b in iter_task_batches(taskset, run.dataset, ids, 32, dtype):
         tasks.extend(batch_tasks(b))
     return tasks
+
+
+def _target_tasks(run: Run, target: Target, dtype: torch.dtype):
+    return _tasks(run, run.test_tasks if target.split == "test" else run.train_tasks, list(target.ids), dtype)
 
 
 def _train_tasks(run: Run, dtype: torch.dtype):
-    tasks = []
-    for _, b in iter_task_batches(run.train_tasks, run.dataset, np.arange(len(run.train_tasks)), 32, dtype):
-        tasks.extend(batch_tasks(b))
-    return tasks
+    return _tasks(run, run.train_tasks, np.arange(len(run.train_tasks)), dtype)
 
 
 # ---- TLXML (explain's cached fits) ----------------------------------------------------------

@@ -47,16 +47,20 @@ def _params_as(run: Run, dtype: str) -> Params:
     return {k: v.to(getattr(torch, dtype)) for k, v in run.params.items()}
 
 
-def cache_inputs(run: Run, cfg: InfluenceConfig) -> dict[str, Any]:
-    """Everything a fit depends on: weights hash, learner, training taskset, settings."""
+def run_fingerprint(run: Run) -> dict[str, Any]:
+    """What any cached influence result depends on besides its settings: weights hash, learner,
+    training taskset and dataset fingerprints."""
     return {
-        "format": CACHE_FORMAT,
         "model": run.meta["hashes"][MODEL_FILE],
         "learner": run.spec.__dict__,
         "train_tasks": run.train_tasks.fingerprint(),
         "dataset": run.dataset.fingerprint,
-        "config": cfg.to_dict(),
     }
+
+
+def cache_inputs(run: Run, cfg: InfluenceConfig) -> dict[str, Any]:
+    """Everything a fit depends on: the run's fingerprint and the settings."""
+    return {"format": CACHE_FORMAT, **run_fingerprint(run), "config": cfg.to_dict()}
 
 
 def cache_entry(run: Run, cfg: InfluenceConfig) -> CacheEntry:
