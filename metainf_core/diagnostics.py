@@ -22,6 +22,10 @@ Choices (documented departures):
   statistics, as adaptation does.
 - Second derivatives run on the composite batch-norm copy of the network (flat.py: the fused
   batch-norm double backward in this torch build is wrong).
+
+``cached_diagnostics_over_history`` stores the rows under a hash of the run, its test taskset,
+every snapshot file and the settings, saving each finished snapshot (a killed run resumes);
+``metric_correlations`` relates each statistic to test accuracy across snapshots (the page's plots).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -40,11 +45,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from metainf_core.cache import CacheEntry
 from metainf_core.checkpoint import load_tensors
-from metainf_core.config import Algorithm
+from metainf_core.config import Algorithm, TaskConfig, TrainConfig
 from metainf_core.exceptions import CheckpointError, ConfigError
+from metainf_core.explain import run_fingerprint
 from metainf_core.influence.flat import ParamLayout, with_composite_batch_norm
 from metainf_core.influence.hvp import EigenEstimate, hvp_of, lanczos, power_iteration
+from metainf_core.io import sha256_file
 from metainf_core.learners import LearnerSpec, Params, prototype_logits
 from metainf_core.service import Run, open_run
 from metainf_core.tasks import TaskBatch
@@ -271,6 +279,55 @@ def history_snapshots(run_dir: str | Path) -> list[tuple[int, Path]]:
     return found
 
 
+def _test_batch(run: Run, config: DiagnosticsConfig) -> TaskBatch:
+    """The first ``num_tasks`` test tasks in the weights' dtype, on the run's device."""
+    ids = np.arange(min(config.num_tasks, len(run.test_tasks)))
+    if len(ids) < 2:
+        raise ConfigError("the run's test taskset has fewer than 2 tasks")
+    batch = run.test_tasks.batch(ids, run.dataset).to(run.device)
+    dtype = next(iter(run.params.values())).dtype
+    return TaskBatch(batch.support_x.to(dtype), batch.support_y, batch.query_x.to(dtype), batch.query_y)
+
+
+def _snapshot_row(run: Run, batch: TaskBatch, step: int, path: Path, config: DiagnosticsConfig) -> DiagnosticsRow:
+    """Diagnostics of one snapshot ω on ``batch`` plus its test accuracy/loss on all test tasks."""
+    params = load_tensors(path)
+    if set(params) != set(run.params) or any(params[k].shape != run.params[k].shape for k in params):
+        raise CheckpointError(f"{path}: snapshot parameters do not fit the run's network")
+    params = {k: params[k].to(device=run.device, dtype=run.params[k].dtype) for k in run.params}
+    diag = landscape_diagnostics(run.model, run.spec, params, batch, config)
+    summary = run.evaluate(params, split="test").summary()
+    return DiagnosticsRow(
+        **{f.name: getattr(diag, f.name) for f in fields(LandscapeDiagnostics)},
+        step=step,
+        accuracy=summary["accuracy"],
+        accuracy_ci95=summary["accuracy_ci95"],
+        loss=summary["loss"],
+    )
+
+
+def _rows_over_history(
+    run: Run,
+    snapshots: list[tuple[int, Path]],
+    config: DiagnosticsConfig,
+    progress: Callable[[int, int], None] | None,
+    done: list[DiagnosticsRow],
+    on_row: Callable[[list[DiagnosticsRow]], None] | None = None,
+) -> list[DiagnosticsRow]:
+    """``done`` (rows of the first snapshots) extended to every snapshot; ``on_row(rows)`` after each."""
+    rows = list(done)
+    batch = _test_batch(run, config)
+    if progress is not None:
+        progress(len(rows), len(snapshots))
+    for step, path in snapshots[len(rows) :]:
+        rows.append(_snapshot_row(run, batch, step, path, config))
+        if on_row is not None:
+            on_row(rows)
+        if progress is not None:
+            progress(len(rows), len(snapshots))
+    return rows
+
+
 def diagnostics_over_history(
     run: Run | str | Path,
     config: DiagnosticsConfig = DiagnosticsConfig(),
@@ -281,34 +338,136 @@ def diagnostics_over_history(
 
     ``progress(done, total)`` is called before the first snapshot and after each one.
     """
-    if not isinstance(run, Run):
-        run = open_run(run)
+    run = run if isinstance(run, Run) else open_run(run)
+    return _rows_over_history(run, history_snapshots(run.checkpoint.path), config, progress, [])
+
+
+# ---- disk cache (resumable per snapshot) ------------------------------------------------------
+CACHE_FORMAT = 1
+ROW_FIELDS = tuple(f.name for f in fields(DiagnosticsRow))
+_INT_FIELDS = {"num_tasks", "step"}
+Snapshots = list[tuple[int, Path]]  # (step, path) of history_snapshots
+
+
+def diagnostics_cache_entry(run: Run, config: DiagnosticsConfig, snapshots: Snapshots | None = None) -> CacheEntry:
+    """Cache entry keyed by the run's fingerprint, its test taskset, every snapshot file's SHA-256
+    and ``config``: a retrained or altered history gets a new key."""
+    snapshots = history_snapshots(run.checkpoint.path) if snapshots is None else snapshots
+    inputs = {
+        "format": CACHE_FORMAT,
+        **run_fingerprint(run),
+        "test_tasks": run.test_tasks.fingerprint(),
+        "snapshots": [[step, sha256_file(path)] for step, path in snapshots],
+        "config": config.to_dict(),
+    }
+    return CacheEntry.for_inputs("diagnostics", inputs)
+
+
+def _rows_to_tensor(rows: list[DiagnosticsRow]) -> dict[str, Tensor]:
+    """Rows as one float64 matrix (rows × ROW_FIELDS): exact for the floats and the int fields."""
+    table = [[float(getattr(r, f)) for f in ROW_FIELDS] for r in rows]
+    return {"rows": torch.tensor(table, dtype=torch.float64).reshape(-1, len(ROW_FIELDS))}
+
+
+def _rows_from_tensor(tensors: dict[str, Tensor], names: list[str]) -> list[DiagnosticsRow]:
+    if tuple(names) != ROW_FIELDS:
+        return []  # written by another layout: recompute
+    return [
+        DiagnosticsRow(**{f: int(v) if f in _INT_FIELDS else float(v) for f, v in zip(ROW_FIELDS, row, strict=True)})
+        for row in tensors["rows"].tolist()
+    ]
+
+
+def _cached_rows(entry: CacheEntry, snapshots: Snapshots) -> list[DiagnosticsRow]:
+    """The rows of a complete entry, or the finished prefix of a partial one (else none)."""
+    if entry.complete:
+        tensors, info = entry.load()
+        rows = _rows_from_tensor(tensors, info.get("fields", []))
+    else:
+        partial = entry.load_partial()
+        rows = _rows_from_tensor(partial[0], partial[1].get("fields", [])) if partial else []
+    return rows if [r.step for r in rows] == [s for s, _ in snapshots[: len(rows)]] else []
+
+
+def load_cached_diagnostics(
+    run: Run, config: DiagnosticsConfig = DiagnosticsConfig()
+) -> tuple[list[DiagnosticsRow], int]:
+    """(rows already in the disk cache, number of snapshots): all of them when complete, the
+    finished prefix of a computation left half-way, or none. Computes nothing."""
     snapshots = history_snapshots(run.checkpoint.path)
-    ids = np.arange(min(config.num_tasks, len(run.test_tasks)))
-    if len(ids) < 2:
-        raise ConfigError("the run's test taskset has fewer than 2 tasks")
-    batch = run.test_tasks.batch(ids, run.dataset).to(run.device)
-    dtype = next(iter(run.params.values())).dtype
-    batch = TaskBatch(batch.support_x.to(dtype), batch.support_y, batch.query_x.to(dtype), batch.query_y)
-    rows: list[DiagnosticsRow] = []
-    if progress is not None:
-        progress(0, len(snapshots))
-    for i, (step, path) in enumerate(snapshots):
-        params = load_tensors(path)
-        if set(params) != set(run.params) or any(params[k].shape != run.params[k].shape for k in params):
-            raise CheckpointError(f"{path}: snapshot parameters do not fit the run's network")
-        params = {k: params[k].to(device=run.device, dtype=run.params[k].dtype) for k in run.params}
-        diag = landscape_diagnostics(run.model, run.spec, params, batch, config)
-        summary = run.evaluate(params, split="test").summary()
-        rows.append(
-            DiagnosticsRow(
-                **{f.name: getattr(diag, f.name) for f in fields(LandscapeDiagnostics)},
-                step=step,
-                accuracy=summary["accuracy"],
-                accuracy_ci95=summary["accuracy_ci95"],
-                loss=summary["loss"],
-            )
-        )
-        if progress is not None:
-            progress(i + 1, len(snapshots))
+    return _cached_rows(diagnostics_cache_entry(run, config, snapshots), snapshots), len(snapshots)
+
+
+def cached_diagnostics_over_history(
+    run: Run | str | Path,
+    config: DiagnosticsConfig = DiagnosticsConfig(),
+    progress: Callable[[int, int], None] | None = None,
+) -> list[DiagnosticsRow]:
+    """``diagnostics_over_history`` through the disk cache: a complete entry is loaded, a partial
+    one resumes after its last finished snapshot (each finished row is saved atomically)."""
+    run = run if isinstance(run, Run) else open_run(run)
+    snapshots = history_snapshots(run.checkpoint.path)
+    entry = diagnostics_cache_entry(run, config, snapshots)
+    done, total = _cached_rows(entry, snapshots), len(snapshots)
+    if entry.complete and len(done) == total:
+        return done
+
+    def save_partial(rows: list[DiagnosticsRow]) -> None:
+        progress_info = {"fields": list(ROW_FIELDS), "snapshots_done": len(rows), "total": total}
+        entry.save_partial(_rows_to_tensor(rows), progress_info)
+
+    started = time.time()
+    rows = _rows_over_history(run, snapshots, config, progress, done, save_partial)
+    entry.save(_rows_to_tensor(rows), {"fields": list(ROW_FIELDS), "seconds": round(time.time() - started, 2)})
     return rows
+
+
+# ---- what the Landscape page plots ------------------------------------------------------------
+METRICS = {  # field -> label, in the order seed 003 introduces them
+    "gradient_inner": "gradient coherence E[g_iᵀg_j]",
+    "gradient_cosine": "gradient coherence (cosine)",
+    "trajectory_cosine": "trajectory coherence (cosine)",
+    "sharpness_power": "flatness ‖H‖σ (power iteration)",
+    "sharpness_lanczos": "flatness ‖H‖σ (Lanczos)",
+    "representation_inner": "representation coherence E[h_iᵀh_j]",
+    "adapted_support_loss": "adapted support loss",
+}
+
+
+def metric_correlations(rows: list[DiagnosticsRow], target: str = "accuracy") -> dict[str, dict[str, float]]:
+    """Per metric, Pearson r and Spearman ρ (average ranks for ties) with ``target`` across the
+    snapshots — how seed 003 relates coherence and flatness to generalisation. NaN with fewer
+    than 3 snapshots or a constant series."""
+    from scipy import stats  # here: scipy.stats adds ~1 s to every `diagnose` start
+
+    y = np.array([getattr(r, target) for r in rows], dtype=np.float64)
+    out = {}
+    for name in METRICS:
+        x = np.array([getattr(r, name) for r in rows], dtype=np.float64)
+        if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0 or not np.isfinite(x).all():
+            out[name] = {"pearson": math.nan, "spearman": math.nan}
+            continue
+        rx, ry = stats.rankdata(x), stats.rankdata(y)
+        out[name] = {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": float(np.corrcoef(rx, ry)[0, 1])}
+    return out
+
+
+def keep_history_command(meta: dict[str, Any], out: str) -> str:
+    """The ``train`` command that retrains the run of ``meta`` with the same tasksets, seeds and
+    settings (those that differ from the defaults) and keeps its history."""
+    task, trn = TaskConfig.from_dict(meta["task_config"]), TrainConfig.from_dict(meta["train_config"])
+    task_default, train_default = TaskConfig(), TrainConfig()
+    args = [f"--dataset {task.dataset}", f"--algo {trn.algo}", f"--arch {trn.arch}"]
+    for cfg, default, rename in ((task, task_default, {"seed": "task_seed"}), (trn, train_default, {})):
+        for f in fields(cfg):
+            value = getattr(cfg, f.name)
+            if f.name in ("dataset", "algo", "arch", "keep_history") or value == getattr(default, f.name):
+                continue
+            flag = "--" + rename.get(f.name, f.name).replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag)
+            elif isinstance(value, tuple):
+                args.append(f"{flag} {','.join(map(str, value))}")
+            else:
+                args.append(f"{flag} {value}")
+    return " ".join(["python -m metainf_core train", *args, "--keep-history", f"--out {out}"])

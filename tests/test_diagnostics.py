@@ -228,3 +228,71 @@ def test_diagnose_cli(history_run, tmp_path, python_exe):
     shutil.copytree(history_run, bare, ignore=shutil.ignore_patterns("history"))
     bad = subprocess.run([python_exe, "-m", "metainf_core", "diagnose", str(bare)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_cached_diagnostics_resume_and_reuse(history_run, tmp_path, monkeypatch):
+    """Disk cache: a computation killed after 2 of 3 snapshots resumes with the third only; a
+    complete entry is read back bit-identical without computing; new settings or an altered
+    snapshot get a new key."""
+    from metainf_core import diagnostics
+    from metainf_core.checkpoint import save_tensors
+    from metainf_core.diagnostics import cached_diagnostics_over_history, diagnostics_cache_entry, load_cached_diagnostics
+
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
+    cfg = DiagnosticsConfig(num_tasks=4, power_iters=40, lanczos_iters=10)
+    run = open_run(history_run)
+    ref = diagnostics_over_history(run, cfg)
+    real, calls = diagnostics.landscape_diagnostics, []
+
+    def counting(*a, **k):
+        calls.append(1)
+        if len(calls) == kill_at:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(diagnostics, "landscape_diagnostics", counting)
+    kill_at = 3
+    with pytest.raises(RuntimeError, match="killed"):
+        cached_diagnostics_over_history(run, cfg)
+    done, total = load_cached_diagnostics(run, cfg)
+    assert total == 3 and done == ref[:2] and not diagnostics_cache_entry(run, cfg).complete
+    calls.clear()
+    kill_at, progress = 0, []
+    rows = cached_diagnostics_over_history(run, cfg, progress=lambda d, t: progress.append((d, t)))
+    assert len(calls) == 1 and progress == [(2, 3), (3, 3)] and rows == ref  # resumed at the third snapshot
+    assert diagnostics_cache_entry(run, cfg).complete
+    calls.clear()
+    again = cached_diagnostics_over_history(history_run, cfg, progress=lambda d, t: progress.append((d, t)))
+    assert again == ref and not calls and len(progress) == 2  # read from disk: nothing computed, no progress
+    assert load_cached_diagnostics(run, cfg) == (ref, 3)
+
+    other = DiagnosticsConfig(num_tasks=3, power_iters=40, lanczos_iters=10)
+    assert diagnostics_cache_entry(run, other).directory != diagnostics_cache_entry(run, cfg).directory
+    assert load_cached_diagnostics(run, other) == ([], 3)
+    altered = tmp_path / "altered"
+    shutil.copytree(history_run, altered)
+    snap = altered / "history" / "step_0000040.safetensors"
+    save_tensors(snap, {k: v * 1.001 for k, v in load_tensors(snap).items()})
+    moved = open_run(altered)
+    assert diagnostics_cache_entry(moved, cfg).directory != diagnostics_cache_entry(run, cfg).directory
+    assert load_cached_diagnostics(moved, cfg) == ([], 3)
+
+
+def test_metric_correlations_against_scipy():
+    from scipy import stats
+
+    from metainf_core.diagnostics import METRICS, DiagnosticsRow, metric_correlations
+
+    rng = np.random.default_rng(0)
+    acc = [0.5, 0.6, 0.6, 0.7, 0.65]  # a tie: Spearman uses average ranks
+    rows = [DiagnosticsRow(num_tasks=4, **{m: float(rng.normal()) for m in METRICS}, step=10 * i, accuracy=a)
+            for i, a in enumerate(acc)]  # fmt: skip
+    rows[2] = DiagnosticsRow(**{**rows[2].to_dict(), "sharpness_power": rows[1].sharpness_power})
+    corr = metric_correlations(rows)
+    for m in METRICS:
+        x = [getattr(r, m) for r in rows]
+        assert corr[m]["pearson"] == pytest.approx(stats.pearsonr(x, acc).statistic, rel=1e-12)
+        assert corr[m]["spearman"] == pytest.approx(stats.spearmanr(x, acc).statistic, rel=1e-12)
+    assert all(math.isnan(v) for c in metric_correlations(rows[:2]).values() for v in c.values())  # < 3 snapshots
+    flat = [DiagnosticsRow(**{**r.to_dict(), "accuracy": 0.5}) for r in rows]
+    assert math.isnan(metric_correlations(flat)["gradient_inner"]["spearman"])  # constant accuracy

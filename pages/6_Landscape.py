@@ -1,0 +1,106 @@
+"""Landscape: coherence and flatness of the training snapshots beside their test accuracy (seed 003)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from metainf_core.diagnostics import (
+    METRICS,
+    DiagnosticsConfig,
+    cached_diagnostics_over_history,
+    history_snapshots,
+    keep_history_command,
+    load_cached_diagnostics,
+    metric_correlations,
+)
+from metainf_core.exceptions import ConfigError
+from ui import DEMO_DIR, require_run, show_figure
+
+DEFAULT_TASKS = 16  # seed 003 (and `diagnose`) use 60; 16 keeps a CPU run to seconds per snapshot for small networks
+GRID = dict(rows=math.ceil(len(METRICS) / 2), cols=2)
+
+st.set_page_config(page_title="metainf · Landscape", layout="wide")
+st.title("Loss landscape over training")
+st.caption("Do the training snapshots whose test tasks pull in the same direction (coherence) and sit in flat regions "
+           "(flatness) generalise better? Seed 003 (Guiroy et al.) relates these statistics to test accuracy "
+           "over meta-training.")
+path, run = require_run()
+try:
+    history_snapshots(run.checkpoint.path)
+except ConfigError:
+    demo = Path(path).resolve().parent == DEMO_DIR.resolve()
+    st.info(("The bundled demos were trained without `--keep-history`, so they keep no training snapshots. " if demo else
+             "This run was trained without `--keep-history`: it keeps no training snapshots (`history/step_*.safetensors`). ")
+            + "Retrain it with its own settings, keeping ω at every checkpoint, then open the new folder on the home page:")
+    st.code(keep_history_command(run.meta, f"runs/{Path(path).name}-history"), language="bash", wrap_lines=True)
+    st.stop()
+
+n_test = len(run.test_tasks)
+num_tasks = st.slider("Test tasks used for the statistics (the first ones)", 2, max(3, min(n_test, 128)),
+                      min(DEFAULT_TASKS, n_test), key="landscape_tasks",
+                      help="Seed 003 uses 60 fixed test tasks. Test accuracy always uses all of them.")
+cfg = DiagnosticsConfig(num_tasks=min(num_tasks, n_test))
+rows, total = load_cached_diagnostics(run, cfg)
+if len(rows) < total:
+    left = f" ({len(rows)} of {total} done, it resumes from there)" if rows else ""
+    st.info(f"Diagnostics of the {total} training snapshots on {cfg.num_tasks} test tasks are not computed yet{left}. "
+            "Each snapshot needs power iteration and Lanczos on every task's Hessian; results are saved snapshot by snapshot.")
+    if not st.button("Compute diagnostics", type="primary", key="landscape_compute"):
+        st.stop()
+    bar = st.progress(0.0, text="Starting…")
+    rows = cached_diagnostics_over_history(
+        run, cfg, progress=lambda done, n: bar.progress(done / n, text=f"Snapshots: {done}/{n}")
+    )
+    bar.empty()
+
+corr = metric_correlations(rows)
+last = rows[-1]
+st.write(f"**{len(rows)} snapshots** (steps {rows[0].step}–{last.step}), statistics on {cfg.num_tasks} test tasks; "
+         f"accuracy on all {n_test}.")
+c1, c2, c3, c4 = st.columns(4)
+c1.metric(f"Test accuracy at step {last.step}", f"{last.accuracy:.3f}", help=f"± {last.accuracy_ci95:.3f} (95% interval)")
+c2.metric(f"Flatness ‖H‖σ at step {last.step}", f"{last.sharpness_lanczos:.4g}")
+c3.metric(f"Gradient cosine at step {last.step}", f"{last.gradient_cosine:+.4f}")
+c4.metric("Spearman ρ(flatness, accuracy)", f"{corr['sharpness_lanczos']['spearman']:+.2f}")
+
+st.subheader("Correlation with test accuracy across snapshots")
+signed = st.column_config.NumberColumn(format="%+.3f")
+st.dataframe(pd.DataFrame([{"statistic": METRICS[m], "Spearman ρ": c["spearman"], "Pearson r": c["pearson"]} for m, c in corr.items()]),
+             hide_index=True, width="stretch", key="landscape_corr", column_config={"Spearman ρ": signed, "Pearson r": signed})
+if len(rows) < 3:
+    st.caption("Correlations need at least 3 snapshots.")
+
+steps = [r.step for r in rows]
+acc = [r.accuracy for r in rows]
+curves = make_subplots(**GRID, specs=[[{"secondary_y": True}] * 2] * GRID["rows"], subplot_titles=list(METRICS.values()))
+scatter = make_subplots(**GRID, vertical_spacing=0.1, subplot_titles=[f"{label}<br>ρ = {corr[m]['spearman']:+.2f}, r = {corr[m]['pearson']:+.2f}"
+                                                for m, label in METRICS.items()])
+for i, (m, label) in enumerate(METRICS.items()):
+    at = dict(row=i // 2 + 1, col=i % 2 + 1)
+    values = [getattr(r, m) for r in rows]
+    curves.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=label, line=dict(color="#1565c0"), showlegend=False), **at)
+    curves.add_trace(go.Scatter(x=steps, y=acc, mode="lines", name="test accuracy", line=dict(color="#9e9e9e", dash="dot"),
+                                showlegend=i == 0), secondary_y=True, **at)
+    scatter.add_trace(go.Scatter(x=values, y=acc, mode="markers", name=label, text=[f"step {s}" for s in steps], showlegend=False,
+                                 marker=dict(size=8, color=steps, colorscale="Viridis", showscale=i == 0,
+                                             colorbar=dict(title="step") if i == 0 else None)), **at)
+    scatter.update_yaxes(title_text="test accuracy", **at)
+curves.update_layout(title="Statistics (blue, left axis) and test accuracy (dotted, right axis) over meta-training steps",
+                     height=240 * GRID["rows"], margin=dict(l=10, r=10, t=70, b=10))
+scatter.update_layout(title="Each statistic against test accuracy, one point per snapshot", height=260 * GRID["rows"],
+                      margin=dict(l=10, r=10, t=110, b=10))
+show_figure(curves, "landscape_curves", "landscape_over_training")
+show_figure(scatter, "landscape_scatter", "landscape_vs_accuracy")
+
+st.subheader("Every snapshot")
+table = pd.DataFrame([r.to_dict() for r in rows])
+table = table[["step", "accuracy", "accuracy_ci95", "loss", *METRICS, "num_tasks"]]
+st.dataframe(table, hide_index=True, width="stretch", key="landscape_rows")
+st.download_button("Rows as CSV", table.to_csv(index=False), f"landscape_{Path(path).name}.csv", "text/csv",
+                   key="landscape_csv", icon=":material/download:")
