@@ -56,9 +56,10 @@ from torch.func import grad, hessian
 from metainf_core.cache import CacheEntry
 from metainf_core.config import Algorithm, InfluenceConfig, check_damping_and_dtype
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import Target, _params_as, all_scores, fit_influence, run_fingerprint, target_gradient
+from metainf_core.explain import Target, params_as, all_scores, fit_influence, run_fingerprint, target_gradient
 from metainf_core.influence.exact import MAX_EXACT_PARAMS, spectral_factor
 from metainf_core.influence.flat import ParamLayout, create_flat_forward_function
+from metainf_core.influence.scores import TaskInfluence
 from metainf_core.influence.gradients import iter_task_batches, task_gradients
 from metainf_core.influence.task_if import (
     TaskIFConfig,
@@ -209,7 +210,7 @@ def _proximal_fit(run: Run, mode: str, cfg: CompareConfig) -> tuple[dict[str, Te
     tcfg = task_if_config(run, mode, cfg)
 
     def compute():
-        params = _params_as(run, cfg.dtype)
+        params = params_as(run, cfg.dtype)
         fns = create_proximal_functions(run.model, run.spec, params)
         w = fns.layout.flatten(params).detach()
         fit = fit_task_if_tasks(fns, w, _train_tasks(run, w.dtype), tcfg)
@@ -223,7 +224,7 @@ def _proximal_fit(run: Run, mode: str, cfg: CompareConfig) -> tuple[dict[str, Te
 
 def _proximal_target_gradient(run: Run, target: Target, mode: str, cfg: CompareConfig) -> Tensor:
     tcfg = task_if_config(run, mode, cfg)
-    params = _params_as(run, cfg.dtype)
+    params = params_as(run, cfg.dtype)
     fns = create_proximal_functions(run.model, run.spec, params)
     w = fns.layout.flatten(params).detach()
     states = [task_state(fns, w, t, tcfg) for t in _target_tasks(run, target, w.dtype)]
@@ -241,13 +242,16 @@ def _task_if(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, 
         tensors, info = _proximal_fit(run, "exact", cfg)
         g = _proximal_target_gradient(run, target, "exact", cfg)
         return (g @ tensors["removals"].T).cpu().numpy(), {**info, "damping": cfg.damping}
-    icfg = task_if_influence_config(cfg)
-    inf = fit_influence(run, icfg)
-    k = inf.num_positive if inf.num_positive > 0 else inf.num_columns
-    inf = inf.with_truncation(k)
+    inf = maml_task_if_fit(run, cfg)
     details = {"equivalent_to": "tlxml-exact with damping, all positive eigen-directions", "damping": cfg.damping,
-               "truncation": k, "num_negative": inf.num_negative}  # fmt: skip
-    return all_scores(run, inf, target, icfg.dtype), details
+               "truncation": inf.truncation, "num_negative": inf.num_negative}  # fmt: skip
+    return all_scores(run, inf, target, cfg.dtype), details
+
+
+def maml_task_if_fit(run: Run, cfg: CompareConfig) -> TaskInfluence:
+    """MAML / ProtoNet task-IF: the cached damped exact TLXML fit, truncated at all positive eigen-directions."""
+    inf = fit_influence(run, task_if_influence_config(cfg))
+    return inf.with_truncation(inf.num_positive if inf.num_positive > 0 else inf.num_columns)
 
 
 # ---- direct IF --------------------------------------------------------------------------------
@@ -259,7 +263,7 @@ def _direct_check(run: Run, cfg: CompareConfig) -> str | None:
 
 def _maml_partial(run: Run, tasks, dtype: str, with_hessian: bool) -> tuple[Tensor, Tensor | None]:
     """Per task: ∇_θ L(Q; θ̂) (T × q) and, if asked, Σ_T ∇²_θ L(Q; θ̂) (q × q), θ̂ = MAML's adapted weights."""
-    params = _params_as(run, dtype)
+    params = params_as(run, dtype)
     layout = ParamLayout.from_params(params)
     w = layout.flatten(params).detach()
     forward = create_flat_forward_function(run.model, layout, second_order=True)
@@ -305,6 +309,27 @@ def _direct_if(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray
     return (g @ tensors["removals"].T).cpu().numpy(), {**info, "damping": cfg.damping}
 
 
+def removal_vectors(run: Run, name: str, config: CompareConfig = CompareConfig()) -> tuple[Tensor, dict[str, Any]]:
+    """(M × q) first-order removal effects ω̂₋ⱼ − ω̂ ≈ (1/M) H⁺ g_j of ``task-if`` or ``direct-if``
+    (flat, ``ParamLayout`` order; the rows their scores use), from the cached fits above."""
+    if name not in ("task-if", "direct-if"):
+        raise ConfigError(f"removal vectors exist for task-if and direct-if, not {name!r}")
+    reason = METHODS[name].skip_reason(run, config)
+    if reason:
+        raise ConfigError(f"{name} does not apply to this run: {reason}")
+    mode = "exact" if name == "task-if" else "direct"
+    if _algo(run) is Algorithm.PROXIMAL_MAML:
+        tensors, info = _proximal_fit(run, mode, config)
+        return tensors["removals"], info
+    if name == "direct-if":
+        tensors, info = _maml_direct_fit(run, config)
+        return tensors["removals"], info
+    inf = maml_task_if_fit(run, config)  # rows −I_meta(j) = (1/M) U_k diag(s) P_j
+    k = inf.truncation
+    rows = (inf.projections[:, :k] * inf.signs[:k]) @ inf.factor[:, :k].T / inf.num_tasks
+    return rows, {"equivalent_to": "tlxml-exact with damping, all positive eigen-directions", "truncation": k}
+
+
 # ---- gradient similarity ------------------------------------------------------------------
 def _grad_sim(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
     if _algo(run) is Algorithm.PROXIMAL_MAML:  # total (implicit) meta-gradients, as task-IF's
@@ -313,7 +338,7 @@ def _grad_sim(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray,
         return (tensors["gradients"] @ g).cpu().numpy(), {"max_inner_stationarity": info["max_inner_stationarity"]}
 
     def compute():
-        params = _params_as(run, cfg.dtype)
+        params = params_as(run, cfg.dtype)
         return {"gradients": task_gradients(run.model, run.spec, params, run.train_tasks, run.dataset)}, {}
 
     tensors, info = _cached(_cache_entry(run, "grad-sim", {"dtype": cfg.dtype}), compute)

@@ -43,7 +43,8 @@ CACHE_FORMAT = 1
 FitProgress = Callable[[str, int, int], None]
 
 
-def _params_as(run: Run, dtype: str) -> Params:
+def params_as(run: Run, dtype: str) -> Params:
+    """The run's weights cast to ``dtype`` (influence is computed in float64 by default)."""
     return {k: v.to(getattr(torch, dtype)) for k, v in run.params.items()}
 
 
@@ -137,7 +138,7 @@ def fit_influence(
     if entry.complete:
         return _from_tensors(*entry.load())
     started = time.time()
-    params = _params_as(run, cfg.dtype)
+    params = params_as(run, cfg.dtype)
     if InfluenceMethod(cfg.method) is InfluenceMethod.EXACT:
         inf = fit_exact(run.model, run.spec, params, run.train_tasks, run.dataset, damping=cfg.damping, select=False)
     else:
@@ -187,7 +188,7 @@ class Target:
 def target_gradient(run: Run, target: Target, dtype: str) -> torch.Tensor:
     """∇_ω of the target's average query loss at ω̂ (TLXML Eq. 9's g_i)."""
     ts = run.test_tasks if target.split == "test" else run.train_tasks
-    return task_gradients(run.model, run.spec, _params_as(run, dtype), ts, run.dataset, list(target.ids)).mean(0)
+    return task_gradients(run.model, run.spec, params_as(run, dtype), ts, run.dataset, list(target.ids)).mean(0)
 
 
 def task_rows(run: Run, ids: Sequence[int], scores: np.ndarray, ranks: np.ndarray) -> list[dict[str, Any]]:
@@ -256,7 +257,7 @@ def save_edited_checkpoint(run: Run, params: Params, out: str | Path, edit: dict
 # ---- validation (TLXML 5.1) ---------------------------------------------------------------
 def test_score_matrix(run: Run, inf: TaskInfluence, dtype: str, test_ids: Sequence[int]) -> np.ndarray:
     """T × M helpfulness of every training task for each test task in ``test_ids``."""
-    g = task_gradients(run.model, run.spec, _params_as(run, dtype), run.test_tasks, run.dataset, list(test_ids))
+    g = task_gradients(run.model, run.spec, params_as(run, dtype), run.test_tasks, run.dataset, list(test_ids))
     return inf.helpfulness(g).cpu().numpy()
 
 

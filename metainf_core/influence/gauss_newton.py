@@ -37,6 +37,13 @@ ProgressCallback = Callable[[int, int], None]  # (tasks done, total)
 STATE_FORMAT = 1
 
 
+def auto_chunk(q: int) -> int | None:
+    """Rows per vmapped column call on the CPU: all at once for small networks (the 63- and
+    ~1.4k-parameter MLPs: 4× faster than a loop), 8 for conv nets (q ≈ 7k: 1.2–2× faster than a
+    loop, while larger chunks become memory-bound). Measured 2026-11-27 on 2 cores."""
+    return None if q <= 4096 else 8
+
+
 @dataclass(frozen=True)
 class GaussNewtonConfig:
     """Settings of the streamed Gauss-Newton fit (TLXML A.6: N_orth = 8,192, N_max = 2·N_orth)."""
@@ -45,13 +52,13 @@ class GaussNewtonConfig:
     n_max: int = 0  # 0 -> 2 * n_orth
     task_batch: int = 8
     structured: bool = True
-    chunk: int = 1  # rows per vmapped call; 1 = plain loop (fastest on CPU), 0 = all at once
+    chunk: int = -1  # rows per vmapped call; 1 = plain loop, 0 = all at once, -1 = auto_chunk(q)
     hvp: str = "reverse"
     gram_block: int = 8192
 
     def __post_init__(self) -> None:
-        if self.n_orth < 1 or self.task_batch < 1 or self.gram_block < 1 or self.chunk < 0:
-            raise ConfigError("n_orth, task_batch and gram_block must be positive, chunk non-negative")
+        if self.n_orth < 1 or self.task_batch < 1 or self.gram_block < 1 or self.chunk < -1:
+            raise ConfigError("n_orth, task_batch and gram_block must be positive, chunk -1 (auto) or non-negative")
         if self.n_max and self.n_max < self.n_orth:
             raise ConfigError(f"n_max ({self.n_max}) must be at least n_orth ({self.n_orth})")
         if self.hvp not in ("forward", "reverse"):
@@ -119,7 +126,7 @@ class GaussNewtonFit:
         self.layout = ParamLayout.from_params(params)
         self.w = self.layout.flatten(params).detach()
         self.taskset, self.dataset = taskset, dataset
-        chunk = self.config.chunk or None
+        chunk = auto_chunk(self.layout.numel) if self.config.chunk == -1 else (self.config.chunk or None)
         self._columns = create_columns_function(
             model, spec, self.layout, structured=self.config.structured, chunk=chunk, hvp=self.config.hvp
         )
