@@ -58,9 +58,12 @@ def meta_hessian(
     batches: Iterable[TaskBatch],
     num_tasks: int,
     *,
-    chunk: int = 16,
+    chunk: int = 512,
 ) -> Tensor:
-    """H = (1/M) Σ_j ∇²_ω L_j(ω), accumulated over ``batches`` of tasks (exact, third order incl.)."""
+    """H = (1/M) Σ_j ∇²_ω L_j(ω), accumulated over ``batches`` of tasks (exact, third order incl.).
+
+    ``chunk`` basis vectors per vmapped HVP call: each call has a fixed cost of seconds on the CPU,
+    so large chunks win (1,347-parameter MAML MLP, 16 tasks: 16 → 229 s, 512 → 22 s, 2026-11-27)."""
     if w.numel() > MAX_EXACT_PARAMS:
         raise ConfigError(f"exact Hessian needs q ≤ {MAX_EXACT_PARAMS}, got q = {w.numel()}; use Gauss-Newton")
     h = torch.zeros(w.numel(), w.numel(), dtype=w.dtype, device=w.device)
