@@ -1,0 +1,109 @@
+"""The reproduction report (issue 6): run the experiments, save each as JSON, render README.md.
+
+``python -m metainf_core reproduce --out docs/results`` trains what it needs (cached under
+``--work``), runs every experiment whose saved section is missing or was made with another
+configuration, writes ``data/<key>.json`` atomically after each one (a crash loses at most the
+experiment in progress) and renders ``README.md`` and ``figures/*.png`` from all saved sections.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metainf_core.data.base import REPO_ROOT
+from metainf_core.exceptions import ConfigError
+from metainf_core.io import write_atomic, write_json_atomic
+from metainf_core.reproduce.experiments import EXPERIMENTS, Context, run_experiment
+from metainf_core.reproduce.report import render_readme, write_figures
+
+__all__ = ["EXPERIMENTS", "environment", "load_sections", "render", "reproduce"]
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _commit() -> str:
+    try:
+        git = ["git", "-C", str(REPO_ROOT)]
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "metainf_core"], capture_output=True, text=True, timeout=10).stdout.strip()
+        return (head + ("+uncommitted changes" if dirty else "")) if head else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict[str, Any]:
+    """Hardware and software a section was measured on."""
+    return {"cpu": _cpu(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "commit": _commit(), "date": _dt.date.today().isoformat()}  # fmt: skip
+
+
+def _select(only: Sequence[str] | None) -> list[str]:
+    keys = list(EXPERIMENTS)
+    if not only:
+        return keys
+    unknown = [k for k in only if k not in EXPERIMENTS]
+    if unknown:
+        raise ConfigError(f"unknown experiment(s) {unknown}; choose from {keys}")
+    return [k for k in keys if k in only]
+
+
+def load_sections(out: str | Path) -> list[dict[str, Any]]:
+    """Saved sections in report order."""
+    data = Path(out) / "data"
+    return [json.loads((data / f"{k}.json").read_text(encoding="utf-8")) for k in EXPERIMENTS if (data / f"{k}.json").is_file()]
+
+
+def render(out: str | Path, figures: bool = True) -> Path:
+    """README.md (and PNG figures unless ``figures`` is False) from the saved sections."""
+    out = Path(out)
+    sections = load_sections(out)
+    drawn = {str(p.relative_to(out)) for p in (out / "figures").glob("*.png")} if (out / "figures").is_dir() else set()
+    if figures:
+        new, why = write_figures(sections, out)
+        drawn |= new
+        if why is not None:
+            print(f"figures: {why}")
+    text = render_readme(sections, drawn)
+    write_atomic(out / "README.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return out / "README.md"
+
+
+def reproduce(
+    out: str | Path, *, only: Sequence[str] | None = None, scale: str = "report", work: str | Path | None = None,
+    force: bool = False, figures: bool = True, log: Callable[[str], None] = print,
+) -> Path:  # fmt: skip
+    """Run the selected experiments at ``scale`` ("report" or "smoke"), then render the report."""
+    if scale not in ("report", "smoke"):
+        raise ConfigError(f"scale must be 'report' or 'smoke', got {scale!r}")
+    out = Path(out)
+    work = Path(work) if work is not None else REPO_ROOT / ".cache" / "metainf" / "reproduce"
+    ctx = Context(work=work, log=log)
+    for key in _select(only):
+        exp = EXPERIMENTS[key]
+        config = exp.config if scale == "report" else exp.smoke
+        path = out / "data" / f"{key}.json"
+        if not force and path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("config") == config:
+            log(f"{key}: up to date ({path})")
+            continue
+        log(f"{key}: running")
+        section = {**run_experiment(key, config, ctx), "scale": scale, "environment": environment()}
+        write_json_atomic(path, section)
+        log(f"{key}: {section['verdict']['label']} in {section['seconds']:.0f} s")
+    return render(out, figures=figures)

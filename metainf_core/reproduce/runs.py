@@ -1,0 +1,53 @@
+"""Trained runs for the reproduction report: one folder per (task, training) configuration under
+a work directory, trained once, resumed after a kill, reused by every experiment that needs it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from metainf_core.cache import content_key
+from metainf_core.checkpoint import META_FILE, TRAIN_STATE_FILE
+from metainf_core.config import TaskConfig, TrainConfig
+from metainf_core.service import Run, open_run
+from metainf_core.train import train
+
+Log = Callable[[str], None]
+
+
+def run_key(task_cfg: TaskConfig, train_cfg: TrainConfig) -> str:
+    """Folder name: readable prefix + content hash of both configurations."""
+    inputs = {"task": task_cfg.to_dict(), "train": train_cfg.to_dict()}
+    return f"{train_cfg.algo}-{task_cfg.dataset}-m{task_cfg.train_tasks}-s{train_cfg.seed}-{content_key(inputs)[:10]}"
+
+
+def is_complete(directory: Path) -> bool:
+    meta = directory / META_FILE
+    return meta.is_file() and bool(json.loads(meta.read_text(encoding="utf-8")).get("complete"))
+
+
+def ensure_run(work: Path, task_cfg: TaskConfig, train_cfg: TrainConfig, log: Log | None = None) -> Run:
+    """The trained run for these configurations: reused when complete, resumed when half-done."""
+    directory = Path(work) / "runs" / run_key(task_cfg, train_cfg)
+    if not is_complete(directory):
+        resume = (directory / TRAIN_STATE_FILE).is_file()
+        if log is not None:
+            log(f"{'resuming' if resume else 'training'} {directory.name}")
+        train(task_cfg, train_cfg, directory, resume=resume, device="cpu", progress=False)
+    return open_run(directory, device="cpu")
+
+
+def leave_out_config(run: Run, exclude: list[int]) -> tuple[TaskConfig, TrainConfig]:
+    """The run's configurations with training tasks ``exclude`` never drawn (leave-out retraining)."""
+    task_cfg = TaskConfig.from_dict(run.meta["task_config"])
+    train_cfg = replace(TrainConfig.from_dict(run.meta["train_config"]), exclude_tasks=tuple(int(j) for j in exclude))
+    return task_cfg, train_cfg
+
+
+def describe(run: Run) -> dict[str, Any]:
+    """What a table needs to say about a run: its test accuracy and size."""
+    test = run.meta["test"]
+    return {"accuracy": test["accuracy"], "accuracy_ci95": test["accuracy_ci95"], "num_parameters": run.meta["num_parameters"]}
