@@ -40,10 +40,18 @@ Section = dict[str, Any]
 
 @dataclass
 class Context:
-    """Where runs live, and where to say what is happening."""
+    """Where runs live, where to say what is happening, and the runs an experiment used
+    (folder -> training seconds recorded in its metadata)."""
 
     work: Path
     log: Callable[[str], None] = field(default=lambda msg: None)
+    used: dict[str, float] = field(default_factory=dict)
+
+    def run(self, task_cfg: TaskConfig, train_cfg: TrainConfig) -> Run:
+        """The trained run for these configurations (``runs.ensure_run``), recorded as used."""
+        run = ensure_run(self.work, task_cfg, train_cfg, self.log)
+        self.used[str(run.checkpoint.path)] = float(run.meta.get("train_seconds_this_session", 0.0))
+        return run
 
 
 def _mean_sd(values) -> tuple[float, float]:
@@ -125,7 +133,7 @@ def distinction_of_tasks(c: dict[str, Any], ctx: Context) -> Section:
     """Test task := a training task: rank of that task among all M (self-rank) per truncation k,
     exact and Gauss-Newton Hessians; then the darkening sanity check of TLXML B.2."""
     task_cfg, train_cfg = _configs(c, dataset=c["dataset"], ways=c["ways"], algo=c["algo"], seed=c["seed"], train_tasks=c["train_tasks"])
-    run = ensure_run(ctx.work, task_cfg, train_cfg, ctx.log)
+    run = ctx.run(task_cfg, train_cfg)
     m = len(run.train_tasks)
     rng = np.random.default_rng(c["seed"])
     probe = np.sort(rng.choice(m, c["degrade_tasks"], replace=False))
@@ -196,7 +204,7 @@ def _noise_runs(c: dict[str, Any], ctx: Context):
             for m in c["train_tasks"]:
                 for seed in c["seeds"]:
                     task_cfg, train_cfg = _configs(c, dataset=dataset, ways=ways, algo=algo, seed=seed, train_tasks=m, noise=m // 8)
-                    yield (dataset, algo, m, seed), ensure_run(ctx.work, task_cfg, train_cfg, ctx.log)
+                    yield (dataset, algo, m, seed), ctx.run(task_cfg, train_cfg)
 
 
 def _validation(run: Run, c: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -291,7 +299,7 @@ def one_step_update(c: dict[str, Any], ctx: Context) -> Section:
         per_seed: dict[str, list[tuple[float, float]]] = {}
         for seed in c["seeds"]:
             task_cfg, train_cfg = _configs(c, dataset=c["dataset"], ways=c["ways"], algo=algo, seed=seed, train_tasks=c["train_tasks"], noise=c["train_tasks"] // 8)
-            run = ensure_run(ctx.work, task_cfg, train_cfg, ctx.log)
+            run = ctx.run(task_cfg, train_cfg)
             ctx.log(f"one-step: {algo} seed {seed}")
             cfg = _influence(c)
             inf = fit_influence(run, cfg)
@@ -310,7 +318,7 @@ def one_step_update(c: dict[str, Any], ctx: Context) -> Section:
                 per_seed.setdefault(f"{'block' if xi < 0 else 'enhance'} ξ = {xi:+g}", []).append(acc(edited_params(run, inf, spec)))
             if c["leave_out"]:
                 t_cfg, tr_cfg = leave_out_config(run, low.tolist())
-                per_seed.setdefault("leave-out retraining", []).append(acc(ensure_run(ctx.work, t_cfg, tr_cfg, ctx.log).params))
+                per_seed.setdefault("leave-out retraining", []).append(acc(ctx.run(t_cfg, tr_cfg).params))
         base = per_seed["unedited"]
         for name, vals in per_seed.items():
             same, other = [v[0] for v in vals], [v[1] for v in vals]
@@ -397,7 +405,7 @@ def removal_and_harmful_tasks(c: dict[str, Any], ctx: Context) -> Section:
     from metainf_core.fidelity import removal_fidelity
 
     task_cfg, train_cfg = _configs(c, dataset=c["dataset"], ways=c["ways"], algo=c["algo"], seed=c["seed"], train_tasks=c["fidelity_tasks"])
-    run = ensure_run(ctx.work, task_cfg, train_cfg, ctx.log)
+    run = ctx.run(task_cfg, train_cfg)
     sets = random_removal_sets(c["fidelity_tasks"], c["k"], c["draws"], c["seed"])
     ctx.log(f"removal fidelity: {c['draws']} sets × {len(c['retrain_seeds'])} retrainings")
     fid = removal_fidelity(run, sets, retrain_seeds=c["retrain_seeds"], damping=c["damping"])
@@ -405,7 +413,7 @@ def removal_and_harmful_tasks(c: dict[str, Any], ctx: Context) -> Section:
     curves, removal, series = [], [], []
     for kind, flips, noise in (("label flips", c["detect_tasks"] // 4, 0), ("noise images", 0, c["detect_tasks"] // 8)):
         t_cfg, tr_cfg = _configs(c, dataset=c["dataset"], ways=c["ways"], algo=c["algo"], seed=c["seed"], train_tasks=c["detect_tasks"], noise=noise, flips=flips)
-        drun = ensure_run(ctx.work, t_cfg, tr_cfg, ctx.log)
+        drun = ctx.run(t_cfg, tr_cfg)
         ctx.log(f"harmful tasks: {kind}")
         rep = detect_report(drun, _influence(c), score="mean", k_values=[flips + noise], random_draws=c["random_draws"], seed=c["seed"],
                             retrain=True, fractions=[round(f, 2) for f in np.linspace(0, 1, 21)])  # fmt: skip
@@ -468,7 +476,7 @@ def landscapes(c: dict[str, Any], ctx: Context) -> Section:
     rows, figs, corr = [], [], {}
     for algo in c["algos"]:
         task_cfg, train_cfg = _configs(c, dataset=c["dataset"], ways=c["ways"], algo=algo, seed=c["seed"], train_tasks=c["train_tasks"], keep_history=True)
-        run = ensure_run(ctx.work, task_cfg, train_cfg, ctx.log)
+        run = ctx.run(task_cfg, train_cfg)
         ctx.log(f"landscapes: {algo}")
         hist = diagnostics_over_history(run, DiagnosticsConfig(num_tasks=c["diag_tasks"]))
         acc = np.array([h.accuracy for h in hist])
@@ -510,7 +518,7 @@ def exact_vs_gn(c: dict[str, Any], ctx: Context) -> Section:
     rows, pearson = [], []
     for seed in c["seeds"]:
         task_cfg, train_cfg = _configs(c, dataset="synthetic", ways=3, algo=c["algo"], seed=seed, train_tasks=c["train_tasks"], noise=c["train_tasks"] // 8)
-        run = ensure_run(ctx.work, task_cfg, train_cfg, ctx.log)
+        run = ctx.run(task_cfg, train_cfg)
         ctx.log(f"exact vs GN: seed {seed}")
         cfg = _influence(c, "gn")
         rep = validation_report(run, fit_influence(run, cfg), cfg, self_rank=False, noise=True, superclass=False, max_tests=c["test_tasks"])
@@ -599,5 +607,7 @@ def run_experiment(key: str, config: dict[str, Any], ctx: Context) -> Section:
         ctx.log(msg)
 
     started = time.time()
-    section = EXPERIMENTS[key].function(config, Context(ctx.work, log))
-    return {"key": key, "config": config, **section, "seconds": round(time.time() - started, 1), "runs_trained": trained}
+    inner = Context(ctx.work, log)
+    section = EXPERIMENTS[key].function(config, inner)
+    return {"key": key, "config": config, **section, "seconds": round(time.time() - started, 1), "runs_trained": trained,
+            "runs_used": len(inner.used), "train_seconds": round(sum(inner.used.values()), 1)}  # fmt: skip

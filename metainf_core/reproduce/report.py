@@ -66,8 +66,9 @@ def render_section(number: int, s: dict[str, Any], figures: set[str]) -> str:
     parts += ["**Scale reductions.** " + "; ".join(s["reductions"]) + ".", ""]
     parts += [
         f"<sub>Command: `{COMMAND} --only {s['key']}` · data: {_data(s['config'])} · seeds: {_seeds(s['config'])} · "
-        f"hardware: {env['cpu']} ({env['cores']} cores), torch {env['torch']} · runtime {s['seconds']:.0f} s "
-        f"({s.get('runs_trained', 0)} runs trained in it, others and cached influence fits reused) · "
+        f"hardware: {env['cpu']} ({env['cores']} cores), torch {env['torch']} · runtime {s['seconds']:.0f} s, plus "
+        f"{s['train_seconds']:.0f} s of training for the {s['runs_used']} runs it uses ({s['runs_trained']} trained in this call; "
+        "influence fits reused from the disk cache when present) · "
         f"code {env['commit']} · {env['date']}</sub>",
         "",
     ]
