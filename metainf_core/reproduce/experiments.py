@@ -516,9 +516,9 @@ def landscapes(c: dict[str, Any], ctx: Context) -> Section:
             corr[(algo, col)] = rho
             rows.append([algo, col, f"{vals[0]:.4g}", f"{vals[-1]:.4g}", f"{rho:+.2f}"])
         figs.append({"name": f"landscape-{algo}", "title": f"{algo}: diagnostics vs test accuracy over training", "x_title": "test accuracy",
-                     "y_title": "value (each metric scaled to its maximum)", "mode": "markers+lines",
+                     "y_title": "value (each metric scaled to its maximum)", "mode": "markers",
                      "series": [{"name": col, "x": acc.tolist(), "y": (np.array([getattr(h, col) for h in hist]) / max(1e-300, max(abs(getattr(h, col)) for h in hist))).tolist()}
-                                for col in DIAGNOSTIC_COLUMNS]})  # fmt: skip
+                                for col in DIAGNOSTIC_COLUMNS if col != "gradient_cosine"]})  # fmt: skip  (= trajectory_cosine for one inner step)
     # seed 003's claims are about MAML: gradient coherence (mean inner product, §5.3) and trajectory
     # coherence (mean cosine of directions, §5.2) rise with generalisation; flatness does not track it (§5.1)
     rho_g, rho_t = corr.get(("maml", "gradient_inner"), math.nan), corr.get(("maml", "trajectory_cosine"), math.nan)

@@ -100,7 +100,9 @@ def _figure(spec: dict[str, Any]):
     fig = go.Figure()
     for series in spec["series"]:
         err = series.get("error")
-        fig.add_trace(go.Scatter(x=series["x"], y=series["y"], name=series["name"], mode=spec.get("mode", "lines+markers"),
+        reference = series["name"] == "random"  # the chance line of a detection curve
+        fig.add_trace(go.Scatter(x=series["x"], y=series["y"], name=series["name"], mode="lines" if reference else spec.get("mode", "lines+markers"),
+                                 line=dict(dash="dash", color="grey") if reference else None,
                                  error_y=dict(type="data", array=err, visible=True) if err else None))  # fmt: skip
     if "hline" in spec:
         fig.add_hline(y=spec["hline"], line_dash="dot", line_color="grey")
