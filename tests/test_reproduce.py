@@ -81,11 +81,11 @@ def test_reproduce_command_at_smoke_scale(tmp_path, python_exe):
     # the noise section's proper-test counts = validation_report on the same (cached) runs and fits
     sec = json.loads((out / "data" / "e2-noise.json").read_text(encoding="utf-8"))
     c = sec["config"]
-    runs = sorted((work / "runs").glob(f"protonet-fashion-mnist-m{c['train_tasks'][0]}-s*"))
+    runs = [open_run(p) for p in sorted((work / "runs").glob(f"protonet-fashion-mnist-m{c['train_tasks'][0]}-s*"))]
+    runs = [r for r in runs if not r.meta["train_config"]["exclude_tasks"]]  # not the one-step section's leave-out retrainings
     assert len(runs) == len(c["seeds"])
     proper = []
-    for path in runs:
-        run = open_run(path)
+    for run in runs:
         cfg = InfluenceConfig(method="gn", n_orth=c["n_orth"], dtype="float64")
         rep = validation_report(run, fit_influence(run, cfg), cfg, self_rank=False, superclass=False, max_tests=c["test_tasks"], exact_agreement=False)
         proper.append(rep["noise"]["proper"])

@@ -103,7 +103,8 @@ def reproduce(
             log(f"{key}: up to date ({path})")
             continue
         log(f"{key}: running")
-        section = {**run_experiment(key, config, ctx), "scale": scale, "environment": environment()}
+        env = environment()  # before running: the code that was imported, not later edits
+        section = {**run_experiment(key, config, ctx), "scale": scale, "environment": env}
         write_json_atomic(path, section)
         log(f"{key}: {section['verdict']['label']} in {section['seconds']:.0f} s")
     return render(out, figures=figures)

@@ -68,7 +68,7 @@ def render_section(number: int, s: dict[str, Any], figures: set[str]) -> str:
         f"<sub>Command: `{COMMAND} --only {s['key']}` · data: {_data(s['config'])} · seeds: {_seeds(s['config'])} · "
         f"hardware: {env['cpu']} ({env['cores']} cores), torch {env['torch']} · runtime {s['seconds']:.0f} s, plus "
         f"{s.get('train_seconds', 0):.0f} s of training for the {s.get('runs_used', 0)} runs it uses ({s.get('runs_trained', 0)} trained in "
-        "this call; influence fits reused from the disk cache when present) · "
+        "this call; cached influence fits and diagnostics reused when present) · "
         f"code {env['commit']} · {env['date']}</sub>",
         "",
     ]
