@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from metainf_core.influence.columns import create_columns_function, create_naive_columns_function
-from metainf_core.influence.flat import ParamLayout
-from metainf_core.influence.gauss_newton import auto_chunk, orthogonal_columns
-from metainf_core.influence.scores import TaskInfluence
-from metainf_core.learners import LearnerSpec, params_of
-from metainf_core.models import build_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, as the other benches
+
+from metainf_core.influence.columns import create_columns_function, create_naive_columns_function  # noqa: E402
+from metainf_core.influence.flat import ParamLayout  # noqa: E402
+from metainf_core.influence.gauss_newton import auto_chunk, orthogonal_columns  # noqa: E402
+from metainf_core.influence.scores import TaskInfluence  # noqa: E402
+from metainf_core.learners import LearnerSpec, params_of  # noqa: E402
+from metainf_core.models import build_model  # noqa: E402
 
 WAYS, SHOTS, QUERIES, SHAPE = 5, 5, 5, (1, 28, 28)
 
