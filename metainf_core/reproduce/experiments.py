@@ -347,8 +347,9 @@ def one_step_update(c: dict[str, Any], ctx: Context) -> Section:
                 ref = [b[i] for b in base]
                 p = float(stats.ttest_ind(col, ref, equal_var=False).pvalue) if name != "unedited" and np.std(col) + np.std(ref) > 0 else math.nan
                 better = bool(p < 0.05 and np.mean(col) > np.mean(ref))
+                worse = bool(p < 0.05 and np.mean(col) < np.mean(ref))
                 wins[i] += better and "ξ" in name
-                cells += [_pm(col), "" if math.isnan(p) else f"{p:.3f}" + (" ✔" if better else "")]
+                cells += [_pm(col), "" if math.isnan(p) else f"{p:.3f}" + (" ✔" if better else " ✘" if worse else "")]
             rows.append(cells)
         fig.append({"name": algo, "x": [float(n.split("= ")[1]) for n in per_seed if "ξ" in n],
                     "y": [_mean_sd(v[0] for v in per_seed[n])[0] - _mean_sd(b[0] for b in base)[0] for n in per_seed if "ξ" in n]})
@@ -369,7 +370,7 @@ def one_step_update(c: dict[str, Any], ctx: Context) -> Section:
                        f"{len(c['seeds'])} training seeds (paper: 5)",
                        f"scored for the mean loss of test tasks 0–{c['test_tasks'] // 2 - 1}; the paper scores and evaluates on the same test taskset (our 'scored' columns); "
                        "the 'held-out' columns evaluate on the other half"],
-        "tables": [_table("Test accuracy, mean ± sd over training seeds; p: unpaired Welch t-test against the unedited model (✔ = better, p < 0.05)",
+        "tables": [_table("Test accuracy, mean ± sd over training seeds; p: unpaired Welch t-test against the unedited model (✔ better, ✘ worse, p < 0.05)",
                           ["learner", "edit", "accuracy (scored tests)", "p", "accuracy (held-out tests)", "p"], rows)],
         "figures": [{"name": "one-step", "title": "Accuracy change on the scored test tasks vs ξ", "x_title": "ξ (negative: block lowest k; positive: enhance highest k)",
                      "y_title": "Δ accuracy vs unedited", "series": fig, "hline": 0.0}],

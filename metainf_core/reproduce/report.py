@@ -41,11 +41,11 @@ def _seeds(config: dict[str, Any]) -> str:
 
 
 def _data(config: dict[str, Any]) -> str:
-    if "datasets" in config:
-        return ", ".join(f"{d} ({w}-way)" for d, w in config["datasets"])
     if config.get("arch") == "mlp-synthetic":
         return "synthetic 2-D clusters (TLXML B.1), 3-way"
-    return f"{config['dataset']} ({config['ways']}-way)"
+    if "dataset" in config:
+        return f"{config['dataset']} ({config['ways']}-way)"
+    return ", ".join(f"{d} ({w}-way)" for d, w in config["datasets"])
 
 
 def render_section(number: int, s: dict[str, Any], figures: set[str]) -> str:
