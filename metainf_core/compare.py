@@ -56,11 +56,11 @@ from torch.func import grad, hessian
 from metainf_core.cache import CacheEntry
 from metainf_core.config import Algorithm, InfluenceConfig, check_damping_and_dtype
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import Target, params_as, all_scores, fit_influence, run_fingerprint, target_gradient
+from metainf_core.explain import Target, all_scores, fit_influence, params_as, run_fingerprint, target_gradient
 from metainf_core.influence.exact import MAX_EXACT_PARAMS, spectral_factor
 from metainf_core.influence.flat import ParamLayout, create_flat_forward_function
-from metainf_core.influence.scores import TaskInfluence
 from metainf_core.influence.gradients import iter_task_batches, task_gradients
+from metainf_core.influence.scores import TaskInfluence
 from metainf_core.influence.task_if import (
     TaskIFConfig,
     batch_tasks,

@@ -19,7 +19,7 @@ import torch
 
 from metainf_core.cache import CacheEntry
 from metainf_core.checkpoint import MODEL_FILE, save_checkpoint
-from metainf_core.config import InfluenceConfig, InfluenceMethod
+from metainf_core.config import InfluenceConfig, InfluenceMethod, TaskConfig, TrainConfig
 from metainf_core.edit import EditSpec, apply_delta, edit_delta
 from metainf_core.exceptions import ConfigError
 from metainf_core.influence import (
@@ -270,9 +270,7 @@ def validation_report(
     if self_rank:
         out["self_rank"] = [{"k": k, "mean_self_rank": r} for k, r in (inf.self_ranks or inf.self_rank_table(sample=cfg.self_rank_sample))]
         m = inf.num_tasks
-        g = inf.projections[:, : inf.truncation] * inf.signs[: inf.truncation]
-        s = (g @ inf.projections[:, : inf.truncation].T).cpu().numpy()
-        ranks = self_ranks(s, np.arange(m))
+        ranks = self_ranks(inf.train_score_matrix().cpu().numpy(), np.arange(m))
         out["self_rank_at_truncation"] = {"mean": float(ranks.mean()), "fraction_top1": float((ranks == 0).mean()), "random_mean": (m - 1) / 2}
     if not (noise or superclass or exact_agreement):
         return out
@@ -335,17 +333,22 @@ def plain_summary(helpful: list[dict[str, Any]], harmful: list[dict[str, Any]]) 
     return f"Training {kind(helpful)} helped this test task most; {kind(harmful)} hurt it most."
 
 
-def leave_out_retrain(run: Run, exclude: Sequence[int], out: str | Path, steps: int | None = None) -> dict[str, Any]:
-    """Slow baseline for an edit: retrain from scratch with the same settings, never drawing the
-    tasks in ``exclude`` (TLXML Table 3's leave-out); returns its test summary and runtime."""
-    from metainf_core.config import TaskConfig, TrainConfig
-    from metainf_core.train import train
-
-    task_cfg = TaskConfig.from_dict(run.meta["task_config"])
+def leave_out_configs(run: Run, exclude: Sequence[int], steps: int | None = None) -> tuple[TaskConfig, TrainConfig]:
+    """The run's task and training configurations with the tasks in ``exclude`` never drawn (and
+    ``steps`` training steps when given): what leave-out retraining trains."""
     train_dict = {**run.meta["train_config"], "exclude_tasks": tuple(int(j) for j in exclude)}
     if steps is not None:
         train_dict["steps"] = int(steps)
+    return TaskConfig.from_dict(run.meta["task_config"]), TrainConfig.from_dict(train_dict)
+
+
+def leave_out_retrain(run: Run, exclude: Sequence[int], out: str | Path, steps: int | None = None) -> dict[str, Any]:
+    """Slow baseline for an edit: retrain from scratch with the same settings, never drawing the
+    tasks in ``exclude`` (TLXML Table 3's leave-out); returns its test summary and runtime."""
+    from metainf_core.train import train
+
+    task_cfg, train_cfg = leave_out_configs(run, exclude, steps)
     started = time.time()
-    directory = train(task_cfg, TrainConfig.from_dict(train_dict), out, progress=False, device=str(run.device))
+    directory = train(task_cfg, train_cfg, out, progress=False, device=str(run.device))
     retrained = open_run(directory)
     return {"out": str(directory), "test": retrained.evaluate().summary(), "seconds": round(time.time() - started, 2)}

@@ -42,6 +42,7 @@ from metainf_core.edit import EditSpec, apply_delta
 from metainf_core.evaluation import TaskMetrics, mean_ci95
 from metainf_core.exceptions import ConfigError
 from metainf_core.explain import cache_entry, edited_params, fit_influence, leave_out_retrain
+from metainf_core.influence.flat import ParamLayout
 from metainf_core.learners import Params
 from metainf_core.service import Run, open_run
 
@@ -122,7 +123,7 @@ def _retrain_all(run, sets, seeds, steps, retrain_dir, progress) -> tuple[list[l
 
 # ---- summaries ------------------------------------------------------------------------------
 def _flat(params: Params) -> Tensor:
-    return torch.cat([v.detach().reshape(-1).double() for v in params.values()])
+    return ParamLayout.from_params(params).flatten(params).detach().double()
 
 
 def _accuracy_stats(acc: np.ndarray) -> dict[str, Any]:

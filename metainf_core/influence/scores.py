@@ -109,6 +109,13 @@ class TaskInfluence:
         """(M,) or (B × M): helpfulness(i, j) = −I_perf(i, j) = (1/M) g_iᵀ H⁺ g_j for all j."""
         return self.project(test_grad) @ self.projections[:, : self.truncation].T / self.num_tasks
 
+    def train_score_matrix(self) -> Tensor:
+        """M × M: row j scores every training task for training task j as the target (the
+        self-rank probes of TLXML 5.1.1), at truncation k and without the common factor 1/M."""
+        k = self.truncation
+        pk = self.projections[:, :k]
+        return (pk * self.signs[:k]) @ pk.T
+
     def rank(self, test_grad: Tensor, top: int | None = None) -> Ranking:
         """Training tasks by decreasing helpfulness for the target with gradient ``test_grad`` (q)."""
         scores = self.helpfulness(test_grad)

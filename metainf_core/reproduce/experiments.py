@@ -25,12 +25,22 @@ import torch
 from scipy import stats
 
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
-from metainf_core.diagnostics import DiagnosticsConfig, cached_diagnostics_over_history
+from metainf_core.diagnostics import DiagnosticsConfig, cached_diagnostics_over_history, metric_correlations
 from metainf_core.edit import EditSpec
-from metainf_core.explain import Target, all_scores, edited_params, fit_influence, params_as, test_score_matrix, validation_report
+from metainf_core.detect import lowest_ids
+from metainf_core.explain import (
+    Target,
+    all_scores,
+    edited_params,
+    fit_influence,
+    leave_out_configs,
+    params_as,
+    test_score_matrix,
+    validation_report,
+)
 from metainf_core.influence.flat import ParamLayout, create_flat_loss_function
 from metainf_core.influence.gradients import batch_task_gradients
-from metainf_core.reproduce.runs import describe, ensure_run, leave_out_config
+from metainf_core.reproduce.runs import describe, ensure_run, is_complete, run_key
 from metainf_core.service import Run
 from metainf_core.tasks import TaskBatch
 from metainf_core.validate import proper_tests, self_ranks, superclass_overlap
@@ -46,9 +56,13 @@ class Context:
     work: Path
     log: Callable[[str], None] = field(default=lambda msg: None)
     used: dict[str, float] = field(default_factory=dict)
+    trained: set[str] = field(default_factory=set)
 
     def run(self, task_cfg: TaskConfig, train_cfg: TrainConfig) -> Run:
-        """The trained run for these configurations (``runs.ensure_run``), recorded as used."""
+        """The trained run for these configurations (``runs.ensure_run``), recorded as used (and as
+        trained here when it was not complete before)."""
+        if not is_complete(Path(self.work) / "runs" / run_key(task_cfg, train_cfg)):
+            self.trained.add(run_key(task_cfg, train_cfg))
         run = ensure_run(self.work, task_cfg, train_cfg, self.log)
         self.used[str(run.checkpoint.path)] = float(run.meta.get("train_seconds_this_session", 0.0))
         return run
@@ -64,8 +78,8 @@ def _pm(values, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]], note: str = "") -> dict[str, Any]:
-    return {"title": title, "columns": columns, "rows": rows, "note": note}
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> dict[str, Any]:
+    return {"title": title, "columns": columns, "rows": rows}
 
 
 def _grade(reproduced: tuple[bool, str], partly: tuple[bool, str], otherwise: str) -> dict[str, str]:
@@ -151,14 +165,12 @@ def distinction_of_tasks(c: dict[str, Any], ctx: Context) -> Section:
         inf = fit_influence(run, _influence(c, method))
         for label, k in _truncations(inf, c["truncations"]):
             infk = inf.with_truncation(k)
-            pk = infk.projections[:, :k]
-            s = ((pk * infk.signs[:k]) @ pk.T).cpu().numpy()  # M × M, row j = test task := training task j
-            ranks = self_ranks(s, np.arange(m))
+            ranks = self_ranks(infk.train_score_matrix().cpu().numpy(), np.arange(m))  # test task := training task j
             row = [method, label, _pm(ranks, 1), f"{(ranks == 0).mean():.2f}"]
             for name, lv in levels.items():
                 sc = np.stack([infk.helpfulness(g).cpu().numpy() for g in grads[name]])  # levels × probes × M
                 own = sc[:, np.arange(len(probe)), probe]  # levels × probes
-                rank = (sc > own[:, :, None]).sum(2)
+                rank = np.stack([self_ranks(level, probe) for level in sc])
                 x = np.array([a if name == "alpha" else r for a, r in lv])
                 for values in (rank.T, own.T):
                     rs, const = _correlations(x, values)
@@ -326,8 +338,7 @@ def one_step_update(c: dict[str, Any], ctx: Context) -> Section:
             t = len(run.test_tasks)
             scored, held = np.arange(t // 2), np.arange(t // 2, t)
             scores = all_scores(run, inf, Target(tuple(int(i) for i in scored)), cfg.dtype)
-            order = np.argsort(scores, kind="stable")
-            low, high = order[: c["k"]], order[::-1][: c["k"]]
+            low, high = lowest_ids(scores, c["k"]), np.argsort(scores, kind="stable")[::-1][: c["k"]]
 
             def acc(params=None) -> tuple[float, float]:
                 return (run.evaluate(params, task_ids=scored).summary()["accuracy"], run.evaluate(params, task_ids=held).summary()["accuracy"])
@@ -337,7 +348,7 @@ def one_step_update(c: dict[str, Any], ctx: Context) -> Section:
                 spec = EditSpec(block=low, xi_block=xi) if xi < 0 else EditSpec(enhance=high, xi_enhance=xi)
                 per_seed.setdefault(f"{'block' if xi < 0 else 'enhance'} ξ = {xi:+g}", []).append(acc(edited_params(run, inf, spec)))
             if c["leave_out"]:
-                t_cfg, tr_cfg = leave_out_config(run, low.tolist())
+                t_cfg, tr_cfg = leave_out_configs(run, low)
                 per_seed.setdefault("leave-out retraining", []).append(acc(ctx.run(t_cfg, tr_cfg).params))
         base = per_seed["unedited"]
         for name, vals in per_seed.items():
@@ -511,11 +522,10 @@ def landscapes(c: dict[str, Any], ctx: Context) -> Section:
         hist = cached_diagnostics_over_history(run, DiagnosticsConfig(num_tasks=c["diag_tasks"]))
         acc = np.array([h.accuracy for h in hist])
         spans[algo] = f"{acc.min():.3f}–{acc.max():.3f}"
+        rhos = metric_correlations(hist)  # the Landscape page's Spearman ρ with test accuracy
         for col in DIAGNOSTIC_COLUMNS:
-            vals = np.array([getattr(h, col) for h in hist])
-            rho = float(stats.spearmanr(vals, acc).statistic) if np.ptp(vals) > 0 else math.nan
-            corr[(algo, col)] = rho
-            rows.append([algo, col, f"{vals[0]:.4g}", f"{vals[-1]:.4g}", f"{rho:+.2f}"])
+            corr[(algo, col)] = rho = rhos[col]["spearman"]
+            rows.append([algo, col, f"{getattr(hist[0], col):.4g}", f"{getattr(hist[-1], col):.4g}", f"{rho:+.2f}"])
         figs.append({"name": f"landscape-{algo}", "title": f"{algo}: diagnostics vs test accuracy over training", "x_title": "test accuracy",
                      "y_title": "value (each metric scaled to its maximum)", "mode": "markers",
                      "series": [{"name": col, "x": acc.tolist(), "y": (np.array([getattr(h, col) for h in hist]) / max(1e-300, max(abs(getattr(h, col)) for h in hist))).tolist()}
@@ -631,17 +641,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in [
 
 
 def run_experiment(key: str, config: dict[str, Any], ctx: Context) -> Section:
-    """One experiment with its configuration, timing, key and the number of runs it had to train
+    """One experiment with its configuration, timing, key and the runs it used and had to train
     (the others came from the work directory) recorded in the section."""
-    trained = 0
-
-    def log(msg: str) -> None:
-        nonlocal trained
-        trained += msg.startswith(("training ", "resuming "))
-        ctx.log(msg)
-
     started = time.time()
-    inner = Context(ctx.work, log)
+    inner = Context(ctx.work, ctx.log)
     section = EXPERIMENTS[key].function(config, inner)
-    return {"key": key, "config": config, **section, "seconds": round(time.time() - started, 1), "runs_trained": trained,
+    return {"key": key, "config": config, **section, "seconds": round(time.time() - started, 1), "runs_trained": len(inner.trained),
             "runs_used": len(inner.used), "train_seconds": round(sum(inner.used.values()), 1)}  # fmt: skip

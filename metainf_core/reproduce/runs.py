@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +37,6 @@ def ensure_run(work: Path, task_cfg: TaskConfig, train_cfg: TrainConfig, log: Lo
             log(f"{'resuming' if resume else 'training'} {directory.name}")
         train(task_cfg, train_cfg, directory, resume=resume, device="cpu", progress=False)
     return open_run(directory, device="cpu")
-
-
-def leave_out_config(run: Run, exclude: list[int]) -> tuple[TaskConfig, TrainConfig]:
-    """The run's configurations with training tasks ``exclude`` never drawn (leave-out retraining)."""
-    task_cfg = TaskConfig.from_dict(run.meta["task_config"])
-    train_cfg = replace(TrainConfig.from_dict(run.meta["train_config"]), exclude_tasks=tuple(int(j) for j in exclude))
-    return task_cfg, train_cfg
 
 
 def describe(run: Run) -> dict[str, Any]:
