@@ -6,6 +6,8 @@ the fitted influence (shared objects), ``cache_data`` for images (copied arrays)
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from metainf_core.service import Run, open_run, task_view
 DEMO_DIR = Path(__file__).parent / "assets" / "demo"
 DEFAULT_DEMO = "protonet-fashion-mnist"  # fastest to explain and edit interactively
 DEFAULT_INFLUENCE = InfluenceConfig(method="gn", n_orth=512, dtype="float32")
+ALGORITHM_NAMES = {"maml": "MAML", "protonet": "ProtoNet", "proximal-maml": "Proximal MAML"}
 
 
 @st.cache_resource(show_spinner="Loading model and data…")
@@ -27,14 +30,103 @@ def get_run(path: str) -> Run:
     return open_run(path)
 
 
-def require_run() -> tuple[str, Run]:
-    """The model chosen on the home page (default: the bundled demo), or a message and stop."""
-    path = st.session_state.get("model_path") or str(DEMO_DIR / DEFAULT_DEMO)
+# ---- one session-level choice of model and test task, mirrored in the URL --------------------
+# Non-widget keys: Streamlit forgets a widget's state on pages that do not draw it, so the choice
+# lives in these two keys and every widget that changes it does so in a callback.
+MODEL_KEY, TEST_KEY = "model_path", "test_task"
+
+
+def demo_dirs() -> list[Path]:
+    return sorted(p for p in DEMO_DIR.glob("*") if (p / "meta.json").is_file())
+
+
+def model_url_value(path: str) -> str:
+    """How a model appears in ``?model=``: a bundled demo by its name, anything else by its path."""
+    p = Path(path)
+    return p.name if p.parent.resolve() == DEMO_DIR.resolve() else str(p)
+
+
+def model_from_url(value: str | None) -> str | None:
+    """The model folder named by ``?model=`` (a demo name or a folder path), or None."""
+    if not value:
+        return None
+    demo = DEMO_DIR / value
+    if "/" not in value and (demo / "meta.json").is_file():
+        return str(demo)
+    return value if (Path(value) / "meta.json").is_file() else None
+
+
+def current_model_path() -> str:
+    """The session's model: set on the home page; on a fresh visit taken from ``?model=``,
+    else the default demo."""
+    if not st.session_state.get(MODEL_KEY):
+        st.session_state[MODEL_KEY] = model_from_url(st.query_params.get("model")) or str(DEMO_DIR / DEFAULT_DEMO)
+    return st.session_state[MODEL_KEY]
+
+
+def set_model(path: str) -> None:
+    """Switch the session to another model; its test task starts again from the URL or 0."""
+    if path != st.session_state.get(MODEL_KEY):
+        st.session_state[MODEL_KEY] = path
+        st.session_state.pop(TEST_KEY, None)
+    st.query_params["model"] = model_url_value(path)
+
+
+def current_test_task(n_test: int) -> int:
+    """The session's test task (0..n_test−1): on a fresh visit taken from ``?test=``."""
+    if TEST_KEY not in st.session_state:
+        q = str(st.query_params.get("test", "0"))
+        st.session_state[TEST_KEY] = int(q) if q.isdigit() else 0
+    return min(max(int(st.session_state[TEST_KEY]), 0), n_test - 1)
+
+
+def set_test_task(i: int) -> None:
+    """Callback for every control that picks a test task (runs before the page reruns)."""
+    st.session_state[TEST_KEY] = int(i)
+
+
+def model_label(run: Run) -> str:
+    """A model as a person names it: "ProtoNet on fashion-mnist (bundled demo)"."""
+    meta = run.meta
+    name = ALGORITHM_NAMES.get(meta["algorithm"], meta["algorithm"])
+    origin = "bundled demo" if run.checkpoint.path.resolve().parent == DEMO_DIR.resolve() else run.checkpoint.path.name
+    edited = ", edited" if meta.get("edited_from") else ""
+    return f"{name} on {meta['dataset']['name']} ({origin}{edited})"
+
+
+def require_run(uses_test_task: bool = False) -> tuple[str, Run]:
+    """The session's model (opened and cached), named in the sidebar with the test task when the
+    page uses one, both written to the URL so the link reopens the same view; or a message and stop."""
+    path = current_model_path()
     try:
-        return path, get_run(path)
+        run = get_run(path)
     except MetainfError as e:
-        st.error(f"Cannot open this checkpoint: {e}")
+        st.sidebar.error(f"Model: cannot open {path}")
+        st.error(f"Cannot open this checkpoint: {e}. Choose another model on the Home page.")
         st.stop()
+    st.query_params["model"] = model_url_value(path)
+    lines = [f"**Model:** {model_label(run)}"]
+    if uses_test_task:
+        test_id = current_test_task(len(run.test_tasks))
+        st.query_params["test"] = str(test_id)
+        lines.append(f"**Test task:** {test_id} of 0–{len(run.test_tasks) - 1}")
+    st.sidebar.markdown("  \n".join(lines))
+    st.sidebar.caption("Change the model on the Home page; the test task on Explain, Edit or Compare.")
+    return path, run
+
+
+def test_task_picker(n_test: int, container=None, random_button: bool = True) -> int:  # noqa: ANN001
+    """Number input (and a "Random task" button) bound to the session's test task through callbacks."""
+    where = container if container is not None else st
+    test_id = current_test_task(n_test)
+    st.session_state["_test_task_input"] = test_id  # set before the widget exists: allowed
+    where.number_input(f"Test task (0–{n_test - 1})", 0, n_test - 1, key="_test_task_input",
+                       on_change=lambda: set_test_task(st.session_state["_test_task_input"]))
+    if random_button:
+        rng = np.random.default_rng()
+        where.button("Random test task", key="random_test_task", on_click=lambda: set_test_task(int(rng.integers(n_test))),
+                     help="Jump to a test task drawn at random")
+    return test_id
 
 
 @st.cache_resource(show_spinner=False)
@@ -42,21 +134,30 @@ def _fitted(path: str, cfg: InfluenceConfig):
     return fit_influence(get_run(path), cfg)
 
 
+def time_left(seconds: float) -> str:
+    """"about 3 min left" / "about 40 s left" for a progress bar."""
+    return f"about {math.ceil(seconds / 60)} min left" if seconds >= 90 else f"about {max(5, round(seconds / 5) * 5)} s left"
+
+
 def require_influence(path: str, run: Run, cfg: InfluenceConfig = DEFAULT_INFLUENCE):
-    """The fitted TLXML for the run; if it is not cached yet, offer to fit it with a progress bar
-    (a fit left half-way resumes from its last saved state)."""
+    """The fitted TLXML for the run (from the disk cache, or shipped with the run); if neither
+    exists, offer to fit it with a progress bar and a time estimate (a fit left half-way resumes)."""
     if not is_fitted(run, cfg):
         st.info(
             f"Influence is not fitted yet for this model ({len(run.train_tasks)} training tasks). "
-            "Fitting streams Gauss-Newton columns task by task and is saved as it goes: you can leave and come back."
+            "Fitting looks at every training task once and is saved as it goes: you can leave and come back."
         )
         if not st.button("Fit influence now", type="primary", key="fit_button"):
             st.stop()
         bar = st.progress(0.0, text="Starting…")
+        started: dict[str, tuple[float, int]] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
-            label = "Curvature (Gauss-Newton columns)" if stage == "curvature" else "Per-task gradients"
-            bar.progress(done / total, text=f"{label}: {done}/{total} tasks")
+            label = "Step 1 of 2, curvature" if stage == "curvature" else "Step 2 of 2, task gradients"
+            t0, d0 = started.setdefault(stage, (time.monotonic(), done))
+            rate = (done - d0) / max(time.monotonic() - t0, 1e-9)
+            eta = f" · {time_left((total - done) / rate)}" if done > d0 and rate > 0 else ""
+            bar.progress(done / total, text=f"{label}: {done}/{total} tasks{eta}")
 
         fit_influence(run, cfg, progress=progress)
         bar.empty()
@@ -75,7 +176,7 @@ def show_figure(fig, key: str, file_stem: str, container=None) -> None:  # noqa:
     """A Plotly chart with its exports: PNG from the chart's camera button (2× scale), and a
     self-contained HTML file from the button below it (built only when clicked)."""
     where = container if container is not None else st
-    where.plotly_chart(fig, use_container_width=True, key=key, config=PLOT_CONFIG)
+    where.plotly_chart(fig, width="stretch", key=key, config=PLOT_CONFIG)
     where.download_button(
         "Figure as HTML", lambda: figure_html(fig), f"{file_stem}.html", "text/html", key=f"{key}_html",
         on_click="ignore", icon=":material/download:", help="PNG: use the camera icon on the chart",
@@ -101,6 +202,60 @@ def task_strip(
 
 
 def describe_task(path: str, split: str, task_id: int) -> str:
+    """A task's classes with superclasses; a corrupted task says first what it really holds."""
     view = task_view(get_run(path), split, task_id)
     labels = ", ".join(f"{n} ({s})" for n, s in zip(view.class_names, view.superclasses, strict=True))
-    return labels + (f" · {view.corruption}" if view.corruption != "none" else "")
+    if view.corruption == "noise":
+        return f"pure-noise images (no real class), labelled {labels}"
+    if view.corruption == "label-flip":
+        return f"shuffled labels: {labels}"
+    return labels
+
+
+def task_alt(path: str, split: str, task_id: int) -> str:
+    """Alt text of a task's thumbnails, for screen readers and when images do not load."""
+    return f"{split} task {task_id}: support images of {describe_task(path, split, task_id)}"
+
+
+# ---- drill-down: which images carry a training task's score ------------------------------------
+@st.cache_data(show_spinner="Splitting the score over the images…", max_entries=64)
+def drilldown_arrays(path: str, test_id: int, train_id: int) -> dict:
+    """The drill-down of one (test task, training task) pair as plain arrays and sentences."""
+    from metainf_core.drilldown import drill_training_task, plain_summary, target_image_shares
+
+    run = get_run(path)
+    inf = _fitted(path, DEFAULT_INFLUENCE)
+    drill = drill_training_task(run, inf, test_id, train_id, dtype="float32")
+    reverse = target_image_shares(run, inf, test_id, dtype="float32").for_training_task(train_id)
+    return {
+        "score": drill.score, "query": drill.query.values, "support": drill.support.values, "test": reverse.values,
+        "summary": plain_summary(drill.query), "reverse_summary": plain_summary(reverse), "corruption": drill.query.images.corruption,
+    }  # fmt: skip
+
+
+def drilldown_section(path: str, run: Run, inf, test_id: int, train_id: int) -> None:  # noqa: ANN001
+    """Test task and training task side by side, each image framed by its share of the score."""
+    from metainf_core.figures import heat_grid
+
+    if not run.dataset.is_image:
+        st.info("This dataset has no images (2-D points), so there is nothing to show inside the tasks.")
+        return
+    d = drilldown_arrays(path, test_id, train_id)
+    train, test = task_view(run, "train", train_id), task_view(run, "test", test_id)
+    shots = len(train.support_images) // len(train.class_names)
+    per_row = len(train.query_images) // len(train.class_names)
+    st.markdown(f"**Training task {train_id}** — {describe_task(path, 'train', train_id)} · score {d['score']:+.3g}")
+    st.caption("Green frames helped the test task, red frames hurt it; the stronger the colour, the larger the part.")
+    a, b, c = st.columns(3)
+    a.image(heat_grid(train.query_images, d["query"], per_row=per_row), output_format="PNG",
+            alt=f"query images of training task {train_id}, framed by their share of its score")
+    a.caption(f"Query images: their shares add up to the task's score. {d['summary']}")
+    b.image(heat_grid(train.support_images, d["support"], per_row=shots), output_format="PNG",
+            alt=f"support images of training task {train_id}, framed by their effect on its score")
+    b.caption("Support images (what the model adapted on): how the score would move if the image counted more. "
+              + ("Within a class these effects cancel out: they show which images pull the class prototype which way."
+                 if run.spec.algo == "protonet" else "They act through the adaptation step, so they need not add up to the score."))
+    c.image(heat_grid(test.query_images, d["test"], per_row=len(test.query_images) // len(test.class_names)), output_format="PNG",
+            alt=f"query images of test task {test_id}, framed by how much training task {train_id} helps each")
+    c.caption(f"Test task {test_id}'s query images: which of them this training task helps (green) or hurts (red). "
+              + d["reverse_summary"])

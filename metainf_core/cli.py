@@ -7,7 +7,15 @@ import json
 import sys
 from typing import Any
 
-from metainf_core.config import Algorithm, Architecture, InfluenceConfig, TaskConfig, TrainConfig
+from metainf_core.config import (
+    DATASET_ARCHITECTURES,
+    Algorithm,
+    Architecture,
+    InfluenceConfig,
+    TaskConfig,
+    TrainConfig,
+    default_arch,
+)
 from metainf_core.exceptions import ConfigError, MetainfError
 
 
@@ -20,9 +28,9 @@ def _train(a: argparse.Namespace) -> dict[str, Any]:
         test_tasks=a.test_tasks, seed=a.task_seed, noise_tasks=a.noise_tasks, label_flip_tasks=a.label_flip_tasks,
     )  # fmt: skip
     train_cfg = TrainConfig(
-        algo=a.algo, arch=a.arch, filters=a.filters, steps=a.steps, meta_batch=a.meta_batch, lr=a.lr,
-        inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order, seed=a.seed,
-        checkpoint_every=a.checkpoint_every, keep_history=a.keep_history, exclude_tasks=a.exclude_tasks,
+        algo=a.algo, arch=a.arch or default_arch(a.dataset), filters=a.filters, steps=a.steps,
+        meta_batch=a.meta_batch, lr=a.lr, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order,
+        seed=a.seed, checkpoint_every=a.checkpoint_every, keep_history=a.keep_history, exclude_tasks=a.exclude_tasks,
         prox_lambda=a.prox_lambda, prox_lr=a.prox_lr, prox_steps=a.prox_steps, prox_tol=a.prox_tol,
         cg_steps=a.cg_steps, cg_tol=a.cg_tol,
     )  # fmt: skip
@@ -83,11 +91,12 @@ def _fitted(a: argparse.Namespace):
 
 
 def _fit(a: argparse.Namespace) -> dict[str, Any]:
-    from metainf_core.explain import cache_entry
+    from metainf_core.explain import cache_entry, ship_fit
 
     run, cfg, inf = _fitted(a)
     _, info = cache_entry(run, cfg).load()
-    return {
+    shipped = {"shipped": str(ship_fit(run, cfg))} if a.ship else {}
+    return {**shipped, 
         "method": cfg.method, "num_tasks": inf.num_tasks, "num_parameters": int(inf.factor.shape[0]),
         "columns": inf.num_columns, "truncation": inf.truncation, "num_negative_eigenvalues": inf.num_negative,
         "self_rank_table": [{"k": k, "mean_self_rank": r} for k, r in inf.self_ranks],
@@ -292,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     td, rd = TaskConfig(), TrainConfig()
     t.add_argument("--dataset", default=td.dataset)
     t.add_argument("--algo", choices=[a.value for a in Algorithm], default=rd.algo)
-    t.add_argument("--arch", choices=[a.value for a in Architecture], default=rd.arch)
+    by_dataset = ", ".join(f"{v.value} for {d}" for d, v in DATASET_ARCHITECTURES.items())
+    t.add_argument("--arch", choices=[a.value for a in Architecture], default=None, help=f"default: {rd.arch}; {by_dataset}")
     t.add_argument("--filters", type=int, default=rd.filters)
     for name in ("ways", "shots", "queries", "train_tasks", "test_tasks", "noise_tasks", "label_flip_tasks"):
         t.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(td, name))
@@ -332,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="fit TLXML influence for a checkpoint (cached, resumable)")
     _add_influence_args(f)
+    f.add_argument("--ship", action="store_true",
+                   help="also store the fit inside the checkpoint folder (influence/, float16), so it loads at once elsewhere")
     f.set_defaults(func=_fit)
 
     r = sub.add_parser("rank", help="rank training tasks by helpfulness for a target")

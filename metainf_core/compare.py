@@ -22,7 +22,8 @@ Methods (g_j = gradient of training task j's query loss, g_i = the target's; 1/M
   with ω, i.e. gradient g_j = ∇_θ L(Q_j; θ̂_j), Hessian H_D = (1/M) Σ_j ∇²_θ L(Q_j; θ̂_j); scores
   (1/M) g_iᵀ (H_D + λ_d I)⁺ g_i with the target's own partial gradient. Proximal MAML:
   ``fit_task_if`` mode "direct"; MAML: computed here for q ≤ MAX_EXACT_PARAMS (dense Hessians).
-  ProtoNet is refused: its adaptation (class centroids) has no θ̂ in weight space.
+  ProtoNet is refused: it has no weight adaptation (only class centroids), so the partial derivative
+  at adapted weights θ̂_j is undefined.
 - ``grad-sim``: first-order baseline g_iᵀ g_j with meta-gradients (total derivatives) at ω̂; no
   Hessian (= TLXML with H replaced by M·I). Positive = a gradient step on task j lowers the target
   loss to first order. All learners.
@@ -193,11 +194,16 @@ def _tlxml(method: str) -> Scorer:
 
 
 # ---- task-IF ----------------------------------------------------------------------------------
-def _task_if_check(run: Run, cfg: CompareConfig) -> str | None:
+def _dense_size_reason(run: Run, method: str) -> str | None:
+    """Why ``method`` (built on dense q × q Hessians here) does not fit the run's size, or None."""
     q = _num_params(run)
     if q > MAX_EXACT_PARAMS:
-        return f"task-IF here uses dense q × q Hessians, infeasible for q = {q:,} > {MAX_EXACT_PARAMS:,}"
+        return f"{method} here uses dense q × q Hessians, infeasible for q = {q:,} > {MAX_EXACT_PARAMS:,}"
     return None
+
+
+def _task_if_check(run: Run, cfg: CompareConfig) -> str | None:
+    return _dense_size_reason(run, "task-IF")
 
 
 def task_if_config(run: Run, mode: str, cfg: CompareConfig) -> TaskIFConfig:
@@ -257,8 +263,9 @@ def maml_task_if_fit(run: Run, cfg: CompareConfig) -> TaskInfluence:
 # ---- direct IF --------------------------------------------------------------------------------
 def _direct_check(run: Run, cfg: CompareConfig) -> str | None:
     if _algo(run) is Algorithm.PROTONET:
-        return "direct IF needs task weights θ̂_j(ω) in weight space; ProtoNet adapts class centroids only"
-    return _task_if_check(run, cfg)
+        return ("ProtoNet has no weight adaptation (it classifies with ω itself and adapts only class centroids), "
+                "so direct IF's partial derivative at adapted weights θ̂_j is undefined (use task-if or tlxml-*)")
+    return _dense_size_reason(run, "direct IF")
 
 
 def _maml_partial(run: Run, tasks, dtype: str, with_hessian: bool) -> tuple[Tensor, Tensor | None]:

@@ -31,6 +31,17 @@ class Architecture(str, Enum):
     MLP_SYNTHETIC = "mlp-synthetic"  # 2-4-4-3 with batch norm (TLXML B.3, 63 params)
 
 
+# Datasets whose inputs the default conv4 cannot take, and the network they train with instead.
+DATASET_ARCHITECTURES = {"synthetic": Architecture.MLP_SYNTHETIC}  # 2-D points (TLXML B.3)
+
+
+def default_arch(dataset: str) -> str:
+    """The network a dataset trains with when none is chosen: ``mlp-synthetic`` for the 2-D
+    synthetic points, ``TrainConfig``'s default (conv4) for the image datasets."""
+    arch = DATASET_ARCHITECTURES.get(dataset)
+    return arch.value if arch is not None else TrainConfig.arch
+
+
 def check_damping_and_dtype(damping: float, dtype: str) -> None:
     """Shared checks of influence settings: finite λ_d ≥ 0 and a float dtype name."""
     if not (damping >= 0 and damping < float("inf")):

@@ -25,7 +25,7 @@ Choices (documented departures):
 
 ``cached_diagnostics_over_history`` stores the rows under a hash of the run, its test taskset,
 every snapshot file and the settings, saving each finished snapshot (a killed run resumes);
-``metric_correlations`` relates each statistic to test accuracy across snapshots (the page's plots).
+``landscape_metrics`` relates each statistic to test accuracy across snapshots (the page's plots).
 """
 
 from __future__ import annotations
@@ -47,13 +47,13 @@ from torch.func import functional_call, grad, vmap
 
 from metainf_core.cache import CacheEntry
 from metainf_core.checkpoint import load_tensors
-from metainf_core.config import Algorithm, TaskConfig, TrainConfig
+from metainf_core.config import Algorithm
 from metainf_core.exceptions import CheckpointError, ConfigError
 from metainf_core.explain import run_fingerprint
-from metainf_core.influence.flat import ParamLayout, with_composite_batch_norm
+from metainf_core.influence.flat import ParamLayout
 from metainf_core.influence.hvp import EigenEstimate, hvp_of, lanczos, power_iteration
 from metainf_core.io import sha256_file
-from metainf_core.learners import LearnerSpec, Params, prototype_logits
+from metainf_core.learners import LearnerSpec, Params, prototype_logits, with_composite_batch_norm
 from metainf_core.service import Run, open_run
 from metainf_core.tasks import TaskBatch
 
@@ -420,54 +420,3 @@ def cached_diagnostics_over_history(
     rows = _rows_over_history(run, snapshots, config, progress, done, save_partial)
     entry.save(_rows_to_tensor(rows), {"fields": list(ROW_FIELDS), "seconds": round(time.time() - started, 2)})
     return rows
-
-
-# ---- what the Landscape page plots ------------------------------------------------------------
-METRICS = {  # field -> label, in the order seed 003 introduces them
-    "gradient_inner": "gradient coherence E[g_iᵀg_j]",
-    "gradient_cosine": "gradient coherence (cosine)",
-    "trajectory_cosine": "trajectory coherence (cosine)",
-    "sharpness_power": "flatness ‖H‖σ (power iteration)",
-    "sharpness_lanczos": "flatness ‖H‖σ (Lanczos)",
-    "representation_inner": "representation coherence E[h_iᵀh_j]",
-    "adapted_support_loss": "adapted support loss",
-}
-
-
-def metric_correlations(rows: list[DiagnosticsRow], target: str = "accuracy") -> dict[str, dict[str, float]]:
-    """Per metric, Pearson r and Spearman ρ (average ranks for ties) with ``target`` across the
-    snapshots — how seed 003 relates coherence and flatness to generalisation. NaN with fewer
-    than 3 snapshots or a constant series."""
-    from scipy import stats  # here: scipy.stats adds ~1 s to every `diagnose` start
-
-    y = np.array([getattr(r, target) for r in rows], dtype=np.float64)
-    out = {}
-    for name in METRICS:
-        x = np.array([getattr(r, name) for r in rows], dtype=np.float64)
-        if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0 or not np.isfinite(x).all():
-            out[name] = {"pearson": math.nan, "spearman": math.nan}
-            continue
-        rx, ry = stats.rankdata(x), stats.rankdata(y)
-        out[name] = {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": float(np.corrcoef(rx, ry)[0, 1])}
-    return out
-
-
-def keep_history_command(meta: dict[str, Any], out: str) -> str:
-    """The ``train`` command that retrains the run of ``meta`` with the same tasksets, seeds and
-    settings (those that differ from the defaults) and keeps its history."""
-    task, trn = TaskConfig.from_dict(meta["task_config"]), TrainConfig.from_dict(meta["train_config"])
-    task_default, train_default = TaskConfig(), TrainConfig()
-    args = [f"--dataset {task.dataset}", f"--algo {trn.algo}", f"--arch {trn.arch}"]
-    for cfg, default, rename in ((task, task_default, {"seed": "task_seed"}), (trn, train_default, {})):
-        for f in fields(cfg):
-            value = getattr(cfg, f.name)
-            if f.name in ("dataset", "algo", "arch", "keep_history") or value == getattr(default, f.name):
-                continue
-            flag = "--" + rename.get(f.name, f.name).replace("_", "-")
-            if isinstance(value, bool):
-                args.append(flag)
-            elif isinstance(value, tuple):
-                args.append(f"{flag} {','.join(map(str, value))}")
-            else:
-                args.append(f"{flag} {value}")
-    return " ".join(["python -m metainf_core train", *args, "--keep-history", f"--out {out}"])

@@ -7,6 +7,7 @@ The orchestration the CLI and the pages share. A fit is stored under a content h
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -18,10 +19,10 @@ import numpy as np
 import torch
 
 from metainf_core.cache import CacheEntry
-from metainf_core.checkpoint import MODEL_FILE, save_checkpoint
+from metainf_core.checkpoint import MODEL_FILE, load_tensors, read_tensor_metadata, save_checkpoint, save_tensors
 from metainf_core.config import InfluenceConfig, InfluenceMethod, TaskConfig, TrainConfig
 from metainf_core.edit import EditSpec, apply_delta, edit_delta
-from metainf_core.exceptions import ConfigError
+from metainf_core.exceptions import CheckpointError, ConfigError
 from metainf_core.influence import (
     CurvatureMode,
     GaussNewtonConfig,
@@ -36,6 +37,7 @@ from metainf_core.influence import (
 from metainf_core.learners import Params
 from metainf_core.service import Run, open_run
 from metainf_core.influence.exact import MAX_EXACT_PARAMS
+from metainf_core.io import sha256_file, write_json_atomic
 from metainf_core.validate import proper_tests, score_agreement, self_ranks, superclass_overlap, top_k_overlap
 
 CACHE_FORMAT = 1
@@ -69,7 +71,65 @@ def cache_entry(run: Run, cfg: InfluenceConfig) -> CacheEntry:
 
 
 def is_fitted(run: Run, cfg: InfluenceConfig) -> bool:
-    return cache_entry(run, cfg).complete
+    """True when the fit is in the disk cache or shipped inside the run folder (loads at once)."""
+    return cache_entry(run, cfg).complete or shipped_fit_path(run, cfg).is_file()
+
+
+# ---- fits shipped inside a run folder --------------------------------------------------------
+# A bundled demo carries its default fit so a fresh clone answers at once. The file holds the
+# cache entry's inputs and a SHA-256 of the tensors, so it is used only for exactly these
+# weights, tasksets, data and settings, and a truncated or altered file is refused.
+SHIPPED_DIR = "influence"
+QUANTISED = ("factor", "projections")  # float16 with a float32 scale per column; the rest float32
+
+
+def shipped_fit_path(run: Run, cfg: InfluenceConfig) -> Path:
+    return run.checkpoint.path / SHIPPED_DIR / f"{cache_entry(run, cfg).directory.name}.safetensors"
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def ship_fit(run: Run, cfg: InfluenceConfig) -> Path:
+    """Store the run's fit (fitted now if not cached) in ``<run>/influence/``: U and P in float16
+    with a per-column scale (|error| ≤ 2⁻¹¹ of each column's largest entry), the rest float32."""
+    tensors, info = _to_tensors(fit_influence(run, cfg))
+    packed: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if name in QUANTISED:
+            scale = t.abs().amax(0).clamp_min(torch.finfo(torch.float32).tiny).float()
+            packed[name] = (t.float() / scale).half()
+            packed[f"{name}_scale"] = scale
+        else:
+            packed[name] = t.float()
+    path = shipped_fit_path(run, cfg)
+    save_tensors(path, packed, metadata={"inputs": cache_inputs(run, cfg), "info": info})
+    write_json_atomic(path.with_suffix(".json"), {"sha256": sha256_file(path), "inputs": cache_inputs(run, cfg)})
+    return path
+
+
+def load_shipped_fit(run: Run, cfg: InfluenceConfig) -> TaskInfluence | None:
+    """The fit shipped with the run, checked (hash, inputs) and copied into the disk cache; None
+    when there is none. A file that fails the checks raises CheckpointError."""
+    path = shipped_fit_path(run, cfg)
+    if not path.is_file():
+        return None
+    record = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) if path.with_suffix(".json").is_file() else {}
+    if record.get("sha256") != sha256_file(path):
+        raise CheckpointError(f"{path}: content hash mismatch with its .json record (file altered or truncated)")
+    meta = read_tensor_metadata(path)
+    if _canonical(meta.get("inputs")) != _canonical(cache_inputs(run, cfg)):
+        raise CheckpointError(f"{path}: shipped for other weights, tasksets, data or settings")
+    packed = load_tensors(path)
+    dtype = getattr(torch, cfg.dtype)
+    tensors = {
+        name: (t.to(dtype) * packed[f"{name}_scale"].to(dtype)) if name in QUANTISED else t.to(dtype)
+        for name, t in packed.items() if not name.endswith("_scale")
+    }  # fmt: skip
+    info = {**meta["info"], "source": f"shipped with the run ({path.name}, float16 U and P)"}
+    cache_entry(run, cfg).save(tensors, info)
+    return _from_tensors(tensors, info)
 
 
 def fit_status(run: Run, cfg: InfluenceConfig) -> dict[str, Any]:
@@ -77,7 +137,7 @@ def fit_status(run: Run, cfg: InfluenceConfig) -> dict[str, Any]:
     with ``tasks_done`` of ``total``) / none; read from the cache without loading the fit."""
     entry = cache_entry(run, cfg)
     total = len(run.train_tasks)
-    if entry.complete:
+    if entry.complete or shipped_fit_path(run, cfg).is_file():
         return {"state": "complete", "tasks_done": total, "total": total}
     progress = entry.partial_progress()
     if progress is not None:
@@ -137,6 +197,9 @@ def fit_influence(
     entry = cache_entry(run, cfg)
     if entry.complete:
         return _from_tensors(*entry.load())
+    shipped = load_shipped_fit(run, cfg)
+    if shipped is not None:
+        return shipped
     started = time.time()
     params = params_as(run, cfg.dtype)
     if InfluenceMethod(cfg.method) is InfluenceMethod.EXACT:
@@ -208,6 +271,17 @@ def all_scores(run: Run, inf: TaskInfluence, target: Target, dtype: str) -> np.n
     return inf.helpfulness(target_gradient(run, target, dtype)).cpu().numpy()
 
 
+def score_parts(run: Run, inf: TaskInfluence, target: Target, dtype: str) -> dict[str, np.ndarray]:
+    """Every training task's helpfulness for the target with its two factors: ``size`` (how hard
+    the task pulls at all, ‖g_j‖ in the fitted metric) and ``alignment`` (cosine with the target in
+    that metric, RelatIF-style): helpfulness = test_size · size · alignment."""
+    parts = inf.score_parts(target_gradient(run, target, dtype))
+    return {
+        "helpfulness": parts.helpfulness.cpu().numpy(), "size": parts.sizes.cpu().numpy(),
+        "alignment": parts.alignment.cpu().numpy(), "test_size": float(parts.test_norm),
+    }  # fmt: skip
+
+
 def group_scores(run: Run, scores: np.ndarray, grouping: str = "superclass") -> dict[str, float]:
     """Sum of helpfulness per group (TLXML A.3); ``superclass`` groups by a task's superclass set."""
     if grouping != "superclass":
@@ -265,7 +339,8 @@ def validation_report(
     run: Run, inf: TaskInfluence, cfg: InfluenceConfig, *, self_rank: bool = True, noise: bool = True,
     superclass: bool = True, max_tests: int = 128, exact_agreement: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
-    """Self-rank table, noise-vs-normal and superclass-overlap proper tests with binomial σ."""
+    """Self-rank table, noise-vs-normal and superclass-overlap proper tests with binomial σ (the
+    superclass tests compare normal training tasks only: noise tasks are left out of both groups)."""
     out: dict[str, Any] = {"method": cfg.method, "truncation": inf.truncation, "num_tasks": inf.num_tasks}
     if self_rank:
         out["self_rank"] = [{"k": k, "mean_self_rank": r} for k, r in (inf.self_ranks or inf.self_rank_table(sample=cfg.self_rank_sample))]
@@ -293,44 +368,71 @@ def validation_report(
                 "spearman_mean": float(spearman.mean()), f"top{k}_overlap_mean": float(overlap.mean()),
                 "num_tests": len(test_ids), "paper_pearson": "0.715 ± 0.092 (TLXML B.3)",
             }  # fmt: skip
+    normal = np.ones(inf.num_tasks, dtype=bool)
+    normal[run.train_tasks.ids_with("noise")] = False
     if noise:
-        noisy = run.train_tasks.ids_with("noise")
-        if len(noisy) == 0:
+        if normal.all():
             out["noise"] = {"skipped": "the training taskset has no noise tasks"}
         else:
-            normal = np.ones(inf.num_tasks, dtype=bool)
-            normal[noisy] = False
             out["noise"] = {"expected_higher": "normal tasks", **proper_tests(scores, normal).to_dict()}
-    if superclass:
+    if superclass:  # noise tasks carry their classes' superclasses but not their images: in neither group
         overlap = superclass_overlap(
             [run.test_tasks.superclass_sets(run.dataset)[i] for i in test_ids], run.train_tasks.superclass_sets(run.dataset)
-        )
+        )[:, normal]
         out["superclass"] = [
-            {"min_shared": s, **proper_tests(scores, overlap >= s).to_dict()} for s in range(1, int(overlap.max()) + 1)
+            {"min_shared": s, **proper_tests(scores[:, normal], overlap >= s).to_dict()}
+            for s in range(1, int(overlap.max(initial=0)) + 1)
         ]
     return out
 
 
-def plain_summary(helpful: list[dict[str, Any]], harmful: list[dict[str, Any]]) -> str:
-    """One sentence for non-experts from the top rows: which kind of training task helped and
-    which hurt (the class most common among them, with its superclass; noise/label-flip tasks
-    named as such when they are the majority)."""
+CORRUPTION_WORDS = {"noise": "pure-noise tasks (random images, no real class)", "label-flip": "tasks with shuffled labels"}
 
-    def kind(rows: list[dict[str, Any]]) -> str:
-        corrupted = [r["corruption"] for r in rows if r["corruption"] != "none"]
-        if rows and len(corrupted) * 2 > len(rows):
-            return "tasks made of noise" if max(set(corrupted), key=corrupted.count) == "noise" else "tasks with shuffled labels"
-        counts: dict[tuple[str, str], int] = {}
-        for r in rows:
+
+def _side_sentence(rows: list[dict[str, Any]], other: list[dict[str, Any]], phrase: str) -> str:
+    """One side of the summary: the class that sets these rows apart from the other side's (never a
+    class both sides share as often), then how many are corrupted tasks, called what they are."""
+    clean, other_clean = ([r for r in x if r["corruption"] == "none"] for x in (rows, other))
+
+    def counts(xs: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for r in xs:
             for pair in set(zip(r["classes"], r["superclasses"], strict=True)):
-                counts[pair] = counts.get(pair, 0) + 1
-        if not counts:
-            return "no particular kind of task"
-        best = max(counts.values())
-        top = sorted(f"{c} ({s})" for (c, s), n in counts.items() if n == best)
-        return "tasks containing " + " or ".join(top[:2])
+                out[pair] = out.get(pair, 0) + 1
+        return out
 
-    return f"Training {kind(helpful)} helped this test task most; {kind(harmful)} hurt it most."
+    mine, theirs = counts(clean), counts(other_clean)
+    margin = {pair: n - theirs.get(pair, 0) for pair, n in mine.items()}
+    head = f"The {len(rows)} training tasks that {phrase}"
+    if margin and max(margin.values()) > 0:
+        best = max((d, mine[pair]) for pair, d in margin.items())  # most distinctive, then most frequent
+        names = sorted(f"{c} ({s})" for (c, s), d in margin.items() if (d, mine[(c, s)]) == best)
+        share = best[1]
+        text = f"{head} {'mostly' if 2 * share > len(clean) else 'more often'} contain {' or '.join(names[:2])}"
+        text += "" if 2 * share > len(clean) else " than the other side"
+    elif clean:
+        text = f"{head} share no class that the other side lacks"
+    else:
+        text = f"{head} are all corrupted"
+    kinds = [r["corruption"] for r in rows if r["corruption"] != "none"]
+    for kind in sorted(set(kinds)):
+        n, words = kinds.count(kind), CORRUPTION_WORDS.get(kind, kind + " tasks")
+        text += f"; {n} of them {'is a ' + words.replace('tasks', 'task', 1) if n == 1 else 'are ' + words}"
+    return text + "."
+
+
+SUMMARY_PHRASES = {
+    "helpfulness": ("helped this test task most", "hurt this test task most"),
+    "alignment": ("point most the way this test task needs", "point most against it"),
+}
+
+
+def plain_summary(helpful: list[dict[str, Any]], harmful: list[dict[str, Any]], order: str = "helpfulness") -> str:
+    """Two sentences for non-experts from the top and bottom rows of a ranking (``order``:
+    helpfulness or alignment): what sets each end apart, never naming the same class on both
+    sides, corrupted tasks called what they are."""
+    top, bottom = SUMMARY_PHRASES[order]
+    return _side_sentence(helpful, harmful, top) + " " + _side_sentence(harmful, helpful, bottom)
 
 
 def leave_out_configs(run: Run, exclude: Sequence[int], steps: int | None = None) -> tuple[TaskConfig, TrainConfig]:

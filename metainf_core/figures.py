@@ -23,3 +23,29 @@ def thumbnail_strip(images: torch.Tensor, scale: int = 3, pad: int = 2, per_row:
         r, c = divmod(i, cols)
         canvas[:, r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = x[i]
     return (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def heat_grid(images: torch.Tensor, values: np.ndarray, scale: int = 2, per_row: int | None = None, border: int = 3) -> np.ndarray:
+    """Thumbnails framed by a heat colour: green for positive values, red for negative, the frame's
+    strength proportional to |value| / max |value| (white for zero), so the eye finds the images
+    that carry a score. Same layout as ``thumbnail_strip``."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) != len(images):
+        raise ValueError(f"heat_grid needs one value per image, got {len(values)} values for {len(images)} images")
+    peak = float(np.abs(values).max()) or 1.0
+    tiles = thumbnail_strip(images, scale=scale, pad=0, per_row=1).reshape(len(images), -1, images.shape[-1] * scale, 3)
+    h, w = tiles.shape[1:3]
+    framed = np.empty((len(images), h + 2 * border, w + 2 * border, 3), dtype=np.uint8)
+    green, red, white = np.array([46, 125, 50]), np.array([198, 40, 40]), np.array([255, 255, 255])
+    for i, v in enumerate(values):
+        strength = abs(v) / peak
+        framed[i] = ((1 - strength) * white + strength * (green if v > 0 else red)).round().astype(np.uint8)
+        framed[i, border : border + h, border : border + w] = tiles[i]
+    cols = len(images) if per_row is None else min(per_row, len(images))
+    rows = -(-len(images) // cols)
+    canvas = np.full((rows * (h + 2 * border + 2), cols * (w + 2 * border + 2), 3), 255, dtype=np.uint8)
+    for i in range(len(images)):
+        r, c = divmod(i, cols)
+        y, x = r * (h + 2 * border + 2), c * (w + 2 * border + 2)
+        canvas[y : y + h + 2 * border, x : x + w + 2 * border] = framed[i]
+    return canvas

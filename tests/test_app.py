@@ -17,7 +17,7 @@ def test_home_shows_the_demo_card(demo_fitted):
     assert labels["Dataset"] == "fashion-mnist" and labels["Algorithm"] == "ProtoNet"
     assert labels["Test accuracy"].endswith("%") and float(labels["Test accuracy"][:-1]) > 50
     assert at.session_state["model_path"].endswith("protonet-fashion-mnist")
-    assert any(m.value.startswith("**Influence fit:** cached") for m in at.markdown)
+    assert any(m.value.startswith("**Influence fit:** ready") for m in at.markdown)
 
 
 def test_home_reports_a_bad_folder(tmp_path):
@@ -27,10 +27,38 @@ def test_home_reports_a_bad_folder(tmp_path):
     at.sidebar.text_input(key="home_folder").input(str(tmp_path)).run()
     assert not at.exception
     assert at.error and "Cannot open" in at.error[0].value
+    # the failed path does not silently change the model: the page says which one stays in use
+    assert any("Still using the previous model" in w.value and "protonet-fashion-mnist" in w.value for w in at.warning)
+    assert at.session_state["model_path"].endswith("protonet-fashion-mnist")
+
+
+def test_home_keeps_the_sessions_model_and_mirrors_it_in_the_url(demo_fitted):
+    """Coming back to Home with the MAML demo chosen must not switch back to the default demo."""
+    maml = REPO / "assets" / "demo" / "maml-fashion-mnist"
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    at.session_state["model_path"] = str(maml)
+    at.run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Algorithm"] == "MAML"
+    assert at.sidebar.selectbox(key="home_demo").value == "maml-fashion-mnist"
+    assert at.session_state["model_path"] == str(maml)
+    assert at.query_params["model"] in (["maml-fashion-mnist"], "maml-fashion-mnist")
+
+
+def test_a_shared_link_opens_its_model_and_test_task(demo_fitted):
+    """?model=…&test=… on a fresh session (a shared link) selects both, on every page that uses them."""
+    for page in ("2_Explain.py", "5_Compare.py"):
+        at = AppTest.from_file(str(REPO / "views" / page), default_timeout=300)
+        at.query_params["model"] = "protonet-fashion-mnist"
+        at.query_params["test"] = "42"
+        at.run()
+        assert not at.exception, (page, at.exception)
+        assert at.session_state["test_task"] == 42 and at.number_input(key="_test_task_input").value == 42, page
+        assert any("**Test task:** 42" in m.value for m in at.sidebar.markdown), page
 
 
 def test_tasks_page_shows_thumbnails_with_superclasses():
-    at = AppTest.from_file(str(REPO / "pages" / "1_Tasks.py"), default_timeout=120)
+    at = AppTest.from_file(str(REPO / "views" / "1_Tasks.py"), default_timeout=120)
     at.session_state["model_path"] = str(DEMO)
     at.run()
     assert not at.exception
@@ -65,7 +93,7 @@ def test_upload_of_a_checkpoint_shows_its_card(tmp_path, monkeypatch):
     at = _upload(AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run(), "demo.zip", _zip_of(DEMO))
     assert not at.exception and not at.error
     labels = {m.label: m.value for m in at.metric}
-    assert labels["Algorithm"] == "ProtoNet" and labels["Network"].endswith("7,248 params")
+    assert labels["Algorithm"] == "ProtoNet" and labels["Network"].endswith("7,248 weights")
     assert Path(at.session_state["model_path"]).parent == tmp_path / "cache" / "uploads"
     assert any(m.value.startswith("**Influence fit:** not fitted yet") for m in at.markdown)  # empty cache here
 
@@ -91,5 +119,34 @@ def test_bad_uploads_give_a_clear_error_and_nothing_is_unpickled(tmp_path, monke
         at = _upload(AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run(), name, data)
         assert not at.exception, name
         assert at.error and at.error[0].value.startswith("Cannot use this upload"), name
-        assert not at.metric, name  # no card for a refused file
+        # the refused file never becomes the model: the previous one stays, and the page says so
+        assert at.session_state["model_path"] == str(DEMO), name
+        assert any("Still using the previous model" in w.value for w in at.warning), name
     assert not marker.exists()
+
+
+def test_home_card_says_a_model_was_edited(demo_fitted, tmp_path):
+    """An edited checkpoint (saved by the Edit page / `edit --out`) says so on its card."""
+    from metainf_core.edit import EditSpec
+    from metainf_core.explain import edited_params, fit_influence, save_edited_checkpoint
+    from metainf_core.service import open_run
+    from ui import DEFAULT_INFLUENCE
+
+    run = open_run(DEMO)
+    params = edited_params(run, fit_influence(run, DEFAULT_INFLUENCE), EditSpec(block=(3, 7), xi_block=-2.0))
+    out = save_edited_checkpoint(run, params, tmp_path / "edited", {"block": [3, 7], "xi_block": -2.0, "enhance": [], "xi_enhance": 0.0})
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.session_state["model_path"] = str(out)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.sidebar.radio(key="home_source").value == "Run folder"
+    assert any("Edited model" in i.value and "2 training tasks blocked (ξ = -2)" in i.value for i in at.info), [i.value for i in at.info]
+
+
+def test_demos_ship_their_training_snapshots():
+    """The Landscape page needs ω at each checkpoint: both demos carry them."""
+    from metainf_core.diagnostics import history_snapshots
+
+    for demo in ("protonet-fashion-mnist", "maml-fashion-mnist"):
+        steps = [step for step, _ in history_snapshots(REPO / "assets" / "demo" / demo)]
+        assert steps == list(range(50, 601, 50)), (demo, steps)

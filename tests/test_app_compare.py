@@ -16,7 +16,7 @@ def test_compare_flow(demo_fitted):
     from metainf_core.explain import Target
     from metainf_core.service import open_run
 
-    at = AppTest.from_file(str(REPO / "pages" / "5_Compare.py"), default_timeout=600)
+    at = AppTest.from_file(str(REPO / "views" / "5_Compare.py"), default_timeout=600)
     at.session_state["model_path"] = str(DEMO)
     at.run()
     assert not at.exception, at.exception
@@ -28,7 +28,7 @@ def test_compare_flow(demo_fitted):
     assert len(at.get("image")) == 10  # 5 thumbnail strips per method
     first = [c.value for c in at.caption if c.value.startswith("#1 ·")]
     assert len(first) == 2 and f"training task {ref['methods']['tlxml-gn']['most_helpful'][0]} " in first[0]
-    at.number_input(key="compare_test").set_value(9).run()
+    at.number_input(key="_test_task_input").set_value(9).run()
     assert not at.exception
     again = next(m.value for m in at.metric if m.label.startswith("Spearman"))
     ref9 = compare_methods(open_run(DEMO), Target((9,)), ["tlxml-gn", "grad-sim"], 5, CompareConfig(dtype="float32"))

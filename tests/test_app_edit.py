@@ -1,54 +1,146 @@
-"""AppTest flow of the Edit page: moving ξ changes the reported accuracy; reset restores it."""
+"""AppTest flows of the Edit page on the bundled ProtoNet demo: nothing applied until asked; the
+sets shown are the sets applied (quick picks, per-task choices, lists, Reset); the sentence names the
+numbers of the tiles; the first-order prediction tracks the re-evaluated loss for small edits."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo" / "protonet-fashion-mnist"
+PAGE = str(REPO / "views" / "3_Edit.py")
+QUERY_IMAGES = 15  # the demo: 3 ways × 5 queries
+SENTENCE = re.compile(
+    r"(?:raised|lowered|left) test task (?P<task>\d+)'s accuracy (?:from (?P<acc0>[\d.]+ %) to|at) (?P<acc1>[\d.]+ %) "
+    r"\((?:(?P<right0>\d+) → )?(?P<right1>\d+) of its (?P<n>\d+) query images right\) and (?:raised|lowered|left) its loss "
+    r"(?:from (?P<loss0>[\d.]+) to|at) (?P<loss1>[\d.]+)\. On all (?P<tasks>\d+) test tasks: accuracy (?P<set_acc0>[\d.]+ %) → "
+    r"(?P<set_acc1>[\d.]+ %), loss (?P<set_loss0>[\d.]+) → (?P<set_loss1>[\d.]+)\."
+)
 
 
-def _taskset_accuracy(at: AppTest) -> str:
-    return next(m.value for m in at.metric if m.label.startswith("Test taskset accuracy"))
-
-
-def test_edit_flow(demo_fitted):
-    at = AppTest.from_file(str(REPO / "pages" / "3_Edit.py"), default_timeout=900)
+def open_page(test_task: int | None = None) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=900)
     at.session_state["model_path"] = str(DEMO)
-    at.run()
+    if test_task is not None:
+        at.session_state["test_task"] = test_task
+    return ok(at.run())
+
+
+def ok(at: AppTest) -> AppTest:
     if any(b.key == "fit_button" for b in at.button):
-        at.button(key="fit_button").click().run()
+        ok(at.button(key="fit_button").click().run())
     assert not at.exception, at.exception
-    at.number_input(key="edit_k_block").set_value(64).run()
-    at.slider(key="edit_xi_block").set_value(0.0).run()
-    unedited = _taskset_accuracy(at)
-    assert not at.exception
-    at.slider(key="edit_xi_block").set_value(-4.0).run()
-    blocked = _taskset_accuracy(at)
-    at.slider(key="edit_xi_block").set_value(8.0).run()
-    enhanced_bad = _taskset_accuracy(at)
-    assert len({unedited, blocked, enhanced_bad}) == 3, (unedited, blocked, enhanced_bad)
-    at.button(key="edit_curve").click().run()
-    assert not at.exception and at.get("plotly_chart")
+    return at
 
 
-def test_edit_tasks_picked_by_checkbox(demo_fitted):
-    at = AppTest.from_file(str(REPO / "pages" / "3_Edit.py"), default_timeout=300)
-    at.session_state["model_path"] = str(DEMO)
-    at.run()
-    at.number_input(key="edit_k_block").set_value(0).run()
-    at.number_input(key="edit_k_enhance").set_value(0).run()
-    assert at.info and "at least one task" in at.info[0].value
-    boxes = [c for c in at.checkbox if c.key.startswith("edit_pick_block_")]
-    assert len(boxes) == 16 and len(at.get("image")) >= 16  # 8 most harmful + 8 most helpful, with thumbnails
-    boxes[0].check().run()
-    assert not at.exception
-    assert any(m.value.startswith("Blocked set B: 1 tasks") for m in at.markdown)
-    loss = lambda: next(m.value for m in at.metric if m.label == "Test taskset loss")  # noqa: E731
-    at.slider(key="edit_xi_block").set_value(0.0).run()
-    unedited = loss()
-    at.slider(key="edit_xi_block").set_value(-8.0).run()
-    assert loss() != unedited  # blocking the one picked task moves the test loss
+def tile(at: AppTest, prefix: str) -> str:
+    return next(m.value for m in at.metric if m.label.startswith(prefix))
+
+
+def sets(at: AppTest) -> tuple[list[int], list[int]]:
+    return list(at.session_state["edit_block"]), list(at.session_state["edit_enhance"])
+
+
+def choices(at: AppTest) -> dict[int, str]:
+    return {int(r.key.rsplit("_", 1)[1]): r.value for r in at.radio if r.key.startswith("edit_choice_")}
+
+
+def assert_nothing_applied(at: AppTest) -> None:
+    assert sets(at) == ([], [])
+    assert any(i.value.startswith("Nothing is blocked or enhanced yet") for i in at.info)
+    assert not at.metric and not at.success
+    assert len(choices(at)) == 16 and set(choices(at).values()) == {"keep"}  # 8 most harmful + 8 most helpful
+    assert at.multiselect(key="edit_block_list").value == [] and at.multiselect(key="edit_enhance_list").value == []
+
+
+def assert_sentence_matches_tiles(at: AppTest, test_id: int) -> re.Match:
+    s = SENTENCE.search(at.success[0].value)
+    assert s, at.success[0].value
+    assert int(s["task"]) == test_id and int(s["n"]) == QUERY_IMAGES and int(s["tasks"]) == 128
+    assert s["acc1"] == tile(at, f"Test task {test_id} accuracy") and s["loss1"] == tile(at, f"Test task {test_id} loss")
+    assert s["set_acc1"] == tile(at, "Test taskset accuracy") and s["set_loss1"] == tile(at, "Test taskset loss")
+    assert int(s["right1"]) == round(float(s["acc1"].rstrip(" %")) / 100 * QUERY_IMAGES)
+    return s
+
+
+def predicted_and_actual(at: AppTest) -> tuple[float, float]:
+    line = next(m.value for m in at.markdown if m.value.startswith("Predicted by the influence scores"))
+    pred, act = re.findall(r"\*\*([+−][\d.e−+]+)\*\*", line)
+    return float(pred.replace("−", "-")), float(act.replace("−", "-"))
+
+
+def test_quick_pick_then_xi_moves_the_tiles(demo_fitted):
+    at = open_page()
+    assert_nothing_applied(at)
+    baseline = re.search(r"on all 128 test tasks accuracy is ([\d.]+ %), loss ([\d.]+)\.", at.info[0].value).groups()
+    harmful = [j for j in choices(at)][:8]  # the first column lists the 8 most harmful, most harmful first
+    ok(at.number_input(key="edit_k").set_value(8).run())
+    ok(at.button(key="edit_pick_harmful").click().run())
+    block, enhance = sets(at)
+    assert block == sorted(harmful) and enhance == []
+    assert at.multiselect(key="edit_block_list").value == block
+    assert any(m.value.startswith("Blocked: **8 training tasks**") for m in at.markdown)
+    assert all(choices(at)[j] == "block" for j in harmful)
+    s = assert_sentence_matches_tiles(at, 0)
+    assert at.success[0].value.startswith("Blocking 8 training tasks at ξ = −1 (about the same as removing them)")
+    before = (s["set_acc0"], s["set_loss0"])
+    assert before == baseline
+    assert tile(at, "Test taskset accuracy") != before[0]
+    removed = (tile(at, "Test taskset accuracy"), tile(at, "Test taskset loss"))
+    ok(at.slider(key="edit_xi_block").set_value(-4.0).run())
+    assert (tile(at, "Test taskset accuracy"), tile(at, "Test taskset loss")) != removed
+    assert_sentence_matches_tiles(at, 0)
+    ok(at.slider(key="edit_xi_block").set_value(2.0).run())  # the wrong way: accuracy and loss both fall on all test tasks
+    assert "(as if they counted 3× as much)" in at.success[0].value
+    why = next(c.value for c in at.caption if c.value.startswith("Accuracy and loss moved the same way"))
+    assert "on all 128 test tasks both fell" in why and "accuracy only counts whether its top guess is right" in why
+    ok(at.slider(key="edit_xi_block").set_value(0.0).run())  # ξ = 0: the model as trained
+    assert (tile(at, "Test taskset accuracy"), tile(at, "Test taskset loss")) == before
+    assert "(no change)" in at.success[0].value
     assert at.get("download_button")
+    ok(at.button(key="edit_curve").click().run())
+    assert at.get("plotly_chart")
+
+
+def test_choices_lists_and_reset(demo_fitted):
+    at = open_page()
+    j = next(iter(choices(at)))  # the most harmful task
+    ok(at.radio(key=f"edit_choice_{j}").set_value("block").run())
+    assert sets(at) == ([j], [])
+    ok(at.radio(key=f"edit_choice_{j}").set_value("enhance").run())
+    assert sets(at) == ([], [j]) and choices(at)[j] == "enhance"
+    assert at.success[0].value.startswith("Enhancing 1 training task at ξ = +1 (as if they counted twice)")
+    ok(at.button(key="edit_pick_harmful").click().run())  # the default k = 16 takes j from the enhanced set
+    block, enhance = sets(at)
+    assert len(block) == 16 and j in block and enhance == [] and choices(at)[j] == "block"
+    ok(at.multiselect(key="edit_block_list").unselect(j).run())  # removed from its list
+    block, enhance = sets(at)
+    assert len(block) == 15 and j not in block and choices(at)[j] == "keep"
+    ok(at.multiselect(key="edit_enhance_list").select(block[0]).run())  # added to the other list: leaves this one
+    assert sets(at) == (block[1:], [block[0]])
+    ok(at.number_input(key="edit_k").set_value(3).run())
+    ok(at.slider(key="edit_xi_block").set_value(-3.0).run())
+    ok(at.slider(key="edit_xi_enhance").set_value(2.5).run())
+    ok(at.button(key="edit_reset").click().run())
+    assert_nothing_applied(at)
+    assert at.slider(key="edit_xi_block").value == -1.0 and at.slider(key="edit_xi_enhance").value == 1.0
+    assert at.number_input(key="edit_k").value == 16
+
+
+def test_session_test_task_and_predicted_change(demo_fitted):
+    for test_id in (3, 5):
+        at = open_page(test_task=test_id)
+        assert at.number_input(key="_test_task_input").value == test_id
+        assert any(m.value.startswith(f"**Test task {test_id}**") for m in at.markdown)
+        ok(at.number_input(key="edit_k").set_value(8).run())
+        ok(at.button(key="edit_pick_harmful").click().run())
+        ok(at.slider(key="edit_xi_block").set_value(-0.5).run())
+        assert_sentence_matches_tiles(at, test_id)
+        pred, act = predicted_and_actual(at)
+        assert abs(pred - act) <= 0.2 * abs(act), (test_id, pred, act)  # small edit: first order holds
+        ok(at.slider(key="edit_xi_block").set_value(-8.0).run())
+        pred8, act8 = predicted_and_actual(at)
+        assert abs(pred8 - act8) / abs(act8) > abs(pred - act) / abs(act), (test_id, pred8, act8)  # large edit: apart

@@ -15,34 +15,87 @@ def _images(at: AppTest) -> list:
     return at.get("image")
 
 
+def _rows(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if m.value.startswith("**#")]
+
+
 def test_explain_flow(demo_fitted):
-    at = AppTest.from_file(str(REPO / "pages" / "2_Explain.py"), default_timeout=900)
+    at = AppTest.from_file(str(REPO / "views" / "2_Explain.py"), default_timeout=900)
     at.session_state["model_path"] = str(DEMO)
     at.run()
     assert not at.exception, at.exception
-    if any(b.key == "fit_button" for b in at.button):
-        at.button(key="fit_button").click().run()  # first run on this machine: fit with a progress bar
-    assert not at.exception, at.exception
+    assert not any(b.key == "fit_button" for b in at.button)  # the demo's fit ships with it: no waiting
     summary = at.success[0].value
-    assert "helped this test task most" in summary and "hurt it most" in summary
-    rows = [m.value for m in at.markdown if m.value.startswith("**#")]
+    assert "helped this test task most" in summary and "hurt this test task most" in summary
+    rows = _rows(at)
     assert len(rows) == 10  # 5 most helpful + 5 most harmful
     assert all(any(s in r for s in ("(tops)", "(footwear)", "(other)")) for r in rows)
-    assert len(_images(at)) >= 13  # test task + a grid per ranked training task + the side-by-side pair
-    at.selectbox(key="explain_compare").select_index(9).run()  # the most harmful task beside the test task
-    assert not at.exception
-    assert any(m.value.startswith(f"**Training task {at.selectbox(key='explain_compare').value}**") for m in at.markdown)
+    assert all("size" in r and "alignment" in r for r in rows)
+    assert len(_images(at)) >= 12  # test task + a grid per ranked training task
     first = rows[:5]
-    at.number_input(key="explain_test").set_value(7).run()
+    at.number_input(key="_test_task_input").set_value(7).run()
     assert not at.exception
-    assert at.query_params["test"] in (["7"], "7")
-    assert [m.value for m in at.markdown if m.value.startswith("**#")][:5] != first
+    assert at.query_params["test"] in (["7"], "7") and at.session_state["test_task"] == 7
+    assert _rows(at)[:5] != first
+
+
+def test_random_and_gallery_pick_a_test_task_without_crashing(demo_fitted):
+    """The two main ways of choosing a test task (they used to raise StreamlitAPIException)."""
+    at = AppTest.from_file(str(REPO / "views" / "2_Explain.py"), default_timeout=300)
+    at.session_state["model_path"] = str(DEMO)
+    at.run()
+    at.button(key="explain_pick_5").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["test_task"] == 5 and at.number_input(key="_test_task_input").value == 5
+    assert at.subheader[0].value == "Test task 5"
+    seen = set()
+    for _ in range(4):
+        at.button(key="random_test_task").click().run()
+        assert not at.exception, at.exception
+        i = at.session_state["test_task"]
+        assert at.number_input(key="_test_task_input").value == i and at.query_params["test"] in ([str(i)], str(i))
+        seen.add(i)
+    assert len(seen) > 1  # 4 draws from 128 tasks: all equal has probability 128**-3
+
+
+def test_order_by_alignment_and_summary_words(demo_fitted):
+    """Ordering by alignment changes the order and the ranks stay consistent with the shown values;
+    the summary never names the same class on both sides."""
+    import re
+
+    at = AppTest.from_file(str(REPO / "views" / "2_Explain.py"), default_timeout=300)
+    at.session_state["model_path"] = str(DEMO)
+    at.run()
+    by_score = _rows(at)
+    at.radio(key="explain_order").set_value("Alignment only").run()
+    assert not at.exception
+    by_align = _rows(at)
+    aligns = [float(re.search(r"alignment ([+-][0-9.]+)", r).group(1)) for r in by_align]
+    assert aligns[:5] == sorted(aligns[:5], reverse=True) and min(aligns[:5]) >= max(aligns[5:])
+    assert by_align != by_score
+    summary = at.success[0].value
+    helped, hurt = summary.split(". The ", 1) if ". The " in summary else (summary, "")
+    named = lambda text: set(re.findall(r"contain ([A-Za-z /-]+ \([a-z]+\))", text))  # noqa: E731
+    assert not (named(helped) & named(hurt)), summary
+
+
+def test_drill_down_shows_image_shares(demo_fitted):
+    at = AppTest.from_file(str(REPO / "views" / "2_Explain.py"), default_timeout=300)
+    at.session_state["model_path"] = str(DEMO)
+    at.run()
+    drill = [b for b in at.button if b.key.startswith("harmful_drill_")][0]
+    j = int(drill.key.rsplit("_", 1)[1])
+    drill.click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="explain_drill").value == j
+    assert any(m.value.startswith(f"**Training task {j}**") for m in at.markdown)
+    assert any(c.value.startswith("Query images:") for c in at.caption)
 
 
 def test_unfitted_model_offers_a_fit_with_progress(synthetic_run, tmp_path, monkeypatch):
     """A model without a cached fit: the page explains, stops, and fits on request (small run)."""
     monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
-    at = AppTest.from_file(str(REPO / "pages" / "2_Explain.py"), default_timeout=300)
+    at = AppTest.from_file(str(REPO / "views" / "2_Explain.py"), default_timeout=300)
     at.session_state["model_path"] = str(synthetic_run)
     at.run()
     assert not at.exception

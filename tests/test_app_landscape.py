@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
-PAGE = str(REPO / "pages" / "6_Landscape.py")
+PAGE = str(REPO / "views" / "6_Landscape.py")
 N_TASKS = 3  # test tasks of the statistics (slider); accuracy uses all 24
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,15 +47,18 @@ def _metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
-def test_no_history_shows_the_retrain_command(history_cache):
+def test_no_history_shows_the_retrain_command(history_cache, tmp_path):
+    import shutil
+
     from metainf_core.cli import build_parser
     from metainf_core.config import TaskConfig, TrainConfig
     from metainf_core.service import open_run
 
-    demo = REPO / "assets" / "demo" / "maml-fashion-mnist"
+    demo = tmp_path / "maml-fashion-mnist"  # the MAML demo as a run trained without --keep-history
+    shutil.copytree(REPO / "assets" / "demo" / "maml-fashion-mnist", demo, ignore=shutil.ignore_patterns("history", "influence"))
     at = _page(demo)
     assert not at.exception, at.exception
-    assert "bundled demos were trained without `--keep-history`" in at.info[0].value
+    assert "This run was trained without `--keep-history`" in at.info[0].value
     assert not at.button and not at.metric  # nothing to compute
     cmd = at.code[0].value
     args = build_parser().parse_args(shlex.split(cmd)[3:])  # after "python -m metainf_core"
@@ -71,13 +74,8 @@ def test_no_history_shows_the_retrain_command(history_cache):
 
 def test_compute_then_cached(fmnist_history_run, monkeypatch):
     from metainf_core import diagnostics
-    from metainf_core.diagnostics import (
-        METRICS,
-        DiagnosticsConfig,
-        diagnostics_cache_entry,
-        diagnostics_over_history,
-        metric_correlations,
-    )
+    from metainf_core.diagnostics import DiagnosticsConfig, diagnostics_cache_entry, diagnostics_over_history
+    from metainf_core.landscape_metrics import METRICS, metric_correlations
     from metainf_core.service import open_run
 
     at = _page(fmnist_history_run)

@@ -281,7 +281,8 @@ def test_cached_diagnostics_resume_and_reuse(history_run, tmp_path, monkeypatch)
 def test_metric_correlations_against_scipy():
     from scipy import stats
 
-    from metainf_core.diagnostics import METRICS, DiagnosticsRow, metric_correlations
+    from metainf_core.diagnostics import DiagnosticsRow
+    from metainf_core.landscape_metrics import METRICS, metric_correlations
 
     rng = np.random.default_rng(0)
     acc = [0.5, 0.6, 0.6, 0.7, 0.65]  # a tie: Spearman uses average ranks

@@ -67,9 +67,16 @@ def test_task_if_estimate_is_omega_plus_sum_of_removals(fashion):
         losses.append(s["loss"])
         accs.append(s["accuracy"])
     row = rep["rows"]["task-if"]
-    np.testing.assert_allclose(row["accuracies"], accs, atol=1e-6)
+    # The report's weights come from another code path (the cached rows, summed, added in float32 by
+    # apply_delta) than `expected` (fresh gradients, summed in float64): they agree to float32
+    # rounding (above), so losses agree to ~1e-7 relative, but an accuracy is a count of argmaxes and
+    # a query whose two largest logits tie to within that rounding may flip: allow one query
+    # prediction of the taskset (1/480 here), far below what a wrong removal set or sign changes.
+    tc = run.meta["task_config"]
+    one_prediction = 1.0 / (len(run.test_tasks) * tc["ways"] * tc["queries"]) + 1e-9
+    np.testing.assert_allclose(row["accuracies"], accs, rtol=0, atol=one_prediction)
     assert row["loss_mean"] == pytest.approx(np.mean(losses), rel=1e-5)
-    assert row["accuracy_sd"] == pytest.approx(np.std(accs, ddof=1), abs=1e-6)
+    assert row["accuracy_sd"] == pytest.approx(np.std(accs, ddof=1), abs=one_prediction)
     with pytest.raises(ConfigError, match="removed task ids"):
         removal_sum(rows, [16])
 

@@ -128,3 +128,23 @@ def test_max_pool_2x2_equals_torch_max_pool_and_its_gradient():
         assert torch.equal(ga, gb)
     batched = torch.randn(4, 6, 3, 14, 14)
     assert torch.equal(vmap(MaxPool2x2())(batched), torch.nn.MaxPool2d(2)(batched.flatten(0, 1)).view(4, 6, 3, 7, 7))
+
+
+def test_learners_stand_below_influence_and_own_the_composite_batch_norm(python_exe):
+    """No import circle: learners imports nothing of ``influence`` (flat builds on learners), and the
+    composite batch-norm copy it provides gives the network's outputs (conv4: BatchNorm2d)."""
+    import subprocess
+
+    from metainf_core.influence import flat
+    from metainf_core.learners import CompositeBatchNorm, with_composite_batch_norm
+
+    probe = "import sys, metainf_core.learners as _; print([m for m in sys.modules if m.startswith('metainf_core.influence')])"
+    res = subprocess.run([python_exe, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", (res.stdout, res.stderr)
+    assert flat.with_composite_batch_norm is with_composite_batch_norm
+    model = build_model("conv4", "protonet", (1, 28, 28), 3, 4).double()
+    copy_ = with_composite_batch_norm(model)
+    assert sum(isinstance(m, CompositeBatchNorm) for m in copy_.modules()) == 4
+    assert [n for n, _ in copy_.named_parameters()] == [n for n, _ in model.named_parameters()]
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(copy_(x), model(x), rtol=1e-12, atol=1e-12)  # same maths; float64 rounding only

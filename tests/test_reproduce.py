@@ -1,11 +1,14 @@
 """The reproduction report (issue 6) is what the current code produces: README.md re-renders from
-the committed sections, the smallest experiment regenerates to the same table row, and the
-``reproduce`` command runs every experiment end to end (at smoke scale) with numbers that match
-direct calls of the library."""
+the committed sections, the smallest experiment regenerates to the committed numbers (within the
+spread the report records: training is not bit-reproducible across CPUs), and the ``reproduce``
+command runs every experiment end to end (at smoke scale) with numbers that match direct calls of
+the library."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from metainf_core.reproduce.report import figure_path, render_readme
 from metainf_core.tasks import TaskBatch
 
 REPORT = REPO_ROOT / "docs" / "results"
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op thread (conftest.one_thread)
 
 
 def test_readme_is_rendered_from_the_committed_sections():
@@ -32,15 +36,68 @@ def test_readme_is_rendered_from_the_committed_sections():
     assert render_readme(sections, drawn) == (REPORT / "README.md").read_text(encoding="utf-8")
 
 
+# a table cell: "0.928", "0.799 ± 0.077" (mean ± sd) or "54 (+5.5σ)" (count of proper tests, z)
+_CELL = re.compile(r"(?P<value>[-+]?\d+(?:\.(?P<decimals>\d+))?)(?: ± (?P<sd>\d+\.\d+))?(?: \((?P<z>[-+]\d+\.\d+)σ\))?")
+
+
+def _numbers(cell) -> dict[str, tuple[float, float]]:
+    """The numbers in a table cell, each with the unit of its last printed digit."""
+    if isinstance(cell, int):
+        return {"value": (float(cell), 1.0)}
+    m = _CELL.fullmatch(cell)
+    assert m, f"unparsed table cell {cell!r}"
+    unit = 10.0 ** -len(m["decimals"] or "")
+    out = {"value": (float(m["value"]), unit)}
+    if m["sd"]:
+        out["sd"] = (float(m["sd"]), unit)
+    if m["z"]:
+        out["z"] = (float(m["z"]), 0.1)
+    return out
+
+
 def test_smallest_experiment_regenerates(tmp_path, monkeypatch):
-    """Experiment 7 (exact vs Gauss-Newton on the synthetic set), first training seed, from scratch:
-    the same table row as committed (numbers printed to 3 decimals)."""
+    """Experiment 7 (exact vs Gauss-Newton on the synthetic set), first training seed, from scratch,
+    number by number against the committed row.
+
+    Training (1,000 float32 Adam steps) is not bit-reproducible across CPUs, SIMD widths or thread
+    counts: rounding differences grow until a regenerated seed-0 run is another draw of the same
+    experiment (seed 0 gave test accuracy 0.928 in the report, 0.935 on one thread and 0.954 on two
+    here; proper exact tests 54 / 46 / 53). So each number must lie within the spread the report
+    records for that column: tolerance 3·√2·s, s = the column's sd over the report's training seeds
+    (√2: the committed and the fresh value are two independent draws; 3: three sd of their
+    difference). Counts of proper tests take s ≥ the σ unit the table prints beside them, √n/2 for
+    n tests (the largest sd of a count of n binary outcomes), since three seeds can agree by chance
+    (exact: 54, 57, 55, sd 1.5); nothing goes below the last printed digit. A broken pipeline still
+    fails: training that does not learn (accuracy below 0.87), influence no better than chance
+    (proper ≈ n/2 = 32, below 54 − 17) or of the wrong sign, GN unrelated to exact (Pearson < 0.45).
+    """
     monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
     saved = json.loads((REPORT / "data" / "e7-exact-vs-gn.json").read_text(encoding="utf-8"))
-    seed = saved["config"]["seeds"][0]
-    fresh = run_experiment("e7-exact-vs-gn", {**saved["config"], "seeds": [seed]}, Context(tmp_path / "work"))
-    assert fresh["tables"][0]["columns"] == saved["tables"][0]["columns"]
-    assert fresh["tables"][0]["rows"][0] == saved["tables"][0]["rows"][0]
+    config, table = saved["config"], saved["tables"][0]
+    seed = config["seeds"][0]
+    assert table["rows"][0][0] == seed and len(table["rows"]) == len(config["seeds"]) >= 3, "the spread needs the report's seeds"
+    fresh = run_experiment("e7-exact-vs-gn", {**config, "seeds": [seed]}, Context(tmp_path / "work"))
+    assert fresh["tables"][0]["columns"] == table["columns"]
+    (row,) = fresh["tables"][0]["rows"]
+    assert row[0] == seed
+    committed = [[_numbers(c) for c in r] for r in table["rows"]]
+    got = [_numbers(c) for c in row]
+    n = config["test_tasks"]
+    sigma = math.sqrt(n) / 2  # the σ of "54 (+5.5σ)": z = (proper − n/2) / σ
+    failures = []
+    for col, name in enumerate(table["columns"][1:], start=1):
+        assert got[col].keys() == committed[0][col].keys(), (name, row[col])
+        for part, (value, unit) in got[col].items():
+            seeds = np.array([r[col][part][0] for r in committed])
+            floor = {"value": sigma, "z": 1.0}.get(part, 0.0) if "z" in got[col] else 0.0
+            tol = 3 * math.sqrt(2) * max(seeds.std(ddof=1), floor, unit)
+            ref = committed[0][col][part][0]
+            print(f"{name:>15} {part:>5}: fresh {value:.3f}, committed {ref:.3f} (seeds {seeds.tolist()}), tolerance {tol:.3f}")
+            if abs(value - ref) > tol:
+                failures.append(f"{name} {part}: {value} vs committed {ref} ± {tol:.3f}")
+        if "z" in got[col]:  # the printed z is the printed count's
+            assert got[col]["z"][0] == pytest.approx((got[col]["value"][0] - n / 2) / sigma, abs=0.05 + 1e-9), row[col]
+    assert not failures, failures
 
 
 def test_darkening_is_nested_and_exact():
@@ -64,7 +121,9 @@ def test_reproduce_command_at_smoke_scale(tmp_path, python_exe):
     from metainf_core.service import open_run
 
     out, work = tmp_path / "report", tmp_path / "work"
-    env = {"METAINF_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    # one thread, as this process (the module's one_thread): the proper-test counts below are compared
+    # exactly with the CLI's, which holds when both run the same kernels on the same cached runs
+    env = {"METAINF_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [python_exe, "-m", "metainf_core", "reproduce", "--out", str(out), "--work", str(work), "--scale", "smoke", "--no-figures"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]

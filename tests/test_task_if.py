@@ -81,7 +81,12 @@ def _objective_parts(p, w, weights, support=None, theta0=None, hessian=True):
 
 
 def _reoptimise(p, weights, support=None, tol=1e-10, max_iter=20) -> torch.Tensor:
-    """Newton on R (task ``weights``, optional support re-weighting) from ω̂, with backtracking."""
+    """Newton on R (task ``weights``, optional support re-weighting) from ω̂, with backtracking.
+
+    A step is rejected only if it raises R by more than float64 rounding of R (slack 1e-12·|R|):
+    near the optimum a full step lowers R by ~‖∇R‖²/λ_d, below R's rounding once ‖∇R‖ ≲ 1e-8, and a
+    strict comparison there is a coin toss that would shrink steps and stall Newton above ``tol``
+    on some CPUs. Far from the optimum an overshoot raises R by far more than the slack."""
     w, theta = p["w"].clone(), p["thetas"]
     for _ in range(max_iter):
         r0, g, h, theta = _objective_parts(p, w, weights, support, theta)
@@ -89,7 +94,8 @@ def _reoptimise(p, weights, support=None, tol=1e-10, max_iter=20) -> torch.Tenso
             return w
         step = torch.linalg.solve(h, g)
         t = 1.0
-        while _objective_parts(p, w - t * step, weights, support, theta, hessian=False)[0] > r0 and t > 1e-4:
+        slack = 1e-12 * abs(r0)
+        while _objective_parts(p, w - t * step, weights, support, theta, hessian=False)[0] > r0 + slack and t > 1e-4:
             t *= 0.5
         w = w - t * step
     raise AssertionError(f"Newton did not converge: |g| = {g.norm().item():.3e}")

@@ -100,3 +100,19 @@ def test_leave_out_retraining_never_draws_excluded_tasks(synthetic_run, tmp_path
     train_cfg = TrainConfig.from_dict({**meta["train_config"], "steps": 50})
     train(task_cfg, train_cfg, res["out"], resume=True, progress=False)
     assert load_checkpoint(res["out"]).meta["step"] == 50
+
+
+def test_cli_default_arch_follows_the_dataset(tmp_path, python_exe):
+    """`train --dataset synthetic` without --arch trains the 2-D points' network (mlp-synthetic),
+    not the image default conv4 (which refuses 2-D inputs)."""
+    from metainf_core.config import default_arch
+
+    assert (default_arch("synthetic"), default_arch("fashion-mnist")) == ("mlp-synthetic", TrainConfig().arch)
+    cmd = [python_exe, "-m", "metainf_core", "train", "--dataset", "synthetic", "--algo", "maml", "--train-tasks", "16",
+           "--test-tasks", "4", "--meta-batch", "4", "--steps", "3", "--checkpoint-every", "3", "--out", str(tmp_path / "s"),
+           "--quiet"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["num_parameters"] == 63  # TLXML B.3's 2-4-4-3 network
+    meta = load_checkpoint(tmp_path / "s").meta
+    assert meta["train_config"]["arch"] == "mlp-synthetic" and meta["step"] == 3

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from metainf_core.validate import proper_tests, score_agreement, self_ranks, superclass_overlap, top_k_overlap
+from metainf_core.validate import (
+    average_ranks,
+    proper_tests,
+    score_agreement,
+    self_ranks,
+    spearman,
+    superclass_overlap,
+    top_k_overlap,
+)
 
 
 def test_proper_tests_brute_force():
@@ -35,3 +43,54 @@ def test_self_ranks_and_overlap():
     agree = score_agreement(np.arange(10.0), np.arange(10.0) ** 3)
     assert agree["spearman"] == pytest.approx(1.0) and agree["pearson"] < 0.95
     assert top_k_overlap(np.arange(10.0), -np.arange(10.0), 3) == 0.0
+
+
+def test_spearman_uses_average_ranks_like_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 5, size=40).astype(float)  # many ties
+    y = x + rng.integers(0, 3, size=40)  # ties too, and correlated with x
+    np.testing.assert_array_equal(average_ranks(x), stats.rankdata(x, "average"))
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, rel=1e-12)  # same formula in float64
+    assert score_agreement(x, y)["spearman"] == spearman(x, y)
+    # ties by position (the old argsort ranks) would differ here: ranks of a constant block are not averaged
+    by_position = np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1]
+    assert abs(by_position - spearman(x, y)) > 1e-3
+    assert math.isnan(spearman(np.ones(5), np.arange(5.0)))
+
+
+def test_superclass_proper_tests_leave_noise_tasks_out(synthetic_run, tmp_path, monkeypatch):
+    """validation_report's superclass tests compare normal training tasks only (noise tasks keep
+    their classes' superclasses but not their images): brute force over normal tasks agrees, and
+    including the noise tasks gives different counts on this run."""
+    from metainf_core.config import InfluenceConfig
+    from metainf_core.explain import fit_influence, test_score_matrix, validation_report
+    from metainf_core.service import open_run
+
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path))
+    run, cfg = open_run(synthetic_run), InfluenceConfig(method="exact", dtype="float64")
+    inf = fit_influence(run, cfg)
+    rows = validation_report(run, inf, cfg, self_rank=False, noise=False, exact_agreement=False)["superclass"]
+    test_ids = np.arange(len(run.test_tasks))
+    scores = test_score_matrix(run, inf, cfg.dtype, test_ids)
+    tests, train = run.test_tasks.superclass_sets(run.dataset), run.train_tasks.superclass_sets(run.dataset)
+    noisy = set(run.train_tasks.ids_with("noise").tolist())
+    assert noisy  # the fixture has 6 noise tasks of 48
+
+    def brute(members: list[int]) -> list[tuple[int, int, int]]:
+        out = []
+        for s in range(1, max(len(tests[t] & train[j]) for t in test_ids for j in members) + 1):
+            proper = total = 0
+            for t in test_ids:
+                inside = [scores[t, j] for j in members if len(tests[t] & train[j]) >= s]
+                rest = [scores[t, j] for j in members if len(tests[t] & train[j]) < s]
+                if inside and rest:
+                    total += 1
+                    proper += np.mean(inside) > np.mean(rest)
+            out.append((s, proper, total))
+        return out
+
+    normal_only = brute([j for j in range(len(train)) if j not in noisy])
+    assert [(r["min_shared"], r["proper"], r["total"]) for r in rows] == normal_only
+    assert normal_only != brute(list(range(len(train))))  # with the noise tasks the counts change

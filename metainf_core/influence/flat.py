@@ -2,11 +2,11 @@
 
 ``ParamLayout`` records the names and shapes once; ``unflatten`` is built from ``split``/``view``
 so it composes with ``torch.func`` (grad, jvp, vjp, vmap) and the functions below stay pure.
+Second derivatives run on ``learners.with_composite_batch_norm``'s copy of the network.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,42 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metainf_core.config import Algorithm
-from metainf_core.learners import LearnerSpec, Params, create_logits_function
-
-class CompositeBatchNorm(nn.Module):
-    """Batch norm on batch statistics written with elementary ops (same names, same forward).
-
-    The fused ``native_batch_norm`` double backward in the installed torch gives *wrong, asymmetric*
-    second derivatives (Hessian of Σ BN(x)³ off by ~10% vs finite differences; tests show it),
-    which breaks every meta-Hessian through MAML's inner gradient. Influence code therefore runs
-    on a copy of the network with this module in place of each BatchNorm{1,2,3}d.
-    """
-
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
-        super().__init__()
-        self.eps = bn.eps
-        self.weight = bn.weight
-        self.bias = bn.bias
-
-    def forward(self, x: Tensor) -> Tensor:
-        dims = [0, *range(2, x.dim())]
-        mean = x.mean(dims, keepdim=True)
-        var = ((x - mean) ** 2).mean(dims, keepdim=True)
-        out = (x - mean) / torch.sqrt(var + self.eps)
-        if self.weight is not None:
-            shape = [1, -1] + [1] * (x.dim() - 2)
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
-
-
-def with_composite_batch_norm(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with batch-statistics BatchNorm layers made of elementary ops."""
-    copy_ = copy.deepcopy(model)
-    for parent in list(copy_.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not child.track_running_stats:
-                setattr(parent, name, CompositeBatchNorm(child))
-    return copy_
+from metainf_core.learners import LearnerSpec, Params, create_logits_function, with_composite_batch_norm
 
 
 # (w, support_x, support_y, query_x) -> query logits (n_q x c)

@@ -10,6 +10,17 @@ in tests/test_influence_exact.py). Scoring a new target costs one gradient g_i, 
 and an M × k mat-vec. Groups (TLXML A.3): a group's score is the sum over its member tasks.
 Truncation (TLXML A.6, B.3): keep the first k columns (largest eigenvalues), k chosen by the
 mean self-rank over (a sample of) training tasks, ties -> smallest k.
+
+Size and direction. With the fitted metric A = (1/M) U_k diag(s_k) U_kᵀ, helpfulness(i, j) = g_iᵀ A g_j
+mixes how hard training task j pulls at all with whether it pulls the test task's way. Split it as
+
+    helpfulness(i, j) = ‖g_i‖_A · ‖g_j‖_A · alignment(i, j),   ‖g‖_A = sqrt(gᵀ|A|g),
+
+|A| = (1/M) U_k diag(|s_k|) U_kᵀ (U's columns are orthogonal, so this is A's matrix absolute value;
+equal to A when the kept spectrum is positive). alignment is a cosine in the fitted metric, the
+normalisation of RelatIF (Barshan et al. 2020: influence over the training point's self-influence
+norm), here on both sides; it lies in [−1, 1] always (Cauchy–Schwarz with weights |s_k|), and a
+training task's alignment with itself is 1 when every kept s_k > 0.
 """
 
 from __future__ import annotations
@@ -43,6 +54,20 @@ def truncation_candidates(rank: int, num_positive: int | None = None, small: boo
     if num_positive is not None and 0 < num_positive <= rank:
         cands.add(num_positive)
     return sorted(cands)
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreParts:
+    """helpfulness = test_norm · sizes · alignment (elementwise, exact; module docstring).
+
+    ``helpfulness``, ``alignment``: (M,) for one target, (B × M) for B; ``sizes``: (M,) ‖g_j‖_A;
+    ``test_norm``: () or (B,) ‖g_i‖_A. alignment is 0 where a norm is 0 (the score is 0 there too).
+    """
+
+    helpfulness: Tensor
+    alignment: Tensor
+    sizes: Tensor
+    test_norm: Tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,10 +114,43 @@ class TaskInfluence:
             raise TaskNotFoundError(f"training task {j} is not in 0..{self.num_tasks - 1}")
         return int(j)
 
+    def _coords(self, test_grad: Tensor) -> Tensor:
+        """U_kᵀ g (k, or B × k)."""
+        return self._check_grad(test_grad) @ self.factor[:, : self.truncation]
+
+    def _scores(self, projected: Tensor) -> Tensor:
+        """(1/M) (s ⊙ U_kᵀ g_i)·P_j for all j, from ``projected`` = s ⊙ U_kᵀ g_i."""
+        return projected @ self.projections[:, : self.truncation].T / self.num_tasks
+
     def project(self, test_grad: Tensor) -> Tensor:
         """s ⊙ U_kᵀ g (k): a target's coordinates; ``test_grad`` may be q or B × q."""
+        return self._coords(test_grad) * self.signs[: self.truncation]
+
+    def _metric_norm(self, coords: Tensor) -> Tensor:
+        """‖g‖_A = sqrt((1/M) Σ_k |s_k| c_k²) from the coordinates c = U_kᵀ g (..., k)."""
         k = self.truncation
-        return (self._check_grad(test_grad) @ self.factor[:, :k]) * self.signs[:k]
+        return ((coords[..., :k] ** 2 * self.signs[:k].abs()).sum(-1) / self.num_tasks).sqrt()
+
+    def task_norms(self) -> Tensor:
+        """(M,) size of each training task in the fitted metric, ‖g_j‖_A = sqrt(g_jᵀ|A|g_j) with
+        A = (1/M) U_k diag(s) U_kᵀ (module docstring), from the stored P_j = U_kᵀ g_j: O(M k)."""
+        return self._metric_norm(self.projections)
+
+    def score_parts(self, test_grad: Tensor) -> ScoreParts:
+        """Helpfulness of every training task split into the target's size ‖g_i‖_A, each task's
+        size ‖g_j‖_A and their alignment (cosine in the fitted metric, RelatIF-style), from one
+        projection of ``test_grad`` (q or B × q): no second gradient, O(q k + M k)."""
+        coords = self._coords(test_grad)
+        scores = self._scores(coords * self.signs[: self.truncation])
+        sizes, test_norm = self.task_norms(), self._metric_norm(coords)
+        denom = test_norm.unsqueeze(-1) * sizes
+        safe = denom.clamp_min(torch.finfo(denom.dtype).tiny)
+        alignment = torch.where(denom > 0, scores / safe, torch.zeros_like(scores))
+        return ScoreParts(scores, alignment, sizes, test_norm)
+
+    def alignment(self, test_grad: Tensor) -> Tensor:
+        """(M,) or (B × M) alignment(i, j) = helpfulness / (‖g_i‖_A ‖g_j‖_A) ∈ [−1, 1]; see ``score_parts``."""
+        return self.score_parts(test_grad).alignment
 
     def i_meta(self, j: int) -> Tensor:
         """I_meta(j) = −(1/M) U_k diag(s) P_j,k ∈ R^q (TLXML Eq. 12)."""
@@ -107,7 +165,7 @@ class TaskInfluence:
 
     def helpfulness(self, test_grad: Tensor) -> Tensor:
         """(M,) or (B × M): helpfulness(i, j) = −I_perf(i, j) = (1/M) g_iᵀ H⁺ g_j for all j."""
-        return self.project(test_grad) @ self.projections[:, : self.truncation].T / self.num_tasks
+        return self._scores(self.project(test_grad))
 
     def train_score_matrix(self) -> Tensor:
         """M × M: row j scores every training task for training task j as the target (the

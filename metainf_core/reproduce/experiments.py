@@ -25,7 +25,7 @@ import torch
 from scipy import stats
 
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
-from metainf_core.diagnostics import DiagnosticsConfig, cached_diagnostics_over_history, metric_correlations
+from metainf_core.diagnostics import DiagnosticsConfig, cached_diagnostics_over_history
 from metainf_core.edit import EditSpec
 from metainf_core.detect import lowest_ids
 from metainf_core.explain import (
@@ -40,6 +40,7 @@ from metainf_core.explain import (
 )
 from metainf_core.influence.flat import ParamLayout, create_flat_loss_function
 from metainf_core.influence.gradients import batch_task_gradients
+from metainf_core.landscape_metrics import metric_correlations
 from metainf_core.reproduce.runs import describe, ensure_run, is_complete, run_key
 from metainf_core.service import Run
 from metainf_core.tasks import TaskBatch

@@ -9,8 +9,8 @@ from metainf_core.service import task_view
 from ui import require_run
 
 st.set_page_config(page_title="metainf · Tasks", layout="wide")
-
-
+st.title("Browse the tasks")
+st.caption("Each task is a small classification problem: a few labelled support images per class, then query images to answer.")
 path, run = require_run()
 
 split = st.radio("Taskset", ["test", "train"], horizontal=True, key="tasks_split")
@@ -25,4 +25,6 @@ if not run.dataset.is_image:
     st.stop()
 shots = run.train_tasks.config.shots
 for k, (name, sup) in enumerate(zip(view.class_names, view.superclasses, strict=True)):
-    st.image(thumbnail_strip(view.support_images[k * shots : (k + 1) * shots], scale=3), caption=f"label {k}: {name} ({sup})", output_format="PNG")
+    caption = f"label {k}: {name} ({sup})" + (" — pure noise, not real images of this class" if view.corruption == "noise" else "")
+    st.image(thumbnail_strip(view.support_images[k * shots : (k + 1) * shots], scale=3), caption=caption, output_format="PNG",
+             alt=f"{shots} support images labelled {name}")

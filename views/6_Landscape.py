@@ -11,16 +11,14 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from metainf_core.diagnostics import (
-    METRICS,
     DiagnosticsConfig,
     cached_diagnostics_over_history,
     history_snapshots,
-    keep_history_command,
     load_cached_diagnostics,
-    metric_correlations,
 )
 from metainf_core.exceptions import ConfigError
-from ui import DEMO_DIR, require_run, show_figure
+from metainf_core.landscape_metrics import METRICS, keep_history_command, metric_correlations
+from ui import require_run, show_figure
 
 DEFAULT_TASKS = 16  # seed 003 (and `diagnose`) use 60; 16 keeps a CPU run to seconds per snapshot for small networks
 GRID = dict(rows=math.ceil(len(METRICS) / 2), cols=2)
@@ -34,10 +32,8 @@ path, run = require_run()
 try:
     history_snapshots(run.checkpoint.path)
 except ConfigError:
-    demo = Path(path).resolve().parent == DEMO_DIR.resolve()
-    st.info(("The bundled demos were trained without `--keep-history`, so they keep no training snapshots. " if demo else
-             "This run was trained without `--keep-history`: it keeps no training snapshots (`history/step_*.safetensors`). ")
-            + "Retrain it with its own settings, keeping ω at every checkpoint, then open the new folder on the home page:")
+    st.info("This run was trained without `--keep-history`: it keeps no training snapshots (`history/step_*.safetensors`). "
+            "Retrain it with its own settings, keeping ω at every checkpoint, then open the new folder on the home page:")
     st.code(keep_history_command(run.meta, f"runs/{Path(path).name}-history"), language="bash", wrap_lines=True)
     st.stop()
 
@@ -95,8 +91,8 @@ curves.update_layout(title="Statistics (blue, left axis) and test accuracy (dott
                      height=240 * GRID["rows"], margin=dict(l=10, r=10, t=70, b=10))
 scatter.update_layout(title="Each statistic against test accuracy, one point per snapshot", height=260 * GRID["rows"],
                       margin=dict(l=10, r=10, t=110, b=10))
-show_figure(curves, "landscape_curves", "landscape_over_training")
-show_figure(scatter, "landscape_scatter", "landscape_vs_accuracy")
+show_figure(curves, "landscape_curves", f"landscape_over_training-{Path(path).name}-{cfg.num_tasks}tasks")
+show_figure(scatter, "landscape_scatter", f"landscape_vs_accuracy-{Path(path).name}-{cfg.num_tasks}tasks")
 
 st.subheader("Every snapshot")
 table = pd.DataFrame([r.to_dict() for r in rows])

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.compare import METHODS, CompareConfig, compare_methods
 from metainf_core.explain import Target
-from ui import DEFAULT_INFLUENCE, describe_task, get_run, require_influence, require_run, show_figure, task_strip
+from ui import DEFAULT_INFLUENCE, describe_task, get_run, require_influence, require_run, show_figure, task_alt, task_strip, test_task_picker
 
 st.set_page_config(page_title="metainf · Compare", layout="wide")
 st.title("Compare influence methods")
 st.caption("One method's ranking is an opinion: here two methods rank the same training tasks for the same test task. "
            "Positive score = the training task helped (up-weighting it lowers the test loss), for every method.")
-path, run = require_run()
+path, run = require_run(uses_test_task=True)
 CFG = CompareConfig(dtype=DEFAULT_INFLUENCE.dtype)  # tlxml-gn then shares the app's cached fit
 reasons = {name: m.skip_reason(run, CFG) for name, m in METHODS.items()}
 names = [n for n, r in reasons.items() if not r]
@@ -23,12 +25,12 @@ if len(names) < 2:
     st.stop()
 
 n_test = len(run.test_tasks)
-st.session_state.setdefault("compare_test", int(st.session_state.get("explain_test", 0)))
-c1, c2, c3, c4 = st.columns([1, 2, 2, 1])
-test_id = int(c1.number_input(f"Test task (0–{n_test - 1})", 0, n_test - 1, key="compare_test"))
-label = {n: f"{n} — {METHODS[n].summary}" for n in names}
-a = c2.selectbox("Method A", names, index=names.index("tlxml-gn") if "tlxml-gn" in names else 0, format_func=label.get, key="compare_a")
-b = c3.selectbox("Method B", names, index=names.index("grad-sim") if "grad-sim" in names else 1, format_func=label.get, key="compare_b")
+c1, c2, c3, c4 = st.columns([1.2, 2, 2, 1])
+test_id = test_task_picker(n_test, c1)
+a = c2.selectbox("Method A", names, index=names.index("tlxml-gn") if "tlxml-gn" in names else 0, key="compare_a")
+b = c3.selectbox("Method B", names, index=names.index("grad-sim") if "grad-sim" in names else 1, key="compare_b")
+c2.caption(METHODS[a].summary)
+c3.caption(METHODS[b].summary)
 k = int(c4.number_input("Tasks shown", 3, 10, 5, key="compare_k"))
 skipped = {n: r for n, r in reasons.items() if r}
 if skipped:
@@ -66,7 +68,7 @@ for col, n in zip(cols, (a, b), strict=True):
     for j in res["methods"][n]["most_helpful"]:
         img = task_strip(path, "train", int(j), scale=1, per_class=5)
         if img is not None:
-            col.image(img, output_format="PNG")
+            col.image(img, output_format="PNG", alt=task_alt(path, "train", int(j)))
         col.caption(f"#{ranks[j] + 1} · training task {j} · score {scores[n][j]:+.3g} · rank by {other}: #{other_ranks[j] + 1} · "
                     f"{describe_task(path, 'train', int(j))}")
 
@@ -78,4 +80,4 @@ if len(noise):
                              marker=dict(size=7, color="#6a1b9a", symbol="x")))
 fig.update_layout(title=f"Scores of all {len(scores[a])} training tasks", xaxis_title=a, yaxis_title=b, height=380,
                   margin=dict(l=10, r=10, t=40, b=10), showlegend=bool(len(noise)))
-show_figure(fig, "compare_scatter", f"compare_{a}_{b}_test{test_id}")
+show_figure(fig, "compare_scatter", f"compare-{Path(path).name}-{a}-{b}-test{test_id}")

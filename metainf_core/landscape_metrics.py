@@ -1,0 +1,64 @@
+"""What the Landscape page shows of the diagnostics rows (seed 003 Fig. 5, 7): the statistics and
+their labels, each one's correlation with test accuracy across snapshots, and the ``train``
+command that retrains a run with its history kept (for runs trained without it).
+
+The rows come from ``diagnostics.cached_diagnostics_over_history``; nothing here computes them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from metainf_core.config import TaskConfig, TrainConfig
+from metainf_core.diagnostics import DiagnosticsRow
+from metainf_core.validate import spearman
+
+METRICS = {  # field -> label, in the order seed 003 introduces them
+    "gradient_inner": "gradient coherence E[g_iᵀg_j]",
+    "gradient_cosine": "gradient coherence (cosine)",
+    "trajectory_cosine": "trajectory coherence (cosine)",
+    "sharpness_power": "flatness ‖H‖σ (power iteration)",
+    "sharpness_lanczos": "flatness ‖H‖σ (Lanczos)",
+    "representation_inner": "representation coherence E[h_iᵀh_j]",
+    "adapted_support_loss": "adapted support loss",
+}
+
+
+def metric_correlations(rows: list[DiagnosticsRow], target: str = "accuracy") -> dict[str, dict[str, float]]:
+    """Per metric, Pearson r and Spearman ρ (average ranks for ties, ``validate.spearman``) with
+    ``target`` across the snapshots — how seed 003 relates coherence and flatness to
+    generalisation. NaN with fewer than 3 snapshots, a constant series or a non-finite value."""
+    y = np.array([getattr(r, target) for r in rows], dtype=np.float64)
+    out = {}
+    for name in METRICS:
+        x = np.array([getattr(r, name) for r in rows], dtype=np.float64)
+        if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0 or not np.isfinite(x).all():
+            out[name] = {"pearson": math.nan, "spearman": math.nan}
+            continue
+        out[name] = {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": spearman(x, y)}
+    return out
+
+
+def keep_history_command(meta: dict[str, Any], out: str) -> str:
+    """The ``train`` command that retrains the run of ``meta`` with the same tasksets, seeds and
+    settings (those that differ from the defaults) and keeps its history."""
+    task, trn = TaskConfig.from_dict(meta["task_config"]), TrainConfig.from_dict(meta["train_config"])
+    task_default, train_default = TaskConfig(), TrainConfig()
+    args = [f"--dataset {task.dataset}", f"--algo {trn.algo}", f"--arch {trn.arch}"]
+    for cfg, default, rename in ((task, task_default, {"seed": "task_seed"}), (trn, train_default, {})):
+        for f in fields(cfg):
+            value = getattr(cfg, f.name)
+            if f.name in ("dataset", "algo", "arch", "keep_history") or value == getattr(default, f.name):
+                continue
+            flag = "--" + rename.get(f.name, f.name).replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag)
+            elif isinstance(value, tuple):
+                args.append(f"{flag} {','.join(map(str, value))}")
+            else:
+                args.append(f"{flag} {value}")
+    return " ".join(["python -m metainf_core train", *args, "--keep-history", f"--out {out}"])

@@ -1,0 +1,392 @@
+"""Edit: block or enhance training tasks with TLXML's one-step update (Eq. 13) and see the effect.
+
+The chosen sets live in non-widget session keys (``edit_block``, ``edit_enhance``: sorted training-task
+ids), so they hold across pages and every control that changes them does so in a callback; the widgets
+that show them (per-task radios, the two lists) are set from the sets before they are drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tempfile
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from metainf_core.edit import apply_delta
+from metainf_core.explain import Target, all_scores, ranking_table, save_edited_checkpoint
+from ui import (
+    DEFAULT_INFLUENCE,
+    describe_task,
+    get_run,
+    require_influence,
+    require_run,
+    show_figure,
+    task_alt,
+    task_strip,
+    test_task_picker,
+)
+
+XI_RANGE = (-8.0, 8.0)
+PICK_ROWS = 8  # most harmful and most helpful tasks offered one by one
+BLOCK, ENHANCE = "edit_block", "edit_enhance"  # the chosen sets (non-widget keys)
+DEFAULTS = {"edit_xi_block": -1.0, "edit_xi_enhance": 1.0, "edit_k": 16}  # widget values Reset restores
+CHOICES = {"keep": None, "block": BLOCK, "enhance": ENHANCE}
+
+st.set_page_config(page_title="metainf · Edit", layout="wide")
+st.title("Edit the model: block or enhance training tasks")
+st.write("Pretend some training tasks had counted less (**block**) or more (**enhance**) and see how the model would "
+         "change, without retraining. ξ = −1 is about the same as removing the task.")
+with st.expander("Details: the one-step update", expanded=False):
+    st.markdown(
+        "ω' = ω̂ + ξ_B·Σ_{j∈B} I_meta(j) + ξ_E·Σ_{j∈E} I_meta(j)  (TLXML Eq. 13)\n\n"
+        "- ω̂ are the trained weights, B the blocked and E the enhanced training tasks.\n"
+        "- I_meta(j) is how the weights would move if training task j had counted a little more in training.\n"
+        "- ξ says how far to move: each task then counts (1 + ξ) times as much as it did. ξ = −1 approximates removing it, "
+        "ξ < −1 pushes the model away from it, ξ > 0 enhances it.\n"
+        "- The update is a straight-line (first-order) estimate: large |ξ| × many tasks leaves the range where it holds, "
+        "and accuracy usually drops."
+    )
+path, run = require_run(uses_test_task=True)
+inf = require_influence(path, run)
+n_test, m = len(run.test_tasks), inf.num_tasks
+tc = run.meta["task_config"]
+n_query = int(tc["queries"]) * int(tc["ways"])  # query images per test task
+noise_ids = {int(j) for j in run.train_tasks.ids_with("noise")}
+
+
+# ---- the chosen sets: changed only in callbacks ------------------------------------------------
+def chosen(which: str) -> list[int]:
+    return st.session_state.get(which, [])
+
+
+def move(ids: Iterable[int], to: str | None) -> None:
+    """Put ``ids`` in set ``to`` (BLOCK, ENHANCE or None = keep) and out of the other: never in both."""
+    ids = {int(j) for j in ids}
+    for which in (BLOCK, ENHANCE):
+        rest = set(chosen(which)) - ids
+        st.session_state[which] = sorted(rest | ids if which == to else rest)
+
+
+def on_choice(j: int) -> None:
+    move([j], CHOICES[st.session_state[f"edit_choice_{j}"]])
+
+
+def on_list(which: str) -> None:
+    new, old = set(st.session_state[f"{which}_list"]), set(chosen(which))
+    move(old - new, None)
+    move(new - old, which)
+
+
+def remember(key: str) -> None:
+    """Widget values kept under a non-widget key too: Streamlit forgets a widget on pages that do not draw it."""
+    st.session_state[f"_{key}"] = st.session_state[key]
+
+
+def restore(key: str, top: float = XI_RANGE[1]) -> None:
+    st.session_state[key] = min(st.session_state.get(f"_{key}", DEFAULTS[key]), top)  # before the widget exists: allowed
+
+
+def reset() -> None:
+    for which in (BLOCK, ENHANCE):
+        st.session_state[which] = []
+    for key, value in DEFAULTS.items():
+        st.session_state[key] = st.session_state[f"_{key}"] = value
+
+
+if st.session_state.get("edit_for") != path:  # another model: its task ids mean other tasks
+    st.session_state.update({"edit_for": path, BLOCK: [], ENHANCE: []})
+
+
+# ---- cached computations -------------------------------------------------------------------------
+@st.cache_data(show_spinner="Scoring every training task for this test task…", max_entries=64)
+def test_scores(path: str, test_id: int) -> np.ndarray:
+    return all_scores(get_run(path), inf, Target((test_id,)), DEFAULT_INFLUENCE.dtype)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def group_directions(path: str, block: tuple[int, ...], enhance: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Σ I_meta over B and over E (flat, length q); ξ only rescales them."""
+    zero = np.zeros(inf.factor.shape[0])
+    a = inf.i_meta_sum(np.asarray(block)).cpu().numpy() if block else zero
+    b = inf.i_meta_sum(np.asarray(enhance)).cpu().numpy() if enhance else zero
+    return a, b
+
+
+def edited(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float, xi_e: float):  # noqa: ANN201 - Params
+    a, b = group_directions(path, block, enhance)
+    return apply_delta(run.params, torch.from_numpy(xi_b * a + xi_e * b))
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def evaluate(path: str, block: tuple[int, ...] = (), enhance: tuple[int, ...] = (), xi_b: float = 0.0, xi_e: float = 0.0):  # noqa: ANN201
+    """Per-test-task loss and accuracy (arrays) and the taskset summary, of ω̂ (no sets) or of ω'."""
+    r = get_run(path).evaluate(edited(block, enhance, xi_b, xi_e) if block or enhance else None)
+    return r.loss, r.accuracy, r.summary()
+
+
+# ---- words and numbers as the tiles show them ------------------------------------------------------
+FIGURES = {  # the four numbers of the tiles and the sentence: (as a percentage, decimals shown)
+    "task_acc": (True, 1), "task_loss": (False, 3), "set_acc": (True, 2), "set_loss": (False, 3),
+}  # fmt: skip
+
+
+def shown(x: float, percent: bool = False, digits: int = 3) -> str:
+    return f"{100 * x:.{digits}f} %" if percent else f"{x:.{digits}f}"
+
+
+def signed(x: float, fmt: str = "+g") -> str:
+    return format(x, fmt).replace("-", "−")
+
+
+def figures(test_id: int, before, after) -> dict[str, tuple[float, float, str, str]]:  # noqa: ANN001 - evaluate()'s tuples
+    """Each of FIGURES: raw value before and after, and both as shown."""
+    (loss0, acc0, s0), (loss1, acc1, s1) = before, after
+    raw = {"task_acc": (acc0[test_id], acc1[test_id]), "task_loss": (loss0[test_id], loss1[test_id]),
+           "set_acc": (s0["accuracy"], s1["accuracy"]), "set_loss": (s0["loss"], s1["loss"])}  # fmt: skip
+    return {k: (float(x0), float(x1), shown(x0, *FIGURES[k]), shown(x1, *FIGURES[k])) for k, (x0, x1) in raw.items()}
+
+
+def direction(before: str, after: str) -> int:
+    """+1 / −1 / 0: which way a value moved as shown (0 when the shown values agree)."""
+    if before == after:
+        return 0
+    return 1 if float(after.rstrip(" %")) > float(before.rstrip(" %")) else -1
+
+
+def tasks_word(n: int) -> str:
+    return f"{n} training task" + ("" if n == 1 else "s")
+
+
+def weight_words(xi: float) -> str:
+    """What ξ means for the tasks it applies to: each counts (1 + ξ) times as much as in training."""
+    w = 1 + xi
+    if w == 1:
+        return "no change"
+    if w == 0:
+        return "about the same as removing them"
+    if w < 0:
+        return "beyond removing them: pushing the model away from them"
+    return "as if they counted twice" if w == 2 else f"as if they counted {w:g}× as much"
+
+
+def change_words(what: str, before: str, after: str) -> str:
+    """ "raised its loss from 0.912 to 0.950" / "left its loss at 0.912" (compares what is shown)."""
+    d = direction(before, after)
+    return f"left {what} at {after}" if not d else f"{'raised' if d > 0 else 'lowered'} {what} from {before} to {after}"
+
+
+def edit_sentence(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float, xi_e: float, test_id: int, fig: dict) -> str:
+    """One plain sentence: what was applied and what it did, with the numbers the tiles show."""
+    parts = []
+    if block:
+        parts.append(f"Blocking {tasks_word(len(block))} at ξ = {signed(xi_b)} ({weight_words(xi_b)})")
+    if enhance:
+        parts.append(f"{'enhancing' if parts else 'Enhancing'} {tasks_word(len(enhance))} at ξ = {signed(xi_e)} ({weight_words(xi_e)})")
+    right0, right1 = (round(x * n_query) for x in fig["task_acc"][:2])
+    right = f"{right1}" if right0 == right1 else f"{right0} → {right1}"
+    acc, loss, set_acc, set_loss = (fig[k][2:] for k in FIGURES)
+    task_acc = f"test task {test_id}'s accuracy"
+    return (
+        f"{' and '.join(parts)} {change_words(task_acc, *acc)} "
+        f"({right} of its {n_query} query images right) and {change_words('its loss', *loss)}. "
+        f"On all {n_test} test tasks: accuracy {' → '.join(set_acc)}, loss {' → '.join(set_loss)}."
+    )
+
+
+def disagreement(test_id: int, fig: dict) -> str | None:
+    """Why accuracy and loss can move the same way (normally accuracy up goes with loss down)."""
+    same = [(where, d) for where, acc, loss in ((f"on test task {test_id}", "task_acc", "task_loss"),
+                                                (f"on all {n_test} test tasks", "set_acc", "set_loss"))
+            if (d := direction(*fig[acc][2:])) and d == direction(*fig[loss][2:])]  # fmt: skip
+    if not same:
+        return None
+    if len({d for _, d in same}) > 1:
+        flip = "one borderline image can flip its top guess while the model's confidence on the rest moves the other way"
+    elif same[0][1] < 0:
+        flip = "one borderline image can flip to a wrong guess while the model becomes more confident on the rest"
+    else:
+        flip = "one borderline image can flip to the right guess while the model becomes less confident on the rest"
+    moved = "; ".join(f"{where} both {'rose' if d > 0 else 'fell'}" for where, d in same)
+    return (f"Accuracy and loss moved the same way ({moved}). The loss measures how confident the model is on every image; "
+            f"accuracy only counts whether its top guess is right. So {flip}.")
+
+
+TILES = (  # label, figure, tooltip; lower loss is better
+    ("Test task {i} accuracy", "task_acc", "Share of its {q} query images the model gets right"),
+    ("Test task {i} loss", "task_loss", "How unsure the model is on its {q} query images; lower is better"),
+    ("Test taskset accuracy ({n} tasks)", "set_acc", "Average over all {n} test tasks"),
+    ("Test taskset loss", "set_loss", "Average over all {n} test tasks; lower is better"),
+)
+
+
+def show_tiles(test_id: int, fig: dict) -> None:
+    for col, (label, name, help_) in zip(st.columns(4), TILES, strict=True):
+        *_, was, now = fig[name]
+        percent, digits = FIGURES[name]
+        change = float(now.rstrip(" %")) - float(was.rstrip(" %"))  # of the values shown, so that it adds up
+        delta = None if was == now else f"{change:+.{digits}f}" + (" points" if percent else "")
+        words = dict(i=test_id, q=n_query, n=n_test)
+        col.metric(label.format(**words), now, delta, delta_color="normal" if percent else "inverse", help=help_.format(**words))
+
+
+# ---- test task ---------------------------------------------------------------------------------------
+c1, c2 = st.columns([1, 3])
+test_id = test_task_picker(n_test, c1)
+with c2:
+    st.markdown(f"**Test task {test_id}**: {describe_task(path, 'test', test_id)}")
+    strip = task_strip(path, "test", test_id, scale=2)
+    if strip is not None:
+        st.image(strip, output_format="PNG", caption="its support images, one class after another", alt=task_alt(path, "test", test_id))
+scores = test_scores(path, test_id)
+order, ranks = ranking_table(scores)
+
+# ---- choose training tasks -----------------------------------------------------------------------------
+st.subheader("1. Choose training tasks to block or enhance")
+q1, q2, q3, q4 = st.columns([1, 2, 2, 1], vertical_alignment="bottom")
+restore("edit_k", m)
+k = int(q1.number_input("How many (k)", 1, m, key="edit_k", on_change=remember, args=("edit_k",), help="How many tasks the quick picks take"))
+q2.button(f"Block the {k} most harmful", key="edit_pick_harmful", width="stretch",
+          on_click=lambda: move(order[::-1][: st.session_state["edit_k"]], BLOCK),
+          help=f"The {k} training tasks that hurt test task {test_id} most")
+q3.button(f"Enhance the {k} most helpful", key="edit_pick_helpful", width="stretch",
+          on_click=lambda: move(order[: st.session_state["edit_k"]], ENHANCE),
+          help=f"The {k} training tasks that helped test task {test_id} most")
+q4.button("Reset", key="edit_reset", on_click=reset, width="stretch", help="Clear both sets and put every setting back")
+
+harmful = [int(j) for j in order[::-1][:PICK_ROWS]]
+helpful = [int(j) for j in order[:PICK_ROWS] if int(j) not in harmful]
+st.caption(f"Or one by one, among the training tasks that hurt or helped test task {test_id} most. "
+           "Score: how much the task helped this test task; negative = it hurt.")
+for ids, title, hint in ((harmful, "most harmful", "blocking them should help this test task"),
+                         (helpful, "most helpful", "enhancing them should help it more")):
+    st.markdown(f"**The {len(ids)} {title}** ({hint})")
+    for n, j in enumerate(ids, 1):
+        a, b, c = st.columns([2, 4, 2], vertical_alignment="center")
+        img = task_strip(path, "train", j, scale=1, per_class=3)
+        if img is not None:
+            a.image(img, output_format="PNG", alt=task_alt(path, "train", j))
+        b.markdown(f"#{n} {title} · training task {j} · score {signed(scores[j], '+.3g')}  \n"
+                   f"<small>{describe_task(path, 'train', j)}</small>", unsafe_allow_html=True)
+        key = f"edit_choice_{j}"
+        st.session_state[key] = "block" if j in chosen(BLOCK) else "enhance" if j in chosen(ENHANCE) else "keep"
+        c.radio(f"Training task {j}", list(CHOICES), key=key, horizontal=True, label_visibility="collapsed",
+                on_change=on_choice, args=(j,))
+
+st.markdown("**Chosen so far**")
+lists = st.columns(2)
+for col, which, word in ((lists[0], BLOCK, "Blocked"), (lists[1], ENHANCE, "Enhanced")):
+    ids = chosen(which)
+    n_noise = len(noise_ids.intersection(ids))
+    col.markdown(f"{word}: **{tasks_word(len(ids))}**"
+                 + (f", {n_noise} of them pure-noise tasks: {', '.join(map(str, ids))}" if ids else ""))
+    st.session_state[f"{which}_list"] = ids
+    col.multiselect(f"{word} training tasks: remove one with its ×, or type a task number to add it", range(m),
+                    key=f"{which}_list", on_change=on_list, args=(which,), placeholder="none",
+                    format_func=lambda j: f"{j} (noise)" if j in noise_ids else str(j))
+
+
+# ---- how strongly, and what it does (a fragment: moving ξ reruns only this part) -------------------------
+def checkpoint_zip(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float, xi_e: float, test_id: int) -> bytes:
+    loss0, acc0, _ = evaluate(path)
+    loss1, acc1, summary = evaluate(path, block, enhance, xi_b, xi_e)
+    task = {"id": test_id, "before": {"loss": float(loss0[test_id]), "accuracy": float(acc0[test_id])},
+            "after": {"loss": float(loss1[test_id]), "accuracy": float(acc1[test_id])}}
+    record = {"block": list(block), "xi_block": xi_b, "enhance": list(enhance), "xi_enhance": xi_e, "test_task": task, "test": summary}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = save_edited_checkpoint(run, edited(block, enhance, xi_b, xi_e), Path(tmp) / "edited", record)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(out.iterdir()):
+                z.write(f, f"edited/{f.name}")
+        return buf.getvalue()
+
+
+def export_name(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float, xi_e: float, test_id: int) -> str:
+    """Model, test task and a digest of everything the zip holds: different content, different name."""
+    digest = hashlib.sha256(json.dumps([path, block, enhance, xi_b, xi_e, test_id]).encode()).hexdigest()[:8]
+    return f"edited-{Path(path).name}-test{test_id}-{digest}.zip"
+
+
+@st.fragment
+def effect() -> None:
+    st.subheader("2. How strongly, and what it does")
+    block, enhance = tuple(chosen(BLOCK)), tuple(chosen(ENHANCE))
+    s1, s2 = st.columns(2)
+    for key in ("edit_xi_block", "edit_xi_enhance"):
+        restore(key)
+    xi_b = s1.slider("ξ for blocked tasks (−1 ≈ removed; lower = blocked harder)", *XI_RANGE, step=0.5, format="%.1f", key="edit_xi_block",
+                     disabled=not block, on_change=remember, args=("edit_xi_block",))
+    xi_e = s2.slider("ξ for enhanced tasks (+1 ≈ counted twice)", *XI_RANGE, step=0.5, format="%.1f", key="edit_xi_enhance",
+                     disabled=not enhance, on_change=remember, args=("edit_xi_enhance",))
+    before = evaluate(path)
+    loss0, acc0, s0 = before
+    if not (block or enhance):
+        st.info(
+            "Nothing is blocked or enhanced yet, so the model is as trained: test task "
+            f"{test_id} gets {round(float(acc0[test_id]) * n_query)} of its {n_query} query images right ({shown(acc0[test_id], True, 1)}, "
+            f"loss {shown(loss0[test_id])}); on all {n_test} test tasks accuracy is {shown(s0['accuracy'], True, 2)}, "
+            f"loss {shown(s0['loss'])}. "
+            "Choose training tasks above."
+        )
+        return
+    with st.spinner("Evaluating the edited model on every test task…"):
+        after = evaluate(path, block, enhance, xi_b, xi_e)
+    fig = figures(test_id, before, after)
+    st.success(edit_sentence(block, enhance, xi_b, xi_e, test_id, fig))
+    why = disagreement(test_id, fig)
+    if why:
+        st.caption(why)
+    show_tiles(test_id, fig)
+
+    # first-order prediction: Δloss ≈ g_iᵀ δω = ξ·Σ I_perf = −ξ·Σ helpfulness
+    predicted = -(xi_b * float(scores[list(block)].sum()) + xi_e * float(scores[list(enhance)].sum()))
+    actual = fig["task_loss"][1] - fig["task_loss"][0]
+    st.markdown(
+        f"Predicted by the influence scores alone, test task {test_id}'s loss changes by **{signed(predicted, '+.3g')}**; "
+        f"re-evaluating the edited model, it changed by **{signed(actual, '+.3g')}**."
+    )
+    st.caption("The scores predict a straight-line (first-order) change: the two agree for small edits and part ways when "
+               "|ξ| × the number of chosen tasks is large.")
+    st.caption(f"Accuracy on all {n_test} test tasks with its 95 % interval (the range the mean would likely fall in on "
+               "other test tasks): " + ", ".join(f"{when} {shown(s['accuracy'], True, 1)} ± {shown(s['accuracy_ci95'], True, 1)}"
+                                               for when, s in (("before", s0), ("after", after[2]))) + ".")
+    args = (block, enhance, xi_b, xi_e, test_id)
+    st.download_button(
+        "Download the edited checkpoint (.zip)", lambda: checkpoint_zip(*args), export_name(*args),
+        "application/zip", key="edit_download", on_click="ignore", icon=":material/download:",
+        help="The edited weights (safetensors) and meta.json recording the edit; open it on the Home page. Built when you click.",
+    )
+
+
+effect()
+
+# ---- accuracy along ξ for the blocked set ------------------------------------------------------------------
+st.divider()
+block = tuple(chosen(BLOCK))
+if st.button("Accuracy versus ξ (blocked set)", key="edit_curve", disabled=not block,
+             help="Re-evaluates the model with the blocked set at nine values of ξ (the enhanced set left out)"):
+    xis = [-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0]
+    accs, task_accs = [], []
+    bar = st.progress(0.0, text="Evaluating…")
+    for n, xi in enumerate(xis):
+        _, acc, summary = evaluate(path, block, (), xi, 0.0) if xi else evaluate(path)
+        accs.append(summary["accuracy"])
+        task_accs.append(float(acc[test_id]))
+        bar.progress((n + 1) / len(xis), text="Evaluating…")
+    bar.empty()
+    fig = go.Figure([go.Scatter(x=xis, y=accs, mode="lines+markers", name=f"all {n_test} test tasks"),
+                     go.Scatter(x=xis, y=task_accs, mode="lines+markers", name=f"test task {test_id}")])
+    fig.add_vline(x=-1, line_dash="dot", line_color="#888", annotation_text="ξ = −1 ≈ removed", annotation_position="top left")
+    fig.add_vline(x=0, line_dash="dot", line_color="#888", annotation_text="as trained", annotation_position="top right")
+    fig.update_layout(title=f"Accuracy as the {tasks_word(len(block))} are blocked (ξ < 0) or enhanced (ξ > 0)",
+                      xaxis_title="ξ for the blocked set", yaxis_title="accuracy", yaxis_tickformat=".0%",
+                      height=340, margin=dict(l=10, r=10, t=50, b=10))
+    show_figure(fig, "edit_curve_fig", f"accuracy_vs_xi-{Path(path).name}-test{test_id}")
