@@ -7,6 +7,7 @@ the fitted influence (shared objects), ``cache_data`` for images (copied arrays)
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def get_run(path: str) -> Run:
 # Non-widget keys: Streamlit forgets a widget's state on pages that do not draw it, so the choice
 # lives in these two keys and every widget that changes it does so in a callback.
 MODEL_KEY, TEST_KEY = "model_path", "test_task"
+# One page computes at a time in this process: the cached Run objects are shared by every session,
+# and torch.func.functional_call swaps a network's parameters in place (not thread-safe). app.py
+# holds this lock around each page run; st.fragment bodies take it too (they rerun on their own).
+COMPUTE_LOCK = threading.RLock()
 
 
 def demo_dirs() -> list[Path]:

@@ -19,7 +19,8 @@ import torch
 
 from metainf_core.checkpoint import load_tensors, read_tensor_metadata, save_tensors
 from metainf_core.data.base import REPO_ROOT
-from metainf_core.io import write_json_atomic
+from metainf_core.exceptions import CacheError
+from metainf_core.io import sha256_file, write_json_atomic
 
 RESULT, PARTIAL, INFO = "result.safetensors", "partial.safetensors", "info.json"
 
@@ -86,3 +87,32 @@ class CacheEntry:
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    # ---- copies shipped inside a run folder (bundled demos answer without computing) ----------
+    def shipped_directory(self, run_dir: str | Path) -> Path:
+        """``<run_dir>/cache/<kind>/<key>/``: where ``ship`` puts this entry inside a run folder."""
+        return Path(run_dir) / "cache" / self.directory.parent.name / self.directory.name
+
+    def ship(self, run_dir: str | Path) -> Path:
+        """Copy the complete result into the run folder, with the SHA-256 of its tensor file."""
+        if not self.complete:
+            raise CacheError(f"{self.directory}: nothing complete to ship")
+        dest = self.shipped_directory(run_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.directory / RESULT, dest / RESULT)
+        info = json.loads((self.directory / INFO).read_text(encoding="utf-8"))
+        write_json_atomic(dest / INFO, {**info, "sha256": sha256_file(dest / RESULT)})
+        return dest
+
+    def restore_shipped(self, run_dir: str | Path) -> bool:
+        """Fill this entry from a copy shipped in the run folder, if there is one for exactly these
+        inputs and its tensor file is intact; True when restored."""
+        src = self.shipped_directory(run_dir)
+        if self.complete or not (src / RESULT).is_file() or not (src / INFO).is_file():
+            return False
+        info = json.loads((src / INFO).read_text(encoding="utf-8"))
+        if content_key(info.get("inputs", {})) != content_key(self.inputs) or info.get("sha256") != sha256_file(src / RESULT):
+            raise CacheError(f"{src}: shipped result does not match its inputs or its hash (altered or stale)")
+        tensors = load_tensors(src / RESULT)
+        self.save(tensors, {k: v for k, v in info.items() if k not in ("inputs", "sha256")} | {"source": f"shipped ({src})"})
+        return True

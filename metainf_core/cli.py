@@ -203,10 +203,12 @@ def _diagnose(a: argparse.Namespace) -> dict[str, Any]:
     """Landscape diagnostics (seed 003) over the run's training snapshots, with their test accuracy."""
     from tqdm import tqdm
 
-    from metainf_core.diagnostics import DiagnosticsConfig, diagnostics_over_history, history_snapshots
+    from metainf_core.diagnostics import DiagnosticsConfig, cached_diagnostics_over_history, diagnostics_cache_entry, history_snapshots
+    from metainf_core.service import open_run
 
     cfg = DiagnosticsConfig(steps=a.steps, step_size=a.step_size, num_tasks=a.tasks)
     history_snapshots(a.path)  # a clear error before any progress bar
+    run = open_run(a.path)
     bar = tqdm(desc="diagnose", unit="snapshot", disable=a.quiet, file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
@@ -214,9 +216,10 @@ def _diagnose(a: argparse.Namespace) -> dict[str, Any]:
         bar.n = done
         bar.refresh()
 
-    rows = diagnostics_over_history(a.path, cfg, progress)
+    rows = cached_diagnostics_over_history(run, cfg, progress)  # saved snapshot by snapshot: a killed run resumes
     bar.close()
-    return {"config": cfg.to_dict(), "rows": [r.to_dict() for r in rows]}
+    shipped = {"shipped": str(diagnostics_cache_entry(run, cfg).ship(run.checkpoint.path))} if a.ship else {}
+    return {"config": cfg.to_dict(), "rows": [r.to_dict() for r in rows], **shipped}
 
 
 def _reproduce(a: argparse.Namespace) -> dict[str, Any]:
@@ -388,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=None, help="adaptation steps T (default: the learner's)")
     g.add_argument("--step-size", type=float, default=None, help="adaptation step α (default: the learner's)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--ship", action="store_true", help="also store the result inside the checkpoint folder (cache/), so it shows at once elsewhere")
     g.set_defaults(func=_diagnose)
 
     h = sub.add_parser("detect", help="harmful-task detection: corrupted tasks found in score order, removal effect")

@@ -19,7 +19,8 @@ Which score orders the inspection (``score=``):
   task votes once, whatever the scale of its scores); costs a T × M score matrix.
 
 Measured (see ``bench/bench_detect.py`` and ``tests/test_detect.py``): ``"mean"`` can come out near
-random (AUC 0.545 on the fashion-mnist ProtoNet demo, 0.25–0.79 over small synthetic MAML runs) because
+random (AUC 0.545 on the fashion-mnist ProtoNet demo's earlier weights, 0.567 on the demo retrained 2026-12-02
+(self 0.871, rank 0.555), 0.25–0.79 over small synthetic MAML runs) because
 a few test tasks with large gradients dominate the average; ``"self"`` gave 0.87 on the demo and
 0.58–0.91 on the synthetic runs; ``"rank"`` 0.52 on the demo and 0.65–0.92 on the synthetic runs.
 Finding corrupted tasks and raising test accuracy are different goals: on the demo, removing the

@@ -351,7 +351,8 @@ Snapshots = list[tuple[int, Path]]  # (step, path) of history_snapshots
 
 def diagnostics_cache_entry(run: Run, config: DiagnosticsConfig, snapshots: Snapshots | None = None) -> CacheEntry:
     """Cache entry keyed by the run's fingerprint, its test taskset, every snapshot file's SHA-256
-    and ``config``: a retrained or altered history gets a new key."""
+    and ``config``: a retrained or altered history gets a new key. A copy shipped in the run folder
+    (``CacheEntry.ship``) fills it when the cache has none."""
     snapshots = history_snapshots(run.checkpoint.path) if snapshots is None else snapshots
     inputs = {
         "format": CACHE_FORMAT,
@@ -360,7 +361,9 @@ def diagnostics_cache_entry(run: Run, config: DiagnosticsConfig, snapshots: Snap
         "snapshots": [[step, sha256_file(path)] for step, path in snapshots],
         "config": config.to_dict(),
     }
-    return CacheEntry.for_inputs("diagnostics", inputs)
+    entry = CacheEntry.for_inputs("diagnostics", inputs)
+    entry.restore_shipped(run.checkpoint.path)  # a bundled demo ships its default diagnostics
+    return entry
 
 
 def _rows_to_tensor(rows: list[DiagnosticsRow]) -> dict[str, Tensor]:

@@ -23,3 +23,7 @@ class ConfigError(MetainfError, ValueError):
 
 class TaskNotFoundError(MetainfError, KeyError):
     """A task id is not in the taskset."""
+
+
+class CacheError(MetainfError, ValueError):
+    """A cached or shipped result that cannot be used (missing, altered, or for other inputs)."""

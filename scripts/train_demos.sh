@@ -9,3 +9,9 @@ $PY -m metainf_core train "${COMMON[@]}" --algo protonet --steps 600 --meta-batc
     --out assets/demo/protonet-fashion-mnist "$@"
 $PY -m metainf_core train "${COMMON[@]}" --algo maml --inner-lr 0.4 --inner-steps 1 --steps 600 --meta-batch 8 --lr 0.002 \
     --out assets/demo/maml-fashion-mnist "$@"
+# What each demo ships so a fresh clone answers at once: the app's default influence fit
+# (Gauss-Newton, N_orth 512, float32; stored float16) and the Landscape page's default diagnostics (16 test tasks).
+for demo in protonet-fashion-mnist maml-fashion-mnist; do
+  $PY -m metainf_core fit assets/demo/$demo --method gn --n-orth 512 --dtype float32 --ship --quiet > /dev/null
+  $PY -m metainf_core diagnose assets/demo/$demo --tasks 16 --ship --quiet > /dev/null
+done

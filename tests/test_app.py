@@ -143,10 +143,20 @@ def test_home_card_says_a_model_was_edited(demo_fitted, tmp_path):
     assert any("Edited model" in i.value and "2 training tasks blocked (ξ = -2)" in i.value for i in at.info), [i.value for i in at.info]
 
 
-def test_demos_ship_their_training_snapshots():
-    """The Landscape page needs ω at each checkpoint: both demos carry them."""
-    from metainf_core.diagnostics import history_snapshots
+def test_demos_ship_their_training_snapshots_and_landscape(tmp_path, monkeypatch):
+    """The Landscape page needs ω at each checkpoint: both demos carry them, and their default
+    diagnostics, so on a fresh clone (empty cache) the page shows the curves without computing."""
+    from metainf_core.diagnostics import DiagnosticsConfig, history_snapshots, load_cached_diagnostics
+    from metainf_core.service import open_run
 
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path))
     for demo in ("protonet-fashion-mnist", "maml-fashion-mnist"):
         steps = [step for step, _ in history_snapshots(REPO / "assets" / "demo" / demo)]
         assert steps == list(range(50, 601, 50)), (demo, steps)
+        rows, total = load_cached_diagnostics(open_run(REPO / "assets" / "demo" / demo), DiagnosticsConfig(num_tasks=16))
+        assert total == len(rows) == 12 and [r.step for r in rows] == steps, demo
+        at = AppTest.from_file(str(REPO / "views" / "6_Landscape.py"), default_timeout=120)
+        at.session_state["model_path"] = str(REPO / "assets" / "demo" / demo)
+        at.run()
+        assert not at.exception, at.exception
+        assert not any(b.key == "landscape_compute" for b in at.button) and len(at.get("plotly_chart")) >= 2, demo

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -297,3 +298,34 @@ def test_metric_correlations_against_scipy():
     assert all(math.isnan(v) for c in metric_correlations(rows[:2]).values() for v in c.values())  # < 3 snapshots
     flat = [DiagnosticsRow(**{**r.to_dict(), "accuracy": 0.5}) for r in rows]
     assert math.isnan(metric_correlations(flat)["gradient_inner"]["spearman"])  # constant accuracy
+
+
+def test_diagnose_ship_then_a_fresh_cache_loads_without_computing(history_run, tmp_path, python_exe, monkeypatch):
+    """`diagnose DIR --ship` stores the result in the run folder; with an empty cache the page's
+    loader then finds every row at once (no computation), and an altered copy is refused."""
+    import json
+    import subprocess
+
+    from metainf_core.diagnostics import load_cached_diagnostics
+    from metainf_core.exceptions import CacheError
+    from metainf_core.service import open_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(history_run, run_dir)
+    env = {**os.environ, "METAINF_CACHE": str(tmp_path / "computed-here")}
+    out = subprocess.run([python_exe, "-m", "metainf_core", "diagnose", str(run_dir), "--tasks", "4", "--quiet", "--ship"],
+                         capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    assert Path(printed["shipped"]).is_relative_to(run_dir)
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "fresh-clone"))
+    rows, total = load_cached_diagnostics(open_run(run_dir), DiagnosticsConfig(num_tasks=4))
+    assert total == len(rows) == len(printed["rows"])
+    assert [r.to_dict() for r in rows] == printed["rows"]  # the same float64 rows, stored and read back
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "another-clone"))
+    result = Path(printed["shipped"]) / "result.safetensors"
+    data = bytearray(result.read_bytes())
+    data[-2] ^= 0xFF
+    result.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="altered or stale"):
+        load_cached_diagnostics(open_run(run_dir), DiagnosticsConfig(num_tasks=4))

@@ -1,7 +1,8 @@
 """End to end in a real browser: `streamlit run app.py`, headless Debian Chromium via Playwright.
 
 A presenter's walk through the demo: Explain (random task, gallery, order switch, drill-down,
-downloads) → Edit (pick tasks, ξ, reset, download) → Compare (method switch) → Validate, Tasks,
+downloads) → Edit (pick tasks, ξ, reset, download) → Audit (each score, removal vs random,
+download) → Compare (method switch) → Validate, Tasks,
 Landscape → Home and back, checking on every page that the model and test task hold and that no
 exception box appears. Screenshots of each page are kept in $METAINF_SCREENSHOTS (default: tmp).
 """
@@ -118,8 +119,11 @@ def test_presenter_walk_in_chromium(demo_fitted, server, tmp_path):
         assert page.locator("img[alt*='train task']").count() >= 10  # thumbnails carry alt text
         w.shot("explain")
 
-        # random task, then a gallery pick (both used to crash)
-        page.get_by_role("button", name="Random test task").click()
+        # random task, then a gallery pick (both used to crash); clicked as an impatient presenter does,
+        # several times while the page is still computing (two script threads once crashed functorch)
+        for _ in range(3):
+            page.get_by_role("button", name="Random test task").click()
+            page.wait_for_timeout(300)
         w.settle()
         page.get_by_text("Browse test tasks").click()
         page.get_by_role("button", name="Test task 5", exact=True).click()
@@ -186,6 +190,21 @@ def test_presenter_walk_in_chromium(demo_fitted, server, tmp_path):
         w.settle()
         assert page.locator('[data-testid="stMetric"]').filter(has_text="Test taskset accuracy").count() == 0  # nothing applied
 
+        # ---- Audit: order by each score, remove the 64 most suspicious, compare with random, download --
+        w.nav("Audit")
+        expect(page.get_by_text("AUC", exact=True).first).to_be_visible(timeout=120_000)
+        for label in ("Average harm over the test tasks", "Average rank", "Size (self-influence)"):
+            page.get_by_text(label, exact=True).first.click()
+            w.settle(180)
+        page.get_by_role("button", name="Remove the 64 most suspicious").click()
+        w.settle(300)
+        expect(page.get_by_text("Without the 64 most suspicious").first).to_be_visible(timeout=300_000)
+        expect(page.get_by_text("random tasks (average of", exact=False).first).to_be_visible()
+        with page.expect_download(timeout=60_000) as ids:
+            page.get_by_role("button", name="Download the removed task ids (JSON)").click()
+        removed = json.loads(Path(ids.value.path()).read_text())
+        w.shot("audit")
+
         # ---- Compare: switch method B ----------------------------------------------------------
         w.nav("Compare")
         assert w.test_task() == 5
@@ -229,4 +248,6 @@ def test_presenter_walk_in_chromium(demo_fitted, server, tmp_path):
         meta = json.loads(z.read("edited/meta.json"))
         assert {"edited/model.safetensors", "edited/meta.json"} <= set(z.namelist())
     assert meta["edit"]["xi_block"] == -4.0 and len(meta["edit"]["block"]) >= 1
+    ids_removed = removed["removed"]
+    assert len(ids_removed) == 64 and len(set(ids_removed)) == 64
     assert (shots / "explain.png").stat().st_size > 10_000

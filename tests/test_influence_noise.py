@@ -48,4 +48,6 @@ def test_noise_tasks_score_below_normal_tasks_on_fashion_mnist(demo_fitted):
     rep = validation_report(run, inf, DEFAULT_INFLUENCE, self_rank=False, superclass=False, max_tests=128)
     print("fashion-mnist ProtoNet demo, noise vs normal:", rep["noise"])
     assert rep["noise"]["total"] == 128
-    assert rep["noise"]["z"] > 2.0, rep["noise"]  # measured: 84/128 (+3.5σ)
+    # measured on the demo retrained 2026-12-02: 77/128 (+2.3σ), the same with the shipped float16 fit and the
+    # float32 one; the closest test task is decided by 3.5e-5 of its largest score, far above float32 rounding
+    assert rep["noise"]["z"] > 2.0, rep["noise"]

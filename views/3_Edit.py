@@ -23,6 +23,7 @@ import torch
 from metainf_core.edit import apply_delta
 from metainf_core.explain import Target, all_scores, ranking_table, save_edited_checkpoint
 from ui import (
+    COMPUTE_LOCK,
     DEFAULT_INFLUENCE,
     describe_task,
     get_run,
@@ -317,6 +318,12 @@ def export_name(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float, x
 
 @st.fragment
 def effect() -> None:
+    """The ξ sliders and their results: a fragment, so a ξ move reruns only this part."""
+    with COMPUTE_LOCK:  # a fragment rerun does not pass through app.py's lock
+        effect_body()
+
+
+def effect_body() -> None:
     st.subheader("2. How strongly, and what it does")
     block, enhance = tuple(chosen(BLOCK)), tuple(chosen(ENHANCE))
     s1, s2 = st.columns(2)
