@@ -229,3 +229,20 @@ def test_label_flip_run(tmp_path, monkeypatch):
     assert any("shuffled labels" in m.value for m in at.markdown)
     at = remove(at)
     assert metric(at, "Without the 8 most suspicious")
+
+
+def test_maml_demo(tmp_path, monkeypatch):
+    """The MAML demo from an empty cache (its shipped fit): the size ordering finds the noise tasks as
+    `detect` does, and the removal comparison runs."""
+    from metainf_core.detect import corrupted_ids, detection_curve, detection_scores
+
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path))
+    path = Path(__file__).resolve().parents[1] / "assets" / "demo" / "maml-fashion-mnist"
+    at = open_page(path)
+    run = open_run(path)
+    scores = detection_scores(run, fit_influence(run, DEFAULT_INFLUENCE), DEFAULT_INFLUENCE.dtype, "self")
+    curve = detection_curve(scores, corrupted_ids(run))
+    assert metric(at, "AUC") == f"{curve.auc:.3f}" and curve.auc > 0.85  # 0.912 measured (+12.2 sd)
+    assert gallery(at) == [int(j) for j in np.argsort(scores, kind="stable")[:GALLERY]]
+    at = remove(at)
+    assert metric(at, "Without the 64 most suspicious") and metric(at, "Without 64 random tasks")
