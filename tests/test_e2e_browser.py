@@ -64,13 +64,15 @@ class Walk:
     def settle(self, timeout: float = 120) -> None:
         """Wait until the app stops running (no 'Running…' status, no stale elements)."""
         page = self.page
-        page.wait_for_timeout(400)
+
+        def busy() -> bool:
+            return page.locator('[data-testid="stStatusWidget"]').count() > 0 or page.locator('[data-stale="true"]').count() > 0
+
+        started = time.time()
+        while time.time() - started < 1.5 and not busy():  # the rerun may take a moment to show itself
+            page.wait_for_timeout(100)
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            running = page.locator('[data-testid="stStatusWidget"]').count() > 0
-            stale = page.locator('[data-stale="true"]').count() > 0
-            if not running and not stale:
-                break
+        while time.time() < deadline and busy():
             page.wait_for_timeout(250)
         page.wait_for_timeout(300)
         self.no_exception()
@@ -169,9 +171,14 @@ def test_presenter_walk_in_chromium(demo_fitted, server, tmp_path):
         expect(metric).to_be_visible(timeout=120_000)
         before = metric.inner_text()
         slider = page.get_by_role("slider").first
-        slider.focus()
-        for _ in range(6):  # ξ_B from −1 to −4 in steps of 0.5
+        shown_xi = lambda: float(page.locator('[data-testid="stSliderThumbValue"]').first.inner_text().replace("−", "-"))  # noqa: E731
+        for _ in range(12):  # ξ_B from −1 to −4 in steps of 0.5, one key press per fragment rerun
+            if shown_xi() <= -4.0:
+                break
+            slider.focus()  # a rerun redraws the slider and can take its focus
             page.keyboard.press("ArrowLeft")
+            w.settle()
+        assert shown_xi() == -4.0
         expect(metric).not_to_have_text(before, timeout=60_000)
         w.settle()
         after = metric.inner_text()
@@ -196,7 +203,9 @@ def test_presenter_walk_in_chromium(demo_fitted, server, tmp_path):
         for label in ("Average harm over the test tasks", "Average rank", "Size (self-influence)"):
             page.get_by_text(label, exact=True).first.click()
             w.settle(180)
-        page.get_by_role("button", name="Remove the 64 most suspicious").click()
+        remove = page.get_by_role("button", name="Remove the 64 most suspicious")
+        expect(remove).to_be_visible(timeout=180_000)
+        remove.click()
         w.settle(300)
         expect(page.get_by_text("Without the 64 most suspicious").first).to_be_visible(timeout=300_000)
         expect(page.get_by_text("random tasks (average of", exact=False).first).to_be_visible()
