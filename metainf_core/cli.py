@@ -53,9 +53,21 @@ def _evaluate(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.service import open_run
 
     run = open_run(a.path, device=a.device)
-    result = {"test": run.evaluate(split="test").summary()}
-    if a.train:
-        result["train"] = run.evaluate(split="train").summary()
+    splits = [a.split] if a.split else ["test", *(["train"] if a.train else [])]
+    result: dict[str, Any] = {}
+    for split in splits:
+        ts = run.test_tasks if split == "test" else run.train_tasks
+        ids = None
+        if a.tasks:
+            try:
+                ids = [ts.check_id(int(x)) for x in a.tasks.split(",")]
+            except ValueError:
+                raise ConfigError(f"--tasks {a.tasks!r}: expected comma-separated task ids") from None
+        metrics = run.evaluate(split=split, task_ids=ids)
+        result[split] = metrics.summary()
+        if a.per_task:  # each task's query loss/accuracy after adaptation: compare with another library's numbers
+            result[split]["tasks"] = [{"id": int(i), "loss": float(lo), "accuracy": float(ac)}
+                                      for i, lo, ac in zip(metrics.task_ids, metrics.loss, metrics.accuracy, strict=True)]
     return result
 
 
@@ -340,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="test accuracy and loss over the test taskset")
     e.add_argument("path")
     e.add_argument("--train", action="store_true", help="also evaluate on the training taskset")
+    e.add_argument("--split", choices=["test", "train"], default=None, help="evaluate only this taskset")
+    e.add_argument("--tasks", default=None, help="comma-separated task ids (default: all)")
+    e.add_argument("--per-task", action="store_true", help="also print each task's adapted query loss and accuracy")
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=_evaluate)
 

@@ -42,6 +42,26 @@ def test_round_trip_and_info(synthetic_run, python_exe):
     assert result["test"]["num_tasks"] == 16 and result["train"]["num_tasks"] == 48
 
 
+def test_evaluate_per_task_on_chosen_tasks(synthetic_run, python_exe):
+    """`evaluate DIR --split train --tasks 0,5,7 --per-task`: each task's adapted query loss and
+    accuracy, as `Run.evaluate` gives them; an unknown task id exits 2 with one line."""
+    from metainf_core.service import open_run
+
+    cmd = [python_exe, "-m", "metainf_core", "evaluate", str(synthetic_run), "--split", "train", "--tasks", "0,5,7", "--per-task"]
+    ev = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert set(result) == {"train"} and result["train"]["num_tasks"] == 3
+    rows = result["train"]["tasks"]
+    direct = open_run(synthetic_run).evaluate(split="train", task_ids=[0, 5, 7])
+    assert [r["id"] for r in rows] == [0, 5, 7]
+    # same code in another process (maybe another thread count): float32 losses agree to rounding, ~1e-7
+    assert [r["loss"] for r in rows] == pytest.approx(direct.loss.tolist(), rel=1e-5)
+    assert [r["accuracy"] for r in rows] == pytest.approx(direct.accuracy.tolist(), abs=1e-6)
+    bad = subprocess.run([*cmd[:-3], "--tasks", "0,480"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "480" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_info_refuses_a_crafted_pickle_without_running_it(tmp_path, python_exe):
     marker = tmp_path / "pwned"
 
