@@ -47,8 +47,7 @@ def demo_dirs() -> list[Path]:
 
 def model_url_value(path: str) -> str:
     """How a model appears in ``?model=``: a bundled demo by its name, anything else by its path."""
-    p = Path(path)
-    return p.name if p.parent.resolve() == DEMO_DIR.resolve() else str(p)
+    return Path(path).name if is_demo(path) else str(path)
 
 
 def model_from_url(value: str | None) -> str | None:
@@ -90,11 +89,21 @@ def set_test_task(i: int) -> None:
     st.session_state[TEST_KEY] = int(i)
 
 
+def signed(x: float, spec: str = "+g") -> str:
+    """A number with its sign and a real minus sign (−), as the pages print changes and scores."""
+    return format(x, spec).replace("-", "−")
+
+
+def is_demo(path: str | Path) -> bool:
+    """Whether ``path`` is one of the bundled demos in assets/demo."""
+    return Path(path).resolve().parent == DEMO_DIR.resolve()
+
+
 def model_label(run: Run) -> str:
     """A model as a person names it: "ProtoNet on fashion-mnist (bundled demo)"."""
     meta = run.meta
     name = ALGORITHM_NAMES.get(meta["algorithm"], meta["algorithm"])
-    origin = "bundled demo" if run.checkpoint.path.resolve().parent == DEMO_DIR.resolve() else run.checkpoint.path.name
+    origin = "bundled demo" if is_demo(run.checkpoint.path) else run.checkpoint.path.name
     edited = ", edited" if meta.get("edited_from") else ""
     return f"{name} on {meta['dataset']['name']} ({origin}{edited})"
 
@@ -223,15 +232,23 @@ def task_alt(path: str, split: str, task_id: int) -> str:
 
 
 # ---- drill-down: which images carry a training task's score ------------------------------------
+@st.cache_data(show_spinner=False, max_entries=16)
+def test_image_table(path: str, test_id: int):  # noqa: ANN201 - drilldown.TargetImageShares
+    """The test task's n_q × M image shares: one per test task, whichever training task is opened."""
+    from metainf_core.drilldown import target_image_shares
+
+    return target_image_shares(get_run(path), _fitted(path, DEFAULT_INFLUENCE), test_id, dtype="float32")
+
+
 @st.cache_data(show_spinner="Splitting the score over the images…", max_entries=64)
 def drilldown_arrays(path: str, test_id: int, train_id: int) -> dict:
     """The drill-down of one (test task, training task) pair as plain arrays and sentences."""
-    from metainf_core.drilldown import drill_training_task, plain_summary, target_image_shares
+    from metainf_core.drilldown import drill_training_task, plain_summary
 
     run = get_run(path)
     inf = _fitted(path, DEFAULT_INFLUENCE)
     drill = drill_training_task(run, inf, test_id, train_id, dtype="float32")
-    reverse = target_image_shares(run, inf, test_id, dtype="float32").for_training_task(train_id)
+    reverse = test_image_table(path, test_id).for_training_task(train_id)
     return {
         "score": drill.score, "query": drill.query.values, "support": drill.support.values, "test": reverse.values,
         "summary": plain_summary(drill.query), "reverse_summary": plain_summary(reverse), "corruption": drill.query.images.corruption,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metainf_core.cache import CacheEntry
+from metainf_core.cache import CacheEntry, content_key
 from metainf_core.checkpoint import MODEL_FILE, load_tensors, read_tensor_metadata, save_checkpoint, save_tensors
 from metainf_core.config import InfluenceConfig, InfluenceMethod, TaskConfig, TrainConfig
 from metainf_core.edit import EditSpec, apply_delta, edit_delta
@@ -72,7 +72,8 @@ def cache_entry(run: Run, cfg: InfluenceConfig) -> CacheEntry:
 
 def is_fitted(run: Run, cfg: InfluenceConfig) -> bool:
     """True when the fit is in the disk cache or shipped inside the run folder (loads at once)."""
-    return cache_entry(run, cfg).complete or shipped_fit_path(run, cfg).is_file()
+    entry = cache_entry(run, cfg)
+    return entry.complete or shipped_fit_path(run, entry).is_file()
 
 
 # ---- fits shipped inside a run folder --------------------------------------------------------
@@ -83,12 +84,10 @@ SHIPPED_DIR = "influence"
 QUANTISED = ("factor", "projections")  # float16 with a float32 scale per column; the rest float32
 
 
-def shipped_fit_path(run: Run, cfg: InfluenceConfig) -> Path:
-    return run.checkpoint.path / SHIPPED_DIR / f"{cache_entry(run, cfg).directory.name}.safetensors"
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+def shipped_fit_path(run: Run, where: InfluenceConfig | CacheEntry) -> Path:
+    """``<run>/influence/<cache key>.safetensors`` for the fit with these settings (or cache entry)."""
+    entry = where if isinstance(where, CacheEntry) else cache_entry(run, where)
+    return run.checkpoint.path / SHIPPED_DIR / f"{entry.directory.name}.safetensors"
 
 
 def ship_fit(run: Run, cfg: InfluenceConfig) -> Path:
@@ -103,23 +102,25 @@ def ship_fit(run: Run, cfg: InfluenceConfig) -> Path:
             packed[f"{name}_scale"] = scale
         else:
             packed[name] = t.float()
-    path = shipped_fit_path(run, cfg)
-    save_tensors(path, packed, metadata={"inputs": cache_inputs(run, cfg), "info": info})
-    write_json_atomic(path.with_suffix(".json"), {"sha256": sha256_file(path), "inputs": cache_inputs(run, cfg)})
+    entry = cache_entry(run, cfg)
+    path = shipped_fit_path(run, entry)
+    save_tensors(path, packed, metadata={"inputs": entry.inputs, "info": info})
+    write_json_atomic(path.with_suffix(".json"), {"sha256": sha256_file(path), "inputs": entry.inputs})
     return path
 
 
-def load_shipped_fit(run: Run, cfg: InfluenceConfig) -> TaskInfluence | None:
-    """The fit shipped with the run, checked (hash, inputs) and copied into the disk cache; None
-    when there is none. A file that fails the checks raises CheckpointError."""
-    path = shipped_fit_path(run, cfg)
+def load_shipped_fit(run: Run, cfg: InfluenceConfig, entry: CacheEntry | None = None) -> TaskInfluence | None:
+    """The fit shipped with the run, checked (hash, inputs) and copied into the disk cache entry;
+    None when there is none. A file that fails the checks raises CheckpointError."""
+    entry = cache_entry(run, cfg) if entry is None else entry
+    path = shipped_fit_path(run, entry)
     if not path.is_file():
         return None
     record = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) if path.with_suffix(".json").is_file() else {}
     if record.get("sha256") != sha256_file(path):
         raise CheckpointError(f"{path}: content hash mismatch with its .json record (file altered or truncated)")
     meta = read_tensor_metadata(path)
-    if _canonical(meta.get("inputs")) != _canonical(cache_inputs(run, cfg)):
+    if content_key(meta.get("inputs", {})) != content_key(entry.inputs):
         raise CheckpointError(f"{path}: shipped for other weights, tasksets, data or settings")
     packed = load_tensors(path)
     dtype = getattr(torch, cfg.dtype)
@@ -128,7 +129,7 @@ def load_shipped_fit(run: Run, cfg: InfluenceConfig) -> TaskInfluence | None:
         for name, t in packed.items() if not name.endswith("_scale")
     }  # fmt: skip
     info = {**meta["info"], "source": f"shipped with the run ({path.name}, float16 U and P)"}
-    cache_entry(run, cfg).save(tensors, info)
+    entry.save(tensors, info)
     return _from_tensors(tensors, info)
 
 
@@ -137,7 +138,7 @@ def fit_status(run: Run, cfg: InfluenceConfig) -> dict[str, Any]:
     with ``tasks_done`` of ``total``) / none; read from the cache without loading the fit."""
     entry = cache_entry(run, cfg)
     total = len(run.train_tasks)
-    if entry.complete or shipped_fit_path(run, cfg).is_file():
+    if entry.complete or shipped_fit_path(run, entry).is_file():
         return {"state": "complete", "tasks_done": total, "total": total}
     progress = entry.partial_progress()
     if progress is not None:
@@ -197,7 +198,7 @@ def fit_influence(
     entry = cache_entry(run, cfg)
     if entry.complete:
         return _from_tensors(*entry.load())
-    shipped = load_shipped_fit(run, cfg)
+    shipped = load_shipped_fit(run, cfg, entry)
     if shipped is not None:
         return shipped
     started = time.time()

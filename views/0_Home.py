@@ -11,7 +11,18 @@ from metainf_core.cache import cache_root
 from metainf_core.checkpoint import import_checkpoint_zip, read_meta
 from metainf_core.exceptions import MetainfError
 from metainf_core.explain import fit_status
-from ui import ALGORITHM_NAMES, DEFAULT_DEMO, DEFAULT_INFLUENCE, DEMO_DIR, current_model_path, demo_dirs, get_run, set_model, show_figure
+from ui import (
+    ALGORITHM_NAMES,
+    DEFAULT_DEMO,
+    DEFAULT_INFLUENCE,
+    DEMO_DIR,
+    current_model_path,
+    demo_dirs,
+    get_run,
+    is_demo,
+    set_model,
+    show_figure,
+)
 
 st.set_page_config(page_title="metainf", page_icon="🧭", layout="wide")
 UPLOAD_DIR = cache_root() / "uploads"  # verified uploads, named by content hash; never unpickled
@@ -25,8 +36,7 @@ def load_card(path: str) -> dict:
 
 def source_of(path: str) -> str:
     """Which picker the session's current model came from (so returning here shows it again)."""
-    parent = Path(path).resolve().parent
-    if parent == DEMO_DIR.resolve():
+    if is_demo(path):
         return "Bundled demo"
     return "Upload" if UPLOAD_DIR.resolve() in Path(path).resolve().parents else "Run folder"
 

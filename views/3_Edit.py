@@ -30,6 +30,7 @@ from ui import (
     require_influence,
     require_run,
     show_figure,
+    signed,
     task_alt,
     task_strip,
     test_task_picker,
@@ -141,10 +142,6 @@ FIGURES = {  # the four numbers of the tiles and the sentence: (as a percentage,
 
 def shown(x: float, percent: bool = False, digits: int = 3) -> str:
     return f"{100 * x:.{digits}f} %" if percent else f"{x:.{digits}f}"
-
-
-def signed(x: float, fmt: str = "+g") -> str:
-    return format(x, fmt).replace("-", "−")
 
 
 def figures(test_id: int, before, after) -> dict[str, tuple[float, float, str, str]]:  # noqa: ANN001 - evaluate()'s tuples

@@ -23,7 +23,7 @@ from metainf_core.detect import corrupted_ids, detection_curve, detection_scores
 from metainf_core.edit import EditSpec
 from metainf_core.exceptions import ConfigError
 from metainf_core.explain import edited_params, save_edited_checkpoint, task_rows
-from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run, show_figure, task_alt, task_strip
+from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run, show_figure, signed, task_alt, task_strip
 
 GALLERY, PER_ROW = 12, 4  # most suspicious tasks shown as thumbnails
 DRAWS, SEED = 5, 0  # random removal sets compared with (detect's defaults)
@@ -95,12 +95,8 @@ def shown_values(kind: str, scores: np.ndarray) -> np.ndarray:
     return -scores if kind == "self" else scores
 
 
-def signed(x: float, spec: str = "+.3g") -> str:
-    return format(x, spec).replace("-", "−")
-
-
 def fmt(kind: str, value: float) -> str:
-    return {"rank": f"{value:.1f}", "self": f"{value:.3g}"}.get(kind) or signed(value)
+    return {"rank": f"{value:.1f}", "self": f"{value:.3g}"}.get(kind) or signed(value, "+.3g")
 
 
 def pct(x: float) -> str:
@@ -281,8 +277,8 @@ if "corrupted_in_lowest" in row:
 # first order: Δ mean test loss ≈ g_allᵀ δω = ξ Σ_B I_perf = −ξ Σ_B helpfulness(all test tasks)
 predicted = -rxi * float(mean_helpfulness[removed].sum())
 actual = after["loss"] - before["loss"]
-st.markdown(f"Predicted from the scores alone, the average test loss changes by **{signed(predicted)}**; "
-            f"re-testing the cleaned model, it changed by **{signed(actual)}**.")
+st.markdown(f"Predicted from the scores alone, the average test loss changes by **{signed(predicted, '+.3g')}**; "
+            f"re-testing the cleaned model, it changed by **{signed(actual, '+.3g')}**.")
 st.caption("The loss measures how wrong and how unsure the model is on the test images; lower is better. The prediction is "
            "−ξ × the removed tasks' summed average helpfulness (whichever score chose them): a straight-line (first-order) "
            "estimate that holds for small edits and drifts as |ξ| × k grows.")
