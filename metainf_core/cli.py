@@ -39,6 +39,23 @@ def _train(a: argparse.Namespace) -> dict[str, Any]:
     return {"out": str(out), "step": meta["step"], "test": meta["test"], "num_parameters": meta["num_parameters"]}
 
 
+def _import(a: argparse.Namespace) -> dict[str, Any]:
+    from metainf_core.checkpoint import read_meta
+    from metainf_core.importing import import_run, read_tasks_file
+
+    tasks = read_tasks_file(a.tasks)
+    out = import_run(
+        a.model, a.out, algo=a.algo, dataset=a.dataset, train_tasks=tasks["train_tasks"], test_tasks=tasks.get("test_tasks"),
+        weights=a.weights, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order,
+        protonet_embedding=a.protonet_embedding, num_test_tasks=a.test_tasks, seed=a.task_seed, filters=a.filters,
+    )  # fmt: skip
+    meta = read_meta(out)
+    return {
+        "out": str(out), "num_parameters": meta["num_parameters"], "train_tasks": meta["task_config"]["train_tasks"],
+        "test_tasks": meta["task_config"]["test_tasks"], "test": meta["test"], "imported": meta["imported"],
+    }  # fmt: skip
+
+
 def _info(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.checkpoint import load_checkpoint
 
@@ -73,7 +90,11 @@ def _evaluate(a: argparse.Namespace) -> dict[str, Any]:
 
 def _influence_config(a: argparse.Namespace) -> InfluenceConfig:
     dtype = a.dtype or ("float64" if a.method == "exact" else "float32")
-    return InfluenceConfig(method=a.method, n_orth=a.n_orth, damping=a.damping, truncation=a.truncation, dtype=dtype)
+    groups = tuple(g for g in (getattr(a, "param_groups", "") or "").split(",") if g.strip())
+    return InfluenceConfig(
+        method=a.method, n_orth=a.n_orth, damping=a.damping, truncation=a.truncation, dtype=dtype,
+        projection_dim=getattr(a, "projection_dim", 0), projection_seed=getattr(a, "projection_seed", 0), param_groups=groups,
+    )  # fmt: skip
 
 
 def _fitted(a: argparse.Namespace):
@@ -102,17 +123,22 @@ def _fitted(a: argparse.Namespace):
     return run, cfg, inf
 
 
-def _fit(a: argparse.Namespace) -> dict[str, Any]:
+def _fit(a: argparse.Namespace) -> dict[str, Any] | None:
     from metainf_core.explain import cache_entry, ship_fit
 
+    from metainf_core.influence import distributed
+
     run, cfg, inf = _fitted(a)
+    if not distributed.is_primary():  # torchrun: rank 0 alone reads the entry back, ships and prints
+        return None
     _, info = cache_entry(run, cfg).load()
     shipped = {"shipped": str(ship_fit(run, cfg))} if a.ship else {}
     return {**shipped, 
-        "method": cfg.method, "num_tasks": inf.num_tasks, "num_parameters": int(inf.factor.shape[0]),
+        "method": cfg.method, "num_tasks": inf.num_tasks, "num_parameters": int(inf.num_params),
         "columns": inf.num_columns, "truncation": inf.truncation, "num_negative_eigenvalues": inf.num_negative,
         "self_rank_table": [{"k": k, "mean_self_rank": r} for k, r in inf.self_ranks],
         "fit_seconds": info.get("fit_seconds"), "cache": str(cache_entry(run, cfg).directory),
+        "world_size": info.get("world_size", 1), "tasks_per_rank": info.get("tasks_per_rank", [inf.num_tasks]),
     }  # fmt: skip
 
 
@@ -305,6 +331,11 @@ def _add_influence_args(p: argparse.ArgumentParser, method_choices: list[str] | 
     p.add_argument("--damping", type=float, default=0.0)
     p.add_argument("--truncation", type=int, default=0, help="kept eigen-directions k (0: choose by self-rank)")
     p.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: float64 exact, float32 gn")
+    p.add_argument("--projection-dim", type=int, default=0, metavar="D",
+                   help="gn, large backbones: CountSketch every parameter-space vector to D dimensions (0: none)")
+    p.add_argument("--projection-seed", type=int, default=0, help="seed of the --projection-dim sketch")
+    p.add_argument("--param-groups", default="", metavar="PREFIXES",
+                   help="gn: influence w.r.t. these comma-separated parameter-name prefixes only, e.g. features.3,head")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -343,6 +374,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
+
+    im = sub.add_parser("import", help="make a run folder from a meta-learner trained elsewhere (learn2learn, torch.save)")
+    im.add_argument("out", help="new run folder")
+    im.add_argument("--weights", required=True, help="model.safetensors or a torch.save state dict (.pt; loaded weights-only)")
+    im.add_argument("--model", required=True,
+                    help='network constructor, e.g. "l2l.vision.models.OmniglotCNN(output_size=3, hidden_size=16, layers=4)", '
+                         f"or a metainf architecture ({', '.join(a.value for a in Architecture)}; with --filters)")  # fmt: skip
+    im.add_argument("--algo", choices=["maml", "protonet"], required=True)
+    im.add_argument("--dataset", required=True, help="the dataset the tasks' indices refer to (e.g. fashion-mnist)")
+    im.add_argument("--tasks", required=True, help="tasks.json: train_tasks (and optionally test_tasks), sample by sample")
+    im.add_argument("--inner-lr", type=float, default=rd.inner_lr, help="MAML inner step size α (learn2learn's MAML lr)")
+    im.add_argument("--inner-steps", type=int, default=rd.inner_steps, help="MAML adaptation steps")
+    im.add_argument("--first-order", action="store_true", help="MAML trained first-order")
+    im.add_argument("--protonet-embedding", choices=["joint", "separate"], default=None,
+                    help="ProtoNet: support and query through the network in one call (learn2learn's example; default) or two")
+    im.add_argument("--test-tasks", type=int, default=td.test_tasks, help="test tasks to draw when tasks.json has none")
+    im.add_argument("--task-seed", type=int, default=td.seed, help="seed of the drawn test tasks")
+    im.add_argument("--filters", type=int, default=32, help="filters of a metainf architecture named by --model")
+    im.set_defaults(func=_import)
 
     i = sub.add_parser("info", help="print a checkpoint's metadata (verified, never unpickled)")
     i.add_argument("path")
@@ -437,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="run the papers' experiments on our data and write the reproduction report")
     rp.add_argument("--out", default="docs/results", help="report folder: README.md, data/*.json, figures/*.png")
     rp.add_argument("--only", default=None, help="comma-separated experiment keys (default: all); see metainf_core/reproduce")
-    rp.add_argument("--scale", choices=["report", "smoke"], default="report", help="smoke: a minutes-long version of each experiment")
+    rp.add_argument("--scale", choices=["report", "medium", "smoke"], default="report",
+                    help="medium: conv nets, M = 1,024, about an hour (data/<key>.medium.json); smoke: a minutes-long version of each experiment")
     rp.add_argument("--work", default=None, help="where trained runs are kept (default .cache/metainf/reproduce)")
     rp.add_argument("--force", action="store_true", help="rerun experiments whose saved section is up to date")
     rp.add_argument("--no-figures", action="store_true", help="do not draw PNG figures")
@@ -456,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    if result is None:  # a torchrun rank other than 0: rank 0 prints
+        return 0
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

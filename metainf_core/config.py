@@ -31,6 +31,11 @@ class Architecture(str, Enum):
     MLP_SYNTHETIC = "mlp-synthetic"  # 2-4-4-3 with batch norm (TLXML B.3, 63 params)
 
 
+EXTERNAL_ARCH = "external"  # TrainConfig.arch of a run whose network is a constructor expression
+# ProtoNet embeds support and query in separate network calls (metainf's training: batch-norm
+# statistics per set) or in one (learn2learn's ProtoNet example: statistics over both).
+EMBEDDINGS = ("separate", "joint")
+
 # Datasets whose inputs the default conv4 cannot take, and the network they train with instead.
 DATASET_ARCHITECTURES = {"synthetic": Architecture.MLP_SYNTHETIC}  # 2-D points (TLXML B.3)
 
@@ -128,16 +133,24 @@ class TrainConfig:
     prox_tol: float = 1e-4
     cg_steps: int = 20
     cg_tol: float = 1e-6
+    # A network constructor expression (models.construct) in place of ``arch``: imported runs.
+    model: str = ""
+    protonet_embedding: str = "separate"  # ProtoNet: support and query through the network "separate"ly or "joint"ly
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude_tasks", tuple(sorted({int(j) for j in self.exclude_tasks})))
         if any(j < 0 for j in self.exclude_tasks):
             raise ConfigError("exclude_tasks must be non-negative task ids")
+        if self.model:
+            object.__setattr__(self, "arch", EXTERNAL_ARCH)
         try:
             Algorithm(self.algo)
-            Architecture(self.arch)
+            if not self.model:
+                Architecture(self.arch)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.protonet_embedding not in EMBEDDINGS:
+            raise ConfigError(f"protonet_embedding must be one of {', '.join(EMBEDDINGS)}, got {self.protonet_embedding!r}")
         _check_positive(self, "filters", "steps", "meta_batch", "inner_steps", "checkpoint_every")
         _check_positive(self, "prox_steps", "cg_steps")
         if not (self.lr > 0 and self.inner_lr > 0 and self.prox_lr > 0):
@@ -176,6 +189,12 @@ class InfluenceConfig:
 
     ``truncation`` 0 chooses k by self-rank (TLXML B.3); ``n_orth`` is Algorithm 1's N_orth
     (N_max = 2·N_orth); ``damping`` adds λ to the curvature (METHODS §8).
+
+    Large backbones (Gauss-Newton only; ``influence/projection.py``): ``projection_dim`` d > 0
+    sketches every q-vector to d dimensions with a seeded CountSketch (``projection_seed``),
+    ``param_groups`` restricts influence to the parameters under these dotted name prefixes (e.g.
+    ``("features.3", "head")``; empty = all). They are left out of ``to_dict`` (the cache key)
+    while at their defaults, so the keys of existing fits do not change.
     """
 
     method: str = "gn"
@@ -185,8 +204,28 @@ class InfluenceConfig:
     self_rank_sample: int = 256
     dtype: str = "float64"
     task_batch: int = 8
+    projection_dim: int = 0
+    projection_seed: int = 0
+    param_groups: tuple[str, ...] = ()
+
+    # fields omitted from to_dict() at these values: cache keys predating them stay byte-identical
+    _KEY_DEFAULTS = {"projection_dim": 0, "projection_seed": 0, "param_groups": ()}
 
     def __post_init__(self) -> None:
+        groups = self.param_groups
+        if isinstance(groups, str):
+            groups = tuple(g for g in groups.split(",") if g.strip())
+        if not isinstance(groups, (tuple, list)) or not all(isinstance(g, str) for g in groups):
+            raise ConfigError(f"param_groups must be parameter-name prefixes (strings), got {self.param_groups!r}")
+        groups = tuple(g.strip() for g in groups)
+        bad = [g for g in groups if not g or g.startswith(".") or g.endswith(".") or ".." in g]
+        if bad:
+            raise ConfigError(f"param_groups: {bad[0]!r} is not a dotted parameter-name prefix (e.g. 'features.3' or 'head')")
+        object.__setattr__(self, "param_groups", tuple(dict.fromkeys(groups)))
+        for name in ("projection_dim", "projection_seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer (projection_dim 0 = no projection), got {value!r}")
         try:
             InfluenceMethod(self.method)
         except ValueError:
@@ -195,10 +234,27 @@ class InfluenceConfig:
         if not isinstance(self.truncation, int) or self.truncation < 0:
             raise ConfigError("truncation must be a non-negative integer (0 = choose by self-rank)")
         check_damping_and_dtype(self.damping, self.dtype)
+        if (self.projection_dim or self.param_groups) and InfluenceMethod(self.method) is not InfluenceMethod.GN:
+            raise ConfigError("projection_dim and param_groups apply to the Gauss-Newton method (method='gn') only")
+
+    @property
+    def reduces(self) -> bool:
+        """Whether the fit is sketched and/or restricted to parameter groups."""
+        return bool(self.projection_dim or self.param_groups)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """All fields, except the large-backbone ones while at their defaults (cache-key stability)."""
+        d = asdict(self)
+        for name, default in self._KEY_DEFAULTS.items():
+            if d[name] == default or (name == "projection_seed" and not self.projection_dim):
+                del d[name]
+        if "param_groups" in d:
+            d["param_groups"] = list(d["param_groups"])
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InfluenceConfig:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        values = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        if "param_groups" in values:
+            values["param_groups"] = tuple(values["param_groups"])
+        return cls(**values)

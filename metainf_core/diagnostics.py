@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
 from metainf_core.cache import CacheEntry
 from metainf_core.checkpoint import load_tensors
@@ -53,7 +53,7 @@ from metainf_core.explain import run_fingerprint
 from metainf_core.influence.flat import ParamLayout
 from metainf_core.influence.hvp import EigenEstimate, hvp_of, lanczos, power_iteration
 from metainf_core.io import sha256_file
-from metainf_core.learners import LearnerSpec, Params, prototype_logits, with_composite_batch_norm
+from metainf_core.learners import LearnerSpec, Params, call_network, prototype_logits, with_composite_batch_norm
 from metainf_core.service import Run, open_run
 from metainf_core.tasks import TaskBatch
 
@@ -94,7 +94,7 @@ def create_support_loss_function(
     net = with_composite_batch_norm(model) if second_order else model
 
     def loss(w: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
-        out = functional_call(net, layout.unflatten(w), (sx,)).flatten(1)
+        out = call_network(net, layout.unflatten(w), sx).flatten(1)
         if _is_protonet(spec):
             out = prototype_logits(out, sy, out, spec.ways)
         return F.cross_entropy(out, sy)
@@ -135,7 +135,7 @@ def create_feature_function(model: nn.Module, spec: LearnerSpec) -> Callable[[Pa
     MAML family (conv4: the flattened embedding; mlp-synthetic: the last hidden ReLU), ProtoNet's
     embedding itself."""
     if _is_protonet(spec):
-        return lambda p, x: functional_call(model, p, (x,)).flatten(1)
+        return lambda p, x: call_network(model, p, x).flatten(1)
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
         raise ConfigError("the network has no linear classifier layer to take features before")
@@ -143,7 +143,7 @@ def create_feature_function(model: nn.Module, spec: LearnerSpec) -> Callable[[Pa
     parent_name, _, child = names[-1].rpartition(".")
     setattr(trunk.get_submodule(parent_name) if parent_name else trunk, child, nn.Identity())
     keep = set(dict(trunk.named_parameters()))
-    return lambda p, x: functional_call(trunk, {k: v for k, v in p.items() if k in keep}, (x,)).flatten(1)
+    return lambda p, x: call_network(trunk, {k: v for k, v in p.items() if k in keep}, x).flatten(1)
 
 
 def task_representations(model: nn.Module, spec: LearnerSpec, params: Params, batch: TaskBatch) -> Tensor:

@@ -38,7 +38,7 @@ from metainf_core.influence.flat import (
 )
 from metainf_core.influence.gradients import iter_task_batches, task_gradients
 from metainf_core.influence.scores import TaskInfluence
-from metainf_core.learners import LearnerSpec, Params
+from metainf_core.learners import LearnerSpec, Params, protonet_embeddings
 from metainf_core.service import Run
 from metainf_core.tasks import TaskBatch
 
@@ -123,9 +123,11 @@ def score_direction(inf: TaskInfluence, test_grad: Tensor) -> Tensor:
 
     Computed in ``test_grad``'s dtype and device (the factor is cast to it).
     """
-    if test_grad.dim() != 1 or test_grad.shape[0] != inf.factor.shape[0]:
-        q = inf.factor.shape[0]
+    if test_grad.dim() != 1 or test_grad.shape[0] != inf.num_params:
+        q = inf.num_params
         raise ConfigError(f"test gradient must be a vector of q = {q} entries, got {tuple(test_grad.shape)}")
+    if inf.space is not None:  # sketched / parameter-group fit: v = (1/M) Rᵀ U_k diag(s) U_kᵀ R g_i
+        return inf.score_direction(test_grad)
     k = inf.truncation
     u = inf.factor[:, :k].to(test_grad)
     return u @ (inf.signs[:k].to(test_grad) * (test_grad @ u)) / inf.num_tasks
@@ -168,7 +170,7 @@ def create_drill_loss_function(
     if algo is Algorithm.PROTONET:
 
         def protonet_loss(x: Tensor, u: Tensor, w: Tensor, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
-            s_emb, q_emb = forward(x, sx).flatten(1), forward(x, qx).flatten(1)
+            s_emb, q_emb = protonet_embeddings(lambda inp: forward(x, inp), sx, qx, spec.protonet_embedding)
             onehot = (sy.unsqueeze(-1) == torch.arange(spec.ways, device=sy.device)).to(s_emb.dtype) * w.unsqueeze(1)
             centroids = (onehot.T @ s_emb) / onehot.sum(0).unsqueeze(1)
             return weighted(u, -((q_emb.unsqueeze(1) - centroids.unsqueeze(0)) ** 2).sum(-1), qy)

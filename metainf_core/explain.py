@@ -36,7 +36,10 @@ from metainf_core.influence import (
 )
 from metainf_core.learners import Params
 from metainf_core.service import Run, open_run
+from metainf_core.influence import distributed
 from metainf_core.influence.exact import MAX_EXACT_PARAMS
+from metainf_core.influence.flat import ParamLayout
+from metainf_core.influence.projection import InfluenceSpace
 from metainf_core.io import sha256_file, write_json_atomic
 from metainf_core.validate import proper_tests, score_agreement, self_ranks, superclass_overlap, top_k_overlap
 
@@ -55,7 +58,7 @@ def run_fingerprint(run: Run) -> dict[str, Any]:
     training taskset and dataset fingerprints."""
     return {
         "model": run.meta["hashes"][MODEL_FILE],
-        "learner": run.spec.__dict__,
+        "learner": run.spec.key(),
         "train_tasks": run.train_tasks.fingerprint(),
         "dataset": run.dataset.fingerprint,
     }
@@ -140,7 +143,7 @@ def fit_status(run: Run, cfg: InfluenceConfig) -> dict[str, Any]:
     total = len(run.train_tasks)
     if entry.complete or shipped_fit_path(run, entry).is_file():
         return {"state": "complete", "tasks_done": total, "total": total}
-    progress = entry.partial_progress()
+    progress = entry.partial_progress() or distributed.partial_progress(entry.directory)  # or per-rank files (torchrun)
     if progress is not None:
         return {"state": "partial", "tasks_done": int(progress.get("tasks_done", 0)), "total": total}
     return {"state": "none", "tasks_done": 0, "total": total}
@@ -155,6 +158,8 @@ def _to_tensors(inf: TaskInfluence) -> tuple[dict[str, torch.Tensor], dict[str, 
         "num_positive": inf.num_positive,
         "self_ranks": [list(x) for x in inf.self_ranks],
     }
+    if inf.space is not None:  # sketch / parameter groups (projection.py): rebuilt from its seed on load
+        info["space"] = inf.space.to_dict()
     return tensors, info
 
 
@@ -169,7 +174,16 @@ def _from_tensors(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> Tas
         num_negative=int(info["num_negative"]),
         num_positive=int(info["num_positive"]),
         self_ranks=tuple((int(k), float(r)) for k, r in info["self_ranks"]),
+        space=InfluenceSpace.from_dict(info["space"]) if info.get("space") else None,
     )
+
+
+def _gn_config(cfg: InfluenceConfig) -> GaussNewtonConfig:
+    """The streamed fit's settings for an influence configuration (large-backbone options included)."""
+    return GaussNewtonConfig(
+        n_orth=cfg.n_orth, task_batch=cfg.task_batch, projection_dim=cfg.projection_dim,
+        projection_seed=cfg.projection_seed, param_groups=cfg.param_groups,
+    )  # fmt: skip
 
 
 def _gauss_newton_factor(run: Run, cfg: InfluenceConfig, entry: CacheEntry, params: Params, progress, save_every: int):
@@ -180,7 +194,7 @@ def _gauss_newton_factor(run: Run, cfg: InfluenceConfig, entry: CacheEntry, para
         tensors, meta = partial
         fit = GaussNewtonFit.from_state_dict({**meta["state"], **tensors}, *args)
     else:
-        fit = GaussNewtonFit(*args, GaussNewtonConfig(n_orth=cfg.n_orth, task_batch=cfg.task_batch))
+        fit = GaussNewtonFit(*args, _gn_config(cfg))
     todo = np.flatnonzero(~fit.done)
     total = len(run.train_tasks)
     for start in range(0, len(todo), save_every):
@@ -189,6 +203,30 @@ def _gauss_newton_factor(run: Run, cfg: InfluenceConfig, entry: CacheEntry, para
         tensors = {"rows": state.pop("rows"), "done": state.pop("done").to(torch.uint8)}
         entry.save_partial(tensors, {"state": state, "tasks_done": fit.tasks_done, "total": total})
     return fit.factor(cfg.damping)
+
+
+def _distributed_gauss_newton(run: Run, cfg: InfluenceConfig, entry: CacheEntry, params: Params, progress, save_every: int, grad_batch: int):
+    """This rank's share of a torchrun fit (``influence/distributed.py``): its shard of the tasks
+    streamed into its own buffer (checkpointed to its partial file), the buffers tree-merged into
+    the factor, its shard of P = (R G) U; returns (TaskInfluence before truncation on rank 0, else
+    None; the fit's record)."""
+    args = (run.model, run.spec, params, run.train_tasks, run.dataset)
+    m = len(run.train_tasks)
+    stream = distributed.stream_curvature(
+        lambda: GaussNewtonFit(*args, _gn_config(cfg)), lambda state: GaussNewtonFit.from_state_dict(state, *args),
+        entry.directory, entry.inputs, m, cfg.damping, compute_device=run.device, progress=progress, save_every=save_every,
+    )  # fmt: skip
+    u = stream.factor.factor
+    space = InfluenceSpace.build(ParamLayout.from_params(params), cfg.param_groups, cfg.projection_dim, cfg.projection_seed)
+
+    def project(ids: np.ndarray) -> torch.Tensor:
+        g = task_gradients(*args, ids, grad_batch)
+        return (g if space is None else space.reduce(g)) @ u
+
+    proj = distributed.sharded_projections(project, m, u.shape[1], u.dtype, compute_device=run.device, batch=grad_batch, progress=progress)
+    if not distributed.is_primary():
+        return None, stream.record
+    return influence_from_projections(stream.factor, proj, CurvatureMode.GAUSS_NEWTON, select=False, space=space), stream.record
 
 
 def fit_influence(
@@ -203,21 +241,29 @@ def fit_influence(
         return shipped
     started = time.time()
     params = params_as(run, cfg.dtype)
+    record: dict[str, Any] = {}  # a distributed fit's world size and tasks per rank (none in a single process)
     if InfluenceMethod(cfg.method) is InfluenceMethod.EXACT:
         inf = fit_exact(run.model, run.spec, params, run.train_tasks, run.dataset, damping=cfg.damping, select=False)
+    elif distributed.active():  # one rank of a torchrun launch (influence/distributed.py)
+        inf, record = _distributed_gauss_newton(run, cfg, entry, params, progress, save_every, grad_batch)
+        if inf is None:  # ranks > 0: rank 0 chooses the truncation and writes the entry; read it
+            return _from_tensors(*distributed.wait_for_entry(entry))
     else:
         factor = _gauss_newton_factor(run, cfg, entry, params, progress, save_every)
+        # the fit's reduction R (sketch / parameter groups), rebuilt deterministically from the settings
+        space = InfluenceSpace.build(ParamLayout.from_params(params), cfg.param_groups, cfg.projection_dim, cfg.projection_seed)
         m = len(run.train_tasks)
         proj = torch.empty(m, factor.factor.shape[1], dtype=factor.factor.dtype)
         for start in range(0, m, grad_batch):  # P = G U in chunks: never the whole M × q gradient matrix
             ids = np.arange(start, min(m, start + grad_batch))
-            proj[ids] = task_gradients(run.model, run.spec, params, run.train_tasks, run.dataset, ids, grad_batch) @ factor.factor
+            g = task_gradients(run.model, run.spec, params, run.train_tasks, run.dataset, ids, grad_batch)
+            proj[ids] = (g if space is None else space.reduce(g)) @ factor.factor
             if progress is not None:
                 progress("gradients", int(ids[-1]) + 1, m)
-        inf = influence_from_projections(factor, proj, CurvatureMode.GAUSS_NEWTON, select=False)
+        inf = influence_from_projections(factor, proj, CurvatureMode.GAUSS_NEWTON, select=False, space=space)
     inf = inf.with_truncation(cfg.truncation) if cfg.truncation else inf.select_truncation(sample=cfg.self_rank_sample)
     tensors, info = _to_tensors(inf)
-    entry.save(tensors, {**info, "fit_seconds": round(time.time() - started, 2)})
+    distributed.save_entry(entry, tensors, {**info, "fit_seconds": round(time.time() - started, 2), **record})  # entry.save on rank 0
     return inf
 
 
@@ -353,11 +399,11 @@ def validation_report(
     test_ids = np.arange(min(max_tests, len(run.test_tasks)))
     scores = test_score_matrix(run, inf, cfg.dtype, test_ids)
     if exact_agreement and InfluenceMethod(cfg.method) is InfluenceMethod.GN:
-        q = int(inf.factor.shape[0])
+        q = inf.num_params
         if q > MAX_EXACT_PARAMS:
             out["exact_vs_gn"] = {"skipped": f"exact Hessian infeasible for q = {q:,} > {MAX_EXACT_PARAMS:,} parameters"}
         else:
-            exact_cfg = InfluenceConfig(**{**cfg.to_dict(), "method": "exact", "dtype": "float64"})
+            exact_cfg = InfluenceConfig(**{**cfg.to_dict(), "method": "exact", "dtype": "float64", "projection_dim": 0, "param_groups": ()})
             exact = test_score_matrix(run, fit_influence(run, exact_cfg), "float64", test_ids)
             per_test = [score_agreement(a, b) for a, b in zip(exact, scores, strict=True)]
             pearson = np.array([d["pearson"] for d in per_test])

@@ -49,13 +49,34 @@ class LearnerSpec:
     prox_tol: float = TrainConfig.prox_tol
     cg_steps: int = TrainConfig.cg_steps
     cg_tol: float = TrainConfig.cg_tol
+    protonet_embedding: str = TrainConfig.protonet_embedding
 
     @classmethod
     def from_train_config(cls, cfg: TrainConfig, ways: int) -> LearnerSpec:
         return cls(
             cfg.algo, ways, cfg.inner_lr, cfg.inner_steps, cfg.first_order,
             cfg.prox_lambda, cfg.prox_lr, cfg.prox_steps, cfg.prox_tol, cfg.cg_steps, cfg.cg_tol,
+            cfg.protonet_embedding,
         )  # fmt: skip
+
+    def key(self) -> dict[str, Any]:
+        """The fields as cache keys use them; fields added after the first cache format enter
+        only when they differ from their defaults, so existing cached and shipped results keep their keys."""
+        d = dict(self.__dict__)
+        if d["protonet_embedding"] == "separate":
+            del d["protonet_embedding"]
+        return d
+
+
+def call_network(model: nn.Module, params: Params, x: Tensor) -> Tensor:
+    """``model(x)`` with ``params`` in place of its parameters (``torch.func.functional_call``).
+
+    Only the names given are swapped (``tie_weights=False``): a module registered under two
+    names (learn2learn's OmniglotCNN holds ``base`` again as ``features.1``) is reached through
+    its first name, ``named_parameters()``'s. torch's tied-weights path left transform-wrapped
+    tensors inside such a module after nested vmap/jvp calls (torch 2.14; tests/test_import.py).
+    """
+    return functional_call(model, params, (x,), tie_weights=False)
 
 
 def params_of(model: nn.Module) -> Params:
@@ -70,7 +91,7 @@ def create_maml_adapt_function(model: nn.Module, spec: LearnerSpec) -> Callable[
     """
 
     def support_loss(p: Params, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(model, p, (x,)), y)
+        return F.cross_entropy(call_network(model, p, x), y)
 
     inner_grad = grad(support_loss)
 
@@ -144,7 +165,7 @@ class ProximalSolver:
 
     def _support_loss_of(self, net: nn.Module) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         def support_loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
-            return F.cross_entropy(functional_call(net, self.unflatten(w), (x,)), y)
+            return F.cross_entropy(call_network(net, self.unflatten(w), x), y)
 
         return support_loss
 
@@ -244,6 +265,15 @@ def prototype_logits(support_emb: Tensor, support_y: Tensor, query_emb: Tensor, 
     return -((query_emb.unsqueeze(1) - centroids.unsqueeze(0)) ** 2).sum(-1)
 
 
+def protonet_embeddings(forward: Callable[[Tensor], Tensor], sx: Tensor, qx: Tensor, embedding: str) -> tuple[Tensor, Tensor]:
+    """Flattened support and query embeddings. "separate": two network calls, batch-norm statistics
+    per set (metainf's training); "joint": one call on support + query (learn2learn's ProtoNet example)."""
+    if embedding == "joint":
+        emb = forward(torch.cat([sx, qx])).flatten(1)
+        return emb[: sx.shape[0]], emb[sx.shape[0] :]
+    return forward(sx).flatten(1), forward(qx).flatten(1)
+
+
 def create_logits_function(model: nn.Module, spec: LearnerSpec) -> LogitsFunction:
     """Query logits after adaptation to the support set, for one task (unbatched tensors)."""
     algo = Algorithm(spec.algo)
@@ -251,14 +281,12 @@ def create_logits_function(model: nn.Module, spec: LearnerSpec) -> LogitsFunctio
         adapt = (create_maml_adapt_function if algo is Algorithm.MAML else create_proximal_adapt_function)(model, spec)
 
         def maml_logits(params: Params, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
-            return functional_call(model, adapt(params, sx, sy), (qx,))
+            return call_network(model, adapt(params, sx, sy), qx)
 
         return maml_logits
 
     def protonet_logits(params: Params, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
-        # Support and query pass the encoder separately: batch-norm statistics per set, as in training.
-        s_emb = functional_call(model, params, (sx,)).flatten(1)
-        q_emb = functional_call(model, params, (qx,)).flatten(1)
+        s_emb, q_emb = protonet_embeddings(lambda x: call_network(model, params, x), sx, qx, spec.protonet_embedding)
         return prototype_logits(s_emb, sy, q_emb, spec.ways)
 
     return protonet_logits

@@ -7,6 +7,12 @@ its parameters — what ``torch.func`` needs to differentiate through the adapta
 
 from __future__ import annotations
 
+import ast
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -108,3 +114,128 @@ def build_model(
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ---- networks defined elsewhere: learn2learn's vision models and trusted user modules ---------
+# A run may name its network by a constructor expression instead of a metainf architecture, e.g.
+# "l2l.vision.models.OmniglotCNN(output_size=3, hidden_size=16, layers=4)". The expression is
+# parsed, never evaluated: a dotted name from an allowed module plus literal arguments.
+MODULE_ALIASES = {"l2l": "learn2learn"}
+LEARN2LEARN_MODELS = (
+    "OmniglotFC", "OmniglotCNN", "MiniImagenetCNN", "CNN4", "CNN4Backbone", "ResNet12", "ResNet12Backbone",
+    "WRN28", "WRN28Backbone",
+)  # fmt: skip
+TRUSTED_MODULES_ENV = "METAINF_TRUSTED_MODULES"
+
+
+@dataclass(frozen=True)
+class Constructor:
+    """A parsed ``package.module.Class(arg, key=value)``: qualified name and literal arguments."""
+
+    module: str
+    name: str
+    args: tuple[Any, ...]
+    kwargs: tuple[tuple[str, Any], ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.module}.{self.name}"
+
+    def __str__(self) -> str:
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
+        return f"{self.qualified}({', '.join(parts)})"
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    raise ConfigError("a model constructor is a dotted name, e.g. l2l.vision.models.CNN4(output_size=5)")
+
+
+def parse_constructor(text: str) -> Constructor:
+    """Parse ``text`` without running it; arguments must be Python literals (numbers, strings,
+    lists, booleans, None). ``Class`` alone means ``Class()``."""
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        raise ConfigError(f"model constructor {text!r} is not valid Python syntax") from None
+    call = node if isinstance(node, ast.Call) else ast.Call(func=node, args=[], keywords=[])
+    dotted = _dotted(call.func)
+    head, _, rest = dotted.partition(".")
+    dotted = f"{MODULE_ALIASES.get(head, head)}.{rest}" if rest else dotted
+    module, _, name = dotted.rpartition(".")
+    try:
+        args = tuple(ast.literal_eval(a) for a in call.args)
+        kwargs = tuple((k.arg, ast.literal_eval(k.value)) for k in call.keywords if k.arg is not None)
+    except ValueError:
+        raise ConfigError(f"model constructor {text!r}: arguments must be literals (numbers, strings, lists)") from None
+    if len(kwargs) != len(call.keywords):
+        raise ConfigError(f"model constructor {text!r}: **kwargs are not allowed")
+    return Constructor(module, name, args, kwargs)
+
+
+def trusted_modules() -> tuple[str, ...]:
+    """Modules whose classes may be constructed: learn2learn's vision models, metainf's own, and
+    the comma-separated packages in ``$METAINF_TRUSTED_MODULES`` (a user's own networks; a run
+    folder from someone else can then only name classes from packages this user trusts)."""
+    extra = [m.strip() for m in os.environ.get(TRUSTED_MODULES_ENV, "").split(",") if m.strip()]
+    return ("learn2learn.vision.models", "metainf_core.models", *extra)
+
+
+def construct(text: str) -> nn.Module:
+    """Build the network a constructor expression names (see ``parse_constructor``)."""
+    c = parse_constructor(text)
+    if c.module == "learn2learn.vision.models" and c.name not in LEARN2LEARN_MODELS:
+        raise ConfigError(f"{c.name} is not one of learn2learn's vision models ({', '.join(LEARN2LEARN_MODELS)})")
+    allowed = trusted_modules()
+    if not any(c.module == m or c.module.startswith(m + ".") for m in allowed):
+        raise ConfigError(
+            f"{c.qualified}: module {c.module} is not trusted; models come from {', '.join(allowed)} "
+            f"(add a package of your own with {TRUSTED_MODULES_ENV}=yourpackage)"
+        )
+    try:
+        cls = getattr(importlib.import_module(c.module), c.name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot find {c.qualified} ({e})") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"{c.qualified} is not an nn.Module class")
+    try:
+        return cls(*c.args, **dict(c.kwargs))
+    except Exception as e:  # noqa: BLE001 - any constructor failure is the user's arguments
+        raise ConfigError(f"{c} failed: {e.__class__.__name__}: {e}") from None
+
+
+def to_batch_statistics(model: nn.Module) -> tuple[nn.Module, int]:
+    """Make every batch norm normalise with the current batch's statistics, as MAML and ProtoNet
+    training use it, so the network is a pure function of its parameters (what ``torch.func``
+    needs). Running statistics are dropped; returns the model (in eval mode, so dropout and
+    DropBlock are off) and the number of buffers dropped."""
+    dropped = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            dropped += sum(getattr(m, b) is not None for b in ("running_mean", "running_var", "num_batches_tracked"))
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+    return model.eval(), dropped
+
+
+def build_network(model: str, arch: str, algo: str, input_shape: tuple[int, ...], ways: int, filters: int) -> nn.Module:
+    """The run's network: ``build_model(arch, …)``, or the constructor expression ``model`` when a
+    run names one (imported runs), in batch-statistics mode."""
+    if not model:
+        return build_model(arch, algo, input_shape, ways, filters)
+    net = construct(model)
+    check_no_tied_parameters(net)
+    return to_batch_statistics(net)[0]
+
+
+def check_no_tied_parameters(model: nn.Module) -> None:
+    """A module may be registered under two names (it is then one module); one parameter shared
+    by two different modules (weight tying) is refused: parameters are swapped by name only."""
+    owner: dict[int, nn.Module] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        module = model.get_submodule(name.rpartition(".")[0])
+        if owner.setdefault(id(p), module) is not module:
+            raise ConfigError(f"{name} is shared with another module (weight tying), which metainf does not support")

@@ -17,7 +17,7 @@ from metainf_core.data.base import FewShotDataset
 from metainf_core.evaluation import TaskMetrics, evaluate_tasks
 from metainf_core.exceptions import CheckpointError
 from metainf_core.learners import LearnerSpec, Params, create_batched_task_metrics_function
-from metainf_core.models import build_model
+from metainf_core.models import build_network
 from metainf_core.tasks import TaskSet
 
 
@@ -72,10 +72,11 @@ def open_run(path: str | Path, device: str = "cpu") -> Run:
     train_ts = TaskSet.load(ckpt.path / files["train"])
     test_ts = TaskSet.load(ckpt.path / files["test"])
     dev = resolve_device(device)
-    model = build_model(train_cfg.arch, train_cfg.algo, tuple(meta["input_shape"]), task_cfg.ways, train_cfg.filters).to(dev)
+    model = build_network(train_cfg.model, train_cfg.arch, train_cfg.algo, tuple(meta["input_shape"]), task_cfg.ways, train_cfg.filters)
+    model = model.to(dev)
     missing = set(dict(model.named_parameters())) ^ set(ckpt.params)
     if missing:
-        raise CheckpointError(f"{ckpt.path}: weights do not fit a {train_cfg.arch} network (e.g. {sorted(missing)[0]})")
+        raise CheckpointError(f"{ckpt.path}: weights do not fit a {train_cfg.model or train_cfg.arch} network (e.g. {sorted(missing)[0]})")
     return Run(ckpt, dataset, model, LearnerSpec.from_train_config(train_cfg, task_cfg.ways), train_ts, test_ts, dev)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,3 +224,98 @@ def make_taskset(dataset: FewShotDataset, config: TaskConfig, split: str) -> Tas
         query=samples[:, :, config.shots :].copy(),
         corruption=corruption,
     )
+
+
+# ---- tasks given sample by sample (imported runs: tasks.json) ----------------------------------
+SAMPLE_KEYS = ("index", "label", "target", "support")
+
+
+def taskset_from_samples(dataset: FewShotDataset, split: str, tasks: list[Any], where: str = "") -> TaskSet:
+    """A TaskSet from tasks written sample by sample, as a model trained elsewhere saw them.
+
+    Each task is a list of ``{"index": i, "label": y, "target": t, "support": bool}``: sample i of
+    ``dataset`` (its own order), its class y (checked against the dataset, which catches an index
+    offset), the output position t the model was trained to give it, and whether it was in the
+    adaptation set. Targets must be 0..ways−1, each target one class, the same ways, shots and
+    queries in every task. Order within a task does not matter: the learners' losses are means and
+    batch norm uses batch statistics. Any violation raises ConfigError naming the task and sample.
+    """
+    where = where or f"{split} tasks"
+    if not isinstance(tasks, list) or not tasks:
+        raise ConfigError(f"{where}: expected a non-empty list of tasks")
+    n, shape = len(dataset.samples), None
+    classes, support, query = [], [], []
+    for j, task in enumerate(tasks):
+        at = f"{where}, task {j}"
+        if not isinstance(task, list) or not task:
+            raise ConfigError(f"{at}: expected a non-empty list of samples")
+        by_target: dict[int, tuple[list[int], list[int], set[int]]] = {}
+        for s, sample in enumerate(task):
+            if not isinstance(sample, dict) or set(sample) != set(SAMPLE_KEYS):
+                raise ConfigError(f"{at}, sample {s}: expected exactly the keys {', '.join(SAMPLE_KEYS)}")
+            i, y, t, sup = sample["index"], sample["label"], sample["target"], sample["support"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (i, y, t)) or not isinstance(sup, bool):
+                raise ConfigError(f"{at}, sample {s}: index, label and target must be integers, support true or false")
+            if not 0 <= i < n:
+                raise ConfigError(f"{at}, sample {s}: index {i} is not in {dataset.name} (0..{n - 1})")
+            if int(dataset.labels[i]) != y:
+                real = int(dataset.labels[i])
+                raise ConfigError(
+                    f"{at}, sample {s}: label {y} but {dataset.name} sample {i} is class {real} ({dataset.class_names[real]}); "
+                    "indices must follow the dataset's own order"
+                )
+            sup_ids, qry_ids, labels = by_target.setdefault(t, ([], [], set()))
+            (sup_ids if sup else qry_ids).append(i)
+            labels.add(y)
+        ways = len(by_target)
+        if sorted(by_target) != list(range(ways)):
+            raise ConfigError(f"{at}: targets are {sorted(by_target)}, expected 0..{ways - 1}")
+        for t, (sup_ids, qry_ids, labels) in by_target.items():
+            if len(labels) != 1:
+                raise ConfigError(f"{at}: target {t} mixes classes {sorted(labels)}; each target must be one class")
+            if not qry_ids:
+                raise ConfigError(f"{at}: target {t} has no query samples")
+            if not sup_ids:
+                raise ConfigError(f"{at}: target {t} has no support samples")
+        task_classes = [next(iter(by_target[t][2])) for t in range(ways)]
+        if len(set(task_classes)) != ways:
+            raise ConfigError(f"{at}: two targets share one class ({task_classes})")
+        sizes = {(len(by_target[t][0]), len(by_target[t][1])) for t in range(ways)}
+        if len(sizes) != 1:
+            raise ConfigError(f"{at}: targets have different (shots, queries): {sorted(sizes)}")
+        this = (ways, *sizes.pop())
+        if shape is None:
+            shape = this
+        elif this != shape:
+            raise ConfigError(f"{at}: {this[0]}-way {this[1]}-shot {this[2]}-query, but task 0 is {shape[0]}-way {shape[1]}-shot {shape[2]}-query")
+        classes.append(task_classes)
+        support.append([by_target[t][0] for t in range(ways)])
+        query.append([by_target[t][1] for t in range(ways)])
+    ways, shots, queries = shape
+    m = len(tasks)
+    config = TaskConfig(dataset=dataset.name, ways=ways, shots=shots, queries=queries, train_tasks=m if split == "train" else 1,
+                        test_tasks=m if split == "test" else 1)  # fmt: skip
+    return TaskSet(
+        split=split,
+        config=config,
+        classes=np.asarray(classes, dtype=np.int64),
+        support=np.asarray(support, dtype=np.int64),
+        query=np.asarray(query, dtype=np.int64),
+        corruption=np.zeros(m, dtype=np.int64),
+    )
+
+
+def taskset_to_samples(ts: TaskSet, ids: Sequence[int] | None = None) -> list[list[dict[str, Any]]]:
+    """The inverse of ``taskset_from_samples`` for uncorrupted tasks (corruptions are generated
+    from the seed, not stored as samples, so a noise or label-flip task cannot be written out)."""
+    ids = range(len(ts)) if ids is None else ids
+    out = []
+    for j in ids:
+        j = ts.check_id(j)
+        if ts.corruption[j]:
+            raise ConfigError(f"{ts.split} task {j} is a {CORRUPTIONS[int(ts.corruption[j])]} task; only clean tasks can be written as samples")
+        out.append([
+            {"index": int(i), "label": int(ts.classes[j, k]), "target": k, "support": sup}
+            for k in range(ts.ways) for sup, part in ((True, ts.support), (False, ts.query)) for i in part[j, k]
+        ])  # fmt: skip
+    return out

@@ -34,7 +34,7 @@ from metainf_core.data.base import FewShotDataset
 from metainf_core.evaluation import evaluate_tasks
 from metainf_core.exceptions import CheckpointError, ConfigError
 from metainf_core.learners import LearnerSpec, create_batched_task_metrics_function, params_of
-from metainf_core.models import build_model
+from metainf_core.models import build_network
 from metainf_core.tasks import TaskSet, make_taskset
 
 CURVE_POINTS = 200  # the training curve keeps about this many points
@@ -128,7 +128,7 @@ def base_meta(
         "task_config": task_cfg.to_dict(),
         "train_config": train_cfg.to_dict(),
         "algorithm": train_cfg.algo,
-        "architecture": train_cfg.arch,
+        "architecture": train_cfg.model or train_cfg.arch,
         "input_shape": list(dataset.input_shape),
         "ways": task_cfg.ways,
         "tasksets": {"train": TRAIN_TASKS_FILE, "test": TEST_TASKS_FILE},
@@ -165,7 +165,7 @@ def train(
         raise CheckpointError(f"{out}: nothing to resume ({TRAIN_STATE_FILE} not found)")
 
     torch.manual_seed(train_cfg.seed)
-    model = build_model(train_cfg.arch, train_cfg.algo, dataset.input_shape, task_cfg.ways, train_cfg.filters).to(dev)
+    model = build_network(train_cfg.model, train_cfg.arch, train_cfg.algo, dataset.input_shape, task_cfg.ways, train_cfg.filters).to(dev)
     spec = LearnerSpec.from_train_config(train_cfg, task_cfg.ways)
     params = {k: v.to(dev).requires_grad_() for k, v in params_of(model).items()}
     st = _State(params, torch.optim.Adam(params.values(), lr=train_cfg.lr), 0, [])

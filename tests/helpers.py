@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -13,3 +15,79 @@ def tiny_task(ways=3, shots=4, queries=3, dim=2, dtype=torch.float64):
     sx = centers[sy] + 0.3 * torch.randn(len(sy), dim, dtype=dtype)
     qx = centers[qy] + 0.3 * torch.randn(len(qy), dim, dtype=dtype)
     return sx, sy, qx, qy
+
+
+def zip_of(folder: Path, names=None) -> bytes:
+    """A .zip of a run folder's files (the Home page's upload format)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and (names is None or f.name in names):
+                z.write(f, f"run/{f.name}")
+    return buf.getvalue()
+
+
+def upload_to_home(at, name: str, data: bytes):
+    """Choose "Upload" on the Home page's sidebar and upload ``data`` (an AppTest)."""
+    at.sidebar.radio(key="home_source").set_value("Upload").run()
+    return at.sidebar.file_uploader(key="home_upload").upload(name, data, "application/zip").run()
+
+
+# ---- small float64 meta-learners on the synthetic data (Gauss-Newton and projection tests) ----
+def synthetic_tasksets(num_train: int, num_test: int = 4, seed: int = 2):
+    """(dataset, train taskset, test taskset): 3-way 5-shot 5-query synthetic tasks."""
+    from metainf_core.config import TaskConfig
+    from metainf_core.data import load_dataset
+    from metainf_core.tasks import make_taskset
+
+    ds = load_dataset("synthetic")
+    cfg = TaskConfig(dataset="synthetic", ways=3, shots=5, queries=5, train_tasks=num_train, test_tasks=num_test, seed=seed)
+    return ds, make_taskset(ds, cfg, "train"), make_taskset(ds, cfg, "test")
+
+
+def trained_synthetic(algo: str, data, inner_steps: int = 1, steps: int = 150):
+    """A briefly meta-trained float64 63-parameter network (GN checks need no exact minimum)."""
+    import numpy as np
+
+    from metainf_core.learners import LearnerSpec, create_task_loss_function, params_of
+    from metainf_core.models import build_model
+
+    ds, train_ts, _ = data
+    torch.manual_seed(0)
+    model = build_model("mlp-synthetic", algo, (2,), 3).double()
+    spec = LearnerSpec(algo, 3, inner_lr=0.4, inner_steps=inner_steps)
+    params = {k: v.requires_grad_() for k, v in params_of(model).items()}
+    loss = torch.func.vmap(create_task_loss_function(model, spec), in_dims=(None, 0, 0, 0, 0))
+    b = train_ts.batch(np.arange(len(train_ts)), ds)
+    opt = torch.optim.Adam(params.values(), lr=0.02)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss(params, b.support_x.double(), b.support_y, b.query_x.double(), b.query_y).mean().backward()
+        opt.step()
+    return model, spec, {k: v.detach() for k, v in params.items()}
+
+
+def explicit_gauss_newton(model, spec, params, data) -> torch.Tensor:
+    """(1/M) Σ_j (1/n_q) Σ_n J_nᵀ (diag σ − σσᵀ) J_n with J from jacrev through the adaptation (all q)."""
+    import numpy as np
+    from torch.func import jacrev
+
+    from metainf_core.influence.flat import ParamLayout, create_flat_logits_function
+
+    ds, train_ts, _ = data
+    m = len(train_ts)
+    layout = ParamLayout.from_params(params)
+    w = layout.flatten(params)
+    logits = create_flat_logits_function(model, spec, layout)
+    b = train_ts.batch(np.arange(m), ds)
+    h = torch.zeros(w.numel(), w.numel(), dtype=torch.float64)
+    for j in range(m):
+        args = (b.support_x[j].double(), b.support_y[j], b.query_x[j].double())
+        jac = jacrev(lambda p, a=args: logits(p, *a))(w)  # n_q × c × q
+        s = torch.softmax(logits(w, *args), -1)
+        a = torch.diag_embed(s) - s.unsqueeze(-1) * s.unsqueeze(-2)
+        h += torch.einsum("nkq,nkl,nlr->qr", jac, a, jac) / jac.shape[0]
+    return h / m

@@ -6,6 +6,9 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from helpers import upload_to_home as _upload  # tests/helpers.py
+from helpers import zip_of as _zip_of
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo" / "protonet-fashion-mnist"
 
@@ -69,23 +72,6 @@ def test_tasks_page_shows_thumbnails_with_superclasses():
     assert at.query_params["task"] in (["5"], "5")
     assert len(images) == 3 and all(img.proto.imgs[0].url.endswith(".png") for img in images)
     assert all(c.endswith(("(tops)", "(footwear)", "(other)")) for c in captions), captions
-
-
-def _zip_of(folder: Path, names=None) -> bytes:
-    import io
-    import zipfile
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for f in sorted(folder.iterdir()):
-            if f.is_file() and (names is None or f.name in names):
-                z.write(f, f"run/{f.name}")
-    return buf.getvalue()
-
-
-def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
-    at.sidebar.radio(key="home_source").set_value("Upload").run()
-    return at.sidebar.file_uploader(key="home_upload").upload(name, data, "application/zip").run()
 
 
 def test_upload_of_a_checkpoint_shows_its_card(tmp_path, monkeypatch):

@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.func import jacrev
 
-from metainf_core.config import TaskConfig
-from metainf_core.data import load_dataset
 from metainf_core.influence import (
     CurvatureMode,
     GaussNewtonConfig,
@@ -19,10 +16,9 @@ from metainf_core.influence import (
     task_gradients,
 )
 from metainf_core.influence.columns import create_columns_function, create_naive_columns_function
-from metainf_core.influence.flat import ParamLayout, create_flat_logits_function
-from metainf_core.learners import LearnerSpec, create_task_loss_function, params_of
-from metainf_core.models import build_model
-from metainf_core.tasks import make_taskset
+from metainf_core.influence.flat import ParamLayout
+
+from helpers import explicit_gauss_newton, synthetic_tasksets, trained_synthetic  # tests/helpers.py
 
 M = 24
 
@@ -32,43 +28,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def data():
-    ds = load_dataset("synthetic")
-    cfg = TaskConfig(dataset="synthetic", ways=3, shots=5, queries=5, train_tasks=M, test_tasks=4, seed=2)
-    return ds, make_taskset(ds, cfg, "train"), make_taskset(ds, cfg, "test")
+    return synthetic_tasksets(M)
 
 
 def _trained(algo: str, data, inner_steps: int = 1, steps: int = 150):
-    """A briefly meta-trained float64 network (the GN checks need no exact minimum)."""
-    ds, train_ts, _ = data
-    torch.manual_seed(0)
-    model = build_model("mlp-synthetic", algo, (2,), 3).double()
-    spec = LearnerSpec(algo, 3, inner_lr=0.4, inner_steps=inner_steps)
-    params = {k: v.requires_grad_() for k, v in params_of(model).items()}
-    loss = torch.func.vmap(create_task_loss_function(model, spec), in_dims=(None, 0, 0, 0, 0))
-    b = train_ts.batch(np.arange(M), ds)
-    opt = torch.optim.Adam(params.values(), lr=0.02)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss(params, b.support_x.double(), b.support_y, b.query_x.double(), b.query_y).mean().backward()
-        opt.step()
-    return model, spec, {k: v.detach() for k, v in params.items()}
+    return trained_synthetic(algo, data, inner_steps, steps)
 
 
-def _explicit_gn(model, spec, params, data) -> torch.Tensor:
-    """(1/M) Σ_j (1/n_q) Σ_n J_nᵀ (diag σ − σσᵀ) J_n with J from jacrev through the adaptation."""
-    ds, train_ts, _ = data
-    layout = ParamLayout.from_params(params)
-    w = layout.flatten(params)
-    logits = create_flat_logits_function(model, spec, layout)
-    b = train_ts.batch(np.arange(M), ds)
-    h = torch.zeros(w.numel(), w.numel(), dtype=torch.float64)
-    for j in range(M):
-        args = (b.support_x[j].double(), b.support_y[j], b.query_x[j].double())
-        jac = jacrev(lambda p, a=args: logits(p, *a))(w)  # n_q × c × q
-        s = torch.softmax(logits(w, *args), -1)
-        a = torch.diag_embed(s) - s.unsqueeze(-1) * s.unsqueeze(-2)
-        h += torch.einsum("nkq,nkl,nlr->qr", jac, a, jac) / jac.shape[0]
-    return h / M
 
 
 @pytest.mark.parametrize(("algo", "inner_steps"), [("maml", 1), ("maml", 2), ("protonet", 1)])
@@ -90,7 +56,7 @@ def test_streamed_gn_equals_explicit_and_pinv(data):
     """Prop. 4: V_orth V_orthᵀ = Σ JᵀAJ with N_orth ≥ rank; Prop. 5: U Uᵀ = pinv(H)."""
     ds, train_ts, _ = data
     model, spec, params = _trained("maml", data)
-    h = _explicit_gn(model, spec, params, data)
+    h = explicit_gauss_newton(model, spec, params, data)
     fit = GaussNewtonFit(model, spec, params, train_ts, ds, GaussNewtonConfig(n_orth=64, task_batch=5))
     progress: list[tuple[int, int]] = []
     fit.add_tasks(np.arange(M), lambda done, total: progress.append((done, total)))

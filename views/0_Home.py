@@ -87,9 +87,17 @@ def show_card(path: str, meta: dict) -> None:
     top, bottom = st.columns(2), st.columns(2)  # two per row: long names are never cut off
     top[0].metric("Algorithm", ALGORITHM_NAMES.get(meta["algorithm"], meta["algorithm"]))
     top[1].metric("Dataset", meta["dataset"]["name"])
-    bottom[0].metric("Network", f"{meta['architecture']}, {meta['num_parameters']:,} weights")
+    network = meta["architecture"].split("(")[0].rsplit(".", 1)[-1]  # a constructor's class name
+    bottom[0].metric("Network", f"{network}, {meta['num_parameters']:,} weights", help=meta["architecture"])
     if test:
         bottom[1].metric("Test accuracy", f"{test['accuracy']:.1%}", help=f"± {test['accuracy_ci95']:.1%} (95% interval over {test['num_tasks']} test tasks)")
+    imported = meta.get("imported")
+    if imported:
+        weights = (f"weights `{imported['weights_file']}` (SHA-256 `{imported['weights_sha256'][:12]}…`)"
+                   if imported.get("weights_file") else "weights taken from a Python object")
+        st.info(f"**Imported model.** Trained with {imported['library']}, not by metainf: `{imported['constructor']}`, {weights}. "
+                f"Its training tasks are the ones it was trained on (from its tasks file); test tasks were {imported['test_tasks']}. "
+                "Batch norm uses each task's own statistics, as during meta-training.")
     if meta.get("edited_from"):
         edit = meta.get("edit", {})
         st.info(f"**Edited model.** Made from `{Path(meta['edited_from']).name}` by the one-step edit: "

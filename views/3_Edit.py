@@ -116,7 +116,7 @@ def test_scores(path: str, test_id: int) -> np.ndarray:
 @st.cache_data(show_spinner=False, max_entries=64)
 def group_directions(path: str, block: tuple[int, ...], enhance: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Σ I_meta over B and over E (flat, length q); ξ only rescales them."""
-    zero = np.zeros(inf.factor.shape[0])
+    zero = np.zeros(inf.num_params)
     a = inf.i_meta_sum(np.asarray(block)).cpu().numpy() if block else zero
     b = inf.i_meta_sum(np.asarray(enhance)).cpu().numpy() if enhance else zero
     return a, b

@@ -106,6 +106,11 @@ class FewShotDataset:
     def superclass_of(self, c: int) -> str:
         return self.superclasses[c]
 
+    def as_torch_dataset(self) -> SampleView:
+        """The samples as a ``torch.utils.data.Dataset`` of (x, class) in this dataset's own order,
+        e.g. for ``l2l.data.MetaDataset``: tasks drawn from it index this dataset directly."""
+        return SampleView(self)
+
     def describe(self) -> dict:
         """Metadata recorded in checkpoints: sizes, split and where the data came from."""
         return {
@@ -119,3 +124,21 @@ class FewShotDataset:
             "superclasses": sorted(set(self.superclasses)),
             "fingerprint": self.fingerprint,
         }
+
+
+class SampleView(torch.utils.data.Dataset):
+    """(image as float32, class id) by sample index; ``indices_to_labels`` spares learn2learn's
+    MetaDataset a pass over every sample to build its bookkeeping."""
+
+    def __init__(self, dataset: FewShotDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.dataset.load([i])[0], int(self.dataset.labels[i])
+
+    @property
+    def indices_to_labels(self) -> dict[int, int]:
+        return {i: int(y) for i, y in enumerate(self.dataset.labels)}

@@ -23,6 +23,7 @@ from metainf_core.influence.fit import (
 from metainf_core.influence.flat import ParamLayout
 from metainf_core.influence.gauss_newton import GaussNewtonConfig, GaussNewtonFit
 from metainf_core.influence.gradients import target_gradient, task_gradients
+from metainf_core.influence.projection import CountSketch, InfluenceSpace  # large backbones (issue 13 item 5)
 from metainf_core.influence.hvp import (
     HVP,
     EigenEstimate,
@@ -58,6 +59,7 @@ from metainf_core.influence.task_if import (  # proximal MAML, seed 001 (METHODS
 
 __all__ = [
     "CurvatureFactor",
+    "CountSketch",
     "CurvatureMode",
     "EigenEstimate",
     "GaussNewtonConfig",
@@ -66,6 +68,7 @@ __all__ = [
     "IFMode",
     "IHVPMethod",
     "IHVPResult",
+    "InfluenceSpace",
     "InnerSolver",
     "ParamLayout",
     "ProximalFunctions",

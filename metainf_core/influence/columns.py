@@ -42,6 +42,9 @@ from metainf_core.learners import LearnerSpec
 
 # (w, support_x, support_y, query_x) -> (n_q·c) × q matrix whose rows are the task's GN columns
 ColumnsFunction = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+# a linear map applied to blocks of rows right after they are computed (e.g. the sketch Φ·S of
+# ``projection.InfluenceSpace``): then the columns function returns (n_q·c) × d rows
+RowTransform = Callable[[Tensor], Tensor]
 
 
 def require_tlxml_support(spec: LearnerSpec) -> None:
@@ -78,12 +81,19 @@ def fisher_cotangents(logits: Tensor, reduced: bool = True) -> Tensor:
     return torch.einsum("nm,nkc->nkmc", eye_n, f).reshape(n * f.shape[1], n, logits.shape[1])
 
 
-def _map_rows(fn: Callable[[Tensor], Tensor], rows: Tensor, chunk: int | None) -> Tensor:
+def _map_rows(
+    fn: Callable[[Tensor], Tensor], rows: Tensor, chunk: int | None, transform: RowTransform | None = None
+) -> Tensor:
     """Apply ``fn`` to each row: vmapped in chunks of ``chunk`` rows, or a plain loop when chunk == 1.
 
     On CPU a loop of small backward passes often beats one huge vmapped pass (memory-bound);
-    on GPU vmap wins. ``chunk=None`` vmaps all rows at once.
+    on GPU vmap wins. ``chunk=None`` vmaps all rows at once. ``transform`` (a linear map of the
+    last axis, e.g. a sketch, ``projection.py``) is applied to each chunk's output right away, so
+    the full rows × q result is never held when it reduces q.
     """
+    if transform is not None:
+        step = rows.shape[0] if chunk is None else max(chunk, 1)
+        return torch.cat([transform(_map_rows(fn, rows[i : i + step], chunk).detach()) for i in range(0, rows.shape[0], step)])
     if chunk == 1:
         return torch.stack([fn(r) for r in rows])
     if chunk is None or rows.shape[0] <= chunk:
@@ -92,18 +102,25 @@ def _map_rows(fn: Callable[[Tensor], Tensor], rows: Tensor, chunk: int | None) -
 
 
 def create_naive_columns_function(
-    model: nn.Module, spec: LearnerSpec, layout: ParamLayout, chunk: int | None = None, reduced: bool = True
+    model: nn.Module,
+    spec: LearnerSpec,
+    layout: ParamLayout,
+    chunk: int | None = None,
+    reduced: bool = True,
+    transform: RowTransform | None = None,
 ) -> ColumnsFunction:
     """Reference: rows J_nᵀ F_n e_k / √n_q by vmap over vjp of the full logits function.
 
     For MAML the pullback runs through the inner gradient (a double backward per row).
+    ``layout`` may be a ``projection.PartialLayout`` (w = the selected parameters only: backprop
+    stops at the first selected layer); ``transform`` maps each chunk of rows (e.g. a sketch).
     """
     logits_fn = create_flat_logits_function(model, spec, layout, second_order=needs_second_order(spec))
 
     def columns(w: Tensor, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
         y, pullback = vjp(lambda p: logits_fn(p, sx, sy, qx), w)
         cot = fisher_cotangents(y.detach(), reduced)
-        return _map_rows(lambda r: pullback(r)[0], cot, chunk).detach() / y.shape[0] ** 0.5
+        return _map_rows(lambda r: pullback(r)[0], cot, chunk, transform).detach() / y.shape[0] ** 0.5
 
     return columns
 
@@ -133,10 +150,13 @@ def create_maml_columns_function(
     chunk: int | None = None,
     reduced: bool = True,
     hvp: str = "reverse",
+    transform: RowTransform | None = None,
 ) -> ColumnsFunction:
     """Structured MAML columns: first-order vjps at θ̂, then the (I − αH_S(θ_t)) factors (module doc).
 
     ``hvp`` = "forward" (vmapped jvp of grad) or "reverse" (vjp of grad, graph reused across rows).
+    With ``transform`` (e.g. parameter selection + sketch) each chunk of rows runs through the
+    whole chain in R^q and is transformed at once, so only chunk × q rows are ever held.
     """
     if hvp not in HVP_BACKENDS:
         raise ConfigError(f"hvp must be one of {sorted(HVP_BACKENDS)}, got {hvp!r}")
@@ -151,6 +171,11 @@ def create_maml_columns_function(
         for _ in range(steps):
             thetas.append((thetas[-1] - alpha * inner_step_grad(thetas[-1], sx, sy)).detach())
         y, pullback = vjp(lambda p: forward(p, qx), thetas[-1])
+        if transform is not None:
+            return _transformed_maml_rows(
+                pullback, fisher_cotangents(y.detach(), reduced), thetas, lambda p: inner_grad(p, sx, sy),
+                alpha, hvp, chunk, transform, spec.first_order,
+            ) / y.shape[0] ** 0.5  # fmt: skip
         rows = _map_rows(lambda r: pullback(r)[0], fisher_cotangents(y.detach(), reduced), chunk).detach()
         if not spec.first_order:
             for theta in reversed(thetas[:-1]):
@@ -158,6 +183,26 @@ def create_maml_columns_function(
         return rows / y.shape[0] ** 0.5
 
     return columns
+
+
+def _transformed_maml_rows(pullback, cot: Tensor, thetas, hess_grad, alpha: float, hvp: str, chunk, transform, first_order: bool) -> Tensor:
+    """Chunk by chunk: vjps at θ̂, the (I − αH_S(θ_t)) factors, then ``transform`` (per chunk)."""
+    ops = []
+    if not first_order:
+        for theta in reversed(thetas[:-1]):
+            if hvp == "reverse":  # the gradient graph at θ_t is built once and pulled back per chunk
+                _, pb = vjp(hess_grad, theta)
+                ops.append(lambda rows, pb=pb: _map_rows(lambda u: pb(u)[0], rows, chunk))
+            else:
+                ops.append(lambda rows, theta=theta: _hvp_rows_forward(hess_grad, theta, rows, chunk))
+    step = cot.shape[0] if chunk is None else max(chunk, 1)
+    out = []
+    for i in range(0, cot.shape[0], step):
+        rows = _map_rows(lambda r: pullback(r)[0], cot[i : i + step], chunk).detach()
+        for op in ops:
+            rows = rows - alpha * op(rows).detach()
+        out.append(transform(rows))
+    return torch.cat(out)
 
 
 def create_columns_function(
@@ -169,9 +214,11 @@ def create_columns_function(
     chunk: int | None = None,
     reduced: bool = True,
     hvp: str = "reverse",
+    transform: RowTransform | None = None,
 ) -> ColumnsFunction:
-    """The GN columns of one task for ``spec``'s learner (structured MAML or ProtoNet vjps)."""
+    """The GN columns of one task for ``spec``'s learner (structured MAML or ProtoNet vjps);
+    ``transform`` maps every chunk of rows as soon as it is computed (``projection.py``)."""
     require_tlxml_support(spec)
     if structured and Algorithm(spec.algo) is Algorithm.MAML:
-        return create_maml_columns_function(model, spec, layout, chunk, reduced, hvp)
-    return create_naive_columns_function(model, spec, layout, chunk, reduced)
+        return create_maml_columns_function(model, spec, layout, chunk, reduced, hvp, transform)
+    return create_naive_columns_function(model, spec, layout, chunk, reduced, transform)

@@ -16,6 +16,7 @@ from metainf_core.influence.exact import CurvatureFactor, meta_hessian, spectral
 from metainf_core.influence.flat import ParamLayout, create_flat_loss_function
 from metainf_core.influence.gauss_newton import GaussNewtonConfig, GaussNewtonFit, ProgressCallback
 from metainf_core.influence.gradients import iter_task_batches, task_gradients
+from metainf_core.influence.projection import InfluenceSpace
 from metainf_core.influence.scores import TaskInfluence
 from metainf_core.learners import LearnerSpec, Params
 from metainf_core.tasks import TaskSet
@@ -36,10 +37,14 @@ def influence_from_factor(
     select: bool = True,
     candidates: Sequence[int] | None = None,
     sample: int | None = 256,
+    space: InfluenceSpace | None = None,
 ) -> TaskInfluence:
-    """Project the per-task gradients (M × q) onto U and choose the truncation by self-rank."""
-    projections = gradients.to(factor.factor) @ factor.factor
-    return influence_from_projections(factor, projections, mode, select=select, candidates=candidates, sample=sample)
+    """Project the per-task gradients (M × q) onto U and choose the truncation by self-rank.
+
+    With a ``space`` (U is d × r, ``projection.py``) the gradients are reduced first: P = (R G) U."""
+    grads = gradients.to(factor.factor)
+    projections = (grads if space is None else space.reduce(grads)) @ factor.factor
+    return influence_from_projections(factor, projections, mode, select=select, candidates=candidates, sample=sample, space=space)
 
 
 def influence_from_projections(
@@ -50,8 +55,10 @@ def influence_from_projections(
     select: bool = True,
     candidates: Sequence[int] | None = None,
     sample: int | None = 256,
+    space: InfluenceSpace | None = None,
 ) -> TaskInfluence:
-    """TaskInfluence from U and P = G U (M × r, computed by the caller, e.g. in chunks)."""
+    """TaskInfluence from U and P = G U (M × r, computed by the caller, e.g. in chunks);
+    ``space``: the reduction R the factor lives in (then P = (R G) U)."""
     if factor.factor.shape[1] == 0:
         raise ConfigError("the curvature has no positive eigenvalue: nothing to invert")
     n_pos = factor.num_positive if factor.num_positive >= 0 else factor.factor.shape[1]
@@ -64,6 +71,7 @@ def influence_from_projections(
         mode=mode.value,
         num_negative=factor.num_negative,
         num_positive=n_pos,
+        space=space,
     )
     return inf.select_truncation(candidates, sample) if select else inf
 
@@ -125,5 +133,14 @@ def fit_gauss_newton(
     fit = resume or GaussNewtonFit(model, spec, params, taskset, dataset, config)
     fit.add_tasks(ids, callback)
     factor = fit.factor(damping)
+    if fit.space is not None:  # P = (R G) U in chunks: never the M × q gradient matrix of a large backbone
+        proj = torch.cat([
+            fit.space.reduce(task_gradients(model, spec, params, taskset, dataset, ids[i : i + batch_size], batch_size).to(factor.factor))
+            @ factor.factor
+            for i in range(0, len(ids), batch_size)
+        ])  # fmt: skip
+        return influence_from_projections(
+            factor, proj, CurvatureMode.GAUSS_NEWTON, select=select, candidates=candidates, sample=sample, space=fit.space
+        )
     grads = task_gradients(model, spec, params, taskset, dataset, ids, batch_size)
     return influence_from_factor(factor, grads, CurvatureMode.GAUSS_NEWTON, select=select, candidates=candidates, sample=sample)

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from metainf_core.config import Algorithm
-from metainf_core.learners import LearnerSpec, Params, create_logits_function, with_composite_batch_norm
+from metainf_core.learners import LearnerSpec, Params, call_network, create_logits_function, with_composite_batch_norm
 
 
 # (w, support_x, support_y, query_x) -> query logits (n_q x c)
@@ -104,7 +103,7 @@ def create_flat_forward_function(
     model = _network_for(model, second_order)
 
     def forward(w: Tensor, x: Tensor) -> Tensor:
-        return functional_call(model, layout.unflatten(w), (x,))
+        return call_network(model, layout.unflatten(w), x)
 
     return forward
 

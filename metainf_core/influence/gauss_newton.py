@@ -12,6 +12,11 @@ Damping λ_d here acts inside the column space only: column i becomes v̂_i/√(
 influence of TLXML Eq. 12 drops anyway).
 
 Buffer storage is row-major: the buffer holds Vᵀ (n × q) as a list of blocks.
+
+Large backbones (``projection.py``): with ``param_groups`` and/or ``projection_dim`` every row is
+reduced to R v = Φ S v (selected parameters, CountSketch to d) chunk by chunk as the columns are
+computed, so the buffer is n × d and U is d × r with U Uᵀ = (R H Rᵀ)⁺ — the one-sided
+approximate inverse H⁺ ≈ Rᵀ (R H Rᵀ)⁺ R of TRAK (Park et al. 2023) / LoGra (Choe et al. 2024).
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from metainf_core.config import Algorithm
 from metainf_core.data.base import FewShotDataset
 from metainf_core.exceptions import ConfigError, MetainfError
 from metainf_core.influence.columns import create_columns_function, require_tlxml_support
 from metainf_core.influence.exact import CurvatureFactor
 from metainf_core.influence.flat import ParamLayout
 from metainf_core.influence.gradients import iter_task_batches
+from metainf_core.influence.projection import InfluenceSpace
 from metainf_core.learners import LearnerSpec, Params
 from metainf_core.tasks import TaskSet
 
@@ -55,8 +62,14 @@ class GaussNewtonConfig:
     chunk: int = -1  # rows per vmapped call; 1 = plain loop, 0 = all at once, -1 = auto_chunk(q)
     hvp: str = "reverse"
     gram_block: int = 8192
+    projection_dim: int = 0  # d of the CountSketch Φ (0: none; projection.py)
+    projection_seed: int = 0
+    param_groups: tuple[str, ...] = ()  # dotted parameter-name prefixes (empty: all parameters)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "param_groups", tuple(self.param_groups))
+        if self.projection_dim < 0 or self.projection_seed < 0:
+            raise ConfigError("projection_dim and projection_seed must be non-negative")
         if self.n_orth < 1 or self.task_batch < 1 or self.gram_block < 1 or self.chunk < -1:
             raise ConfigError("n_orth, task_batch and gram_block must be positive, chunk -1 (auto) or non-negative")
         if self.n_max and self.n_max < self.n_orth:
@@ -120,19 +133,38 @@ class GaussNewtonFit:
         taskset: TaskSet,
         dataset: FewShotDataset,
         config: GaussNewtonConfig | None = None,
+        space: InfluenceSpace | None = None,
     ) -> None:
+        """``space`` overrides the reduction built from the config's ``param_groups`` /
+        ``projection_dim`` (e.g. a hand-built sketch; such a fit is not resumable from its state)."""
         require_tlxml_support(spec)
         self.config = config or GaussNewtonConfig()
         self.layout = ParamLayout.from_params(params)
         self.w = self.layout.flatten(params).detach()
         self.taskset, self.dataset = taskset, dataset
-        chunk = auto_chunk(self.layout.numel) if self.config.chunk == -1 else (self.config.chunk or None)
+        cfg = self.config
+        self.space = space or InfluenceSpace.build(self.layout, cfg.param_groups, cfg.projection_dim, cfg.projection_seed)
+        layout, self._w_cols, transform = self.layout, self.w, None
+        if self.space is not None:
+            structured_maml = cfg.structured and Algorithm(spec.algo) is Algorithm.MAML
+            if structured_maml or self.space.selects_all:  # rows in R^q, then select and sketch per chunk
+                transform = self.space.reduce
+            else:  # differentiate w.r.t. the selected parameters only, then sketch per chunk
+                layout = self.space.partial_layout(params)
+                self._w_cols = layout.flatten(params).detach()
+                transform = self.space.reduce_selected if self.space.sketch is not None else None
+        chunk = auto_chunk(layout.numel) if cfg.chunk == -1 else (cfg.chunk or None)
         self._columns = create_columns_function(
-            model, spec, self.layout, structured=self.config.structured, chunk=chunk, hvp=self.config.hvp
+            model, spec, layout, structured=cfg.structured, chunk=chunk, hvp=cfg.hvp, transform=transform
         )
         self._blocks: list[Tensor] = []
         self.done = np.zeros(len(taskset), dtype=bool)
         self.num_reductions = 0
+
+    @property
+    def row_dim(self) -> int:
+        """Length of a buffered row: q, or the reduced dimension of ``space``."""
+        return self.space.dim if self.space is not None else self.w.numel()
 
     @property
     def tasks_done(self) -> int:
@@ -144,7 +176,7 @@ class GaussNewtonFit:
 
     def _rows(self) -> Tensor:
         if not self._blocks:
-            return self.w.new_zeros(0, self.w.numel())
+            return self.w.new_zeros(0, self.row_dim)
         if len(self._blocks) > 1:
             self._blocks = [torch.cat(self._blocks)]
         return self._blocks[0]
@@ -162,7 +194,7 @@ class GaussNewtonFit:
         total = self.tasks_done + len(todo)
         for chunk, b in iter_task_batches(self.taskset, self.dataset, todo, self.config.task_batch, self.w.dtype, self.w.device):
             for k, j in enumerate(chunk):
-                self._blocks.append(self._columns(self.w, b.support_x[k], b.support_y[k], b.query_x[k]).detach())
+                self._blocks.append(self._columns(self._w_cols, b.support_x[k], b.support_y[k], b.query_x[k]).detach())
                 self.done[j] = True
                 if self.num_buffered > self.config.buffer_limit:
                     self._reduce()
@@ -207,7 +239,7 @@ class GaussNewtonFit:
             raise ConfigError(f"unknown Gauss-Newton state format {state.get('format')!r}")
         fit = cls(model, spec, params, taskset, dataset, GaussNewtonConfig(**state["config"]))
         rows, done = state["rows"], state["done"]
-        if int(state["num_params"]) != fit.w.numel() or rows.shape[-1] != fit.w.numel():
+        if int(state["num_params"]) != fit.w.numel() or rows.shape[-1] != fit.row_dim:
             raise ConfigError(f"saved state has q = {state['num_params']}, the model has q = {fit.w.numel()}")
         if int(state["num_tasks"]) != len(taskset) or done.numel() != len(taskset):
             raise ConfigError(f"saved state covers {state['num_tasks']} tasks, the taskset has {len(taskset)}")

@@ -21,12 +21,18 @@ equal to A when the kept spectrum is positive). alignment is a cosine in the fit
 normalisation of RelatIF (Barshan et al. 2020: influence over the training point's self-influence
 norm), here on both sides; it lies in [−1, 1] always (Cauchy–Schwarz with weights |s_k|), and a
 training task's alignment with itself is 1 when every kept s_k > 0.
+
+Large backbones (``projection.py``): a fit with a ``space`` R = Φ S (parameter groups and/or a
+CountSketch) stores U (d × r) and P_j = Uᵀ R g_j; every q-vector passed in (test gradients) is
+reduced by R first and every q-vector returned (I_meta) is mapped back by Rᵀ, so callers keep
+passing and receiving length-q vectors. H⁺ is then the one-sided approximation Rᵀ (R H Rᵀ)⁺ R.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,7 +81,8 @@ class TaskInfluence:
     """Fitted TLXML scores for M training tasks: U (q × r), signs (r), P = Uᵀ g_j (M × r).
 
     ``truncation`` k selects the first k columns; ``self_ranks`` is the (k, mean self-rank) table
-    used to choose it (empty if not computed).
+    used to choose it (empty if not computed). ``space``: the reduction R of R^q the factor lives
+    in (``projection.InfluenceSpace``; None = all q parameters, U is q × r).
     """
 
     factor: Tensor
@@ -87,6 +94,7 @@ class TaskInfluence:
     num_negative: int = 0
     num_positive: int = -1
     self_ranks: tuple[tuple[int, float], ...] = ()
+    space: Any = None  # projection.InfluenceSpace | None
 
     def __post_init__(self) -> None:
         if not (1 <= self.truncation <= self.num_columns):
@@ -104,10 +112,15 @@ class TaskInfluence:
     def with_truncation(self, k: int) -> TaskInfluence:
         return replace(self, truncation=int(k))
 
+    @property
+    def num_params(self) -> int:
+        """q, the length of the gradients taken and of the I_meta vectors returned."""
+        return int(self.space.num_params) if self.space is not None else int(self.factor.shape[0])
+
     def _check_grad(self, g: Tensor) -> Tensor:
-        if g.shape[-1] != self.factor.shape[0]:
-            raise ConfigError(f"gradient has {g.shape[-1]} entries, the model has q = {self.factor.shape[0]}")
-        return g.to(self.factor)
+        if g.shape[-1] != self.num_params:
+            raise ConfigError(f"gradient has {g.shape[-1]} entries, the model has q = {self.num_params}")
+        return g.to(self.factor) if self.space is None else self.space.reduce(g.to(self.factor))
 
     def _check_task(self, j: int) -> int:
         if not 0 <= int(j) < self.num_tasks:
@@ -161,7 +174,14 @@ class TaskInfluence:
         k = self.truncation
         rows = torch.as_tensor([self._check_task(j) for j in np.asarray(ids, dtype=np.int64).reshape(-1)], dtype=torch.long)
         p = self.projections[rows, :k].sum(0) * self.signs[:k]
-        return -(self.factor[:, :k] @ p) / self.num_tasks
+        out = -(self.factor[:, :k] @ p) / self.num_tasks
+        return out if self.space is None else self.space.expand(out)
+
+    def score_direction(self, test_grad: Tensor) -> Tensor:
+        """v = (1/M) Rᵀ U_k diag(s_k) U_kᵀ R g_i (q), so helpfulness(i, j) = vᵀ g_j (R = I without a space)."""
+        k = self.truncation
+        v = self.factor[:, :k] @ (self.signs[:k] * self._coords(test_grad)) / self.num_tasks
+        return (v if self.space is None else self.space.expand(v)).to(test_grad.dtype)
 
     def helpfulness(self, test_grad: Tensor) -> Tensor:
         """(M,) or (B × M): helpfulness(i, j) = −I_perf(i, j) = (1/M) g_iᵀ H⁺ g_j for all j."""
