@@ -2,7 +2,7 @@
 fit, and the cost of fitting big backbones. Prints figures, asserts nothing.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_projection.py [--dims 256,1024,4096] [--groups features.3]
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_projection.py --resnet12 [--resnet-tasks 4] [--resnet-dim 4096]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_projection.py --resnet12 [--max-tasks 4] [--resnet-dim 4096] [--rows-per-task 4]
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_projection.py --cnn4-mini [--budget-s 600]
 
 Part 1 (default): the bundled ProtoNet demo (conv4×16, q = 7,248, fashion-mnist, M = 512 training
@@ -18,7 +18,8 @@ parameters, randomly initialised — cost does not depend on the weights) as a P
 Tiny-ImageNet 32×32 (``../shared/data/tiny_imagenet32``), 5-way 5-shot 5-query, eval mode (no
 DropBlock/dropout), batch norm on batch statistics (running stats removed), the final
 AvgPool2d(5) (sized for 84×84) replaced by a global average pool (32×32 inputs end in 2×2 maps); GN with a CountSketch
-to ``--resnet-dim`` on the first ``--resnet-tasks`` of M = 256 training tasks, then P for them.
+to ``--resnet-dim`` on the first ``--max-tasks`` of M = 256 training tasks (all by default), then P for them;
+``--rows-per-task S`` streams S random combinations of each task's 100 columns (S backward passes).
 Part 3 (--cnn4-mini): conv4 with 64 filters (q = 113,088) ProtoNet on mini-ImageNet 84×84 5-way
 5-shot 5-query, full GN (no sketch), as many of M = 1,024 tasks as fit in ``--budget-s``.
 """
@@ -79,6 +80,8 @@ def part_demo(a: argparse.Namespace) -> None:
     base = dict(dtype="float32", n_orth=512, self_rank_sample=255)  # 255: its own cache key (not the shipped fit), so it is timed too
     settings = [("full", {})] + [(f"sketch d={d}", {"projection_dim": d}) for d in a.dims]
     settings += [(f"groups {','.join(a.groups)}", {"param_groups": tuple(a.groups)})]
+    settings += [(f"rows s={r}", {"rows_per_task": r}) for r in a.rows]
+    settings += [(f"rows s={a.rows[0]}, sketch d={a.dims[1]}", {"rows_per_task": a.rows[0], "projection_dim": a.dims[1]})] if a.rows and len(a.dims) > 1 else []
     env = {**os.environ, "METAINF_CACHE": str(CACHE)}
     run = open_run(DEMO, device="cpu")
     q = sum(v.numel() for v in run.params.values())
@@ -124,13 +127,11 @@ def part_demo(a: argparse.Namespace) -> None:
 def _resnet12() -> torch.nn.Module:
     from learn2learn.vision.models.resnet12 import ResNet12Backbone
 
-    net = ResNet12Backbone(avg_pool=True, wider=True, embedding_dropout=0.0, dropblock_dropout=0.0, channels=3).eval()
+    from metainf_core.models import to_batch_statistics
+
+    net = ResNet12Backbone(avg_pool=True, wider=True, embedding_dropout=0.0, dropblock_dropout=0.0, channels=3)
     net.avgpool = torch.nn.AdaptiveAvgPool2d(1)  # its AvgPool2d(5) is for 84×84 inputs (5×5 maps); 32×32 gives 2×2
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):  # batch statistics, as MAML/ProtoNet training here
-            m.track_running_stats = False
-            m.running_mean = m.running_var = m.num_batches_tracked = None
-    return net
+    return to_batch_statistics(net)[0]  # batch statistics, as MAML/ProtoNet training here; eval mode (no DropBlock)
 
 
 def _stream(name: str, model, dataset: str, m: int, cfg: GaussNewtonConfig, max_tasks: int, budget_s: float, grad_batch: int) -> None:
@@ -140,7 +141,8 @@ def _stream(name: str, model, dataset: str, m: int, cfg: GaussNewtonConfig, max_
     params = {k: v.detach() for k, v in params_of(model).items()}
     q = sum(v.numel() for v in params.values())
     print(f"{name}: q = {q:,}, {dataset} 5-way 5-shot 5-query, M = {m}, sketch d = {cfg.projection_dim or 'none'}, "
-          f"groups = {','.join(cfg.param_groups) or 'all'}, N_orth = {cfg.n_orth}, float32, torch threads = {torch.get_num_threads()}", flush=True)  # fmt: skip
+          f"groups = {','.join(cfg.param_groups) or 'all'}, rows per task = {cfg.rows_per_task or 'all (100)'}, N_orth = {cfg.n_orth}, "
+          f"float32, torch threads = {torch.get_num_threads()}", flush=True)  # fmt: skip
     t = time.perf_counter()
     fit = GaussNewtonFit(model, spec, params, ts, ds, cfg)
     setup = time.perf_counter() - t
@@ -176,9 +178,11 @@ def main() -> None:
     p.add_argument("--dims", default="256,1024,4096")
     p.add_argument("--groups", default="features.3", help="comma-separated parameter-name prefixes for the group row")
     p.add_argument("--resnet12", action="store_true")
-    p.add_argument("--resnet-tasks", type=int, default=4)
+    p.add_argument("--max-tasks", type=int, default=0, help="parts 2–3: stream at most this many tasks (0: M; --budget-s also stops)")
     p.add_argument("--resnet-dim", type=int, default=4096)
     p.add_argument("--resnet-groups", default="", help="e.g. layer4: influence w.r.t. the last block only (backprop stops there)")
+    p.add_argument("--rows", default="4,8", help="part 1: rows-per-task settings (random combinations of a task's 30 columns)")
+    p.add_argument("--rows-per-task", type=int, default=0, help="parts 2–3: S random combinations of each task's 100 columns (0: all)")
     p.add_argument("--cnn4-mini", action="store_true")
     p.add_argument("--budget-s", type=float, default=600)
     p.add_argument("--cached-only", action="store_true", help="part 1: only the settings already fitted (a partial table)")
@@ -188,15 +192,17 @@ def main() -> None:
         return _one_fit(json.loads(a.one))
     a.dims = [int(d) for d in a.dims.split(",") if d]
     a.groups = [g for g in a.groups.split(",") if g]
+    a.rows = [int(r) for r in a.rows.split(",") if r]
     if a.resnet12:
         groups = tuple(g for g in a.resnet_groups.split(",") if g)
-        cfg = GaussNewtonConfig(n_orth=512, projection_dim=a.resnet_dim, param_groups=groups)
-        _stream("ResNet-12 ProtoNet", _resnet12(), "tiny-imagenet", 256, cfg, a.resnet_tasks, a.budget_s, grad_batch=1)
+        cfg = GaussNewtonConfig(n_orth=512, projection_dim=a.resnet_dim, param_groups=groups, rows_per_task=a.rows_per_task)
+        _stream("ResNet-12 ProtoNet", _resnet12(), "tiny-imagenet", 256, cfg, a.max_tasks or 256, a.budget_s, grad_batch=1)
     if a.cnn4_mini:
         from metainf_core.models import build_model
 
         model = build_model("conv4", "protonet", (3, 84, 84), 5, filters=64)
-        _stream("CNN4-64 ProtoNet", model, "mini-imagenet", 1024, GaussNewtonConfig(n_orth=512), 1024, a.budget_s, grad_batch=4)
+        cfg = GaussNewtonConfig(n_orth=512, rows_per_task=a.rows_per_task)
+        _stream("CNN4-64 ProtoNet", model, "mini-imagenet", 1024, cfg, a.max_tasks or 1024, a.budget_s, grad_batch=4)
     if not (a.resnet12 or a.cnn4_mini):
         part_demo(a)
 

@@ -94,6 +94,7 @@ def _influence_config(a: argparse.Namespace) -> InfluenceConfig:
     return InfluenceConfig(
         method=a.method, n_orth=a.n_orth, damping=a.damping, truncation=a.truncation, dtype=dtype,
         projection_dim=getattr(a, "projection_dim", 0), projection_seed=getattr(a, "projection_seed", 0), param_groups=groups,
+        rows_per_task=getattr(a, "rows_per_task", 0),
     )  # fmt: skip
 
 
@@ -333,7 +334,9 @@ def _add_influence_args(p: argparse.ArgumentParser, method_choices: list[str] | 
     p.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: float64 exact, float32 gn")
     p.add_argument("--projection-dim", type=int, default=0, metavar="D",
                    help="gn, large backbones: CountSketch every parameter-space vector to D dimensions (0: none)")
-    p.add_argument("--projection-seed", type=int, default=0, help="seed of the --projection-dim sketch")
+    p.add_argument("--projection-seed", type=int, default=0, help="seed of the --projection-dim sketch and the --rows-per-task samples")
+    p.add_argument("--rows-per-task", type=int, default=0, metavar="S",
+                   help="gn, large backbones: S random combinations of each task's n_q·(c−1) columns (S backward passes; 0: all)")
     p.add_argument("--param-groups", default="", metavar="PREFIXES",
                    help="gn: influence w.r.t. these comma-separated parameter-name prefixes only, e.g. features.3,head")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

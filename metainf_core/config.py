@@ -193,8 +193,11 @@ class InfluenceConfig:
     Large backbones (Gauss-Newton only; ``influence/projection.py``): ``projection_dim`` d > 0
     sketches every q-vector to d dimensions with a seeded CountSketch (``projection_seed``),
     ``param_groups`` restricts influence to the parameters under these dotted name prefixes (e.g.
-    ``("features.3", "head")``; empty = all). They are left out of ``to_dict`` (the cache key)
-    while at their defaults, so the keys of existing fits do not change.
+    ``("features.3", "head")``; empty = all); ``rows_per_task`` s > 0 replaces each task's
+    n_q·(c−1) Gauss-Newton columns by s random combinations (an unbiased estimate of its block at
+    s backward passes, seeded by ``projection_seed`` and the task id; ``columns.sample_cotangents``).
+    They are left out of ``to_dict`` (the cache key) while at their defaults, so the keys of
+    existing fits do not change.
     """
 
     method: str = "gn"
@@ -207,9 +210,10 @@ class InfluenceConfig:
     projection_dim: int = 0
     projection_seed: int = 0
     param_groups: tuple[str, ...] = ()
+    rows_per_task: int = 0
 
     # fields omitted from to_dict() at these values: cache keys predating them stay byte-identical
-    _KEY_DEFAULTS = {"projection_dim": 0, "projection_seed": 0, "param_groups": ()}
+    _KEY_DEFAULTS = {"projection_dim": 0, "projection_seed": 0, "param_groups": (), "rows_per_task": 0}
 
     def __post_init__(self) -> None:
         groups = self.param_groups
@@ -222,10 +226,10 @@ class InfluenceConfig:
         if bad:
             raise ConfigError(f"param_groups: {bad[0]!r} is not a dotted parameter-name prefix (e.g. 'features.3' or 'head')")
         object.__setattr__(self, "param_groups", tuple(dict.fromkeys(groups)))
-        for name in ("projection_dim", "projection_seed"):
+        for name in ("projection_dim", "projection_seed", "rows_per_task"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer (projection_dim 0 = no projection), got {value!r}")
+                raise ConfigError(f"{name} must be a non-negative integer (0 = off for projection_dim and rows_per_task), got {value!r}")
         try:
             InfluenceMethod(self.method)
         except ValueError:
@@ -234,8 +238,8 @@ class InfluenceConfig:
         if not isinstance(self.truncation, int) or self.truncation < 0:
             raise ConfigError("truncation must be a non-negative integer (0 = choose by self-rank)")
         check_damping_and_dtype(self.damping, self.dtype)
-        if (self.projection_dim or self.param_groups) and InfluenceMethod(self.method) is not InfluenceMethod.GN:
-            raise ConfigError("projection_dim and param_groups apply to the Gauss-Newton method (method='gn') only")
+        if (self.projection_dim or self.param_groups or self.rows_per_task) and InfluenceMethod(self.method) is not InfluenceMethod.GN:
+            raise ConfigError("projection_dim, param_groups and rows_per_task apply to the Gauss-Newton method (method='gn') only")
 
     @property
     def reduces(self) -> bool:
@@ -246,7 +250,7 @@ class InfluenceConfig:
         """All fields, except the large-backbone ones while at their defaults (cache-key stability)."""
         d = asdict(self)
         for name, default in self._KEY_DEFAULTS.items():
-            if d[name] == default or (name == "projection_seed" and not self.projection_dim):
+            if d[name] == default or (name == "projection_seed" and not (self.projection_dim or self.rows_per_task)):
                 del d[name]
         if "param_groups" in d:
             d["param_groups"] = list(d["param_groups"])

@@ -182,7 +182,7 @@ def _gn_config(cfg: InfluenceConfig) -> GaussNewtonConfig:
     """The streamed fit's settings for an influence configuration (large-backbone options included)."""
     return GaussNewtonConfig(
         n_orth=cfg.n_orth, task_batch=cfg.task_batch, projection_dim=cfg.projection_dim,
-        projection_seed=cfg.projection_seed, param_groups=cfg.param_groups,
+        projection_seed=cfg.projection_seed, param_groups=cfg.param_groups, rows_per_task=cfg.rows_per_task,
     )  # fmt: skip
 
 

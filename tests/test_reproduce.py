@@ -27,13 +27,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # small models: one intra-op
 
 
 def test_readme_is_rendered_from_the_committed_sections():
-    sections = load_sections(REPORT)
+    sections, medium = load_sections(REPORT), load_sections(REPORT, "medium")
     assert [s["key"] for s in sections] == list(EXPERIMENTS), "every experiment must be in the committed report"
     assert all(s["scale"] == "report" and s["config"] == EXPERIMENTS[s["key"]].config for s in sections), "report-scale configs only"
-    figures = {figure_path(s, f) for s in sections for f in s["figures"]}
+    assert all(s["scale"] == "medium" and s["config"] == EXPERIMENTS[s["key"]].medium for s in medium), "medium-scale configs only"
+    figures = {figure_path(s, f) for s in [*sections, *medium] for f in s["figures"]}
     drawn = {p for p in figures if (REPORT / p).is_file()}
     assert drawn == figures, f"missing figures: {sorted(figures - drawn)}"
-    assert render_readme(sections, drawn) == (REPORT / "README.md").read_text(encoding="utf-8")
+    assert render_readme(sections, drawn, medium) == (REPORT / "README.md").read_text(encoding="utf-8")
 
 
 # a table cell: "0.928", "0.799 ± 0.077" (mean ± sd) or "54 (+5.5σ)" (count of proper tests, z)
@@ -162,3 +163,75 @@ def test_every_experiment_states_paper_and_reductions(key):
     assert sec["paper"] and sec["reductions"] and sec["tables"] and sec["tables"][0]["rows"]
     assert {"cpu", "cores", "torch", "commit", "date"} <= set(sec["environment"]) and sec["seconds"] >= 0 and sec["train_seconds"] > 0
     assert Path(REPORT / "README.md").read_text(encoding="utf-8").count(f"## {int(key.split('-')[0][1:])}. {sec['title']}") == 1
+
+
+def _tiny_medium(c: dict) -> dict:
+    """A medium configuration cut to seconds: the same conv nets with 2 filters, 16 tasks, 3 steps."""
+    small = {"filters": 2, "steps": 3, "test_tasks": 8, "n_orth": 64, "meta_batch": 4}
+    if isinstance(c["train_tasks"], list):
+        small["train_tasks"] = [16]
+    else:
+        small["train_tasks"] = 16
+    if "k" in c:
+        small.update(k=4, xis=[-1.0, 1.0])
+    if "diag_tasks" in c:
+        small.update(steps=4, checkpoint_every=2, diag_tasks=4, train_eval_tasks=4)
+    return {**c, **small}
+
+
+def test_medium_scale_end_to_end(tmp_path, monkeypatch):
+    """``reproduce(scale="medium")`` with the medium configurations cut to seconds (conv3 MAML /
+    conv4 ProtoNet with 2 filters, 16 tasks): writes ``<key>.medium.json`` for e2, e3, e4, e6 only,
+    reuses e2's runs in e3/e4, starts e6 at the initial weights with T > 1 trajectories, and renders
+    both scales in one README (medium sub-heading with networks, filters, parameter counts and M;
+    a second verdict row per experiment; the numbers of the medium JSON)."""
+    import dataclasses
+    import shutil
+
+    from metainf_core.reproduce import reproduce
+    from metainf_core.reproduce import experiments as ex
+
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
+    medium_keys = [k for k, e in EXPERIMENTS.items() if e.medium is not None]
+    assert medium_keys == ["e2-noise", "e3-superclass", "e4-one-step", "e6-landscapes"]
+    for key in medium_keys:
+        monkeypatch.setitem(ex.EXPERIMENTS, key, dataclasses.replace(EXPERIMENTS[key], medium=_tiny_medium(EXPERIMENTS[key].medium)))
+    out, work = tmp_path / "report", tmp_path / "work"
+    shutil.copytree(REPORT / "data", out / "data")  # the committed report-scale sections, rendered beside the medium ones
+    logs: list[str] = []
+    reproduce(out, scale="medium", work=work, figures=False, log=logs.append)
+    assert sorted(p.name for p in (out / "data").glob("*.medium.json")) == sorted(f"{k}.medium.json" for k in medium_keys)
+    assert sum("no medium-scale configuration; skipped" in m for m in logs) == len(EXPERIMENTS) - len(medium_keys)
+    medium = {s["key"]: s for s in load_sections(out, "medium")}
+    assert all(s["scale"] == "medium" and s["config"] == ex.EXPERIMENTS[k].medium for k, s in medium.items())
+    nets = medium["e2-noise"]["networks"]
+    assert {a: (n["arch"], n["filters"]) for a, n in nets.items()} == {"maml": ("conv3", 2), "protonet": ("conv4", 2)}
+    assert medium["e3-superclass"]["runs_trained"] == 0, "e3 reuses e2's runs"
+    assert medium["e4-one-step"]["runs_trained"] == 2, "e4 reuses e2's runs and trains only the two leave-out runs"
+
+    land = medium["e6-landscapes"]
+    course = land["tables"][1]["rows"]
+    assert [r[1] for r in course if r[0] == "maml"] == [0, 2, 4], "snapshots from the initial weights on"
+    assert any(r[5] != r[6] for r in course), "T > 1: trajectory coherence is not gradient coherence"
+    assert all(r[2] for r in course), "train accuracy at every snapshot"
+
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert readme == render_readme(load_sections(out), set(), list(medium.values()))
+    for key, sec in medium.items():
+        n = int(key.split("-")[0][1:])
+        assert f"| {n} | {sec['title']} | " in readme and f"| {n} | {sec['title']} (medium scale) | " in readme
+        assert readme.count(f"## {n}. {sec['title']}") == 1
+        assert f"--scale medium --only {key}`" in readme and sec["verdict"]["reason"] in readme
+        for row in sec["tables"][0]["rows"][:2]:
+            assert "| " + " | ".join(str(v) for v in row) + " |" in readme
+    q = nets["maml"]["num_parameters"]
+    assert f"### Medium scale: conv3 MAML (2 filters, {q:,} parameters), conv4 ProtoNet (2 filters, " in readme
+    assert "M = 16" in readme
+    # the small-scale sections are untouched by the medium ones
+    alone = render_readme(load_sections(out), set())
+    assert readme.split("## 1. ")[1].split("## 2. ")[0] == alone.split("## 1. ")[1].split("## 2. ")[0]
+    assert readme.split("## 2. ")[1].split("### Medium scale")[0] == alone.split("## 2. ")[1].split("## 3. ")[0]
+
+    again: list[str] = []
+    reproduce(out, scale="medium", work=work, figures=False, log=again.append)
+    assert sum("up to date" in m for m in again) == len(medium_keys)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vjp, vmap
@@ -81,6 +82,25 @@ def fisher_cotangents(logits: Tensor, reduced: bool = True) -> Tensor:
     return torch.einsum("nm,nkc->nkmc", eye_n, f).reshape(n * f.shape[1], n, logits.shape[1])
 
 
+def sample_cotangents(cot: Tensor, rows: int, key: int) -> Tensor:
+    """s = ``rows`` random combinations of a task's R cotangents, ĉ_i = Σ_r ω_ri c_r / √s with
+    ω ~ N(0, 1) drawn from ``key`` (the task's own seed, so a resumed or distributed fit draws the
+    same). The columns become V_j Ω/√s: E[V_j ΩΩᵀ V_jᵀ]/s = V_j V_jᵀ, an unbiased estimate of the
+    task's Gauss-Newton block at s backward passes instead of R (= n_q·(c−1)): the Monte-Carlo
+    Fisher idea of K-FAC / TRAK's one gradient per example, here with s per task. Nothing changes
+    when s ≥ R."""
+    if rows <= 0 or rows >= cot.shape[0]:
+        return cot
+    gen = torch.Generator(device="cpu").manual_seed(key)
+    omega = torch.randn(cot.shape[0], rows, generator=gen, dtype=torch.float64).to(cot)
+    return torch.einsum("rs,r...->s...", omega, cot) / rows**0.5
+
+
+def task_key(seed: int, task_id: int) -> int:
+    """The seed of task ``task_id``'s row sample: independent of the order tasks are streamed in."""
+    return int(np.random.SeedSequence([seed, task_id]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def _map_rows(
     fn: Callable[[Tensor], Tensor], rows: Tensor, chunk: int | None, transform: RowTransform | None = None
 ) -> Tensor:
@@ -108,6 +128,7 @@ def create_naive_columns_function(
     chunk: int | None = None,
     reduced: bool = True,
     transform: RowTransform | None = None,
+    rows_per_task: int = 0,
 ) -> ColumnsFunction:
     """Reference: rows J_nᵀ F_n e_k / √n_q by vmap over vjp of the full logits function.
 
@@ -117,9 +138,9 @@ def create_naive_columns_function(
     """
     logits_fn = create_flat_logits_function(model, spec, layout, second_order=needs_second_order(spec))
 
-    def columns(w: Tensor, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
+    def columns(w: Tensor, sx: Tensor, sy: Tensor, qx: Tensor, key: int = 0) -> Tensor:
         y, pullback = vjp(lambda p: logits_fn(p, sx, sy, qx), w)
-        cot = fisher_cotangents(y.detach(), reduced)
+        cot = sample_cotangents(fisher_cotangents(y.detach(), reduced), rows_per_task, key)
         return _map_rows(lambda r: pullback(r)[0], cot, chunk, transform).detach() / y.shape[0] ** 0.5
 
     return columns
@@ -151,6 +172,7 @@ def create_maml_columns_function(
     reduced: bool = True,
     hvp: str = "reverse",
     transform: RowTransform | None = None,
+    rows_per_task: int = 0,
 ) -> ColumnsFunction:
     """Structured MAML columns: first-order vjps at θ̂, then the (I − αH_S(θ_t)) factors (module doc).
 
@@ -166,17 +188,17 @@ def create_maml_columns_function(
     inner_grad = grad(create_flat_support_loss_function(model, layout))  # differentiated again (HVPs)
     alpha, steps = spec.inner_lr, spec.inner_steps
 
-    def columns(w: Tensor, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
+    def columns(w: Tensor, sx: Tensor, sy: Tensor, qx: Tensor, key: int = 0) -> Tensor:
         thetas = [w.detach()]
         for _ in range(steps):
             thetas.append((thetas[-1] - alpha * inner_step_grad(thetas[-1], sx, sy)).detach())
         y, pullback = vjp(lambda p: forward(p, qx), thetas[-1])
+        cot = sample_cotangents(fisher_cotangents(y.detach(), reduced), rows_per_task, key)
         if transform is not None:
             return _transformed_maml_rows(
-                pullback, fisher_cotangents(y.detach(), reduced), thetas, lambda p: inner_grad(p, sx, sy),
-                alpha, hvp, chunk, transform, spec.first_order,
+                pullback, cot, thetas, lambda p: inner_grad(p, sx, sy), alpha, hvp, chunk, transform, spec.first_order,
             ) / y.shape[0] ** 0.5  # fmt: skip
-        rows = _map_rows(lambda r: pullback(r)[0], fisher_cotangents(y.detach(), reduced), chunk).detach()
+        rows = _map_rows(lambda r: pullback(r)[0], cot, chunk).detach()
         if not spec.first_order:
             for theta in reversed(thetas[:-1]):
                 rows = rows - alpha * hvp_rows(lambda p: inner_grad(p, sx, sy), theta, rows, chunk).detach()
@@ -215,10 +237,13 @@ def create_columns_function(
     reduced: bool = True,
     hvp: str = "reverse",
     transform: RowTransform | None = None,
+    rows_per_task: int = 0,
 ) -> ColumnsFunction:
     """The GN columns of one task for ``spec``'s learner (structured MAML or ProtoNet vjps);
-    ``transform`` maps every chunk of rows as soon as it is computed (``projection.py``)."""
+    ``transform`` maps every chunk of rows as soon as it is computed (``projection.py``);
+    ``rows_per_task`` s > 0 replaces a task's n_q·(c−1) columns by s random combinations
+    (``sample_cotangents``; the returned function then takes the task's ``key``)."""
     require_tlxml_support(spec)
     if structured and Algorithm(spec.algo) is Algorithm.MAML:
-        return create_maml_columns_function(model, spec, layout, chunk, reduced, hvp, transform)
-    return create_naive_columns_function(model, spec, layout, chunk, reduced, transform)
+        return create_maml_columns_function(model, spec, layout, chunk, reduced, hvp, transform, rows_per_task)
+    return create_naive_columns_function(model, spec, layout, chunk, reduced, transform, rows_per_task)

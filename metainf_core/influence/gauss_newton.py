@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from metainf_core.config import Algorithm
 from metainf_core.data.base import FewShotDataset
 from metainf_core.exceptions import ConfigError, MetainfError
-from metainf_core.influence.columns import create_columns_function, require_tlxml_support
+from metainf_core.influence.columns import create_columns_function, require_tlxml_support, task_key
 from metainf_core.influence.exact import CurvatureFactor
 from metainf_core.influence.flat import ParamLayout
 from metainf_core.influence.gradients import iter_task_batches
@@ -65,11 +65,12 @@ class GaussNewtonConfig:
     projection_dim: int = 0  # d of the CountSketch Φ (0: none; projection.py)
     projection_seed: int = 0
     param_groups: tuple[str, ...] = ()  # dotted parameter-name prefixes (empty: all parameters)
+    rows_per_task: int = 0  # s > 0: s random combinations of each task's columns (columns.sample_cotangents)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "param_groups", tuple(self.param_groups))
-        if self.projection_dim < 0 or self.projection_seed < 0:
-            raise ConfigError("projection_dim and projection_seed must be non-negative")
+        if self.projection_dim < 0 or self.projection_seed < 0 or self.rows_per_task < 0:
+            raise ConfigError("projection_dim, projection_seed and rows_per_task must be non-negative")
         if self.n_orth < 1 or self.task_batch < 1 or self.gram_block < 1 or self.chunk < -1:
             raise ConfigError("n_orth, task_batch and gram_block must be positive, chunk -1 (auto) or non-negative")
         if self.n_max and self.n_max < self.n_orth:
@@ -155,8 +156,9 @@ class GaussNewtonFit:
                 transform = self.space.reduce_selected if self.space.sketch is not None else None
         chunk = auto_chunk(layout.numel) if cfg.chunk == -1 else (cfg.chunk or None)
         self._columns = create_columns_function(
-            model, spec, layout, structured=cfg.structured, chunk=chunk, hvp=cfg.hvp, transform=transform
-        )
+            model, spec, layout, structured=cfg.structured, chunk=chunk, hvp=cfg.hvp, transform=transform,
+            rows_per_task=cfg.rows_per_task,
+        )  # fmt: skip
         self._blocks: list[Tensor] = []
         self.done = np.zeros(len(taskset), dtype=bool)
         self.num_reductions = 0
@@ -194,7 +196,8 @@ class GaussNewtonFit:
         total = self.tasks_done + len(todo)
         for chunk, b in iter_task_batches(self.taskset, self.dataset, todo, self.config.task_batch, self.w.dtype, self.w.device):
             for k, j in enumerate(chunk):
-                self._blocks.append(self._columns(self._w_cols, b.support_x[k], b.support_y[k], b.query_x[k]).detach())
+                key = task_key(self.config.projection_seed, int(j))
+                self._blocks.append(self._columns(self._w_cols, b.support_x[k], b.support_y[k], b.query_x[k], key).detach())
                 self.done[j] = True
                 if self.num_buffered > self.config.buffer_limit:
                     self._reduce()

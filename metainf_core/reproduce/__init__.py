@@ -4,6 +4,11 @@
 ``--work``), runs every experiment whose saved section is missing or was made with another
 configuration, writes ``data/<key>.json`` atomically after each one (a crash loses at most the
 experiment in progress) and renders ``README.md`` and ``figures/*.png`` from all saved sections.
+
+``--scale medium`` runs the experiments that have a medium configuration (conv nets, M ≥ 1,024;
+``experiments.MEDIUM_COST`` says what it costs) into ``data/<key>.medium.json``; the README shows
+each experiment's medium-scale results under its small-scale ones, and the verdict table gets a
+row per scale.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from metainf_core.io import write_atomic, write_json_atomic
 from metainf_core.reproduce.experiments import EXPERIMENTS, Context, run_experiment
 from metainf_core.reproduce.report import render_readme, write_figures
 
-__all__ = ["EXPERIMENTS", "environment", "load_sections", "render", "reproduce"]
+__all__ = ["EXPERIMENTS", "SCALES", "environment", "load_sections", "render", "reproduce", "section_path"]
+
+SCALES = ("report", "medium", "smoke")
 
 
 def _cpu() -> str:
@@ -64,23 +71,29 @@ def _select(only: Sequence[str] | None) -> list[str]:
     return [k for k in keys if k in only]
 
 
-def load_sections(out: str | Path) -> list[dict[str, Any]]:
-    """Saved sections in report order."""
-    data = Path(out) / "data"
-    return [json.loads((data / f"{k}.json").read_text(encoding="utf-8")) for k in EXPERIMENTS if (data / f"{k}.json").is_file()]
+def section_path(out: str | Path, key: str, scale: str = "report") -> Path:
+    """``data/<key>.json`` (report and smoke scale) or ``data/<key>.medium.json``."""
+    return Path(out) / "data" / (f"{key}.medium.json" if scale == "medium" else f"{key}.json")
+
+
+def load_sections(out: str | Path, scale: str = "report") -> list[dict[str, Any]]:
+    """Saved sections in report order: ``data/<key>.json`` (``scale`` "report", also what a smoke run
+    writes) or ``data/<key>.medium.json`` (``scale`` "medium")."""
+    paths = [section_path(out, k, scale) for k in EXPERIMENTS]
+    return [json.loads(p.read_text(encoding="utf-8")) for p in paths if p.is_file()]
 
 
 def render(out: str | Path, figures: bool = True) -> Path:
     """README.md (and PNG figures unless ``figures`` is False) from the saved sections."""
     out = Path(out)
-    sections = load_sections(out)
+    sections, medium = load_sections(out), load_sections(out, "medium")
     drawn = {str(p.relative_to(out)) for p in (out / "figures").glob("*.png")} if (out / "figures").is_dir() else set()
     if figures:
-        new, why = write_figures(sections, out)
+        new, why = write_figures([*sections, *medium], out)
         drawn |= new
         if why is not None:
             print(f"figures: {why}")
-    text = render_readme(sections, drawn)
+    text = render_readme(sections, drawn, medium)
     write_atomic(out / "README.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return out / "README.md"
 
@@ -89,16 +102,20 @@ def reproduce(
     out: str | Path, *, only: Sequence[str] | None = None, scale: str = "report", work: str | Path | None = None,
     force: bool = False, figures: bool = True, log: Callable[[str], None] = print,
 ) -> Path:  # fmt: skip
-    """Run the selected experiments at ``scale`` ("report" or "smoke"), then render the report."""
-    if scale not in ("report", "smoke"):
-        raise ConfigError(f"scale must be 'report' or 'smoke', got {scale!r}")
+    """Run the selected experiments at ``scale`` ("report", "medium" or "smoke"), then render the report.
+    At medium scale, experiments without a medium configuration are skipped (with a log line)."""
+    if scale not in SCALES:
+        raise ConfigError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     out = Path(out)
     work = Path(work) if work is not None else REPO_ROOT / ".cache" / "metainf" / "reproduce"
     ctx = Context(work=work, log=log)
     for key in _select(only):
         exp = EXPERIMENTS[key]
-        config = exp.config if scale == "report" else exp.smoke
-        path = out / "data" / f"{key}.json"
+        config = exp.at(scale)
+        if config is None:
+            log(f"{key}: no {scale}-scale configuration; skipped")
+            continue
+        path = section_path(out, key, scale)
         if not force and path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("config") == config:
             log(f"{key}: up to date ({path})")
             continue

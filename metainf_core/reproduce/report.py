@@ -32,7 +32,8 @@ def number(section: dict[str, Any]) -> int:
 
 
 def figure_path(section: dict[str, Any], spec: dict[str, Any]) -> str:
-    return f"figures/{section['key']}-{spec['name']}.png"
+    medium = ".medium" if section.get("scale") == "medium" else ""
+    return f"figures/{section['key']}{medium}-{spec['name']}.png"
 
 
 def _seeds(config: dict[str, Any]) -> str:
@@ -48,12 +49,36 @@ def _data(config: dict[str, Any]) -> str:
     return ", ".join(f"{d} ({w}-way)" for d, w in config["datasets"])
 
 
-def render_section(number: int, s: dict[str, Any], figures: set[str]) -> str:
+def _train_tasks(config: dict[str, Any]) -> str:
+    m = config["train_tasks"]
+    return ", ".join(f"{v:,}" for v in m) if isinstance(m, list) else f"{m:,}"
+
+
+def medium_heading(s: dict[str, Any]) -> str:
+    """The medium-scale sub-heading: networks (filters, parameter counts, from the runs) and M."""
+    nets = s.get("networks") or {}
+    names = {"maml": "MAML", "protonet": "ProtoNet", "proximal-maml": "proximal MAML"}
+    text = ", ".join(f"{n['arch']} {names.get(a, a)} ({n['filters']} filters, {n['num_parameters']:,} parameters)" for a, n in nets.items())
+    return f"### Medium scale: {text or 'conv nets'}, M = {_train_tasks(s['config'])}"
+
+
+def render_section(number: int, s: dict[str, Any] | None, figures: set[str], medium: dict[str, Any] | None = None) -> str:
+    """One experiment: its report-scale part (``s``) and, when given, its medium-scale part under a sub-heading."""
+    head = s or medium
+    assert head is not None
+    parts = [f"## {number}. {head['title']}", ""]
+    if s is not None:
+        parts += [_body(s, figures, "", f"**Verdict: {VERDICT_MARK[s['verdict']['label']]}** — {s['verdict']['reason']}.")]
+    if medium is not None:
+        parts += [medium_heading(medium), "", _body(medium, figures, " --scale medium",
+                                                    f"**Verdict at medium scale: {VERDICT_MARK[medium['verdict']['label']]}** — {medium['verdict']['reason']}.")]
+    return "\n".join(parts)
+
+
+def _body(s: dict[str, Any], figures: set[str], scale_flag: str, verdict_line: str) -> str:
     env = s["environment"]
     parts = [
-        f"## {number}. {s['title']}",
-        "",
-        f"**Verdict: {VERDICT_MARK[s['verdict']['label']]}** — {s['verdict']['reason']}.",
+        verdict_line,
         "",
         f"**Paper.** {s['paper']}",
         "",
@@ -65,7 +90,7 @@ def render_section(number: int, s: dict[str, Any], figures: set[str]) -> str:
         parts += [f"![{spec['title']}]({path})" if path in figures else f"*(figure {spec['title']!r} not drawn: no PNG exporter on the generating machine)*", ""]
     parts += ["**Scale reductions.** " + "; ".join(s["reductions"]) + ".", ""]
     parts += [
-        f"<sub>Command: `{COMMAND} --only {s['key']}` · data: {_data(s['config'])} · seeds: {_seeds(s['config'])} · "
+        f"<sub>Command: `{COMMAND}{scale_flag} --only {s['key']}` · data: {_data(s['config'])} · seeds: {_seeds(s['config'])} · "
         f"hardware: {env['cpu']} ({env['cores']} cores), torch {env['torch']} · runtime {s['seconds']:.0f} s, plus "
         f"{s.get('train_seconds', 0):.0f} s of training for the {s.get('runs_used', 0)} runs it uses ({s.get('runs_trained', 0)} trained in "
         "this call; cached influence fits and diagnostics reused when present) · "
@@ -75,9 +100,18 @@ def render_section(number: int, s: dict[str, Any], figures: set[str]) -> str:
     return "\n".join(parts)
 
 
-def render_readme(sections: Sequence[dict[str, Any]], figures: set[str]) -> str:
-    """The whole report; ``figures`` holds the PNG paths (relative to the report) that exist."""
-    verdicts = [f"| {number(s)} | {s['title']} | {VERDICT_MARK[s['verdict']['label']]} | {_cell(s['verdict']['reason'])} |" for s in sections]
+def render_readme(sections: Sequence[dict[str, Any]], figures: set[str], medium: Sequence[dict[str, Any]] = ()) -> str:
+    """The whole report; ``figures`` holds the PNG paths (relative to the report) that exist;
+    ``medium`` the medium-scale sections, shown after the report-scale ones of the same experiment
+    (and with a row of their own in the verdict table)."""
+    small = {s["key"]: s for s in sections}
+    large = {s["key"]: s for s in medium}
+    keys = sorted(small.keys() | large.keys(), key=lambda k: int(k.split("-")[0][1:]))
+    verdicts = []
+    for key in keys:
+        for s, suffix in ((small.get(key), ""), (large.get(key), " (medium scale)")):
+            if s is not None:
+                verdicts.append(f"| {number(s)} | {s['title']}{suffix} | {VERDICT_MARK[s['verdict']['label']]} | {_cell(s['verdict']['reason'])} |")
     head = [
         "# Reproduction report: the papers' claims measured on our data",
         "",
@@ -91,7 +125,7 @@ def render_readme(sections: Sequence[dict[str, Any]], figures: set[str]) -> str:
         *verdicts,
         "",
     ]
-    return "\n".join(head + [render_section(number(s), s, figures) for s in sections])
+    return "\n".join(head + [render_section(int(k.split("-")[0][1:]), small.get(k), figures, large.get(k)) for k in keys])
 
 
 def _figure(spec: dict[str, Any]):
