@@ -153,9 +153,18 @@ def time_left(seconds: float) -> str:
     return f"about {math.ceil(seconds / 60)} min left" if seconds >= 90 else f"about {max(5, round(seconds / 5) * 5)} s left"
 
 
-def require_influence(path: str, run: Run, cfg: InfluenceConfig = DEFAULT_INFLUENCE):
+def influence_config(path: str) -> InfluenceConfig:
+    """The app's fit settings for this run: DEFAULT_INFLUENCE, sketched with sampled columns for
+    large networks (``explain.influence_config_for``)."""
+    from metainf_core.explain import influence_config_for
+
+    return influence_config_for(get_run(path), DEFAULT_INFLUENCE)
+
+
+def require_influence(path: str, run: Run, cfg: InfluenceConfig | None = None):
     """The fitted TLXML for the run (from the disk cache, or shipped with the run); if neither
     exists, offer to fit it with a progress bar and a time estimate (a fit left half-way resumes)."""
+    cfg = influence_config(path) if cfg is None else cfg
     if not is_fitted(run, cfg):
         st.info(
             f"Influence is not fitted yet for this model ({len(run.train_tasks)} training tasks). "
@@ -237,7 +246,7 @@ def test_image_table(path: str, test_id: int):  # noqa: ANN201 - drilldown.Targe
     """The test task's n_q × M image shares: one per test task, whichever training task is opened."""
     from metainf_core.drilldown import target_image_shares
 
-    return target_image_shares(get_run(path), _fitted(path, DEFAULT_INFLUENCE), test_id, dtype="float32")
+    return target_image_shares(get_run(path), _fitted(path, influence_config(path)), test_id, dtype="float32")
 
 
 @st.cache_data(show_spinner="Splitting the score over the images…", max_entries=64)
@@ -246,7 +255,7 @@ def drilldown_arrays(path: str, test_id: int, train_id: int) -> dict:
     from metainf_core.drilldown import drill_training_task, plain_summary
 
     run = get_run(path)
-    inf = _fitted(path, DEFAULT_INFLUENCE)
+    inf = _fitted(path, influence_config(path))
     drill = drill_training_task(run, inf, test_id, train_id, dtype="float32")
     reverse = test_image_table(path, test_id).for_training_task(train_id)
     return {

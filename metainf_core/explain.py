@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,23 @@ from metainf_core.validate import proper_tests, score_agreement, self_ranks, sup
 CACHE_FORMAT = 1
 # (stage, done, total) — stage is "curvature" or "gradients"
 FitProgress = Callable[[str, int, int], None]
+
+
+# Beyond this many parameters a full Gauss-Newton fit's q × 2·N_orth buffer passes ~2 GB (float32,
+# N_orth = 512) and each task's n_q·(c−1) backward passes take minutes on a CPU (ResNet-12: 226 s).
+LARGE_MODEL_PARAMETERS = 500_000
+LARGE_MODEL_SKETCH = 4096  # d of the CountSketch for large models (buffer 1,024 × 4,096)
+LARGE_MODEL_ROWS = 8  # sampled columns per task for large models (columns.sample_cotangents)
+
+
+def influence_config_for(run: Run, base: InfluenceConfig) -> InfluenceConfig:
+    """``base``, or for a large model (> LARGE_MODEL_PARAMETERS) ``base`` with a CountSketch to
+    4,096 dimensions and 8 sampled columns per task, so an imported ResNet-12 fits in memory and
+    in minutes per hundred tasks instead of hours (bench/bench_projection.py)."""
+    q = sum(v.numel() for v in run.checkpoint.params.values())
+    if q <= LARGE_MODEL_PARAMETERS or base.reduces or base.rows_per_task or InfluenceMethod(base.method) is not InfluenceMethod.GN:
+        return base
+    return replace(base, projection_dim=LARGE_MODEL_SKETCH, rows_per_task=LARGE_MODEL_ROWS)
 
 
 def params_as(run: Run, dtype: str) -> Params:

@@ -281,3 +281,22 @@ def test_rows_per_task_fit_is_close_to_the_full_fit_and_order_independent(data):
     # so large M needs fewer rows; bench/bench_projection.py); a random ranking of 24 has sd 0.21
     r = [rho(full[i].numpy(), sampled[i].numpy())[0] for i in range(full.shape[0])]
     assert np.mean(r) > 0.7 and min(r) > 0.5, r
+
+
+def test_the_app_sketches_only_large_models():
+    """Small models keep the app's default fit (and its cache key); beyond 500k weights the fit is
+    sketched to 4,096 dimensions with 8 sampled columns per task."""
+    from types import SimpleNamespace
+
+    from metainf_core.explain import influence_config_for
+
+    base = InfluenceConfig(method="gn", n_orth=512, dtype="float32")
+
+    def run_with(q: int):
+        return SimpleNamespace(checkpoint=SimpleNamespace(params={"w": torch.zeros(q)}))
+
+    assert influence_config_for(run_with(113_088), base) is base  # CNN4-64: exact GN still fits in memory
+    big = influence_config_for(run_with(12_424_320), base)  # ResNet-12
+    assert (big.projection_dim, big.rows_per_task, big.n_orth, big.dtype) == (4096, 8, 512, "float32")
+    assert content_key(big.to_dict()) != content_key(base.to_dict())
+    assert influence_config_for(run_with(12_424_320), InfluenceConfig(method="gn", projection_dim=256)).projection_dim == 256  # a user's choice stays

@@ -14,11 +14,11 @@ from metainf_core.explain import fit_status
 from ui import (
     ALGORITHM_NAMES,
     DEFAULT_DEMO,
-    DEFAULT_INFLUENCE,
     DEMO_DIR,
     current_model_path,
     demo_dirs,
     get_run,
+    influence_config,
     is_demo,
     set_model,
     show_figure,
@@ -77,7 +77,8 @@ def influence_status(path: str) -> dict | None:
     """Whether the app's default influence fit is ready (cached or shipped / partial / none);
     None when the run's data cannot be opened here (the card still shows what meta.json says)."""
     try:
-        return fit_status(get_run(path), DEFAULT_INFLUENCE)
+        cfg = influence_config(path)
+        return {**fit_status(get_run(path), cfg), "sketch": cfg.projection_dim, "rows": cfg.rows_per_task}
     except MetainfError:
         return None
 
@@ -120,6 +121,10 @@ def show_card(path: str, meta: dict) -> None:
     else:
         st.write(f"**Influence fit:** not fitted yet: the Explain page fits it over {status['total']:,} training tasks "
                  "with a progress bar, saving as it goes.")
+    if status is not None and status.get("sketch"):
+        st.caption(f"This network is large ({meta['num_parameters']:,} weights), so its influence is computed in a random "
+                   f"{status['sketch']:,}-dimensional projection of the weights, from {status['rows']} sampled directions "
+                   "per training task: an approximation that keeps the fit in memory and minutes long.")
     if not meta.get("complete", False):
         st.warning(f"Training has not finished: this checkpoint is from step {meta.get('step')}.")
     curve = meta.get("curve", [])

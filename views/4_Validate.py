@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.explain import validation_report
-from ui import DEFAULT_INFLUENCE, require_influence, require_run, show_figure, signed
+from ui import influence_config, require_influence, require_run, show_figure, signed
 
 SIGNIFICANT = 2.0  # |z| from which a count is unlikely under chance (about 5 % two-sided)
 
@@ -23,7 +23,7 @@ inf = require_influence(path, run)
 
 @st.cache_data(show_spinner="Scoring every training task for the test tasks…")
 def report(path: str, max_tests: int) -> dict:
-    return validation_report(run, inf, DEFAULT_INFLUENCE, max_tests=max_tests)
+    return validation_report(run, inf, influence_config(path), max_tests=max_tests)
 
 
 def verdict(z: float) -> str:
