@@ -266,6 +266,12 @@ def _reproduce(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.reproduce import load_sections, reproduce
 
     only = [k.strip() for k in a.only.split(",") if k.strip()] if a.only else None
+    if a.estimate:
+        from metainf_core.reproduce.estimate import estimate, format_table
+
+        rows = estimate(a.scale, only, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        print(format_table(rows, a.scale), file=sys.stderr, flush=True)
+        return {"scale": a.scale, "estimate": rows}
     readme = reproduce(a.out, only=only, scale=a.scale, work=a.work, force=a.force, figures=not a.no_figures,
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))  # fmt: skip
     return {"report": str(readme), "verdicts": {s["key"]: s["verdict"] for s in load_sections(a.out)}}
@@ -490,8 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="run the papers' experiments on our data and write the reproduction report")
     rp.add_argument("--out", default="docs/results", help="report folder: README.md, data/*.json, figures/*.png")
     rp.add_argument("--only", default=None, help="comma-separated experiment keys (default: all); see metainf_core/reproduce")
-    rp.add_argument("--scale", choices=["report", "medium", "smoke"], default="report",
-                    help="medium: conv nets, M = 1,024, about an hour (data/<key>.medium.json); smoke: a minutes-long version of each experiment")
+    rp.add_argument("--scale", choices=["report", "medium", "paper", "smoke"], default="report",
+                    help="medium: conv nets, M = 1,024, about an hour (data/<key>.medium.json); paper: the TLXML paper's settings for "
+                         "e2-e4 (data/<key>.paper.json; weeks on a CPU, see --estimate); smoke: a minutes-long version of each experiment")
+    rp.add_argument("--estimate", action="store_true",
+                    help="train nothing: print each experiment's predicted time at --scale from a short timing probe (about 1-2 minutes)")
     rp.add_argument("--work", default=None, help="where trained runs are kept (default .cache/metainf/reproduce)")
     rp.add_argument("--force", action="store_true", help="rerun experiments whose saved section is up to date")
     rp.add_argument("--no-figures", action="store_true", help="do not draw PNG figures")

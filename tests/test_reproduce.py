@@ -235,3 +235,117 @@ def test_medium_scale_end_to_end(tmp_path, monkeypatch):
     again: list[str] = []
     reproduce(out, scale="medium", work=work, figures=False, log=again.append)
     assert sum("up to date" in m for m in again) == len(medium_keys)
+
+
+# ---- the paper scale (issue 14, item 3): configurations, the cost estimate, rendering ----------------
+def test_paper_configs_construct_with_the_stated_networks():
+    """Every paper-scale configuration builds valid TaskConfig/TrainConfig pairs on registered datasets,
+    with the paper's task layout (5-way 5-shot, meta-batch 32, 8,192 tasks, N_orth = 8,192) and networks
+    whose parameter counts are those the config comments state (PAPER_PARAMETERS)."""
+    from metainf_core.data import DATASETS
+    from metainf_core.models import build_model, count_parameters
+    from metainf_core.reproduce.estimate import INPUT_SHAPES, plan
+    from metainf_core.reproduce.experiments import PAPER, PAPER_PARAMETERS, _configs, arch_of, by
+
+    assert sorted(PAPER) == ["e2-noise", "e3-superclass", "e4-one-step"]
+    assert all(EXPERIMENTS[k].at("paper") is c for k, c in PAPER.items())
+    seen = set()
+    for key, c in PAPER.items():
+        assert c["scale"] == "paper" and c["meta_batch"] == 32 and c["shots"] == 5 and c["n_orth"] == 8192 and c["method"] == "gn"
+        pairs = [(d, w) for d, w in c["datasets"]] if "datasets" in c else [(c["dataset"], c["ways"])]
+        for dataset, ways in pairs:
+            assert dataset in DATASETS and ways == 5
+            for algo in c["algos"]:
+                m = max(c["train_tasks"]) if isinstance(c["train_tasks"], list) else c["train_tasks"]
+                assert m == 8192
+                task, train = _configs(c, dataset=dataset, ways=ways, algo=algo, seed=0, train_tasks=m, noise=m // 8 if c.get("noise", True) else 0)
+                assert (train.arch, train.filters, train.steps) == (arch_of(c, algo), by(c, "filters", algo, dataset), by(c, "steps", algo, dataset))
+                net = build_model(train.arch, train.algo, INPUT_SHAPES[dataset], task.ways, train.filters)
+                assert count_parameters(net) == PAPER_PARAMETERS[(algo, dataset)], (key, algo, dataset)
+                seen.add((algo, dataset))
+        assert plan(key, c).runs, key
+    assert seen == set(PAPER_PARAMETERS)
+    # the paper's meta-batches (B.3, B.4, B.5)
+    e2 = PAPER["e2-noise"]
+    assert [by(e2, "steps", a, d) for a in ("maml", "protonet") for d in ("omniglot", "mini-imagenet")] == [40000, 80000, 10000, 20000]
+    assert e2["seeds"] == [0, 1, 2, 3, 42] and PAPER["e4-one-step"]["k"] == 2048 and PAPER["e4-one-step"]["test_tasks"] // 2 == 1024
+    # the medium and report configurations know nothing of the paper's keys
+    assert all("filters_by" not in c and "scale" not in c for e in EXPERIMENTS.values() for c in (e.config, e.medium or {}, e.smoke))
+
+
+def test_estimate_predicts_without_training(monkeypatch, tmp_path):
+    """``estimate`` with the probe replaced by fixed timings: no run is trained, the runs e3 shares with
+    e2 / e4 are counted once, and one row's arithmetic is the cost model's."""
+    import metainf_core.reproduce.estimate as est
+    from metainf_core.reproduce.experiments import PAPER
+
+    monkeypatch.setattr("metainf_core.reproduce.runs.train", lambda *a, **k: pytest.fail("the estimate must not train"))
+    probed = []
+
+    def probe(net):
+        probed.append(net)
+        return est.Costs(train_step_s=2.0 if net.algo == "maml" else 1.0, gn_task_s=0.5, rows_per_task=100, num_parameters=20_000)
+
+    la = est.Linalg(gflops=10.0, eigh_512_s=0.05)
+    rows = est.estimate("paper", probe=probe, linalg=la)
+    assert [r["experiment"] for r in rows] == ["e2-noise", "e3-superclass", "e4-one-step", "total"]
+    assert len(set(probed)) == len(probed) == 6, "one probe per network"
+    e2, e3, e4 = rows[:3]
+    assert (e2["runs"], e2["fits"], e2["steps"]) == (20, 20, 5 * (40000 + 80000 + 10000 + 20000))
+    assert (e3["runs"], e3["fits"]) == (2, 2)
+    assert (e4["runs"], e4["fits"]) == (4 + 5, 4), "e4's seed-0 MAML run and fit are e3's; 5 leave-out retrainings"
+    # e2 by hand: 20 runs of steps × step cost + final evaluation of 128 test tasks; 20 fits of 8,192 tasks
+    count, size = est.reductions(8192, 100, 8192)
+    assert count == 1 + (819_200 - 16_400) // 8_200 and 16_384 < size <= 16_484  # first at 164 tasks (> N_max rows), then every 82
+    fit = 8192 * 0.5 + (count + 1) * est.reduction_seconds(size, 20_000, 8192, la)
+    train = 5 * ((40000 + 80000) * 2.0 + (10000 + 20000) * 1.0) + 10 * 128 * 2.0 / 32 + 10 * 128 * 1.0 / 32
+    other = 10 * 256 * 2.0 / 32 + 10 * 256 * 1.0 / 32
+    assert e2["hours_1_thread"] == pytest.approx((train + 20 * fit + other) / 3600)
+    assert e2["hours_2_threads"] == pytest.approx(e2["hours_1_thread"] / est.TWO_THREAD_SPEEDUP)
+    assert rows[-1]["hours_1_thread"] == pytest.approx(sum(r["hours_1_thread"] for r in rows[:3]))
+    table = est.format_table(rows, "paper")
+    assert all(f"\n| {r['experiment']} | {r['runs']} | " in table for r in rows)
+    # the report scale plans every experiment; the CLI flag exists
+    assert [r["experiment"] for r in est.estimate("report", probe=probe, linalg=la)][:-1] == list(EXPERIMENTS)
+    from metainf_core.cli import build_parser
+
+    a = build_parser().parse_args(["reproduce", "--scale", "paper", "--estimate"])
+    assert a.estimate and a.scale == "paper"
+    assert PAPER["e2-noise"]["n_orth"] == 8192
+
+
+def test_report_renders_a_paper_scale_section_beside_the_others(tmp_path):
+    """A synthetic paper-scale section saved as data/e2-noise.paper.json renders under the report- and
+    medium-scale parts of experiment 2, with its own sub-heading (per-dataset networks), verdict row and command."""
+    import shutil
+
+    from metainf_core.reproduce import render, section_path
+    from metainf_core.reproduce.experiments import PAPER
+
+    out = tmp_path / "report"
+    shutil.copytree(REPORT / "data", out / "data")
+    medium = {s["key"]: s for s in load_sections(out, "medium")}
+    sec = {"key": "e2-noise", "scale": "paper", "config": PAPER["e2-noise"], "title": "Noise tasks", "paper": "TLXML 5.1.2 (Table 1)",
+           "reductions": ["networks: as the paper"], "figures": [{"name": "noise-z", "title": "z vs M", "x_title": "M", "y_title": "z", "series": []}],
+           "tables": [{"title": "Proper tests", "columns": ["learner", "dataset", "proper tests"], "rows": [["maml", "omniglot", "94.0 ± 6.0 / 128"]]}],
+           "verdict": {"label": "reproduced", "reason": "synthetic paper-scale verdict"},
+           "networks": {"maml omniglot": {"arch": "conv3", "filters": 32, "num_parameters": 20453, "dataset": "omniglot"},
+                        "maml mini-imagenet": {"arch": "conv3", "filters": 22, "num_parameters": 20509, "dataset": "mini-imagenet"},
+                        "protonet omniglot": {"arch": "conv4", "filters": 32, "num_parameters": 28320, "dataset": "omniglot"},
+                        "protonet mini-imagenet": {"arch": "conv4", "filters": 32, "num_parameters": 28896, "dataset": "mini-imagenet"}},
+           "environment": {"cpu": "a GPU box", "cores": 16, "torch": "2", "python": "3.11", "commit": "abc", "date": "2026-12-01"},
+           "seconds": 1.0, "runs_trained": 20, "runs_used": 20, "train_seconds": 5.0}  # fmt: skip
+    path = section_path(out, "e2-noise", "paper")
+    assert path.name == "e2-noise.paper.json"
+    path.write_text(json.dumps(sec), encoding="utf-8")
+    readme = render(out, figures=False).read_text(encoding="utf-8")
+    assert readme == render_readme(load_sections(out), set(), list(medium.values()), [sec])
+    assert "| 2 | Noise tasks (paper scale) | ✅ reproduced | synthetic paper-scale verdict |" in readme
+    part = readme.split("## 2. Noise tasks")[1].split("## 3. ")[0]
+    paper_at = part.index("### Paper scale: conv3 MAML on omniglot (32 filters, 20,453 parameters), conv3 MAML on mini-imagenet (22 filters, 20,509 parameters)")
+    assert part.index("**Verdict: ") < paper_at and ("e2-noise" not in medium or part.index("### Medium scale") < paper_at)
+    assert "M = 8,192" in part and "--scale paper --only e2-noise`" in part and "| maml | omniglot | 94.0 ± 6.0 / 128 |" in part
+    assert figure_path(sec, sec["figures"][0]) == "figures/e2-noise.paper-noise-z.png"
+    # without the paper section, the README is the committed one's rendering
+    path.unlink()
+    assert render(out, figures=False).read_text(encoding="utf-8") == render_readme(load_sections(out), set(), list(medium.values()))

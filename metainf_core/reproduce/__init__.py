@@ -9,6 +9,11 @@ experiment in progress) and renders ``README.md`` and ``figures/*.png`` from all
 ``experiments.MEDIUM_COST`` says what it costs) into ``data/<key>.medium.json``; the README shows
 each experiment's medium-scale results under its small-scale ones, and the verdict table gets a
 row per scale.
+
+``--scale paper`` holds the TLXML paper's settings for e2, e3, e4 (``experiments.PAPER``: 8,192
+tasks, the paper's CNNs and meta-batches; ``data/<key>.paper.json``, rendered like the medium
+ones); it takes weeks on this CPU: ``--estimate`` prints what any scale would cost (``estimate.py``)
+without training anything.
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ from metainf_core.io import write_atomic, write_json_atomic
 from metainf_core.reproduce.experiments import EXPERIMENTS, Context, run_experiment
 from metainf_core.reproduce.report import render_readme, write_figures
 
-__all__ = ["EXPERIMENTS", "SCALES", "environment", "load_sections", "render", "reproduce", "section_path"]
+__all__ = ["EXPERIMENTS", "SCALES", "environment", "select", "load_sections", "render", "reproduce", "section_path"]
 
-SCALES = ("report", "medium", "smoke")
+SCALES = ("report", "medium", "paper", "smoke")
 
 
 def _cpu() -> str:
@@ -61,7 +66,7 @@ def environment() -> dict[str, Any]:
             "commit": _commit(), "date": _dt.date.today().isoformat()}  # fmt: skip
 
 
-def _select(only: Sequence[str] | None) -> list[str]:
+def select(only: Sequence[str] | None) -> list[str]:
     keys = list(EXPERIMENTS)
     if not only:
         return keys
@@ -72,13 +77,13 @@ def _select(only: Sequence[str] | None) -> list[str]:
 
 
 def section_path(out: str | Path, key: str, scale: str = "report") -> Path:
-    """``data/<key>.json`` (report and smoke scale) or ``data/<key>.medium.json``."""
-    return Path(out) / "data" / (f"{key}.medium.json" if scale == "medium" else f"{key}.json")
+    """``data/<key>.json`` (report and smoke scale) or ``data/<key>.<scale>.json`` (medium, paper)."""
+    return Path(out) / "data" / (f"{key}.{scale}.json" if scale in ("medium", "paper") else f"{key}.json")
 
 
 def load_sections(out: str | Path, scale: str = "report") -> list[dict[str, Any]]:
     """Saved sections in report order: ``data/<key>.json`` (``scale`` "report", also what a smoke run
-    writes) or ``data/<key>.medium.json`` (``scale`` "medium")."""
+    writes) or ``data/<key>.<scale>.json`` (``scale`` "medium" or "paper")."""
     paths = [section_path(out, k, scale) for k in EXPERIMENTS]
     return [json.loads(p.read_text(encoding="utf-8")) for p in paths if p.is_file()]
 
@@ -86,14 +91,14 @@ def load_sections(out: str | Path, scale: str = "report") -> list[dict[str, Any]
 def render(out: str | Path, figures: bool = True) -> Path:
     """README.md (and PNG figures unless ``figures`` is False) from the saved sections."""
     out = Path(out)
-    sections, medium = load_sections(out), load_sections(out, "medium")
+    sections, medium, paper = load_sections(out), load_sections(out, "medium"), load_sections(out, "paper")
     drawn = {str(p.relative_to(out)) for p in (out / "figures").glob("*.png")} if (out / "figures").is_dir() else set()
     if figures:
-        new, why = write_figures([*sections, *medium], out)
+        new, why = write_figures([*sections, *medium, *paper], out)
         drawn |= new
         if why is not None:
             print(f"figures: {why}")
-    text = render_readme(sections, drawn, medium)
+    text = render_readme(sections, drawn, medium, paper)
     write_atomic(out / "README.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return out / "README.md"
 
@@ -102,14 +107,14 @@ def reproduce(
     out: str | Path, *, only: Sequence[str] | None = None, scale: str = "report", work: str | Path | None = None,
     force: bool = False, figures: bool = True, log: Callable[[str], None] = print,
 ) -> Path:  # fmt: skip
-    """Run the selected experiments at ``scale`` ("report", "medium" or "smoke"), then render the report.
-    At medium scale, experiments without a medium configuration are skipped (with a log line)."""
+    """Run the selected experiments at ``scale`` ("report", "medium", "paper" or "smoke"), then render the
+    report. At medium and paper scale, experiments without a configuration there are skipped (with a log line)."""
     if scale not in SCALES:
         raise ConfigError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     out = Path(out)
     work = Path(work) if work is not None else REPO_ROOT / ".cache" / "metainf" / "reproduce"
     ctx = Context(work=work, log=log)
-    for key in _select(only):
+    for key in select(only):
         exp = EXPERIMENTS[key]
         config = exp.at(scale)
         if config is None:

@@ -31,9 +31,12 @@ def number(section: dict[str, Any]) -> int:
     return int(section["key"].split("-")[0][1:])
 
 
+LARGER_SCALES = ("medium", "paper")  # rendered under the report-scale part of each experiment, in this order
+
+
 def figure_path(section: dict[str, Any], spec: dict[str, Any]) -> str:
-    medium = ".medium" if section.get("scale") == "medium" else ""
-    return f"figures/{section['key']}{medium}-{spec['name']}.png"
+    scale = f".{section['scale']}" if section.get("scale") in LARGER_SCALES else ""
+    return f"figures/{section['key']}{scale}-{spec['name']}.png"
 
 
 def _seeds(config: dict[str, Any]) -> str:
@@ -54,24 +57,37 @@ def _train_tasks(config: dict[str, Any]) -> str:
     return ", ".join(f"{v:,}" for v in m) if isinstance(m, list) else f"{m:,}"
 
 
-def medium_heading(s: dict[str, Any]) -> str:
-    """The medium-scale sub-heading: networks (filters, parameter counts, from the runs) and M."""
+def scale_heading(s: dict[str, Any]) -> str:
+    """The sub-heading of a medium- or paper-scale part: networks (filters, parameter counts, from the
+    runs; per dataset where a learner's network differs between datasets) and M."""
     nets = s.get("networks") or {}
     names = {"maml": "MAML", "protonet": "ProtoNet", "proximal-maml": "proximal MAML"}
-    text = ", ".join(f"{n['arch']} {names.get(a, a)} ({n['filters']} filters, {n['num_parameters']:,} parameters)" for a, n in nets.items())
-    return f"### Medium scale: {text or 'conv nets'}, M = {_train_tasks(s['config'])}"
+
+    def name(key: str, n: dict[str, Any]) -> str:
+        algo = key.split(" ")[0]
+        return f"{names.get(algo, algo)} on {n['dataset']}" if "dataset" in n else names.get(algo, algo)
+
+    text = ", ".join(f"{n['arch']} {name(a, n)} ({n['filters']} filters, {n['num_parameters']:,} parameters)" for a, n in nets.items())
+    return f"### {s.get('scale', 'medium').capitalize()} scale: {text or 'conv nets'}, M = {_train_tasks(s['config'])}"
 
 
-def render_section(number: int, s: dict[str, Any] | None, figures: set[str], medium: dict[str, Any] | None = None) -> str:
-    """One experiment: its report-scale part (``s``) and, when given, its medium-scale part under a sub-heading."""
-    head = s or medium
+medium_heading = scale_heading  # the name before the paper scale
+
+
+def render_section(number: int, s: dict[str, Any] | None, figures: set[str], medium: dict[str, Any] | None = None,
+                   paper: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """One experiment: its report-scale part (``s``) and, when given, its medium- and paper-scale
+    parts, each under a sub-heading."""
+    larger = [x for x in (medium, paper) if x is not None]
+    head = s or (larger[0] if larger else None)
     assert head is not None
     parts = [f"## {number}. {head['title']}", ""]
     if s is not None:
         parts += [_body(s, figures, "", f"**Verdict: {VERDICT_MARK[s['verdict']['label']]}** — {s['verdict']['reason']}.")]
-    if medium is not None:
-        parts += [medium_heading(medium), "", _body(medium, figures, " --scale medium",
-                                                    f"**Verdict at medium scale: {VERDICT_MARK[medium['verdict']['label']]}** — {medium['verdict']['reason']}.")]
+    for x, scale in ((medium, "medium"), (paper, "paper")):
+        if x is not None:
+            parts += [scale_heading({"scale": scale, **x}), "", _body(x, figures, f" --scale {scale}",
+                                                                     f"**Verdict at {scale} scale: {VERDICT_MARK[x['verdict']['label']]}** — {x['verdict']['reason']}.")]
     return "\n".join(parts)
 
 
@@ -100,16 +116,18 @@ def _body(s: dict[str, Any], figures: set[str], scale_flag: str, verdict_line: s
     return "\n".join(parts)
 
 
-def render_readme(sections: Sequence[dict[str, Any]], figures: set[str], medium: Sequence[dict[str, Any]] = ()) -> str:
+def render_readme(sections: Sequence[dict[str, Any]], figures: set[str], medium: Sequence[dict[str, Any]] = (),
+                  paper: Sequence[dict[str, Any]] = ()) -> str:  # fmt: skip
     """The whole report; ``figures`` holds the PNG paths (relative to the report) that exist;
-    ``medium`` the medium-scale sections, shown after the report-scale ones of the same experiment
-    (and with a row of their own in the verdict table)."""
+    ``medium`` and ``paper`` the medium- and paper-scale sections, shown after the report-scale ones
+    of the same experiment (and each with a row of its own in the verdict table)."""
     small = {s["key"]: s for s in sections}
     large = {s["key"]: s for s in medium}
-    keys = sorted(small.keys() | large.keys(), key=lambda k: int(k.split("-")[0][1:]))
+    largest = {s["key"]: s for s in paper}
+    keys = sorted(small.keys() | large.keys() | largest.keys(), key=lambda k: int(k.split("-")[0][1:]))
     verdicts = []
     for key in keys:
-        for s, suffix in ((small.get(key), ""), (large.get(key), " (medium scale)")):
+        for s, suffix in ((small.get(key), ""), (large.get(key), " (medium scale)"), (largest.get(key), " (paper scale)")):
             if s is not None:
                 verdicts.append(f"| {number(s)} | {s['title']}{suffix} | {VERDICT_MARK[s['verdict']['label']]} | {_cell(s['verdict']['reason'])} |")
     head = [
@@ -125,7 +143,7 @@ def render_readme(sections: Sequence[dict[str, Any]], figures: set[str], medium:
         *verdicts,
         "",
     ]
-    return "\n".join(head + [render_section(int(k.split("-")[0][1:]), small.get(k), figures, large.get(k)) for k in keys])
+    return "\n".join(head + [render_section(int(k.split("-")[0][1:]), small.get(k), figures, large.get(k), largest.get(k)) for k in keys])
 
 
 def _figure(spec: dict[str, Any]):
