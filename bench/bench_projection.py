@@ -169,8 +169,11 @@ def _stream(name: str, model, dataset: str, m: int, cfg: GaussNewtonConfig, max_
     print(f"  measured on {n} tasks: curvature {per_task:.2f} s/task (first task {times[0]:.2f} s incl. warm-up), "
           f"P = Uᵀ R g_j {t_grad:.2f} s/task, factor {t_factor:.2f} s, setup (sketch hash) {setup:.2f} s, "
           f"U {tuple(factor.factor.shape)}, peak RSS {peak_rss_mb():.0f} MB")  # fmt: skip
-    print(f"  EXTRAPOLATED to M = {m}: {(per_task + t_grad) * m / 60:.1f} min on this machine "
-          f"((curvature + gradient) per task × {m}; not measured)", flush=True)  # fmt: skip
+    if n == m:
+        print(f"  MEASURED, all M = {m} tasks: {(sum(times) + t_grad * n) / 60:.1f} min (curvature + gradients)", flush=True)
+    else:
+        print(f"  EXTRAPOLATED to M = {m}: {(per_task + t_grad) * m / 60:.1f} min on this machine "
+              f"((curvature + gradient) per task × {m}; not measured)", flush=True)  # fmt: skip
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ def _train(a: argparse.Namespace) -> dict[str, Any]:
         meta_batch=a.meta_batch, lr=a.lr, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order,
         seed=a.seed, checkpoint_every=a.checkpoint_every, keep_history=a.keep_history, exclude_tasks=a.exclude_tasks,
         prox_lambda=a.prox_lambda, prox_lr=a.prox_lr, prox_steps=a.prox_steps, prox_tol=a.prox_tol,
-        cg_steps=a.cg_steps, cg_tol=a.cg_tol,
+        cg_steps=a.cg_steps, cg_tol=a.cg_tol, model=a.model, protonet_embedding=a.protonet_embedding,
     )  # fmt: skip
     out = train(task_cfg, train_cfg, a.out, resume=a.resume, device=a.device, progress=not a.quiet)
     meta = read_meta(out)
@@ -359,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     by_dataset = ", ".join(f"{v.value} for {d}" for d, v in DATASET_ARCHITECTURES.items())
     t.add_argument("--arch", choices=[a.value for a in Architecture], default=None, help=f"default: {rd.arch}; {by_dataset}")
     t.add_argument("--filters", type=int, default=rd.filters)
+    t.add_argument("--model", default="", metavar="CONSTRUCTOR",
+                   help='a network constructor instead of --arch, e.g. "l2l.vision.models.CNN4(output_size=5, hidden_size=32)"')
+    t.add_argument("--protonet-embedding", choices=["separate", "joint"], default=rd.protonet_embedding,
+                   help="ProtoNet: support and query through the network in two calls (default) or one")
     for name in ("ways", "shots", "queries", "train_tasks", "test_tasks", "noise_tasks", "label_flip_tasks"):
         t.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(td, name))
     t.add_argument("--task-seed", type=int, default=td.seed, help="seed of the fixed tasksets")

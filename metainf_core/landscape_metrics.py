@@ -8,6 +8,7 @@ The rows come from ``diagnostics.cached_diagnostics_over_history``; nothing here
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import fields
 from typing import Any
 
@@ -48,11 +49,12 @@ def keep_history_command(meta: dict[str, Any], out: str) -> str:
     settings (those that differ from the defaults) and keeps its history."""
     task, trn = TaskConfig.from_dict(meta["task_config"]), TrainConfig.from_dict(meta["train_config"])
     task_default, train_default = TaskConfig(), TrainConfig()
-    args = [f"--dataset {task.dataset}", f"--algo {trn.algo}", f"--arch {trn.arch}"]
+    network = f"--model {shlex.quote(trn.model)}" if trn.model else f"--arch {trn.arch}"
+    args = [f"--dataset {task.dataset}", f"--algo {trn.algo}", network]
     for cfg, default, rename in ((task, task_default, {"seed": "task_seed"}), (trn, train_default, {})):
         for f in fields(cfg):
             value = getattr(cfg, f.name)
-            if f.name in ("dataset", "algo", "arch", "keep_history") or value == getattr(default, f.name):
+            if f.name in ("dataset", "algo", "arch", "model", "keep_history") or value == getattr(default, f.name):
                 continue
             flag = "--" + rename.get(f.name, f.name).replace("_", "-")
             if isinstance(value, bool):
@@ -60,5 +62,5 @@ def keep_history_command(meta: dict[str, Any], out: str) -> str:
             elif isinstance(value, tuple):
                 args.append(f"{flag} {','.join(map(str, value))}")
             else:
-                args.append(f"{flag} {value}")
+                args.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(["python -m metainf_core train", *args, "--keep-history", f"--out {out}"])

@@ -367,3 +367,20 @@ def test_metainf_architecture_round_trip(tmp_path):
     assert np.allclose(run.evaluate().loss, demo.evaluate(task_ids=range(6)).loss, atol=LOSS_TOL)
     with pytest.raises(ConfigError, match="noise task"):
         taskset_to_samples(demo.train_tasks, demo.train_tasks.ids_with("noise")[:1])
+
+
+def test_train_with_a_learn2learn_network(tmp_path, capsys):
+    """`train --model CONSTRUCTOR` meta-trains a learn2learn network with metainf's loop; the
+    Landscape page's retrain command for it names the constructor, shell-quoted."""
+    import shlex
+
+    from metainf_core.landscape_metrics import keep_history_command
+
+    model = "l2l.vision.models.OmniglotCNN(output_size=3, hidden_size=4, layers=1)"
+    _cli(capsys, "train", "--dataset", "fashion-mnist", "--algo", "maml", "--model", model, "--steps", 3, "--meta-batch", 2,
+         "--train-tasks", 8, "--test-tasks", 4, "--out", tmp_path / "run", "--quiet")  # fmt: skip
+    run = open_run(tmp_path / "run")
+    assert run.meta["architecture"] == model and run.meta["train_config"]["arch"] == "external"
+    assert run.meta["num_parameters"] == (1 * 4 * 9 + 4) + 2 * 4 + (4 * 3 + 3)  # conv, batch norm, head
+    command = keep_history_command(run.meta, "runs/again")
+    assert shlex.split(command)[shlex.split(command).index("--model") + 1] == model and "--arch" not in command

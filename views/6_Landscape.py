@@ -32,6 +32,12 @@ path, run = require_run()
 try:
     history_snapshots(run.checkpoint.path)
 except ConfigError:
+    if run.meta.get("imported"):
+        st.info("This model was trained outside metainf, so it has no training snapshots here. To see its landscape over "
+                "training, save its weights during training (e.g. every few hundred steps), import each file with "
+                "`python -m metainf_core import` into `history/step_<N>.safetensors` of a run folder, or retrain it with "
+                "metainf (`python -m metainf_core train --model \"…\" --keep-history`).")
+        st.stop()
     st.info("This run was trained without `--keep-history`: it keeps no training snapshots (`history/step_*.safetensors`). "
             "Retrain it with its own settings, keeping ω at every checkpoint, then open the new folder on the home page:")
     st.code(keep_history_command(run.meta, f"runs/{Path(path).name}-history"), language="bash", wrap_lines=True)
