@@ -103,7 +103,7 @@ def _fitted(a: argparse.Namespace):
     from metainf_core.explain import fit_influence
     from metainf_core.service import open_run
 
-    run = open_run(a.path, device="cpu")
+    run = open_run(a.path, device=a.device)
     cfg = _influence_config(a)
     bar = None
     if not getattr(a, "quiet", False):
@@ -154,7 +154,7 @@ def _rank_other(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.service import open_run
 
     method = get_method(a.method)  # ConfigError (exit 2, one line) for an unknown name
-    run = open_run(a.path, device="cpu")
+    run = open_run(a.path, device=a.device)
     target = Target.parse(a.test_task, run)
     scores, details = method.scores(run, target, CompareConfig(damping=a.damping))
     order, ranks = ranking_table(scores)
@@ -199,7 +199,7 @@ def _compare(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.service import open_run
 
     names = parse_methods(a.methods)  # before loading anything: unknown names fail fast
-    run = open_run(a.path, device="cpu")
+    run = open_run(a.path, device=a.device)
     target = Target.parse(a.test_task, run)
     return compare_methods(run, target, names, k=a.top, config=CompareConfig(damping=a.damping), include_scores=a.scores)
 
@@ -247,7 +247,7 @@ def _diagnose(a: argparse.Namespace) -> dict[str, Any]:
 
     cfg = DiagnosticsConfig(steps=a.steps, step_size=a.step_size, num_tasks=a.tasks)
     history_snapshots(a.path)  # a clear error before any progress bar
-    run = open_run(a.path)
+    run = open_run(a.path, device=a.device)
     bar = tqdm(desc="diagnose", unit="snapshot", disable=a.quiet, file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
@@ -273,7 +273,7 @@ def _reproduce(a: argparse.Namespace) -> dict[str, Any]:
         print(format_table(rows, a.scale), file=sys.stderr, flush=True)
         return {"scale": a.scale, "estimate": rows}
     readme = reproduce(a.out, only=only, scale=a.scale, work=a.work, force=a.force, figures=not a.no_figures,
-                       log=lambda msg: print(msg, file=sys.stderr, flush=True))  # fmt: skip
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True), device=a.device)  # fmt: skip
     return {"report": str(readme), "verdicts": {s["key"]: s["verdict"] for s in load_sections(a.out)}}
 
 
@@ -282,7 +282,7 @@ def _detect(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.detect import detect_report
     from metainf_core.service import open_run
 
-    run = open_run(a.path, device="cpu")
+    run = open_run(a.path, device=a.device)
     bars: dict[str, Any] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -315,7 +315,7 @@ def _fidelity(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.service import open_run
 
     methods = tuple(x.strip() for x in a.methods.split(",")) if a.methods else ESTIMATORS
-    run = open_run(a.path, device="cpu")
+    run = open_run(a.path, device=a.device)
     sets = random_removal_sets(len(run.train_tasks), a.k, a.draws, a.seed)
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -346,6 +346,14 @@ def _add_influence_args(p: argparse.ArgumentParser, method_choices: list[str] | 
     p.add_argument("--param-groups", default="", metavar="PREFIXES",
                    help="gn: influence w.r.t. these comma-separated parameter-name prefixes only, e.g. features.3,head")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device_arg(p)
+
+
+_DEVICE_HELP = "auto (CUDA when present) | cpu | cuda[:N]; results and cache entries do not depend on it"
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--exclude-tasks", type=_parse_ids, default=(), help="comma-separated training task ids never drawn")
     t.add_argument("--out", required=True)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    _add_device_arg(t)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
@@ -418,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["test", "train"], default=None, help="evaluate only this taskset")
     e.add_argument("--tasks", default=None, help="comma-separated task ids (default: all)")
     e.add_argument("--per-task", action="store_true", help="also print each task's adapted query loss and accuracy")
-    e.add_argument("--device", default="cpu")
+    _add_device_arg(e)
     e.set_defaults(func=_evaluate)
 
     f = sub.add_parser("fit", help="fit TLXML influence for a checkpoint (cached, resumable)")
@@ -441,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top", type=int, default=10, help="k of the top-k lists and overlaps")
     c.add_argument("--damping", type=float, default=0.0, help="λ_d of task-if and direct-if")
     c.add_argument("--scores", action="store_true", help="also print every method's full score vector")
+    _add_device_arg(c)
     c.set_defaults(func=_compare)
 
     d = sub.add_parser("edit", help="one-step block/enhance update (TLXML Eq. 13) and its effect")
@@ -470,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--step-size", type=float, default=None, help="adaptation step α (default: the learner's)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--ship", action="store_true", help="also store the result inside the checkpoint folder (cache/), so it shows at once elsewhere")
+    _add_device_arg(g)
     g.set_defaults(func=_diagnose)
 
     h = sub.add_parser("detect", help="harmful-task detection: corrupted tasks found in score order, removal effect")
@@ -495,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--retrain-dir", default=None, help="keep the retrained checkpoints here (default: a temporary folder)")
     fi.add_argument("--damping", type=float, default=0.01, help="λ_d of task-if and direct-if")
     fi.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_device_arg(fi)
     fi.set_defaults(func=_fidelity)
 
     rp = sub.add_parser("reproduce", help="run the papers' experiments on our data and write the reproduction report")
@@ -508,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--work", default=None, help="where trained runs are kept (default .cache/metainf/reproduce)")
     rp.add_argument("--force", action="store_true", help="rerun experiments whose saved section is up to date")
     rp.add_argument("--no-figures", action="store_true", help="do not draw PNG figures")
+    rp.add_argument("--device", default="cpu", help="cpu (default: the report's figures are CPU figures) | auto | cuda[:N]")
     rp.set_defaults(func=_reproduce)
     return p
 

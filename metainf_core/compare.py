@@ -282,7 +282,7 @@ def _maml_partial(run: Run, tasks, dtype: str, with_hessian: bool) -> tuple[Tens
     def query_loss(t: Tensor, x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(forward(t, x), y)
 
-    grads, h = [], torch.zeros(w.numel(), w.numel(), dtype=w.dtype) if with_hessian else None
+    grads, h = [], torch.zeros(w.numel(), w.numel(), dtype=w.dtype, device=w.device) if with_hessian else None
     for sx, sy, qx, qy in tasks:
         theta = w
         for _ in range(spec.inner_steps):

@@ -67,5 +67,5 @@ def apply_delta(params: Params, delta: Tensor) -> Params:
     sizes = [v.numel() for v in params.values()]
     if sum(sizes) != delta.numel():
         raise ConfigError(f"edit has {delta.numel()} entries, the model {sum(sizes)} parameters")
-    parts = torch.split(delta.to(next(iter(params.values())).dtype), sizes)
+    parts = torch.split(delta.to(next(iter(params.values()))), sizes)  # the weights' dtype and device
     return {k: v.detach() + d.view_as(v) for (k, v), d in zip(params.items(), parts, strict=True)}

@@ -249,13 +249,14 @@ def _distributed_gauss_newton(run: Run, cfg: InfluenceConfig, entry: CacheEntry,
 def fit_influence(
     run: Run, cfg: InfluenceConfig, *, progress: FitProgress | None = None, save_every: int = 64, grad_batch: int = 32
 ) -> TaskInfluence:
-    """TLXML fitted on the run's training taskset, from the disk cache when already computed."""
+    """TLXML fitted on the run's training taskset, from the disk cache when already computed; its
+    tensors on the run's device (the cache itself holds CPU tensors, whatever device fitted them)."""
     entry = cache_entry(run, cfg)
     if entry.complete:
-        return _from_tensors(*entry.load())
+        return _from_tensors(*entry.load()).to(run.device)
     shipped = load_shipped_fit(run, cfg, entry)
     if shipped is not None:
-        return shipped
+        return shipped.to(run.device)
     started = time.time()
     params = params_as(run, cfg.dtype)
     record: dict[str, Any] = {}  # a distributed fit's world size and tasks per rank (none in a single process)
@@ -264,13 +265,13 @@ def fit_influence(
     elif distributed.active():  # one rank of a torchrun launch (influence/distributed.py)
         inf, record = _distributed_gauss_newton(run, cfg, entry, params, progress, save_every, grad_batch)
         if inf is None:  # ranks > 0: rank 0 chooses the truncation and writes the entry; read it
-            return _from_tensors(*distributed.wait_for_entry(entry))
+            return _from_tensors(*distributed.wait_for_entry(entry)).to(run.device)
     else:
         factor = _gauss_newton_factor(run, cfg, entry, params, progress, save_every)
         # the fit's reduction R (sketch / parameter groups), rebuilt deterministically from the settings
         space = InfluenceSpace.build(ParamLayout.from_params(params), cfg.param_groups, cfg.projection_dim, cfg.projection_seed)
         m = len(run.train_tasks)
-        proj = torch.empty(m, factor.factor.shape[1], dtype=factor.factor.dtype)
+        proj = torch.empty(m, factor.factor.shape[1], dtype=factor.factor.dtype, device=factor.factor.device)
         for start in range(0, m, grad_batch):  # P = G U in chunks: never the whole M × q gradient matrix
             ids = np.arange(start, min(m, start + grad_batch))
             g = task_gradients(run.model, run.spec, params, run.train_tasks, run.dataset, ids, grad_batch)
@@ -281,7 +282,7 @@ def fit_influence(
     inf = inf.with_truncation(cfg.truncation) if cfg.truncation else inf.select_truncation(sample=cfg.self_rank_sample)
     tensors, info = _to_tensors(inf)
     distributed.save_entry(entry, tensors, {**info, "fit_seconds": round(time.time() - started, 2), **record})  # entry.save on rank 0
-    return inf
+    return inf.to(run.device)
 
 
 # ---- targets and rankings -----------------------------------------------------------------

@@ -98,7 +98,7 @@ def create_meta_objective_function(
     λ > 0 the regularised objective of METHODS §8 (ω_0 = ``anchor``, default 0), Hessian H + λI.
     """
     n = len(batch)
-    wts = torch.full((n,), 1.0 / n, dtype=batch.support_x.dtype) if weights is None else weights
+    wts = torch.full((n,), 1.0 / n, dtype=batch.support_x.dtype, device=batch.support_x.device) if weights is None else weights
 
     def objective(w: Tensor) -> Tensor:
         losses = map_tasks(loss_fn, w, batch)

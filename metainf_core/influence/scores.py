@@ -112,6 +112,12 @@ class TaskInfluence:
     def with_truncation(self, k: int) -> TaskInfluence:
         return replace(self, truncation=int(k))
 
+    def to(self, device: torch.device | str) -> TaskInfluence:
+        """A copy whose tensors live on ``device`` (a fit loaded from the cache is on the CPU;
+        scores are computed where the run's gradients are)."""
+        move = {name: getattr(self, name).to(device) for name in ("factor", "projections", "signs", "eigenvalues")}
+        return replace(self, **move)
+
     @property
     def num_params(self) -> int:
         """q, the length of the gradients taken and of the I_meta vectors returned."""
@@ -181,7 +187,7 @@ class TaskInfluence:
         """v = (1/M) Rᵀ U_k diag(s_k) U_kᵀ R g_i (q), so helpfulness(i, j) = vᵀ g_j (R = I without a space)."""
         k = self.truncation
         v = self.factor[:, :k] @ (self.signs[:k] * self._coords(test_grad)) / self.num_tasks
-        return (v if self.space is None else self.space.expand(v)).to(test_grad.dtype)
+        return (v if self.space is None else self.space.expand(v)).to(test_grad)
 
     def helpfulness(self, test_grad: Tensor) -> Tensor:
         """(M,) or (B × M): helpfulness(i, j) = −I_perf(i, j) = (1/M) g_iᵀ H⁺ g_j for all j."""

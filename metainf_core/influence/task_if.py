@@ -251,7 +251,7 @@ def task_state(fns: ProximalFunctions, w: Tensor, task: Task, config: TaskIFConf
 
     if config.dense:
         third = _dense(third, theta)
-        lu = torch.linalg.lu_factor(_matrix(inner, theta) + fns.lam * torch.eye(q, dtype=theta.dtype))
+        lu = torch.linalg.lu_factor(_matrix(inner, theta) + fns.lam * torch.eye(q, dtype=theta.dtype, device=theta.device))
 
         def inner_solve(v: Tensor) -> Tensor:
             return torch.linalg.lu_solve(*lu, v.unsqueeze(-1)).squeeze(-1)

@@ -105,7 +105,7 @@ def render(out: str | Path, figures: bool = True) -> Path:
 
 def reproduce(
     out: str | Path, *, only: Sequence[str] | None = None, scale: str = "report", work: str | Path | None = None,
-    force: bool = False, figures: bool = True, log: Callable[[str], None] = print,
+    force: bool = False, figures: bool = True, log: Callable[[str], None] = print, device: str = "cpu",
 ) -> Path:  # fmt: skip
     """Run the selected experiments at ``scale`` ("report", "medium", "paper" or "smoke"), then render the
     report. At medium and paper scale, experiments without a configuration there are skipped (with a log line)."""
@@ -113,7 +113,7 @@ def reproduce(
         raise ConfigError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     out = Path(out)
     work = Path(work) if work is not None else REPO_ROOT / ".cache" / "metainf" / "reproduce"
-    ctx = Context(work=work, log=log)
+    ctx = Context(work=work, log=log, device=device)
     for key in select(only):
         exp = EXPERIMENTS[key]
         config = exp.at(scale)

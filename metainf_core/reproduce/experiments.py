@@ -60,6 +60,7 @@ class Context:
 
     work: Path
     log: Callable[[str], None] = field(default=lambda msg: None)
+    device: str = "cpu"  # where runs train and fits compute (cli: reproduce --device)
     used: dict[str, float] = field(default_factory=dict)
     trained: set[str] = field(default_factory=set)
 
@@ -83,7 +84,7 @@ class Context:
         trained here when it was not complete before), its network recorded per learner."""
         if not is_complete(Path(self.work) / "runs" / run_key(task_cfg, train_cfg)):
             self.trained.add(run_key(task_cfg, train_cfg))
-        run = ensure_run(self.work, task_cfg, train_cfg, self.log)
+        run = ensure_run(self.work, task_cfg, train_cfg, self.log, device=self.device)
         self.used[str(run.checkpoint.path)] = float(run.meta.get("train_seconds_this_session", 0.0))
         self.nets.setdefault((train_cfg.algo, task_cfg.dataset), {"arch": train_cfg.arch, "filters": train_cfg.filters,
                                                                    "num_parameters": int(run.meta["num_parameters"])})  # fmt: skip
@@ -965,7 +966,7 @@ def run_experiment(key: str, config: dict[str, Any], ctx: Context) -> Section:
     """One experiment with its configuration, timing, key and the runs it used and had to train
     (the others came from the work directory) recorded in the section."""
     started = time.time()
-    inner = Context(ctx.work, ctx.log)
+    inner = Context(ctx.work, ctx.log, device=ctx.device)
     section = EXPERIMENTS[key].function(config, inner)
     return {"key": key, "config": config, **section, "seconds": round(time.time() - started, 1), "runs_trained": len(inner.trained),
             "runs_used": len(inner.used), "train_seconds": round(sum(inner.used.values()), 1), "networks": inner.networks}  # fmt: skip

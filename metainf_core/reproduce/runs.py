@@ -28,15 +28,16 @@ def is_complete(directory: Path) -> bool:
     return meta.is_file() and bool(json.loads(meta.read_text(encoding="utf-8")).get("complete"))
 
 
-def ensure_run(work: Path, task_cfg: TaskConfig, train_cfg: TrainConfig, log: Log | None = None) -> Run:
-    """The trained run for these configurations: reused when complete, resumed when half-done."""
+def ensure_run(work: Path, task_cfg: TaskConfig, train_cfg: TrainConfig, log: Log | None = None, device: str = "cpu") -> Run:
+    """The trained run for these configurations: reused when complete, resumed when half-done;
+    trained and opened on ``device`` (the folder does not depend on it)."""
     directory = Path(work) / "runs" / run_key(task_cfg, train_cfg)
     if not is_complete(directory):
         resume = (directory / TRAIN_STATE_FILE).is_file()
         if log is not None:
             log(f"{'resuming' if resume else 'training'} {directory.name}")
-        train(task_cfg, train_cfg, directory, resume=resume, device="cpu", progress=False)
-    return open_run(directory, device="cpu")
+        train(task_cfg, train_cfg, directory, resume=resume, device=device, progress=False)
+    return open_run(directory, device=device)
 
 
 def describe(run: Run) -> dict[str, Any]:
