@@ -274,6 +274,10 @@ def _reproduce(a: argparse.Namespace) -> dict[str, Any]:
         return {"scale": a.scale, "estimate": rows}
     readme = reproduce(a.out, only=only, scale=a.scale, work=a.work, force=a.force, figures=not a.no_figures,
                        log=lambda msg: print(msg, file=sys.stderr, flush=True), device=a.device)  # fmt: skip
+    from metainf_core.influence import distributed
+
+    if not distributed.is_primary():  # torchrun: rank 0 alone wrote the report and prints
+        return None
     return {"report": str(readme), "verdicts": {s["key"]: s["verdict"] for s in load_sections(a.out)}}
 
 

@@ -155,3 +155,41 @@ def _merge_worker(rank: int, world: int, init_file: str) -> None:
 
 def test_tree_merge_and_projections_with_an_empty_rank(tmp_path):
     _spawn(_merge_worker, 3, tmp_path)
+
+
+# The reproduction experiments under torchrun: e2 at smoke scale (2 seeds × ProtoNet on 16
+# Fashion-MNIST tasks, 2 of them noise), with N_orth raised from 64 to 512 ≥ rank V (16 tasks × 30
+# columns = 480) so that the ranks' merge is exact (Prop. 4) and the two launches must agree.
+_REPRODUCE = """
+import sys
+from dataclasses import replace
+from metainf_core.reproduce import experiments, reproduce
+exp = experiments.EXPERIMENTS["e2-noise"]
+experiments.EXPERIMENTS["e2-noise"] = replace(exp, smoke={**exp.smoke, "n_orth": 512})
+reproduce(sys.argv[1], only=["e2-noise"], scale="smoke", work=sys.argv[2], figures=False, log=lambda m: print(m, flush=True))
+"""
+
+
+def test_reproduce_under_torchrun_matches_one_process(tmp_path):
+    script = tmp_path / "reproduce_e2.py"
+    script.write_text(_REPRODUCE)
+    sections, caches = {}, {}
+    for name, launcher in (("one", [sys.executable]), ("two", [str(TORCHRUN), "--standalone", "--nproc-per-node", "2"])):
+        caches[name] = tmp_path / name / "cache"
+        env = {**os.environ, "METAINF_CACHE": str(caches[name]), "OMP_NUM_THREADS": "1"}
+        out, work = tmp_path / name / "out", tmp_path / name / "work"
+        res = subprocess.run([*launcher, str(script), str(out), str(work)], capture_output=True, text=True, timeout=400, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        if name == "two":  # rank 0 alone trains and logs: each run is trained once, each line said once
+            assert res.stdout.count("training protonet-fashion-mnist-m16-s0") == 1 and res.stdout.count("e2-noise: running") == 1
+        sections[name] = json.loads((out / "data" / "e2-noise.json").read_text())
+        assert not [p for p in out.rglob("*") if p.name.startswith(".")], "no temporary files left by either rank"
+    one, two = sections["one"], sections["two"]
+    assert two["environment"]["ranks"] == 2 and "ranks" not in one["environment"]
+    assert two["tables"] == one["tables"] and two["verdict"] == one["verdict"]  # counts of proper tests, accuracies
+    infos = {n: sorted((json.loads(p.read_text()) for p in (caches[n] / "influence").glob(f"*/{INFO}")), key=lambda i: json.dumps(i["inputs"], sort_keys=True))
+             for n in caches}  # fmt: skip
+    assert len(infos["two"]) == len(infos["one"]) == 2  # one fit per seed, same cache keys
+    for a, b in zip(infos["one"], infos["two"], strict=True):
+        assert a["inputs"] == b["inputs"] and a["truncation"] == b["truncation"]
+        assert b["world_size"] == 2 and b["tasks_per_rank"] == [8, 8] and "world_size" not in a

@@ -32,6 +32,7 @@ fits run exactly as in a single process.
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 import sys
 import time
@@ -75,6 +76,13 @@ def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else int(os.environ["RANK"])
 
 
+def world_size() -> int:
+    """How many ranks share the work (1 when fits are not distributed)."""
+    if not active():
+        return 1
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ["WORLD_SIZE"])
+
+
 def is_primary() -> bool:
     """Rank 0, or a single process: the one that writes results and prints."""
     return rank() == 0
@@ -102,11 +110,21 @@ def context(compute_device: torch.device | str = "cpu") -> Context:
         backend = "nccl" if torch.device(compute_device).type == "cuda" and dist.is_nccl_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, init_method="env://")
+        # long waits are normal (rank 0 trains a run or chooses the truncation while the others wait):
+        # the collectives' timeout is $METAINF_DIST_TIMEOUT_HOURS (default 24 h, torch's is 30 min)
+        hours = float(os.environ.get("METAINF_DIST_TIMEOUT_HOURS", "24"))
+        dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(hours=hours))
         atexit.register(_destroy)
     backend = str(dist.get_backend())
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
     return Context(dist.get_rank(), dist.get_world_size(), backend, device)
+
+
+def barrier() -> None:
+    """Every rank waits here until all have arrived; nothing in a single process."""
+    if active():
+        context()
+        dist.barrier()
 
 
 def shard(num_tasks: int, r: int, world_size: int) -> np.ndarray:

@@ -31,6 +31,7 @@ import torch
 
 from metainf_core.data.base import REPO_ROOT
 from metainf_core.exceptions import ConfigError
+from metainf_core.influence import distributed
 from metainf_core.io import write_atomic, write_json_atomic
 from metainf_core.reproduce.experiments import EXPERIMENTS, Context, run_experiment
 from metainf_core.reproduce.report import render_readme, write_figures
@@ -61,9 +62,10 @@ def _commit() -> str:
 
 
 def environment() -> dict[str, Any]:
-    """Hardware and software a section was measured on."""
+    """Hardware and software a section was measured on (and the number of torchrun ranks, if several)."""
+    ranks = {"ranks": distributed.world_size()} if distributed.active() else {}
     return {"cpu": _cpu(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "commit": _commit(), "date": _dt.date.today().isoformat()}  # fmt: skip
+            "commit": _commit(), "date": _dt.date.today().isoformat(), **ranks}  # fmt: skip
 
 
 def select(only: Sequence[str] | None) -> list[str]:
@@ -108,25 +110,34 @@ def reproduce(
     force: bool = False, figures: bool = True, log: Callable[[str], None] = print, device: str = "cpu",
 ) -> Path:  # fmt: skip
     """Run the selected experiments at ``scale`` ("report", "medium", "paper" or "smoke"), then render the
-    report. At medium and paper scale, experiments without a configuration there are skipped (with a log line)."""
+    report. At medium and paper scale, experiments without a configuration there are skipped (with a log line).
+
+    Under ``torchrun`` every rank runs every experiment, so that each influence fit is sharded across
+    the ranks (``influence/distributed.py``); rank 0 alone trains runs (the others wait for them),
+    logs, and writes the sections and the report. The rest is computed by every rank alike."""
     if scale not in SCALES:
         raise ConfigError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     out = Path(out)
     work = Path(work) if work is not None else REPO_ROOT / ".cache" / "metainf" / "reproduce"
+    primary = distributed.is_primary()
+    log = log if primary else (lambda msg: None)
     ctx = Context(work=work, log=log, device=device)
+    todo = []
     for key in select(only):
-        exp = EXPERIMENTS[key]
-        config = exp.at(scale)
+        config = EXPERIMENTS[key].at(scale)
+        path = section_path(out, key, scale)
         if config is None:
             log(f"{key}: no {scale}-scale configuration; skipped")
-            continue
-        path = section_path(out, key, scale)
-        if not force and path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("config") == config:
+        elif not force and path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("config") == config:
             log(f"{key}: up to date ({path})")
-            continue
+        else:
+            todo.append((key, config, path))
+    distributed.barrier()  # every rank has chosen the same experiments before rank 0 writes any
+    for key, config, path in todo:
         log(f"{key}: running")
         env = environment()  # before running: the code that was imported, not later edits
         section = {**run_experiment(key, config, ctx), "scale": scale, "environment": env}
-        write_json_atomic(path, section)
+        if primary:
+            write_json_atomic(path, section)
         log(f"{key}: {section['verdict']['label']} in {section['seconds']:.0f} s")
-    return render(out, figures=figures)
+    return render(out, figures=figures) if primary else out / "README.md"

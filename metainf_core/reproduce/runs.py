@@ -11,6 +11,7 @@ from typing import Any
 from metainf_core.cache import content_key
 from metainf_core.checkpoint import META_FILE, TRAIN_STATE_FILE
 from metainf_core.config import TaskConfig, TrainConfig
+from metainf_core.influence import distributed
 from metainf_core.service import Run, open_run
 from metainf_core.train import train
 
@@ -33,10 +34,12 @@ def ensure_run(work: Path, task_cfg: TaskConfig, train_cfg: TrainConfig, log: Lo
     trained and opened on ``device`` (the folder does not depend on it)."""
     directory = Path(work) / "runs" / run_key(task_cfg, train_cfg)
     if not is_complete(directory):
-        resume = (directory / TRAIN_STATE_FILE).is_file()
-        if log is not None:
-            log(f"{'resuming' if resume else 'training'} {directory.name}")
-        train(task_cfg, train_cfg, directory, resume=resume, device=device, progress=False)
+        if distributed.is_primary():  # under torchrun rank 0 trains, the other ranks wait for the folder
+            resume = (directory / TRAIN_STATE_FILE).is_file()
+            if log is not None:
+                log(f"{'resuming' if resume else 'training'} {directory.name}")
+            train(task_cfg, train_cfg, directory, resume=resume, device=device, progress=False)
+        distributed.barrier()
     return open_run(directory, device=device)
 
 
