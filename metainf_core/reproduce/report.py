@@ -74,6 +74,13 @@ def scale_heading(s: dict[str, Any]) -> str:
 medium_heading = scale_heading  # the name before the paper scale
 
 
+def _tested_larger(*larger: dict[str, Any] | None) -> str:
+    """What became of a small-scale verdict (and its "our networks are smaller" hypothesis) at the larger
+    scales that were run: appended to its row of the verdict table."""
+    done = [f"{x.get('scale', 'medium')} scale: {x['verdict']['label']}" for x in larger if x is not None]
+    return f" — tested at larger scale ({'; '.join(done)}: see the rows below)" if done else ""
+
+
 def render_section(number: int, s: dict[str, Any] | None, figures: set[str], medium: dict[str, Any] | None = None,
                    paper: dict[str, Any] | None = None) -> str:  # fmt: skip
     """One experiment: its report-scale part (``s``) and, when given, its medium- and paper-scale
@@ -129,7 +136,8 @@ def render_readme(sections: Sequence[dict[str, Any]], figures: set[str], medium:
     for key in keys:
         for s, suffix in ((small.get(key), ""), (large.get(key), " (medium scale)"), (largest.get(key), " (paper scale)")):
             if s is not None:
-                verdicts.append(f"| {number(s)} | {s['title']}{suffix} | {VERDICT_MARK[s['verdict']['label']]} | {_cell(s['verdict']['reason'])} |")
+                why = s["verdict"]["reason"] + (_tested_larger(large.get(key), largest.get(key)) if s is small.get(key) else "")
+                verdicts.append(f"| {number(s)} | {s['title']}{suffix} | {VERDICT_MARK[s['verdict']['label']]} | {_cell(why)} |")
     head = [
         "# Reproduction report: the papers' claims measured on our data",
         "",
