@@ -343,8 +343,9 @@ def test_report_renders_a_paper_scale_section_beside_the_others(tmp_path):
     assert "| 2 | Noise tasks (paper scale) | ✅ reproduced | synthetic paper-scale verdict |" in readme
     # the small-scale row says what became of its verdict at the larger scales that were run
     small_row = next(line for line in readme.splitlines() if line.startswith("| 2 | Noise tasks | "))
-    tested = "medium scale: " + medium["e2-noise"]["verdict"]["label"] + "; " if "e2-noise" in medium else ""
-    assert small_row.endswith(f" — tested at larger scale ({tested}paper scale: reproduced: see the rows below) |"), small_row
+    tested = "medium scale: " + medium["e2-noise"]["verdict"]["label"] + "; at " if "e2-noise" in medium else ""
+    rows = "rows" if tested else "row"
+    assert small_row.endswith(f" — at {tested}paper scale: reproduced ({rows} below) |"), small_row
     part = readme.split("## 2. Noise tasks")[1].split("## 3. ")[0]
     paper_at = part.index("### Paper scale: conv3 MAML on omniglot (32 filters, 20,453 parameters), conv3 MAML on mini-imagenet (22 filters, 20,509 parameters)")
     assert part.index("**Verdict: ") < paper_at and ("e2-noise" not in medium or part.index("### Medium scale") < paper_at)

@@ -78,7 +78,7 @@ def _tested_larger(*larger: dict[str, Any] | None) -> str:
     """What became of a small-scale verdict (and its "our networks are smaller" hypothesis) at the larger
     scales that were run: appended to its row of the verdict table."""
     done = [f"{x.get('scale', 'medium')} scale: {x['verdict']['label']}" for x in larger if x is not None]
-    return f" — tested at larger scale ({'; '.join(done)}: see the rows below)" if done else ""
+    return f" — at {'; at '.join(done)} ({'rows' if len(done) > 1 else 'row'} below)" if done else ""
 
 
 def render_section(number: int, s: dict[str, Any] | None, figures: set[str], medium: dict[str, Any] | None = None,
