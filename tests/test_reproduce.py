@@ -247,10 +247,12 @@ def test_paper_configs_construct_with_the_stated_networks():
     from metainf_core.reproduce.estimate import INPUT_SHAPES, plan
     from metainf_core.reproduce.experiments import PAPER, PAPER_PARAMETERS, _configs, arch_of, by
 
-    assert sorted(PAPER) == ["e2-noise", "e3-superclass", "e4-one-step"]
+    assert sorted(PAPER) == ["e2-noise", "e3-superclass", "e4-one-step", "e6-landscapes"]
     assert all(EXPERIMENTS[k].at("paper") is c for k, c in PAPER.items())
     seen = set()
     for key, c in PAPER.items():
+        if key == "e6-landscapes":  # seed 003's setting, not TLXML's: test_paper_landscapes_are_seed_003s
+            continue
         assert c["scale"] == "paper" and c["meta_batch"] == 32 and c["shots"] == 5 and c["n_orth"] == 8192 and c["method"] == "gn"
         pairs = [(d, w) for d, w in c["datasets"]] if "datasets" in c else [(c["dataset"], c["ways"])]
         for dataset, ways in pairs:
@@ -273,6 +275,30 @@ def test_paper_configs_construct_with_the_stated_networks():
     assert all("filters_by" not in c and "scale" not in c for e in EXPERIMENTS.values() for c in (e.config, e.medium or {}, e.smoke))
 
 
+def test_paper_landscapes_are_seed_003s():
+    """--scale paper --only e6-landscapes trains seed 003's MiniImagenet 5-way 1-shot second-order MAML
+    (A.1-A.2): 4-conv×32 with a 5-way head, T = 5 steps of α = 0.01 in training and in the trajectories,
+    Adam 0.001, meta-batches of 4, 100 epochs of 500 with a snapshot each (plus step 0), 60 diagnostic tasks."""
+    from metainf_core.models import build_model, count_parameters
+    from metainf_core.reproduce.estimate import INPUT_SHAPES, plan
+    from metainf_core.reproduce.experiments import LANDSCAPE_PAPER_PARAMETERS, PAPER, _configs
+    from metainf_core.reproduce.runs import run_key
+
+    c = PAPER["e6-landscapes"]
+    task, train = _configs(c, dataset=c["dataset"], ways=c["ways"], algo="maml", seed=c["seed"], train_tasks=c["train_tasks"], keep_history=True)
+    assert (task.dataset, task.ways, task.shots, task.queries) == ("mini-imagenet", 5, 1, 15)
+    assert (train.arch, train.filters, train.inner_steps, train.inner_lr, train.lr, train.meta_batch) == ("conv4", 32, 5, 0.01, 0.001, 4)
+    assert train.steps // train.checkpoint_every == 100 and train.checkpoint_every == 500 and train.keep_history
+    assert c["diag_steps"] == train.inner_steps and c["diag_tasks"] == 60 and c["initial_snapshot"]
+    net = build_model(train.arch, train.algo, INPUT_SHAPES[task.dataset], task.ways, train.filters)
+    assert count_parameters(net) == LANDSCAPE_PAPER_PARAMETERS[("maml", "mini-imagenet")] == 32_901
+    assert len(plan("e6-landscapes", c).runs) == 1
+    # the medium scale's runs keep their keys: inner_steps is passed through and equals its old default there
+    m = EXPERIMENTS["e6-landscapes"].medium
+    mt, mr = _configs(m, dataset=m["dataset"], ways=m["ways"], algo="maml", seed=m["seed"], train_tasks=m["train_tasks"], keep_history=True)
+    assert mr.inner_steps == 1 and run_key(mt, mr) == "maml-fashion-mnist-m1024-s0-6d6ae33171"  # the committed medium section's run
+
+
 def test_estimate_predicts_without_training(monkeypatch, tmp_path):
     """``estimate`` with the probe replaced by fixed timings: no run is trained, the runs e3 shares with
     e2 / e4 are counted once, and one row's arithmetic is the cost model's."""
@@ -288,9 +314,10 @@ def test_estimate_predicts_without_training(monkeypatch, tmp_path):
 
     la = est.Linalg(gflops=10.0, eigh_512_s=0.05)
     rows = est.estimate("paper", probe=probe, linalg=la)
-    assert [r["experiment"] for r in rows] == ["e2-noise", "e3-superclass", "e4-one-step", "total"]
-    assert len(set(probed)) == len(probed) == 6, "one probe per network"
-    e2, e3, e4 = rows[:3]
+    assert [r["experiment"] for r in rows] == ["e2-noise", "e3-superclass", "e4-one-step", "e6-landscapes", "total"]
+    assert len(set(probed)) == len(probed) == 7, "one probe per network"
+    e2, e3, e4, e6 = rows[:4]
+    assert (e6["runs"], e6["fits"], e6["steps"]) == (1, 0, 50_000)
     assert (e2["runs"], e2["fits"], e2["steps"]) == (20, 20, 5 * (40000 + 80000 + 10000 + 20000))
     assert (e3["runs"], e3["fits"]) == (2, 2)
     assert (e4["runs"], e4["fits"]) == (4 + 5, 4), "e4's seed-0 MAML run and fit are e3's; 5 leave-out retrainings"
@@ -302,7 +329,7 @@ def test_estimate_predicts_without_training(monkeypatch, tmp_path):
     other = 10 * 256 * 2.0 / 32 + 10 * 256 * 1.0 / 32
     assert e2["hours_1_thread"] == pytest.approx((train + 20 * fit + other) / 3600)
     assert e2["hours_2_threads"] == pytest.approx(e2["hours_1_thread"] / est.TWO_THREAD_SPEEDUP)
-    assert rows[-1]["hours_1_thread"] == pytest.approx(sum(r["hours_1_thread"] for r in rows[:3]))
+    assert rows[-1]["hours_1_thread"] == pytest.approx(sum(r["hours_1_thread"] for r in rows[:4]))
     table = est.format_table(rows, "paper")
     assert all(f"\n| {r['experiment']} | {r['runs']} | " in table for r in rows)
     # the report scale plans every experiment; the CLI flag exists

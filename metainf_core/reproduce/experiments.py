@@ -123,7 +123,7 @@ def _configs(c: dict[str, Any], *, dataset: str, ways: int, algo: str, seed: int
     # "filters_by" / "steps_by" (the paper scale): per learner, an int or {dataset: int}
     steps = by(c, "steps", algo, dataset)
     train = TrainConfig(algo=algo, arch=arch_of(c, algo), filters=by(c, "filters", algo, dataset, TrainConfig.filters), steps=steps,
-                        meta_batch=c["meta_batch"], lr=c["lr"], inner_lr=c.get("inner_lr", 0.4), seed=seed,
+                        meta_batch=c["meta_batch"], lr=c["lr"], inner_lr=c.get("inner_lr", 0.4), inner_steps=c.get("inner_steps", 1), seed=seed,
                         checkpoint_every=c.get("checkpoint_every", steps), keep_history=keep_history)  # fmt: skip
     return task, train
 
@@ -723,13 +723,14 @@ def landscapes(c: dict[str, Any], ctx: Context) -> Section:
          f"training; test accuracy spans {spans.get('maml', 'n/a')} across our snapshots (the paper follows it from chance through "
          "meta-overfitting)"),
     )
+    trained_steps = c.get("inner_steps", 1)
     if extended:
         reductions = [networks_line(c, ctx),
-                      f"fashion-mnist {c['ways']}-way, M = {c['train_tasks']} training tasks, {c['steps']} meta-batches of {c['meta_batch']} at learning rate "
+                      f"{c['dataset']} {c['ways']}-way, M = {c['train_tasks']} training tasks, {c['steps']} meta-batches of {c['meta_batch']} at learning rate "
                       f"{c['lr']}, a snapshot every {c['checkpoint_every']} steps"
                       + (" plus the initial weights (step 0, chance accuracy)" if c.get("initial_snapshot") else ""),
                       f"trajectories of T = {t_steps} inner steps of size {c.get('inner_lr', 0.4)} (so trajectory coherence is not gradient coherence; "
-                      "the networks train with one inner step)",
+                      f"the networks train with {'one inner step' if trained_steps == 1 else f'{trained_steps} inner steps'})",
                       f"diagnostics on {c['diag_tasks']} test tasks (seed 003: 60); sharpness by {DiagnosticsConfig.lanczos_iters} Lanczos iterations"]
         tables = [_table("Each diagnostic at the first snapshot, at the snapshot of highest test accuracy, at the last, and its Spearman correlation "
                          "with test accuracy across snapshots", ["learner", "diagnostic", "first", "at peak test accuracy", "last", "ρ with accuracy"], rows),
@@ -742,6 +743,8 @@ def landscapes(c: dict[str, Any], ctx: Context) -> Section:
                       f"diagnostics on {c['diag_tasks']} test tasks (seed 003: 60)"]
         tables = [_table("Each diagnostic at the first and last snapshot, and its Spearman correlation with test accuracy across snapshots",
                          ["learner", "diagnostic", "first", "last", "ρ with accuracy"], rows)]
+    if at_paper_scale(c):
+        reductions = [networks_line(c, ctx), *c["paper_reductions"]]
     return {
         "title": "Landscapes",
         "paper": "seed 003 (§5, Fig. 5, 7; MAML): the coherence of adaptation trajectories (mean cosine of their directions) and of meta-test "
@@ -886,6 +889,8 @@ PAPER_PARAMETERS: dict[tuple[str, str], int] = {
     ("maml", "mini-imagenet"): 20_509, ("protonet", "mini-imagenet"): 28_896,
     ("maml", "tiny-imagenet"): 6_469, ("protonet", "tiny-imagenet"): 28_896,
 }  # fmt: skip
+# seed 003 (A.1): the 4-conv network of Vinyals et al. / Finn et al., 32 filters on MiniImagenet, a 5-way head
+LANDSCAPE_PAPER_PARAMETERS = {("maml", "mini-imagenet"): 32_901}
 _PAPER = {"scale": "paper", "arch_by_algo": {"maml": "conv3", "protonet": "conv4"}, "filters": 32, "shots": 5, "queries": 5,
           "meta_batch": 32, "lr": 0.001, "inner_lr": 0.4, "method": "gn", "n_orth": 8192, "seeds": [0, 1, 2, 3, 42]}  # fmt: skip
 _PAPER_SUPERCLASS = {  # 5.1.3 / B.4 on Tiny-ImageNet; its MAML seed-0 run is also e4's (same task and training configuration)
@@ -899,6 +904,25 @@ _PAPER_SUPERCLASS = {  # 5.1.3 / B.4 on Tiny-ImageNet; its MAML seed-0 run is al
                          "scored test tasks (of 2,048 drawn, shared with the one-step section's runs), as the paper (Table 2)",
                          "Adam lr 0.001 and MAML inner lr 0.4, 5 queries per class (the paper does not state them); the N_orth = 8,192 "
                          "columns all kept, the paper picks the truncation (64 … 8,192) by self-rank"]}  # fmt: skip
+# seed 003's landscape setting (A.1, A.2, §5.1-5.2): "MiniImagenet, 5-way 1-shot, Second-Order" (Fig. 5b),
+# "five steps of full batch gradient descent [...] learning rate α of [...] 0.01 for MiniImagenet [...]
+# meta-learning rate β of 0.001 [...] batches of 4 [...] tasks for the 1-shot [...] Each meta-training
+# epoch comprises 500 meta-training iterations"; sharpness "using a fixed set of 60 randomly sampled
+# meta-test tasks", trajectories over "500 tasks after each metatraining epoch"; 100 epochs (A.2).
+_PAPER_LANDSCAPES = {
+    "scale": "paper", "arch_by_algo": {"maml": "conv4"}, "filters": 32, "dataset": "mini-imagenet", "ways": 5, "shots": 1, "queries": 15,
+    "algos": ["maml"], "seed": 0, "train_tasks": 32768, "test_tasks": 500, "steps": 50000, "meta_batch": 4, "lr": 0.001, "inner_lr": 0.01,
+    "inner_steps": 5, "checkpoint_every": 500, "diag_tasks": 60, "diag_steps": 5, "power_iters": 1, "initial_snapshot": True,
+    "train_eval_tasks": 500,
+    "paper_networks": "4-conv×32 MAML with a 5-way head on MiniImagenet (32,901 parameters; seed 003 A.1)",
+    "paper_reductions": ["a fixed taskset of 32,768 training tasks (each drawn about 6 times in 50,000 meta-batches of 4) instead of tasks "
+                         "sampled afresh from Ravi's 64 training classes; its 16 validation and 20 test classes are all meta-test classes here",
+                         "MAML second order with T = 5 inner steps of α = 0.01, Adam β = 0.001, 100 epochs of 500 meta-batches of 4, 5-way "
+                         "1-shot 15-query, a snapshot per epoch plus the initial weights, as seed 003 (A.1-A.2)",
+                         "trajectories of T = 5 steps of α = 0.01 from each snapshot, as the network trains",
+                         "every diagnostic on the same 60 test tasks (the paper: 60 for sharpness, 500 freshly drawn per epoch for "
+                         "trajectories); test and train accuracy on 500 tasks each"]}  # fmt: skip
+
 PAPER: dict[str, dict[str, Any]] = {
     "e2-noise": {**_PAPER, "datasets": [["omniglot", 5], ["mini-imagenet", 5]], "algos": ["maml", "protonet"], "train_tasks": [8192],
                  "test_tasks": 128, "filters_by": {"maml": {"omniglot": 32, "mini-imagenet": 22}, "protonet": 32},
@@ -920,6 +944,7 @@ PAPER: dict[str, dict[str, Any]] = {
                                          "blocked / enhanced, scored for the mean loss of 1,024 test tasks, as the paper (Tables 3–4); the "
                                          "'held-out' columns (another 1,024 test tasks) are ours, the FC100 test taskset has no analogue here",
                                          "Adam lr 0.001 and MAML inner lr 0.4, 5 queries per class (the paper does not state them)"]},
+    "e6-landscapes": _PAPER_LANDSCAPES,
 }  # fmt: skip
 
 EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in [
