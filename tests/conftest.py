@@ -17,6 +17,20 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get
 
 
 @pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Streamlit's AppTest runs page scripts as ``__main__`` and leaves the last one in sys.modules;
+    a later ``multiprocessing`` spawn child (tests/test_distributed_fit.py) then re-runs that page
+    before its own work — seconds of Streamlit per child, or a crash. Put the real one back."""
+    main = sys.modules.get("__main__")
+    attrs = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
+    yield
+    if sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main
+    for k, v in attrs.items():
+        setattr(main, k, v)
+
+
+@pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
