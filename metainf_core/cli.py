@@ -133,7 +133,7 @@ def _fit(a: argparse.Namespace) -> dict[str, Any] | None:
     if not distributed.is_primary():  # torchrun: rank 0 alone reads the entry back, ships and prints
         return None
     _, info = cache_entry(run, cfg).load()
-    shipped = {"shipped": str(ship_fit(run, cfg))} if a.ship else {}
+    shipped = {"shipped": str(ship_fit(run, cfg, inf))} if a.ship else {}  # rank 0 alone: no second fit_influence
     return {**shipped, 
         "method": cfg.method, "num_tasks": inf.num_tasks, "num_parameters": int(inf.num_params),
         "columns": inf.num_columns, "truncation": inf.truncation, "num_negative_eigenvalues": inf.num_negative,
@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--only", default=None, help="comma-separated experiment keys (default: all); see metainf_core/reproduce")
     rp.add_argument("--scale", choices=["report", "medium", "paper", "smoke"], default="report",
                     help="medium: conv nets, M = 1,024, about an hour (data/<key>.medium.json); paper: the TLXML paper's settings for "
-                         "e2-e4 (data/<key>.paper.json; weeks on a CPU, see --estimate); smoke: a minutes-long version of each experiment")
+                         "e2-e4 and seed 003's for e6 (data/<key>.paper.json; weeks on a CPU, see --estimate); smoke: a minutes-long version of each experiment")
     rp.add_argument("--estimate", action="store_true",
                     help="train nothing: print each experiment's predicted time at --scale from a short timing probe (about 1-2 minutes)")
     rp.add_argument("--work", default=None, help="where trained runs are kept (default .cache/metainf/reproduce)")

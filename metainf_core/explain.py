@@ -110,10 +110,10 @@ def shipped_fit_path(run: Run, where: InfluenceConfig | CacheEntry) -> Path:
     return run.checkpoint.path / SHIPPED_DIR / f"{entry.directory.name}.safetensors"
 
 
-def ship_fit(run: Run, cfg: InfluenceConfig) -> Path:
-    """Store the run's fit (fitted now if not cached) in ``<run>/influence/``: U and P in float16
-    with a per-column scale (|error| ≤ 2⁻¹¹ of each column's largest entry), the rest float32."""
-    tensors, info = _to_tensors(fit_influence(run, cfg))
+def ship_fit(run: Run, cfg: InfluenceConfig, inf: TaskInfluence | None = None) -> Path:
+    """Store the run's fit ``inf`` (default: fitted now if not cached) in ``<run>/influence/``: U and P
+    in float16 with a per-column scale (|error| ≤ 2⁻¹¹ of each column's largest entry), the rest float32."""
+    tensors, info = _to_tensors(fit_influence(run, cfg) if inf is None else inf)
     packed: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         if name in QUANTISED:
@@ -222,6 +222,18 @@ def _gauss_newton_factor(run: Run, cfg: InfluenceConfig, entry: CacheEntry, para
     return fit.factor(cfg.damping)
 
 
+def _gradient_projector(run: Run, cfg: InfluenceConfig, params: Params, u: torch.Tensor, grad_batch: int):
+    """The fit's reduction R (sketch / parameter groups, rebuilt deterministically from the settings;
+    None for all parameters) and ``project(ids)``: the rows P_j = (R g_j)ᵀ U of training tasks ``ids``."""
+    space = InfluenceSpace.build(ParamLayout.from_params(params), cfg.param_groups, cfg.projection_dim, cfg.projection_seed)
+
+    def project(ids: np.ndarray) -> torch.Tensor:
+        g = task_gradients(run.model, run.spec, params, run.train_tasks, run.dataset, ids, grad_batch)
+        return (g if space is None else space.reduce(g)) @ u
+
+    return space, project
+
+
 def _distributed_gauss_newton(run: Run, cfg: InfluenceConfig, entry: CacheEntry, params: Params, progress, save_every: int, grad_batch: int):
     """This rank's share of a torchrun fit (``influence/distributed.py``): its shard of the tasks
     streamed into its own buffer (checkpointed to its partial file), the buffers tree-merged into
@@ -234,12 +246,7 @@ def _distributed_gauss_newton(run: Run, cfg: InfluenceConfig, entry: CacheEntry,
         entry.directory, entry.inputs, m, cfg.damping, compute_device=run.device, progress=progress, save_every=save_every,
     )  # fmt: skip
     u = stream.factor.factor
-    space = InfluenceSpace.build(ParamLayout.from_params(params), cfg.param_groups, cfg.projection_dim, cfg.projection_seed)
-
-    def project(ids: np.ndarray) -> torch.Tensor:
-        g = task_gradients(*args, ids, grad_batch)
-        return (g if space is None else space.reduce(g)) @ u
-
+    space, project = _gradient_projector(run, cfg, params, u, grad_batch)
     proj = distributed.sharded_projections(project, m, u.shape[1], u.dtype, compute_device=run.device, batch=grad_batch, progress=progress)
     if not distributed.is_primary():
         return None, stream.record
@@ -251,6 +258,9 @@ def fit_influence(
 ) -> TaskInfluence:
     """TLXML fitted on the run's training taskset, from the disk cache when already computed; its
     tensors on the run's device (the cache itself holds CPU tensors, whatever device fitted them)."""
+    # torchrun: every rank looks at the cache only once all have arrived, so that no rank finds an
+    # entry that rank 0 wrote in this very call and skips the barrier in which rank 0 waits for it
+    distributed.barrier()
     entry = cache_entry(run, cfg)
     if entry.complete:
         return _from_tensors(*entry.load()).to(run.device)
@@ -268,14 +278,12 @@ def fit_influence(
             return _from_tensors(*distributed.wait_for_entry(entry)).to(run.device)
     else:
         factor = _gauss_newton_factor(run, cfg, entry, params, progress, save_every)
-        # the fit's reduction R (sketch / parameter groups), rebuilt deterministically from the settings
-        space = InfluenceSpace.build(ParamLayout.from_params(params), cfg.param_groups, cfg.projection_dim, cfg.projection_seed)
+        space, project = _gradient_projector(run, cfg, params, factor.factor, grad_batch)
         m = len(run.train_tasks)
         proj = torch.empty(m, factor.factor.shape[1], dtype=factor.factor.dtype, device=factor.factor.device)
         for start in range(0, m, grad_batch):  # P = G U in chunks: never the whole M × q gradient matrix
             ids = np.arange(start, min(m, start + grad_batch))
-            g = task_gradients(run.model, run.spec, params, run.train_tasks, run.dataset, ids, grad_batch)
-            proj[ids] = (g if space is None else space.reduce(g)) @ factor.factor
+            proj[ids] = project(ids)
             if progress is not None:
                 progress("gradients", int(ids[-1]) + 1, m)
         inf = influence_from_projections(factor, proj, CurvatureMode.GAUSS_NEWTON, select=False, space=space)

@@ -69,13 +69,17 @@ def reference(synthetic_run, tmp_path_factory):
 
 
 def test_torchrun_fit_matches_single_process_and_keeps_the_key(synthetic_run, reference, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
+    import shutil
+
+    cache, run_copy = tmp_path / "cache", tmp_path / "run"  # a copy: --ship writes into the run folder
+    shutil.copytree(synthetic_run, run_copy)
     env = {**os.environ, "METAINF_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "metainf_core",
-           "fit", str(synthetic_run), "--method", "gn", "--n-orth", "64", "--dtype", "float64", "--quiet"]  # fmt: skip
+           "fit", str(run_copy), "--method", "gn", "--n-orth", "64", "--dtype", "float64", "--quiet", "--ship"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)  # one JSON document: rank 1 prints nothing
+    assert Path(out["shipped"]).is_file()  # rank 0 alone ships the fit it holds
     assert out["world_size"] == 2 and out["tasks_per_rank"] == [24, 24] and out["num_tasks"] == 48
     assert Path(out["cache"]).name == reference["key"]  # the cache key does not depend on the world size
     info = json.loads((Path(out["cache"]) / INFO).read_text())
@@ -193,3 +197,26 @@ def test_reproduce_under_torchrun_matches_one_process(tmp_path):
     for a, b in zip(infos["one"], infos["two"], strict=True):
         assert a["inputs"] == b["inputs"] and a["truncation"] == b["truncation"]
         assert b["world_size"] == 2 and b["tasks_per_rank"] == [8, 8] and "world_size" not in a
+
+
+def _late_rank_worker(rank: int, world: int, init_file: str, run_dir: str, cache_dir: str) -> None:
+    """Both ranks fit the exact (non-sharded) influence; rank 1 arrives late. Rank 0 can finish the
+    exact fit alone and write the entry: a late rank that then found the entry complete used to skip
+    the entry's barrier, and the next collective of the two ranks no longer matched."""
+    import datetime
+    import time as _time
+
+    os.environ["METAINF_CACHE"] = cache_dir
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    if rank == 1:
+        _time.sleep(4.0)
+    fit_influence(open_run(run_dir), InfluenceConfig(method="exact", dtype="float64"))
+    total = torch.tensor([float(rank + 1)])
+    dist.all_reduce(total)  # the ranks' next collective must be this one on both
+    assert total.item() == 3.0
+    dist.destroy_process_group()
+
+
+def test_a_late_rank_does_not_skip_the_fit_barrier(synthetic_run, tmp_path):
+    _spawn(_late_rank_worker, 2, tmp_path, str(synthetic_run), str(tmp_path / "cache"))

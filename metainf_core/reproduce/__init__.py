@@ -11,8 +11,8 @@ each experiment's medium-scale results under its small-scale ones, and the verdi
 row per scale.
 
 ``--scale paper`` holds the TLXML paper's settings for e2, e3, e4 (``experiments.PAPER``: 8,192
-tasks, the paper's CNNs and meta-batches; ``data/<key>.paper.json``, rendered like the medium
-ones); it takes weeks on this CPU: ``--estimate`` prints what any scale would cost (``estimate.py``)
+tasks, the paper's CNNs and meta-batches) and seed 003's for e6 (``data/<key>.paper.json``,
+rendered like the medium ones); it takes weeks on this CPU: ``--estimate`` prints what any scale would cost (``estimate.py``)
 without training anything.
 """
 

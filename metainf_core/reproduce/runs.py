@@ -33,13 +33,12 @@ def ensure_run(work: Path, task_cfg: TaskConfig, train_cfg: TrainConfig, log: Lo
     """The trained run for these configurations: reused when complete, resumed when half-done;
     trained and opened on ``device`` (the folder does not depend on it)."""
     directory = Path(work) / "runs" / run_key(task_cfg, train_cfg)
-    if not is_complete(directory):
-        if distributed.is_primary():  # under torchrun rank 0 trains, the other ranks wait for the folder
-            resume = (directory / TRAIN_STATE_FILE).is_file()
-            if log is not None:
-                log(f"{'resuming' if resume else 'training'} {directory.name}")
-            train(task_cfg, train_cfg, directory, resume=resume, device=device, progress=False)
-        distributed.barrier()
+    if distributed.is_primary() and not is_complete(directory):  # under torchrun rank 0 trains
+        resume = (directory / TRAIN_STATE_FILE).is_file()
+        if log is not None:
+            log(f"{'resuming' if resume else 'training'} {directory.name}")
+        train(task_cfg, train_cfg, directory, resume=resume, device=device, progress=False)
+    distributed.barrier()  # on every call: a rank deciding from the folder alone could skip it (a late rank sees it complete)
     return open_run(directory, device=device)
 
 
