@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from metainf_core.exceptions import CheckpointError, UnsafeFileError
@@ -72,12 +73,21 @@ def strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return state
 
 
-def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file after header checks; never executes file content."""
+def load_tensors(path: str | Path, names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file after header checks (only ``names`` when given: the others
+    are not read); never executes file content."""
     path = Path(path)
-    _check_safetensors_header(path)
+    header = _check_safetensors_header(path)
     try:
-        return strip_module_prefix(load_file(str(path)))
+        if names is None:
+            return strip_module_prefix(load_file(str(path)))
+        missing = [n for n in names if n not in header]
+        if missing:
+            raise CheckpointError(f"{path}: no tensor named {', '.join(missing)}")
+        with safe_open(str(path), framework="pt") as f:
+            return {n: f.get_tensor(n) for n in names}
+    except CheckpointError:
+        raise
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
 

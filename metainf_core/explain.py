@@ -160,7 +160,7 @@ def fit_status(run: Run, cfg: InfluenceConfig) -> dict[str, Any]:
     total = len(run.train_tasks)
     if entry.complete or shipped_fit_path(run, entry).is_file():
         return {"state": "complete", "tasks_done": total, "total": total}
-    progress = entry.partial_progress() or distributed.partial_progress(entry.directory)  # or per-rank files (torchrun)
+    progress = distributed.partial_progress(entry.directory, total)  # a single process's or torchrun ranks' saved buffers
     if progress is not None:
         return {"state": "partial", "tasks_done": int(progress.get("tasks_done", 0)), "total": total}
     return {"state": "none", "tasks_done": 0, "total": total}
@@ -206,14 +206,11 @@ def _gn_config(cfg: InfluenceConfig) -> GaussNewtonConfig:
 def _gauss_newton_factor(run: Run, cfg: InfluenceConfig, entry: CacheEntry, params: Params, progress, save_every: int):
     """Algorithm 1 over all training tasks, checkpointed to the cache every ``save_every`` tasks."""
     args = (run.model, run.spec, params, run.train_tasks, run.dataset)
-    partial = entry.load_partial()
-    if partial is not None:
-        tensors, meta = partial
-        fit = GaussNewtonFit.from_state_dict({**meta["state"], **tensors}, *args)
-    else:
-        fit = GaussNewtonFit(*args, _gn_config(cfg))
-    todo = np.flatnonzero(~fit.done)
     total = len(run.train_tasks)
+    # its own partial state, or what a killed torchrun launch saved per rank (any world size)
+    fit = distributed.resume_buffer(entry.directory, total, lambda state: GaussNewtonFit.from_state_dict(state, *args))
+    fit = fit or GaussNewtonFit(*args, _gn_config(cfg))
+    todo = np.flatnonzero(~fit.done)
     for start in range(0, len(todo), save_every):
         fit.add_tasks(todo[start : start + save_every], None if progress is None else lambda d, _t: progress("curvature", d, total))
         state = fit.state_dict()

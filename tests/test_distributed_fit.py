@@ -94,19 +94,25 @@ def test_torchrun_fit_matches_single_process_and_keeps_the_key(synthetic_run, re
 
 
 # ---- torch.multiprocessing.spawn workers (module level: the spawned children import them) ------
+def _die_after(tasks: int, die=lambda: os._exit(3)) -> None:
+    """Make this process's fits stop (by default as a SIGKILL: no cleanup, no further collective)
+    once its buffer holds ``tasks`` tasks."""
+    add_tasks = GaussNewtonFit.add_tasks
+
+    def dying(self, ids, callback=None):
+        if self.tasks_done >= tasks:
+            die()
+        return add_tasks(self, ids, callback)
+
+    GaussNewtonFit.add_tasks = dying
+
+
 def _fit_worker(rank: int, world: int, init_file: str, run_dir: str, cache_dir: str, die_after: int) -> None:
     os.environ["METAINF_CACHE"] = cache_dir
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     if rank == 1 and die_after:
-        add_tasks = GaussNewtonFit.add_tasks
-
-        def dying(self, ids, callback=None):
-            if self.tasks_done >= die_after:
-                os._exit(3)  # as a SIGKILL: no cleanup, no further collective
-            return add_tasks(self, ids, callback)
-
-        GaussNewtonFit.add_tasks = dying
+        _die_after(die_after)
     fit_influence(open_run(run_dir), GN, save_every=8)
     dist.destroy_process_group()
 
@@ -129,9 +135,44 @@ def test_killed_rank_resumes_its_shard(synthetic_run, reference, tmp_path, monke
     assert fit_status(run, GN) == {"state": "partial", "tasks_done": sum(saved), "total": 48}
     _spawn(_fit_worker, 2, tmp_path, str(synthetic_run), str(cache), 0)
     info = json.loads((entry.directory / INFO).read_text())
-    assert info["tasks_per_rank"] == [24, 24]  # every task streamed once, resumed ones included
-    assert info["tasks_computed_per_rank"] == [24 - saved[0], 16]  # only the unfinished part recomputed
+    left = 48 - sum(saved)  # only the unfinished part is recomputed, dealt evenly to the two ranks
+    assert info["tasks_computed_per_rank"] == [-(-left // 2), left // 2]
+    assert info["tasks_per_rank"] == [saved[0] + -(-left // 2), saved[1] + left // 2]  # each task once, resumed included
     assert not list(entry.directory.glob("partial*"))
+    _assert_same_fit(run, fit_influence(run, GN), reference)
+
+
+def test_a_killed_fit_resumes_with_another_world_size(synthetic_run, reference, tmp_path, monkeypatch):
+    """2 ranks killed → one process (absorbs both rank files, then killed) → 3 ranks finish: no
+    saved task is recomputed, and the scores are the 1-process fit's."""
+    cache = tmp_path / "cache"
+    with pytest.raises(mp.ProcessExitedException):
+        _spawn(_fit_worker, 2, tmp_path, str(synthetic_run), str(cache), 8)
+    monkeypatch.setenv("METAINF_CACHE", str(cache))
+    run = open_run(synthetic_run)
+    entry = cache_entry(run, GN)
+    by_ranks = fit_status(run, GN)["tasks_done"]
+    assert by_ranks in (16, 24)
+
+    class Stop(Exception):
+        pass
+
+    with monkeypatch.context() as m:  # a single process takes both rank files over, adds 8 tasks, stops
+        m.setattr(GaussNewtonFit, "add_tasks", GaussNewtonFit.add_tasks)
+        _die_after(by_ranks + 8, die=lambda: (_ for _ in ()).throw(Stop()))
+        with pytest.raises(Stop):
+            fit_influence(run, GN, save_every=8)
+    single = read_tensor_metadata(entry.directory / distributed.SINGLE_PARTIAL)["tasks_done"]
+    assert single == by_ranks + 8  # its checkpoint holds the ranks' tasks too
+    assert fit_status(run, GN) == {"state": "partial", "tasks_done": single, "total": 48}  # rank files now stale
+
+    _spawn(_fit_worker, 3, tmp_path, str(synthetic_run), str(cache), 0)
+    info = json.loads((entry.directory / INFO).read_text())
+    assert info["world_size"] == 3 and sum(info["tasks_per_rank"]) == 48
+    left = 48 - single  # dealt round-robin; rank 0 also holds the single process's buffer
+    assert info["tasks_computed_per_rank"] == [len(range(r, left, 3)) for r in range(3)]
+    assert info["tasks_per_rank"][0] == single + len(range(0, left, 3))
+    assert not list(entry.directory.glob("partial*"))  # every saved buffer dropped once written
     _assert_same_fit(run, fit_influence(run, GN), reference)
 
 

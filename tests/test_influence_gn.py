@@ -15,6 +15,7 @@ from metainf_core.influence import (
     target_gradient,
     task_gradients,
 )
+from metainf_core.exceptions import ConfigError, MetainfError
 from metainf_core.influence.columns import create_columns_function, create_naive_columns_function
 from metainf_core.influence.flat import ParamLayout
 
@@ -88,6 +89,19 @@ def test_resume_from_state_dict(data):
     assert resumed.tasks_done == M
     a, b = whole.orthogonal_rows(), resumed.orthogonal_rows()
     torch.testing.assert_close(a.T @ a, b.T @ b, rtol=1e-9, atol=1e-12)
+
+    # absorbing a fit over the other tasks (how a resumed fit takes over another process's buffer):
+    # the same V Vᵀ (Prop. 3–4, N_orth = 64 > q = 63); 1e-9 relative: float64 rounding of other eighs
+    rest = GaussNewtonFit(model, spec, params, train_ts, ds, cfg)
+    rest.add_tasks(np.arange(10, M))
+    part.absorb(rest)
+    assert part.tasks_done == M and part.done.all()
+    c = part.orthogonal_rows()
+    torch.testing.assert_close(c.T @ c, a.T @ a, rtol=1e-9, atol=1e-12)
+    with pytest.raises(MetainfError, match="share 14 tasks"):  # a task may count once
+        part.absorb(rest)
+    with pytest.raises(ConfigError):
+        part.absorb(GaussNewtonFit(model, spec, params, train_ts, ds, GaussNewtonConfig(n_orth=32)))
 
 
 @pytest.mark.parametrize("algo", ["maml", "protonet"])

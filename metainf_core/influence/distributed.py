@@ -2,12 +2,12 @@
 
     torchrun --nproc-per-node N -m metainf_core fit DIR --method gn
 
-Each rank streams its shard of the training tasks — task j goes to rank j mod N — into its own
-``GaussNewtonFit`` buffer (Algorithm 1), checkpointing it to ``partial-rank{r}-of-{N}.safetensors``
-in the cache entry. At the end the ranks' orthogonal rows (≤ N_orth each) are merged by a
-binomial tree of Algorithm 2 (rank r + s sends to rank r, which keeps the N_orth leading
-orthogonal rows of the stack; log₂ N rounds): the Gauss-Newton matrix is the sum of the ranks'
-V_r V_rᵀ, and Propositions 3–4 make every merge exact when N_orth ≥ rank V — the factor is then
+Each rank streams its shard of the training tasks — in a fresh fit task j goes to rank j mod N —
+into its own ``GaussNewtonFit`` buffer (Algorithm 1), checkpointing it to
+``partial-rank{r}-of-{N}.safetensors`` in the cache entry. At the end the ranks' orthogonal rows
+(≤ N_orth each) are merged by a binomial tree of Algorithm 2 (rank r + s sends to rank r, which
+keeps the N_orth leading orthogonal rows of the stack; log₂ N rounds): the Gauss-Newton matrix is
+the sum of the ranks' V_r V_rᵀ, and Propositions 3–4 make every merge exact when N_orth ≥ rank V — the factor is then
 the one a single process gives (up to an orthogonal rotation of equal eigenvalues and rounding).
 When N_orth < rank V, both the single-process stream and the tree keep a leading N_orth-subspace
 of partial sums, so they agree only approximately, like two stream orders do. Rank 0 inverts
@@ -17,9 +17,13 @@ rank 0 chooses the truncation and writes the cache entry, the other ranks read i
 The cache key does not depend on the world size; the fit's record (info.json) states
 ``world_size``, ``tasks_per_rank`` (tasks each rank streamed into its buffer, resumed ones
 included: they sum to M) and ``tasks_computed_per_rank`` (those computed by this launch).
-A killed launch resumes with the same world size: each rank reloads its own partial file (ranks
-whose shard is finished just take part in the collectives). Partial files of another world size
-are ignored and removed once the entry is written.
+A killed fit resumes with any world size, or in a single process: the saved buffers of earlier
+launches (``usable_buffers``: newest first, kept when disjoint from those kept) are dealt to the
+new ranks (a file of rank i to rank i mod N) and absorbed into their buffers (Algorithm 2, exact
+like the merge), and the tasks no saved buffer holds are dealt round-robin. This needs every rank
+to see the same cache directory (a shared filesystem) when the world size changes; with a
+node-local directory and the same world size each rank finds its own file. Saved buffers are
+removed once the entry is written.
 
 Collectives: every rank calls the same sequence (tasks-done all-reduce, rounds all-reduce, one
 all-reduce per checkpoint round, count all-gathers, tree send/recv pairs, broadcast of U,
@@ -144,7 +148,10 @@ def _all_gather_int(value: int, ctx: Context) -> list[int]:
     return [int(p.item()) for p in parts]
 
 
-# ---- partial states, one file per rank ---------------------------------------------------------
+# ---- partial states: one file per rank, absorbed by any later launch -------------------------
+SINGLE_PARTIAL = "partial.safetensors"  # a single process's checkpoint (cache.PARTIAL)
+
+
 def partial_path(directory: Path, r: int, world_size: int) -> Path:
     return Path(directory) / f"partial-rank{r}-of-{world_size}.safetensors"
 
@@ -153,50 +160,94 @@ def _save_partial(path: Path, fit: GaussNewtonFit, inputs: dict[str, Any], ctx: 
     state = fit.state_dict()
     tensors = {"rows": state.pop("rows"), "done": state.pop("done").to(torch.uint8)}
     meta = {"inputs": inputs, "state": state, "tasks_done": fit.tasks_done, "total": num_tasks,
-            "rank": ctx.rank, "world_size": ctx.world_size, "shard_size": len(shard(num_tasks, ctx.rank, ctx.world_size))}  # fmt: skip
+            "rank": ctx.rank, "world_size": ctx.world_size}  # fmt: skip
     save_tensors(path, tensors, metadata=meta)
 
 
-def _load_partial(path: Path, resume: Callable[[dict[str, Any]], GaussNewtonFit], own: np.ndarray) -> GaussNewtonFit | None:
-    """This rank's saved fit, or None (no file, unreadable, or not a subset of this rank's shard)."""
-    if not path.is_file():
-        return None
-    try:
-        meta = read_tensor_metadata(path)
-        fit = resume({**meta["state"], **load_tensors(path)})
-    except (CheckpointError, ConfigError, ValueError, OSError, KeyError) as e:
-        print(f"warning: {path.name} unusable ({e}); this rank starts its shard afresh", file=sys.stderr)
-        return None
-    outside = np.flatnonzero(fit.done & ~own)
-    if len(outside):
-        print(f"warning: {path.name} holds tasks outside this rank's shard; starting afresh", file=sys.stderr)
-        return None
-    return fit
+@dataclass(frozen=True)
+class SavedBuffer:
+    """One resumable Algorithm 1 buffer left in a cache entry by an interrupted fit: a single
+    process's ``partial.safetensors`` (rank 0 of 1) or a rank's ``partial-rank{r}-of-{N}``."""
+
+    path: Path
+    rank: int
+    world_size: int
+    mtime_ns: int
+    done: np.ndarray  # the tasks its rows hold
 
 
-def partial_progress(directory: Path) -> dict[str, Any] | None:
-    """Progress of a distributed fit left half-way in cache entry ``directory``: tasks done summed
-    over the per-rank partial files of the most recently written world size (header reads only)."""
-    files = sorted(Path(directory).glob(PARTIAL_GLOB), key=lambda p: p.stat().st_mtime)
-    if not files:
-        return None
-    world = files[-1].stem.rsplit("-of-", 1)[-1]
-    done, total = 0, 0
-    for path in files:
-        if path.stem.rsplit("-of-", 1)[-1] != world:
+def saved_buffers(directory: Path, num_tasks: int) -> list[SavedBuffer]:
+    """Every readable saved buffer in ``directory`` for a taskset of ``num_tasks`` (headers and
+    done masks only; the rows are not read)."""
+    found = []
+    for path in sorted([Path(directory) / SINGLE_PARTIAL, *Path(directory).glob(PARTIAL_GLOB)]):
+        if not path.is_file():
             continue
         try:
             meta = read_tensor_metadata(path)
-        except (CheckpointError, ValueError, OSError):
+            done = load_tensors(path, ("done",))["done"].numpy().astype(bool)
+            mtime = path.stat().st_mtime_ns
+        except (CheckpointError, ValueError, OSError) as e:
+            print(f"warning: {path.name} unreadable ({e}); its tasks will be recomputed", file=sys.stderr)
             continue
-        done += int(meta.get("tasks_done", 0))
-        total = int(meta.get("total", total))
-    return {"tasks_done": done, "total": total, "world_size": int(world)}
+        if len(done) != num_tasks or int(meta.get("total", num_tasks)) != num_tasks:
+            continue
+        found.append(SavedBuffer(path, int(meta.get("rank", 0)), int(meta.get("world_size", 1)), mtime, done))
+    return found
+
+
+def usable_buffers(buffers: list[SavedBuffer]) -> list[SavedBuffer]:
+    """The saved buffers a resumed fit takes over: newest first, each kept only when its tasks are
+    disjoint from those already kept (a later launch's buffer holds what it absorbed from earlier
+    ones, so an older file that overlaps it is stale). Deterministic: every rank of a launch that
+    sees the same directory picks the same set."""
+    kept: list[SavedBuffer] = []
+    taken = np.zeros(len(buffers[0].done) if buffers else 0, dtype=bool)
+    for b in sorted(buffers, key=lambda b: (-b.mtime_ns, b.world_size, b.rank)):
+        if not (taken & b.done).any():
+            kept.append(b)
+            taken |= b.done
+    return kept
+
+
+def resume_buffer(
+    directory: Path, num_tasks: int, resume: Callable[[dict[str, Any]], GaussNewtonFit], r: int = 0, world_size: int = 1
+) -> GaussNewtonFit | None:
+    """Rank ``r``'s starting buffer: the usable saved buffers of any earlier launch — a single process
+    or any number of ranks — whose rank ≡ r (mod ``world_size``), absorbed into one fit (Algorithm 2,
+    exact when N_orth ≥ rank). None when there is nothing to resume. So a killed fit resumes with
+    another world size, or in a single process, without recomputing what was saved."""
+    fit = None
+    for b in sorted(usable_buffers(saved_buffers(directory, num_tasks)), key=lambda b: b.path.name):
+        if b.rank % world_size != r:
+            continue
+        try:
+            meta = read_tensor_metadata(b.path)
+            part = resume({**meta["state"], **load_tensors(b.path)})
+            if fit is None:
+                fit = part
+            else:
+                fit.absorb(part)
+        except (CheckpointError, ConfigError, MetainfError, ValueError, OSError, KeyError) as e:
+            print(f"warning: {b.path.name} unusable ({e}); its tasks will be recomputed", file=sys.stderr)
+    return fit
+
+
+def partial_progress(directory: Path, num_tasks: int) -> dict[str, Any] | None:
+    """Progress of a fit left half-way in cache entry ``directory``: the tasks held by the saved
+    buffers a resumed fit would take over (single-process or per-rank files), or None."""
+    usable = usable_buffers(saved_buffers(directory, num_tasks))
+    if not usable:
+        return None
+    return {"tasks_done": int(sum(b.done.sum() for b in usable)), "total": num_tasks, "files": len(usable)}
 
 
 def _remove_partials(directory: Path, r: int | None = None, world_size: int | None = None) -> None:
-    """Drop this rank's partial file, or (``r`` None) every per-rank partial file in the entry."""
-    paths = [partial_path(directory, r, world_size)] if r is not None else list(Path(directory).glob(PARTIAL_GLOB))
+    """Drop this rank's partial file, or (``r`` None) every saved buffer in the entry."""
+    if r is not None:
+        paths = [partial_path(directory, r, world_size)]
+    else:
+        paths = [Path(directory) / SINGLE_PARTIAL, *Path(directory).glob(PARTIAL_GLOB)]
     for p in paths:
         p.unlink(missing_ok=True)
 
@@ -279,17 +330,15 @@ def stream_curvature(
     """Algorithm 1 over this rank's shard (checkpointed every ``save_every`` tasks to its partial
     file), tree merge, Algorithm 3 on rank 0, U broadcast to every rank."""
     ctx = context(compute_device)
-    own = np.zeros(num_tasks, dtype=bool)
-    ids = shard(num_tasks, ctx.rank, ctx.world_size)
-    own[ids] = True
     path = partial_path(directory, ctx.rank, ctx.world_size)
-    fit = _load_partial(path, resume_fit, own) or new_fit()
+    fit = resume_buffer(directory, num_tasks, resume_fit, ctx.rank, ctx.world_size) or new_fit()
     # every task done at most once over all ranks' buffers (else V Vᵀ would count it twice)
     done_count = _all_reduce(fit.done.astype(np.int64), ctx)
     if len(done_count) and int(done_count.max()) > 1:
-        raise MetainfError(f"{directory}: per-rank partial states overlap; delete {PARTIAL_GLOB} there and refit")
+        raise MetainfError(f"{directory}: the ranks resumed overlapping saved buffers (a cache directory "
+                           f"not shared by all ranks?); delete {PARTIAL_GLOB} there and refit")  # fmt: skip
     resumed = fit.tasks_done
-    todo = ids[~fit.done[ids]]
+    todo = np.flatnonzero(done_count.numpy() == 0)[ctx.rank :: ctx.world_size]  # what is left, dealt round-robin
     rounds = int(_all_reduce([-(-len(todo) // save_every)], ctx, dist.ReduceOp.MAX)[0])
     done_all = int(done_count.sum())
     primary_progress = progress if ctx.rank == 0 else None
@@ -366,6 +415,7 @@ def save_entry(entry, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
     and per-rank partial files are dropped."""
     if not active():
         entry.save(tensors, info)
+        _remove_partials(entry.directory)  # per-rank files a single process took over too
         return
     ctx = context()
     if ctx.rank == 0:

@@ -204,6 +204,21 @@ class GaussNewtonFit:
             if callback is not None:
                 callback(self.tasks_done, total)
 
+    def absorb(self, other: GaussNewtonFit) -> None:
+        """Add the buffer of ``other``, a fit of the same settings over disjoint tasks: its rows are
+        stacked onto this buffer (V Vᵀ adds up) and reduced by Algorithm 2 when over N_max —
+        exact when N_orth ≥ rank (Prop. 3–4). How a resumed fit takes over other processes' work."""
+        if other.config != self.config or other.row_dim != self.row_dim or len(other.done) != len(self.done):
+            raise ConfigError("cannot absorb a Gauss-Newton fit of other settings, dimensions or taskset")
+        if (self.done & other.done).any():
+            raise MetainfError(f"the two fits share {int((self.done & other.done).sum())} tasks: each task may count once")
+        if other.num_buffered:
+            self._blocks.append(other._rows().to(dtype=self.w.dtype, device=self.w.device))
+        self.done |= other.done
+        self.num_reductions += other.num_reductions
+        if self.num_buffered > self.config.buffer_limit:
+            self._reduce()
+
     def orthogonal_rows(self) -> Tensor:
         """Final Algorithm 1 line 21 (without mutating the buffer): ≤ N_orth orthogonal rows."""
         return orthogonal_columns(self._rows(), self.config.n_orth, self.config.gram_block)
