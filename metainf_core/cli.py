@@ -238,17 +238,19 @@ def _validate(a: argparse.Namespace) -> dict[str, Any]:
     return validation_report(run, inf, cfg, self_rank=a.self_rank, noise=a.noise, superclass=a.superclass, max_tests=a.max_tests)
 
 
-def _diagnose(a: argparse.Namespace) -> dict[str, Any]:
-    """Landscape diagnostics (seed 003) over the run's training snapshots, with their test accuracy."""
+def _diagnose(a: argparse.Namespace) -> dict[str, Any] | None:
+    """Landscape diagnostics (seed 003) over the run's training snapshots, with their test accuracy;
+    under torchrun the snapshots are shared out over the ranks and rank 0 ships and prints."""
     from tqdm import tqdm
 
     from metainf_core.diagnostics import DiagnosticsConfig, cached_diagnostics_over_history, diagnostics_cache_entry, history_snapshots
+    from metainf_core.influence import distributed
     from metainf_core.service import open_run
 
     cfg = DiagnosticsConfig(steps=a.steps, step_size=a.step_size, num_tasks=a.tasks)
     history_snapshots(a.path)  # a clear error before any progress bar
     run = open_run(a.path, device=a.device)
-    bar = tqdm(desc="diagnose", unit="snapshot", disable=a.quiet, file=sys.stderr)
+    bar = tqdm(desc="diagnose", unit="snapshot", disable=a.quiet or not distributed.is_primary(), file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         bar.total = total
@@ -257,6 +259,8 @@ def _diagnose(a: argparse.Namespace) -> dict[str, Any]:
 
     rows = cached_diagnostics_over_history(run, cfg, progress)  # saved snapshot by snapshot: a killed run resumes
     bar.close()
+    if not distributed.is_primary():
+        return None
     shipped = {"shipped": str(diagnostics_cache_entry(run, cfg).ship(run.checkpoint.path))} if a.ship else {}
     return {"config": cfg.to_dict(), "rows": [r.to_dict() for r in rows], **shipped}
 

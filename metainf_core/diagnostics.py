@@ -50,6 +50,7 @@ from metainf_core.checkpoint import load_tensors
 from metainf_core.config import Algorithm
 from metainf_core.exceptions import CheckpointError, ConfigError
 from metainf_core.explain import run_fingerprint
+from metainf_core.influence import distributed
 from metainf_core.influence.flat import ParamLayout
 from metainf_core.influence.hvp import EigenEstimate, hvp_of, lanczos, power_iteration
 from metainf_core.io import sha256_file
@@ -314,17 +315,25 @@ def _rows_over_history(
     done: list[DiagnosticsRow],
     on_row: Callable[[list[DiagnosticsRow]], None] | None = None,
 ) -> list[DiagnosticsRow]:
-    """``done`` (rows of the first snapshots) extended to every snapshot; ``on_row(rows)`` after each."""
+    """``done`` (rows of the first snapshots) extended to every snapshot; ``on_row(rows)`` after each
+    finished row (under torchrun: after each round, the snapshots dealt one per rank per round)."""
     rows = list(done)
     batch = _test_batch(run, config)
+    todo = snapshots[len(rows) :]
     if progress is not None:
         progress(len(rows), len(snapshots))
-    for step, path in snapshots[len(rows) :]:
-        rows.append(_snapshot_row(run, batch, step, path, config))
+
+    def compute(i: int) -> Tensor:
+        return _rows_to_tensor([_snapshot_row(run, batch, *todo[i], config)])["rows"][0]
+
+    def finished(parts: list[Tensor]) -> None:
+        rows.extend(_rows_from_tensor({"rows": torch.stack(parts)}, list(ROW_FIELDS)))
         if on_row is not None:
             on_row(rows)
         if progress is not None:
             progress(len(rows), len(snapshots))
+
+    distributed.map_in_rounds(len(todo), compute, len(ROW_FIELDS), finished)
     return rows
 
 
@@ -412,14 +421,21 @@ def cached_diagnostics_over_history(
     snapshots = history_snapshots(run.checkpoint.path)
     entry = diagnostics_cache_entry(run, config, snapshots)
     done, total = _cached_rows(entry, snapshots), len(snapshots)
-    if entry.complete and len(done) == total:
+    # torchrun: the ranks resume from the prefix all of them hold (an all-reduce, also the point where
+    # every rank has read the cache before any writes to it, as in fit_influence)
+    done = done[: distributed.min_over_ranks(len(done))]
+    if distributed.all_ranks(entry.complete) and len(done) == total:
         return done
 
     def save_partial(rows: list[DiagnosticsRow]) -> None:
-        progress_info = {"fields": list(ROW_FIELDS), "snapshots_done": len(rows), "total": total}
-        entry.save_partial(_rows_to_tensor(rows), progress_info)
+        if distributed.is_primary():  # under torchrun every rank holds the rows; rank 0 writes them
+            progress_info = {"fields": list(ROW_FIELDS), "snapshots_done": len(rows), "total": total}
+            entry.save_partial(_rows_to_tensor(rows), progress_info)
 
     started = time.time()
-    rows = _rows_over_history(run, snapshots, config, progress, done, save_partial)
-    entry.save(_rows_to_tensor(rows), {"fields": list(ROW_FIELDS), "seconds": round(time.time() - started, 2)})
+    rows = _rows_over_history(run, snapshots, config, progress if distributed.is_primary() else None, done, save_partial)
+    info = {"fields": list(ROW_FIELDS), "seconds": round(time.time() - started, 2)}
+    if distributed.active():
+        info["ranks"] = distributed.world_size()
+    distributed.save_entry(entry, _rows_to_tensor(rows), info)  # entry.save on rank 0, then a barrier
     return rows

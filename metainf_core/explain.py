@@ -255,14 +255,14 @@ def fit_influence(
 ) -> TaskInfluence:
     """TLXML fitted on the run's training taskset, from the disk cache when already computed; its
     tensors on the run's device (the cache itself holds CPU tensors, whatever device fitted them)."""
-    # torchrun: every rank looks at the cache only once all have arrived, so that no rank finds an
-    # entry that rank 0 wrote in this very call and skips the barrier in which rank 0 waits for it
-    distributed.barrier()
+    # torchrun: the ranks decide together (an all-reduce, so every rank looks at the cache before
+    # any can write to it: none finds an entry rank 0 wrote in this very call and skips the collectives
+    # of the fit), and use the cache only when every rank has the entry (node-local directories)
     entry = cache_entry(run, cfg)
-    if entry.complete:
+    if distributed.all_ranks(entry.complete):
         return _from_tensors(*entry.load()).to(run.device)
     shipped = load_shipped_fit(run, cfg, entry)
-    if shipped is not None:
+    if distributed.all_ranks(shipped is not None):
         return shipped.to(run.device)
     started = time.time()
     params = params_as(run, cfg.dtype)

@@ -329,3 +329,71 @@ def test_diagnose_ship_then_a_fresh_cache_loads_without_computing(history_run, t
     result.write_bytes(bytes(data))
     with pytest.raises(CacheError, match="altered or stale"):
         load_cached_diagnostics(open_run(run_dir), DiagnosticsConfig(num_tasks=4))
+
+
+def _diagnostics_worker(rank: int, world: int, init_file: str, run_dir: str, cache_dir: str, counts_dir: str) -> None:
+    """One rank of a torchrun-like launch: the cached diagnostics, counting the snapshots it computes."""
+    import torch.distributed as dist
+
+    from metainf_core import diagnostics
+
+    import datetime
+
+    os.environ["METAINF_CACHE"] = cache_dir.format(rank=rank)
+    torch.set_num_threads(1)
+    # mismatched collectives fail in a minute, not torch's 30
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    real, steps = diagnostics._snapshot_row, []
+
+    def counting(run, batch, step, path, config):
+        steps.append(step)
+        return real(run, batch, step, path, config)
+
+    diagnostics._snapshot_row = counting
+    rows = diagnostics.cached_diagnostics_over_history(run_dir, DiagnosticsConfig(num_tasks=4, power_iters=40, lanczos_iters=10))
+    Path(counts_dir, f"rank{rank}.json").write_text(__import__("json").dumps({"steps": steps, "rows": [r.to_dict() for r in rows]}))
+    dist.destroy_process_group()
+
+
+def test_diagnostics_are_sharded_over_ranks(history_run, tmp_path, monkeypatch):
+    """Under torchrun the snapshots are dealt one per rank per round (3 snapshots, 2 ranks: rank 0
+    computes steps 20 and 60, rank 1 step 40); every rank gets all rows, equal to one process's.
+    Each rank has its own cache directory here (node-local), and only rank 0's holds the first two
+    rows of a killed computation: the ranks agree to start from what all of them hold."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    from metainf_core import diagnostics
+    from metainf_core.cache import INFO
+    from metainf_core.diagnostics import cached_diagnostics_over_history, diagnostics_cache_entry, load_cached_diagnostics
+
+    cfg = DiagnosticsConfig(num_tasks=4, power_iters=40, lanczos_iters=10)
+    ref = [r.to_dict() for r in diagnostics_over_history(history_run, cfg)]
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache-0"))
+    real, calls = diagnostics.landscape_diagnostics, []
+
+    def killed_at_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(diagnostics, "landscape_diagnostics", killed_at_third)
+        with pytest.raises(RuntimeError, match="killed"):
+            cached_diagnostics_over_history(history_run, cfg)
+    assert len(load_cached_diagnostics(open_run(history_run), cfg)[0]) == 2
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    args = (2, str(tmp_path / "store"), str(history_run), str(tmp_path / "cache-{rank}"), str(counts))
+    mp.spawn(_diagnostics_worker, args=args, nprocs=2, join=True)
+    got = {r: json.loads((counts / f"rank{r}.json").read_text()) for r in (0, 1)}
+    assert got[0]["steps"] == [20, 60] and got[1]["steps"] == [40]
+    for r in (0, 1):
+        assert [row["step"] for row in got[r]["rows"]] == [20, 40, 60]
+        for a, b in zip(got[r]["rows"], ref, strict=True):  # same code, same thread count, other processes:
+            assert a == pytest.approx(b, rel=1e-9, abs=1e-12)  # float64 copies of float32 results; 1e-9 is rounding slack
+    entry = diagnostics_cache_entry(open_run(history_run), cfg)  # rank 0's directory: written by rank 0
+    assert entry.complete and json.loads((entry.directory / INFO).read_text())["ranks"] == 2
+    assert not list(entry.directory.glob("partial*"))

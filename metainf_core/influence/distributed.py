@@ -25,6 +25,11 @@ to see the same cache directory (a shared filesystem) when the world size change
 node-local directory and the same world size each rank finds its own file. Saved buffers are
 removed once the entry is written.
 
+Besides the fit: ``map_in_rounds`` shares out items of similar cost (a history's snapshots in
+``diagnostics``, the edited models of the one-step experiment) one per rank per round, and
+``min_over_ranks`` / ``all_ranks`` let the ranks agree on what the cache holds (node-local
+directories can differ) before they decide to compute.
+
 Collectives: every rank calls the same sequence (tasks-done all-reduce, rounds all-reduce, one
 all-reduce per checkpoint round, count all-gathers, tree send/recv pairs, broadcast of U,
 all-gather of P, final barrier), whatever its shard holds. Backend: NCCL when the run computes on
@@ -129,6 +134,20 @@ def barrier() -> None:
     if active():
         context()
         dist.barrier()
+
+
+def min_over_ranks(value: int) -> int:
+    """The smallest of every rank's ``value`` (an all-reduce: also a point all ranks pass together);
+    ``value`` itself in a single process. How ranks agree on what a cache they may not all see holds."""
+    if not active():
+        return int(value)
+    ctx = context()
+    return int(_all_reduce([int(value)], ctx, dist.ReduceOp.MIN)[0])
+
+
+def all_ranks(flag: bool) -> bool:
+    """True when ``flag`` holds on every rank (``flag`` itself in a single process)."""
+    return bool(min_over_ranks(int(bool(flag))))
 
 
 def shard(num_tasks: int, r: int, world_size: int) -> np.ndarray:
@@ -406,6 +425,35 @@ def sharded_projections(
     if progress is not None and ctx.rank == 0:
         progress("gradients", num_tasks, num_tasks)
     return proj
+
+
+def map_in_rounds(
+    num_items: int, compute: Callable[[int], Tensor], width: int, on_round: Callable[[list[Tensor]], None] | None = None
+) -> list[Tensor]:
+    """``[compute(i) for i in range(num_items)]`` (float64 vectors of ``width``) with the items dealt
+    one per rank per round: round k has rank r compute item kN + r, then one all-gather gives every
+    rank the round's results in item order, handed to ``on_round`` (e.g. rank 0 checkpoints the
+    finished prefix, so a kill loses at most one round). For items of similar cost (a run's history
+    snapshots). In a single process: a plain loop, ``on_round`` after each item."""
+    if not active():
+        out = []
+        for i in range(num_items):
+            out.append(compute(i).to(torch.float64).cpu())
+            if on_round is not None:
+                on_round(out[-1:])
+        return out
+    ctx = context()
+    out = []
+    for start in range(0, num_items, ctx.world_size):
+        i = start + ctx.rank
+        mine = compute(i).to(torch.float64) if i < num_items else torch.zeros(width, dtype=torch.float64)
+        parts = [torch.empty(width, dtype=torch.float64, device=ctx.device) for _ in range(ctx.world_size)]
+        dist.all_gather(parts, mine.reshape(width).to(ctx.device))
+        got = [p.cpu() for p in parts[: min(ctx.world_size, num_items - start)]]
+        out.extend(got)
+        if on_round is not None:
+            on_round(got)
+    return out
 
 
 # ---- writing and reading the entry -------------------------------------------------------------

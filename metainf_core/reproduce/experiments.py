@@ -42,6 +42,7 @@ from metainf_core.explain import (
     test_score_matrix,
     validation_report,
 )
+from metainf_core.influence import distributed
 from metainf_core.influence.flat import ParamLayout, create_flat_loss_function
 from metainf_core.influence.gradients import batch_task_gradients
 from metainf_core.landscape_metrics import metric_correlations
@@ -443,10 +444,17 @@ def one_step_update(c: dict[str, Any], ctx: Context) -> Section:
             def acc(params=None) -> tuple[np.ndarray, np.ndarray]:  # per-task accuracies on the scored and the held-out tests
                 return (run.evaluate(params, task_ids=scored).accuracy, run.evaluate(params, task_ids=held).accuracy)
 
-            per_seed.setdefault("unedited", []).append(acc())
-            for xi in c["xis"]:
-                spec = EditSpec(block=low, xi_block=xi) if xi < 0 else EditSpec(enhance=high, xi_enhance=xi)
-                per_seed.setdefault(f"{'block' if xi < 0 else 'enhance'} ξ = {xi:+g}", []).append(acc(edited_params(run, inf, spec)))
+            specs = {"unedited": None} | {f"{'block' if xi < 0 else 'enhance'} ξ = {xi:+g}":
+                                            EditSpec(block=low, xi_block=xi) if xi < 0 else EditSpec(enhance=high, xi_enhance=xi) for xi in c["xis"]}  # fmt: skip
+
+            def evaluated(i: int, specs=list(specs.values()), run=run, inf=inf, acc=acc) -> torch.Tensor:
+                spec = specs[i]
+                return torch.from_numpy(np.concatenate(acc(None if spec is None else edited_params(run, inf, spec))).astype(np.float64))
+
+            # under torchrun the edited models are shared out over the ranks (one each per round)
+            for name, both in zip(specs, distributed.map_in_rounds(len(specs), evaluated, t), strict=True):
+                both = both.numpy()  # float64 per-task accuracies (exact copies of float32 ones)
+                per_seed.setdefault(name, []).append((both[: len(scored)], both[len(scored) :]))
             if c["leave_out"]:
                 t_cfg, tr_cfg = leave_out_configs(run, low)
                 per_seed.setdefault("leave-out retraining", []).append(acc(ctx.run(t_cfg, tr_cfg).params))
@@ -681,8 +689,14 @@ def landscapes(c: dict[str, Any], ctx: Context) -> Section:
             from metainf_core.diagnostics import history_snapshots
 
             ids = np.arange(min(c["train_eval_tasks"], len(run.train_tasks)))
-            train_acc = np.array([run.evaluate({k: v.to(run.params[k].dtype) for k, v in load_tensors(path).items()}, split="train", task_ids=ids)
-                                  .summary()["accuracy"] for _, path in history_snapshots(run.checkpoint.path)])  # fmt: skip
+            snaps = history_snapshots(run.checkpoint.path)
+
+            def train_accuracy(i: int, snaps=snaps, ids=ids, run=run) -> torch.Tensor:
+                params = {k: v.to(run.params[k].dtype) for k, v in load_tensors(snaps[i][1]).items()}
+                return torch.tensor([run.evaluate(params, split="train", task_ids=ids).summary()["accuracy"]])
+
+            # under torchrun the snapshots are shared out over the ranks, as the diagnostics are
+            train_acc = np.array([float(t[0]) for t in distributed.map_in_rounds(len(snaps), train_accuracy, 1)])
         courses[algo] = _overfitting(steps, acc, train_acc)
         rhos = metric_correlations(hist)  # the Landscape page's Spearman ρ with test accuracy
         peak = int(np.argmax(acc))
