@@ -12,6 +12,11 @@ N_orth ≥ rank). Then the cost model, on 1 thread: seconds per task for the col
 stream, buffer reductions included) and for the gradients of P, and one Algorithm 2 merge of
 2·N_orth rows of length q, for several N_orth and q; a fit on N ranks ≈ setup + M/N·(c_col + c_grad)
 + ⌈log₂N⌉·merge + truncation choice.
+
+With --snapshots S > 0 it also times `diagnose` (landscape diagnostics, seed 003) over the S
+history snapshots of a conv3×16 MAML (T = 5 inner steps, 8 test tasks) from an empty cache:
+1 process × 1 thread against 2 ranks × 1 thread, which share the snapshots out one per rank per
+round (distributed.map_in_rounds), and checks that both give the same rows.
 """
 
 from __future__ import annotations
@@ -122,15 +127,52 @@ def cost_model(run, n: int, n_orths: list[int], q_factors: list[int]) -> dict:
     return {"columns": c_col, "gradients": c_grad, "q": q, "merge": merges, "rows_per_task": fit.num_buffered / (n + 1)}
 
 
+def bench_diagnostics(work: Path, snapshots: int, tmp: Path) -> None:
+    """``diagnose`` over ``snapshots`` history snapshots: 1 process vs 2 ranks, 1 thread each."""
+    from metainf_core.train import train
+
+    out = work / f"maml-fmnist-history-{snapshots}"
+    if not (out / "meta.json").is_file():
+        task_cfg = TaskConfig(dataset="fashion-mnist", ways=3, shots=5, queries=5, train_tasks=64, test_tasks=32)
+        train_cfg = TrainConfig(algo="maml", arch="conv3", filters=16, steps=4 * snapshots, meta_batch=4, lr=3e-3,
+                                inner_lr=0.4, checkpoint_every=4, keep_history=True)  # fmt: skip
+        train(task_cfg, train_cfg, out, progress=False, device="cpu")
+    cmd = ["diagnose", str(out), "--tasks", "8", "--steps", "5", "--quiet"]
+    launches = {"1 rank x 1 thread": [sys.executable, "-m", "metainf_core", *cmd],
+                "2 ranks x 1 thread": [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2", "-m", "metainf_core", *cmd]}  # fmt: skip
+    rows, walls = {}, {}
+    for name, c in launches.items():
+        env = {**os.environ, "METAINF_CACHE": str(tmp / f"diag-{len(walls)}"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        t = time.perf_counter()
+        res = subprocess.run(c, capture_output=True, text=True, env=env, cwd=REPO)
+        walls[name] = time.perf_counter() - t
+        if res.returncode:
+            raise SystemExit(f"{' '.join(c)} failed:\n{res.stderr[-3000:]}")
+        rows[name] = json.loads(res.stdout)["rows"]
+    a, b = (np.array([[r[k] for k in sorted(r)] for r in rows[n]], dtype=float) for n in launches)
+    print(f"\ndiagnose over {len(a)} snapshots ({out.name}, conv3x16 MAML, T = 5, 8 test tasks), from an empty cache:")
+    for name, wall in walls.items():
+        print(f"  {name:<20} {wall:7.1f} s wall  ({wall / len(a):.2f} s/snapshot)")
+    one, two = walls.values()
+    print(f"  speed-up of 2 ranks: {one / two:.2f}x; rows equal to {np.abs(a - b).max():.1e} (max abs difference)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=192, help="training tasks of the benchmark run")
     ap.add_argument("--work", default=str(REPO / ".cache" / "bench-distributed"), help="where the run is trained once")
     ap.add_argument("--cost-tasks", type=int, default=16, help="tasks timed per cost-model stage")
     ap.add_argument("--skip-order", action="store_true", help="skip the reversed-stream-order baseline (one more fit)")
+    ap.add_argument("--snapshots", type=int, default=12, help="history snapshots for the diagnose timing (0: skip it)")
+    ap.add_argument("--only-diagnostics", action="store_true", help="time only diagnose (no fits, no cost model)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dist-"))
+    if args.only_diagnostics:
+        bench_diagnostics(work, args.snapshots, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     run_dir = make_run(work, args.tasks)
     run = open_run(run_dir)
     m, q = len(run.train_tasks), sum(p.numel() for p in run.params.values())
@@ -139,7 +181,6 @@ def main() -> None:
     fit_cmd = ["fit", str(run_dir), "--method", "gn", "--quiet"]
     py = [sys.executable, "-m", "metainf_core", *fit_cmd]
     trun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2", "-m", "metainf_core", *fit_cmd]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-dist-"))
     rows = {
         "1 rank x 1 thread": timed_fit(py, 1, tmp / "c11"),
         "1 rank x 2 threads": timed_fit(py, 2, tmp / "c12"),
@@ -178,6 +219,8 @@ def main() -> None:
         pred = per_rank * (cm["columns"] + reduce + cm["gradients"]) + math.ceil(math.log2(n)) * merge
         print(f"  predicted streaming + projections + merge on {n} rank(s) x 1 thread, M = {m}: {pred:6.1f} s"
               + (f"  (measured fit, incl. truncation choice: {base['fit'] if n == 1 else two['fit']:.1f} s)" if n <= 2 else ""))
+    if args.snapshots:
+        bench_diagnostics(work, args.snapshots, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
