@@ -113,8 +113,9 @@ def reproduce(
     report. At medium and paper scale, experiments without a configuration there are skipped (with a log line).
 
     Under ``torchrun`` every rank runs every experiment, so that each influence fit is sharded across
-    the ranks (``influence/distributed.py``); rank 0 alone trains runs (the others wait for them),
-    logs, and writes the sections and the report. The rest is computed by every rank alike."""
+    the ranks (``influence/distributed.py``); independent runs train N at a time (``runs.train_runs``),
+    a history's snapshots and e4's edited models are shared out (``distributed.map_in_rounds``);
+    rank 0 alone trains the runs that depend on a fit, logs, and writes the sections and the report."""
     if scale not in SCALES:
         raise ConfigError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     out = Path(out)

@@ -46,7 +46,7 @@ from metainf_core.influence import distributed
 from metainf_core.influence.flat import ParamLayout, create_flat_loss_function
 from metainf_core.influence.gradients import batch_task_gradients
 from metainf_core.landscape_metrics import metric_correlations
-from metainf_core.reproduce.runs import describe, ensure_run, is_complete, run_key
+from metainf_core.reproduce.runs import describe, ensure_run, is_complete, run_key, train_runs
 from metainf_core.service import Run
 from metainf_core.tasks import TaskBatch
 from metainf_core.validate import proper_tests, self_ranks, superclass_overlap
@@ -90,6 +90,11 @@ class Context:
         self.nets.setdefault((train_cfg.algo, task_cfg.dataset), {"arch": train_cfg.arch, "filters": train_cfg.filters,
                                                                    "num_parameters": int(run.meta["num_parameters"])})  # fmt: skip
         return run
+
+    def train_all(self, configs: list[tuple[TaskConfig, TrainConfig]]) -> None:
+        """Under torchrun, train the runs an experiment will need N at a time (``runs.train_runs``)
+        before it asks for them one by one; nothing in a single process."""
+        self.trained.update(train_runs(self.work, configs, self.log, device=self.device))
 
 
 def _mean_sd(values) -> tuple[float, float]:
@@ -293,12 +298,11 @@ def distinction_of_tasks(c: dict[str, Any], ctx: Context) -> Section:
 
 # ---- 2. noise tasks (TLXML 5.1.2, Tables 1, 8–11) and 3. superclasses (5.1.3, Tables 2, 12) ---
 def _noise_runs(c: dict[str, Any], ctx: Context):
-    for dataset, ways in c["datasets"]:
-        for algo in c["algos"]:
-            for m in c["train_tasks"]:
-                for seed in c["seeds"]:
-                    task_cfg, train_cfg = _configs(c, dataset=dataset, ways=ways, algo=algo, seed=seed, train_tasks=m, noise=noise_count(c, m))
-                    yield (dataset, algo, m, seed), ctx.run(task_cfg, train_cfg)
+    configs = {(dataset, algo, m, seed): _configs(c, dataset=dataset, ways=ways, algo=algo, seed=seed, train_tasks=m, noise=noise_count(c, m))
+               for dataset, ways in c["datasets"] for algo in c["algos"] for m in c["train_tasks"] for seed in c["seeds"]}  # fmt: skip
+    ctx.train_all(list(configs.values()))
+    for key, (task_cfg, train_cfg) in configs.items():
+        yield key, ctx.run(task_cfg, train_cfg)
 
 
 def _validation(run: Run, c: dict[str, Any]) -> dict[str, Any]:
@@ -428,11 +432,13 @@ def one_step_update(c: dict[str, Any], ctx: Context) -> Section:
     paper's protocol) and on the held-out half; Welch t-test over training seeds vs the unedited model."""
     rows, fig = [], []
     wins = [0, 0]  # edits beating the unedited model (Welch p < 0.05): on the scored tests, on the held-out tests
+    configs = {(algo, seed): _configs(c, dataset=c["dataset"], ways=c["ways"], algo=algo, seed=seed, train_tasks=c["train_tasks"], noise=noise_count(c, c["train_tasks"]))
+               for algo in c["algos"] for seed in c["seeds"]}  # fmt: skip
+    ctx.train_all(list(configs.values()))
     for algo in c["algos"]:
         per_seed: dict[str, list[tuple[float, float]]] = {}
         for seed in c["seeds"]:
-            task_cfg, train_cfg = _configs(c, dataset=c["dataset"], ways=c["ways"], algo=algo, seed=seed, train_tasks=c["train_tasks"], noise=noise_count(c, c["train_tasks"]))
-            run = ctx.run(task_cfg, train_cfg)
+            run = ctx.run(*configs[(algo, seed)])
             ctx.log(f"one-step: {algo} seed {seed}")
             cfg = _influence(c)
             inf = fit_influence(run, cfg)
@@ -673,9 +679,11 @@ def landscapes(c: dict[str, Any], ctx: Context) -> Section:
     rows, figs, corr, spans, course, courses = [], [], {}, {}, [], {}
     diag_cfg = DiagnosticsConfig(num_tasks=c["diag_tasks"], steps=c.get("diag_steps"), power_iters=c.get("power_iters", 100))
     extended = "diag_steps" in c  # the medium scale's tables; the report scale keeps its layout
+    configs = {algo: _configs(c, dataset=c["dataset"], ways=c["ways"], algo=algo, seed=c["seed"], train_tasks=c["train_tasks"], keep_history=True)
+               for algo in c["algos"]}  # fmt: skip
+    ctx.train_all(list(configs.values()))
     for algo in c["algos"]:
-        task_cfg, train_cfg = _configs(c, dataset=c["dataset"], ways=c["ways"], algo=algo, seed=c["seed"], train_tasks=c["train_tasks"], keep_history=True)
-        run = ctx.run(task_cfg, train_cfg)
+        run = ctx.run(*configs[algo])
         if c.get("initial_snapshot"):
             initial_snapshot(run)
         ctx.log(f"landscapes: {algo}")
