@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import subprocess
 from pathlib import Path
 
 import torch
@@ -91,3 +94,18 @@ def explicit_gauss_newton(model, spec, params, data) -> torch.Tensor:
         a = torch.diag_embed(s) - s.unsqueeze(-1) * s.unsqueeze(-2)
         h += torch.einsum("nkq,nkl,nlr->qr", jac, a, jac) / jac.shape[0]
     return h / m
+
+
+def run_cli(*args: object) -> subprocess.CompletedProcess:
+    """``python -m metainf_core ARGS`` run in this process — exit status, stdout and stderr as the
+    subprocess would give them, without its ~3 s of importing torch. Tests that need a process of
+    their own (kills, thread counts, the ``python -m`` entry point itself) keep using subprocess."""
+    from metainf_core.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess([str(a) for a in args], code, out.getvalue(), err.getvalue())

@@ -16,8 +16,14 @@ from metainf_core.checkpoint import MODEL_FILE, load_checkpoint, load_tensors, r
 from metainf_core.exceptions import CheckpointError, UnsafeFileError
 from metainf_core.service import open_run
 
+from helpers import run_cli  # tests/helpers.py
 
-def _info(path, python_exe):
+
+def _info(path, python_exe=None):
+    """``info PATH``: as a subprocess (the real ``python -m`` entry point) when ``python_exe`` is
+    given, else in this process (tests/helpers.run_cli, no 3 s import of torch)."""
+    if python_exe is None:
+        return run_cli("info", path)
     return subprocess.run([python_exe, "-m", "metainf_core", "info", str(path)], capture_output=True, text=True, timeout=120)
 
 
@@ -42,23 +48,23 @@ def test_round_trip_and_info(synthetic_run, python_exe):
     assert result["test"]["num_tasks"] == 16 and result["train"]["num_tasks"] == 48
 
 
-def test_evaluate_per_task_on_chosen_tasks(synthetic_run, python_exe):
+def test_evaluate_per_task_on_chosen_tasks(synthetic_run):
     """`evaluate DIR --split train --tasks 0,5,7 --per-task`: each task's adapted query loss and
     accuracy, as `Run.evaluate` gives them; an unknown task id exits 2 with one line."""
     from metainf_core.service import open_run
 
-    cmd = [python_exe, "-m", "metainf_core", "evaluate", str(synthetic_run), "--split", "train", "--tasks", "0,5,7", "--per-task"]
-    ev = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    cmd = ["evaluate", str(synthetic_run), "--split", "train", "--tasks", "0,5,7", "--per-task"]
+    ev = run_cli(*cmd)  # in this process (tests/helpers.py)
     assert ev.returncode == 0, ev.stderr
     result = json.loads(ev.stdout)
     assert set(result) == {"train"} and result["train"]["num_tasks"] == 3
     rows = result["train"]["tasks"]
     direct = open_run(synthetic_run).evaluate(split="train", task_ids=[0, 5, 7])
     assert [r["id"] for r in rows] == [0, 5, 7]
-    # same code in another process (maybe another thread count): float32 losses agree to rounding, ~1e-7
+    # same code, maybe another thread count (batched vs one call): float32 losses agree to rounding, ~1e-7
     assert [r["loss"] for r in rows] == pytest.approx(direct.loss.tolist(), rel=1e-5)
     assert [r["accuracy"] for r in rows] == pytest.approx(direct.accuracy.tolist(), abs=1e-6)
-    bad = subprocess.run([*cmd[:-3], "--tasks", "0,480"], capture_output=True, text=True, timeout=120)
+    bad = run_cli(*cmd[:-3], "--tasks", "0,480")
     assert bad.returncode == 2 and "480" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -85,14 +91,14 @@ def test_info_refuses_a_crafted_pickle_without_running_it(tmp_path, python_exe):
         load_tensors(tmp_path / "zip.pt")
 
 
-def test_truncated_missing_and_mismatched_files(synthetic_run, tmp_path, python_exe):
+def test_truncated_missing_and_mismatched_files(synthetic_run, tmp_path):
     d = tmp_path / "copy"
     shutil.copytree(synthetic_run, d)
     data = (d / MODEL_FILE).read_bytes()
     (d / MODEL_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated"):
         read_meta(d)
-    out = _info(d, python_exe)
+    out = _info(d)
     assert out.returncode != 0 and "truncated" in out.stderr
     # same size, altered bytes: caught by the content hash in meta.json
     altered = bytearray(data)
@@ -101,8 +107,8 @@ def test_truncated_missing_and_mismatched_files(synthetic_run, tmp_path, python_
     with pytest.raises(CheckpointError, match="hash"):
         read_meta(d)
     (d / MODEL_FILE).unlink()
-    assert _info(d, python_exe).returncode != 0
-    assert _info(tmp_path / "nope", python_exe).returncode != 0
+    assert _info(d).returncode != 0
+    assert _info(tmp_path / "nope").returncode != 0
     # weights of another shape than meta.json records
     shutil.copytree(synthetic_run, tmp_path / "shape")
     meta = json.loads((tmp_path / "shape" / "meta.json").read_text())

@@ -4,8 +4,6 @@ pair statistics against scipy and plain sets, proximal-MAML task-IF / direct IF,
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,6 +24,8 @@ from metainf_core.influence.gradients import iter_task_batches
 from metainf_core.influence.task_if import batch_tasks
 from metainf_core.learners import create_task_loss_function
 from metainf_core.service import open_run
+
+from helpers import run_cli  # tests/helpers.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -227,13 +227,8 @@ def test_refusals(synthetic_run, prox_run, cache):
         CompareConfig(damping=-1.0)
 
 
-def _cli(python_exe, *args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread (see conftest.one_thread)
-    return subprocess.run([python_exe, "-m", "metainf_core", *args], capture_output=True, text=True, timeout=600, env=env)
-
-
-def test_compare_cli(synthetic_run, prox_run, cache, python_exe):
-    res = _cli(python_exe, "compare", str(synthetic_run), "--test-task", "1", "--top", "5")
+def test_compare_cli(synthetic_run, prox_run, cache):
+    res = run_cli("compare", str(synthetic_run), "--test-task", "1", "--top", "5")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     names = list(METHODS)
@@ -242,18 +237,18 @@ def test_compare_cli(synthetic_run, prox_run, cache, python_exe):
     )
     assert all(len(e["most_helpful"]) == 5 and "scores" not in e for e in out["methods"].values())
 
-    res = _cli(python_exe, "compare", str(prox_run), "--test-task", "0", "--methods", "tlxml-exact,grad-sim", "--scores")
+    res = run_cli("compare", str(prox_run), "--test-task", "0", "--methods", "tlxml-exact,grad-sim", "--scores")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert "tlxml-exact" in out["skipped"] and len(out["methods"]["grad-sim"]["scores"]) == 16 and out["pairs"] == []
 
-    res = _cli(python_exe, "compare", str(synthetic_run), "--test-task", "0", "--methods", "tlxml-exact,bogus")
+    res = run_cli("compare", str(synthetic_run), "--test-task", "0", "--methods", "tlxml-exact,bogus")
     assert res.returncode == 2 and "bogus" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
-def test_rank_cli_methods(synthetic_run, cache, python_exe):
+def test_rank_cli_methods(synthetic_run, cache):
     """rank --method: registry names (tlxml-exact = the old 'exact' path, grad-sim, ...); bad names exit 2."""
-    res = _cli(python_exe, "rank", str(synthetic_run), "--test-task", "0", "--method", "bogus")
+    res = run_cli("rank", str(synthetic_run), "--test-task", "0", "--method", "bogus")
     assert res.returncode == 2 and "bogus" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     run = open_run(synthetic_run)
     expected = {
@@ -261,7 +256,7 @@ def test_rank_cli_methods(synthetic_run, cache, python_exe):
         "grad-sim": method_scores(run, Target((1,)), "grad-sim"),
     }
     for method, scores in expected.items():
-        res = _cli(python_exe, "rank", str(synthetic_run), "--method", method, "--test-task", "1", "--top", "3", "--quiet")
+        res = run_cli("rank", str(synthetic_run), "--method", method, "--test-task", "1", "--top", "3", "--quiet")
         assert res.returncode == 0, res.stderr
         rows = json.loads(res.stdout)["most_helpful"]
         # another process, whose fit may be the cache's reloaded copy while `scores` came from a fresh

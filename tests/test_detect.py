@@ -6,8 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +17,8 @@ from metainf_core.exceptions import ConfigError
 from metainf_core.explain import edited_params, fit_influence
 from metainf_core.service import open_run
 from metainf_core.train import train
+
+from helpers import run_cli  # tests/helpers.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EXACT = InfluenceConfig(method="exact", dtype="float64", self_rank_sample=64)
@@ -220,11 +220,11 @@ def test_detect_report_needs_corrupted_tasks(tmp_path, monkeypatch):
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
-def _cli(args, env_cache, **kw):
-    import os
-
-    env = {**os.environ, "METAINF_CACHE": str(env_cache)}
-    return subprocess.run([sys.executable, "-m", "metainf_core", *args], capture_output=True, text=True, env=env, timeout=120, **kw)
+def _cli(args, env_cache):
+    """The CLI in this process (tests/helpers.run_cli) with its own cache directory."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("METAINF_CACHE", str(env_cache))
+        return run_cli(*args)
 
 
 def test_cli_detect(synthetic_run, tmp_path):

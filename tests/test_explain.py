@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -26,6 +25,8 @@ from metainf_core.explain import (
     validation_report,
 )
 from metainf_core.service import open_run
+
+from helpers import run_cli  # tests/helpers.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GN = InfluenceConfig(method="gn", n_orth=64, dtype="float64", self_rank_sample=48, task_batch=4)
@@ -102,29 +103,25 @@ def test_validation_report_on_noise_tasks(synthetic_run, cache):
     assert [s["min_shared"] for s in rep["superclass"]][0] == 1
 
 
-def _cli(python_exe, *args):
-    return subprocess.run([python_exe, "-m", "metainf_core", *args], capture_output=True, text=True, timeout=600)
-
-
-def test_influence_cli(synthetic_run, cache, python_exe, tmp_path):
+def test_influence_cli(synthetic_run, cache, tmp_path):
     common = ["--method", "exact", "--quiet"]
-    fit = _cli(python_exe, "fit", str(synthetic_run), *common)
+    fit = run_cli("fit", str(synthetic_run), *common)
     assert fit.returncode == 0, fit.stderr
     info = json.loads(fit.stdout)
     assert info["num_parameters"] == 63 and info["num_tasks"] == 48 and info["self_rank_table"]
-    rank = _cli(python_exe, "rank", str(synthetic_run), *common, "--test-task", "train:5", "--top", "3", "--group", "superclass")
+    rank = run_cli("rank", str(synthetic_run), *common, "--test-task", "train:5", "--top", "3", "--group", "superclass")
     assert rank.returncode == 0, rank.stderr
     out = json.loads(rank.stdout)
     assert len(out["most_helpful"]) == 3 and out["groups"]
-    edit = _cli(python_exe, "edit", str(synthetic_run), *common, "--block", "1,2", "--xi-block", "-2", "--test-task", "0", "--out", str(tmp_path / "edited"))
+    edit = run_cli("edit", str(synthetic_run), *common, "--block", "1,2", "--xi-block", "-2", "--test-task", "0", "--out", str(tmp_path / "edited"))
     assert edit.returncode == 0, edit.stderr
     rep = json.loads(edit.stdout)
-    info_edited = _cli(python_exe, "info", rep["out"])
+    info_edited = run_cli("info", rep["out"])
     assert info_edited.returncode == 0 and json.loads(info_edited.stdout)["edit"]["xi_block"] == -2.0
     for bad, reason in (
         (["rank", str(synthetic_run), *common, "--test-task", "999"], "999"),
         (["edit", str(synthetic_run), *common, "--block", "1", "--xi-block", "inf"], "finite"),
         (["edit", str(synthetic_run), *common, "--block", "x"], "integers"),
     ):
-        res = _cli(python_exe, *bad)
+        res = run_cli(*bad)
         assert res.returncode == 2 and reason in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr

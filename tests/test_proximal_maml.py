@@ -4,7 +4,6 @@ difference and an explicit Hessian solve; training, checkpoints and the CLI; the
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import torch
@@ -24,7 +23,8 @@ from metainf_core.learners import (
     params_of,
 )
 from metainf_core.models import build_model, count_parameters
-from helpers import tiny_task  # tests/helpers.py (pytest puts tests/ on sys.path)
+
+from helpers import run_cli, tiny_task  # tests/helpers.py (pytest puts tests/ on sys.path)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -189,21 +189,20 @@ def test_config_validation():
             TrainConfig(algo="proximal-maml", **bad)
 
 
-def test_cli_train_info_evaluate(tmp_path, python_exe):
+def test_cli_train_info_evaluate(tmp_path):
+    """train / info / evaluate through the CLI (in this process: tests/helpers.run_cli)."""
     out = tmp_path / "cli"
-    cmd = [
-        python_exe, "-m", "metainf_core", "train", "--dataset", "synthetic", "--algo", "proximal-maml",
+    res = run_cli(
+        "train", "--dataset", "synthetic", "--algo", "proximal-maml",
         "--arch", "mlp-synthetic", "--ways", "3", "--train-tasks", "16", "--test-tasks", "4", "--steps", "3",
-        "--meta-batch", "2", "--prox-lambda", "2", "--prox-steps", "5", "--cg-steps", "3", "--out", str(out), "--quiet",
-    ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        "--meta-batch", "2", "--prox-lambda", "2", "--prox-steps", "5", "--cg-steps", "3", "--out", out, "--quiet",
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    cli = [python_exe, "-m", "metainf_core"]
-    info = subprocess.run([*cli, "info", str(out)], capture_output=True, text=True, timeout=60)
+    info = run_cli("info", out)
     assert info.returncode == 0, info.stderr
     meta = json.loads(info.stdout)
     assert meta["algorithm"] == "proximal-maml" and meta["train_config"]["prox_lambda"] == 2.0
-    ev = subprocess.run([*cli, "evaluate", str(out)], capture_output=True, text=True, timeout=60)
+    ev = run_cli("evaluate", out)
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout)["test"]["accuracy"] == pytest.approx(meta["test"]["accuracy"])
 
