@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metainf_core.cache import CacheEntry, content_key
+from metainf_core.cache import PARTIAL, CacheEntry, content_key
 from metainf_core.checkpoint import MODEL_FILE, load_tensors, read_tensor_metadata, save_checkpoint, save_tensors
 from metainf_core.config import InfluenceConfig, InfluenceMethod, TaskConfig, TrainConfig
 from metainf_core.edit import EditSpec, apply_delta, edit_delta
@@ -213,9 +213,7 @@ def _gauss_newton_factor(run: Run, cfg: InfluenceConfig, entry: CacheEntry, para
     todo = np.flatnonzero(~fit.done)
     for start in range(0, len(todo), save_every):
         fit.add_tasks(todo[start : start + save_every], None if progress is None else lambda d, _t: progress("curvature", d, total))
-        state = fit.state_dict()
-        tensors = {"rows": state.pop("rows"), "done": state.pop("done").to(torch.uint8)}
-        entry.save_partial(tensors, {"state": state, "tasks_done": fit.tasks_done, "total": total})
+        distributed.save_buffer(entry.directory / PARTIAL, fit, entry.inputs)
     return fit.factor(cfg.damping)
 
 

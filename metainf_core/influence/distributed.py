@@ -7,8 +7,8 @@ into its own ``GaussNewtonFit`` buffer (Algorithm 1), checkpointing it to
 ``partial-rank{r}-of-{N}.safetensors`` in the cache entry. At the end the ranks' orthogonal rows
 (≤ N_orth each) are merged by a binomial tree of Algorithm 2 (rank r + s sends to rank r, which
 keeps the N_orth leading orthogonal rows of the stack; log₂ N rounds): the Gauss-Newton matrix is
-the sum of the ranks' V_r V_rᵀ, and Propositions 3–4 make every merge exact when N_orth ≥ rank V — the factor is then
-the one a single process gives (up to an orthogonal rotation of equal eigenvalues and rounding).
+the sum of the ranks' V_r V_rᵀ, and Propositions 3–4 make every merge exact when N_orth ≥ rank V —
+the factor is then the one a single process gives (up to an orthogonal rotation of equal eigenvalues and rounding).
 When N_orth < rank V, both the single-process stream and the tree keep a leading N_orth-subspace
 of partial sums, so they agree only approximately, like two stream orders do. Rank 0 inverts
 (Algorithm 3) and broadcasts U; the projections P = Uᵀ g_j are sharded the same way and gathered;
@@ -55,6 +55,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from metainf_core.cache import PARTIAL
 from metainf_core.checkpoint import load_tensors, read_tensor_metadata, save_tensors
 from metainf_core.exceptions import CheckpointError, ConfigError, MetainfError
 from metainf_core.influence.exact import CurvatureFactor
@@ -151,7 +152,8 @@ def all_ranks(flag: bool) -> bool:
 
 
 def shard(num_tasks: int, r: int, world_size: int) -> np.ndarray:
-    """Task ids rank ``r`` streams: j ≡ r (mod world_size) — balanced to one task, fixed per world size."""
+    """Task ids j ≡ r (mod world_size): rank ``r``'s share of the projections P (and of a fresh fit's
+    stream) — balanced to one task, fixed per world size."""
     return np.arange(r, num_tasks, world_size, dtype=np.int64)
 
 
@@ -168,18 +170,20 @@ def _all_gather_int(value: int, ctx: Context) -> list[int]:
 
 
 # ---- partial states: one file per rank, absorbed by any later launch -------------------------
-SINGLE_PARTIAL = "partial.safetensors"  # a single process's checkpoint (cache.PARTIAL)
+SINGLE_PARTIAL = PARTIAL  # a single process's checkpoint, as every cache entry's partial state
 
 
 def partial_path(directory: Path, r: int, world_size: int) -> Path:
     return Path(directory) / f"partial-rank{r}-of-{world_size}.safetensors"
 
 
-def _save_partial(path: Path, fit: GaussNewtonFit, inputs: dict[str, Any], ctx: Context, num_tasks: int) -> None:
+def save_buffer(path: Path, fit: GaussNewtonFit, inputs: dict[str, Any], r: int = 0, world_size: int = 1) -> None:
+    """Checkpoint ``fit``'s Algorithm 1 buffer (rows, done mask, state) in the one format
+    ``saved_buffers`` reads, whoever wrote it: a single process (rank 0 of 1) or a rank of N."""
     state = fit.state_dict()
     tensors = {"rows": state.pop("rows"), "done": state.pop("done").to(torch.uint8)}
-    meta = {"inputs": inputs, "state": state, "tasks_done": fit.tasks_done, "total": num_tasks,
-            "rank": ctx.rank, "world_size": ctx.world_size}  # fmt: skip
+    meta = {"inputs": inputs, "state": state, "tasks_done": fit.tasks_done, "total": len(fit.done),
+            "rank": r, "world_size": world_size}  # fmt: skip
     save_tensors(path, tensors, metadata=meta)
 
 
@@ -193,6 +197,7 @@ class SavedBuffer:
     world_size: int
     mtime_ns: int
     done: np.ndarray  # the tasks its rows hold
+    state: dict[str, Any]  # GaussNewtonFit.state_dict without the tensors
 
 
 def saved_buffers(directory: Path, num_tasks: int) -> list[SavedBuffer]:
@@ -211,7 +216,8 @@ def saved_buffers(directory: Path, num_tasks: int) -> list[SavedBuffer]:
             continue
         if len(done) != num_tasks or int(meta.get("total", num_tasks)) != num_tasks:
             continue
-        found.append(SavedBuffer(path, int(meta.get("rank", 0)), int(meta.get("world_size", 1)), mtime, done))
+        state = meta.get("state", {})
+        found.append(SavedBuffer(path, int(meta.get("rank", 0)), int(meta.get("world_size", 1)), mtime, done, state))
     return found
 
 
@@ -241,8 +247,7 @@ def resume_buffer(
         if b.rank % world_size != r:
             continue
         try:
-            meta = read_tensor_metadata(b.path)
-            part = resume({**meta["state"], **load_tensors(b.path)})
+            part = resume({**b.state, **load_tensors(b.path)})
             if fit is None:
                 fit = part
             else:
@@ -372,7 +377,7 @@ def stream_curvature(
                 def callback(d: int, _t: int, base=base, start=start) -> None:
                     primary_progress("curvature", min(num_tasks, base + (d - start) * ctx.world_size), num_tasks)
             fit.add_tasks(chunk, callback)
-            _save_partial(path, fit, inputs, ctx, num_tasks)
+            save_buffer(path, fit, inputs, ctx.rank, ctx.world_size)
         done_all = int(_all_reduce([fit.tasks_done], ctx)[0])
         if primary_progress is not None:
             primary_progress("curvature", done_all, num_tasks)

@@ -29,11 +29,9 @@ def is_complete(directory: Path) -> bool:
     return meta.is_file() and bool(json.loads(meta.read_text(encoding="utf-8")).get("complete"))
 
 
-def _train(directory: Path, task_cfg: TaskConfig, train_cfg: TrainConfig, device: str) -> bool:
-    """Train the run into ``directory``, resuming a half-done one; True when it was resumed."""
-    resume = (directory / TRAIN_STATE_FILE).is_file()
-    train(task_cfg, train_cfg, directory, resume=resume, device=device, progress=False)
-    return resume
+def _train(directory: Path, task_cfg: TaskConfig, train_cfg: TrainConfig, device: str) -> None:
+    """Train the run into ``directory``, resuming a half-done one."""
+    train(task_cfg, train_cfg, directory, resume=(directory / TRAIN_STATE_FILE).is_file(), device=device, progress=False)
 
 
 def ensure_run(work: Path, task_cfg: TaskConfig, train_cfg: TrainConfig, log: Log | None = None, device: str = "cpu") -> Run:
