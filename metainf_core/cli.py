@@ -336,6 +336,34 @@ def _fidelity(a: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def _lds(a: argparse.Namespace) -> dict[str, Any] | None:
+    """Task-level LDS of each method with its noise ceiling (metainf_core.lds): a table, or JSON with --json."""
+    from metainf_core.compare import CompareConfig
+    from metainf_core.explain import Target
+    from metainf_core.influence import distributed
+    from metainf_core.lds import LDSConfig, format_table, parse_lds_methods, task_lds
+    from metainf_core.service import open_run
+
+    cfg = LDSConfig(subsets=a.subsets, alpha=a.alpha, seeds=a.seeds, subset_seed=a.subset_seed, steps=a.steps or 0)
+    methods = parse_lds_methods(a.methods)  # before loading anything: unknown names fail fast
+    run = open_run(a.path, device=a.device)
+    target = Target.parse(a.test_tasks, run)
+    if target.split != "test":
+        raise ConfigError(f"--test-tasks {a.test_tasks!r}: LDS is measured on test tasks (ids, comma-separated, or all)")
+    result = task_lds(run, cfg, methods=methods, test_ids=target.ids, work=a.work, config=CompareConfig(damping=a.damping),
+                      progress=(lambda done, total: None) if a.quiet else None, include_data=a.data)  # fmt: skip
+    if not distributed.is_primary():  # torchrun: rank 0 prints
+        return None
+    if a.out:
+        from metainf_core.io import write_json_atomic
+
+        write_json_atomic(a.out, result)
+    if a.json:
+        return result
+    print(format_table(result))
+    return None
+
+
 def _add_influence_args(p: argparse.ArgumentParser, method_choices: list[str] | None = ["exact", "gn"]) -> None:  # noqa: B006
     p.add_argument("path", help="checkpoint directory")
     if method_choices is None:  # rank: checked by its handler (one-line error, exit 2)
@@ -515,6 +543,24 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _add_device_arg(fi)
     fi.set_defaults(func=_fidelity)
+
+    ld = sub.add_parser("lds", help="task-level linear datamodeling score of each method vs K·R subset retrainings, with the noise ceiling")
+    ld.add_argument("path", help="checkpoint directory (a run trained by metainf: it is retrained with its own configuration)")
+    ld.add_argument("--subsets", type=int, default=20, help="K random training-task subsets")
+    ld.add_argument("--alpha", type=float, default=0.5, help="fraction of the training tasks each subset keeps")
+    ld.add_argument("--seeds", type=int, default=4, help="R training seeds per subset (the run's seed, +1, ...); ≥ 2 for the ceiling")
+    ld.add_argument("--subset-seed", type=int, default=0, help="seed of the random subsets")
+    ld.add_argument("--steps", type=int, default=None, help="steps of each retraining (default: as trained)")
+    ld.add_argument("--methods", default=None, help="comma-separated compare methods and/or random (default: every one that applies, and random)")
+    ld.add_argument("--test-tasks", default="all", help="test task ids, comma-separated, or all")
+    ld.add_argument("--damping", type=float, default=0.01, help="λ_d of task-if and direct-if")
+    ld.add_argument("--work", default=None, help="where the retrained runs are kept (default .cache/metainf/lds); reused and resumed")
+    ld.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    ld.add_argument("--data", action="store_true", help="include the subsets and per-seed losses in the JSON")
+    ld.add_argument("--out", default=None, help="also write the JSON result (with --data's arrays if given) to this file")
+    ld.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device_arg(ld)
+    ld.set_defaults(func=_lds)
 
     rp = sub.add_parser("reproduce", help="run the papers' experiments on our data and write the reproduction report")
     rp.add_argument("--out", default="docs/results", help="report folder: README.md, data/*.json, figures/*.png")

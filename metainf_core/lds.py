@@ -1,0 +1,291 @@
+"""Task-level linear datamodeling score (LDS; TRAK, Park et al. 2023): ground truth for attributions.
+
+K random α-fractions S_1..S_K of the M training tasks are drawn from a seed
+(``detect.random_removal_sets``: |S_k| = round(α·M)); the run is retrained on each — the run's own
+task and training configuration with the complement never drawn (``explain.leave_out_configs``),
+once per training seed s₀, s₀+1, …, s₀+R−1 (s₀ the run's seed; ``fidelity.with_train_seed``) — and
+every test task t's adapted query loss ℓ_t(S_k, s) is measured (``Run.evaluate``).
+
+Sign convention. metainf's scores are *helpfulness* h_j(t) (positive = task j lowered t's loss;
+``compare.SIGN``). The linear datamodel they imply predicts, for a model trained on S only,
+
+    ℓ̂_t(S) = ℓ_t(all) + Σ_{j∉S} h_j(t) = const − Σ_{j∈S} h_j(t),
+
+so the predicted loss of subset S is **minus** the summed helpfulness, and
+
+    LDS_t = Spearman_k( −Σ_{j∈S_k} h_j(t),  ℓ̄_t(S_k) ),   ℓ̄ = the mean over the R seeds,
+
+positive for a good method (≈ 0 for random scores). Reported: mean ± sd over the test tasks.
+Equivalently ``dattri.metric.lds(h.T, (−ℓ̄, S))`` (scores train × test, ground truth a "higher is
+better" target); tests/test_lds.py checks the two agree.
+
+Noise ceiling. Meta-training noise can swamp the subset effect (issue 27), so the seeds are split
+into halves A = the first ⌊R/2⌋, B = the next ⌊R/2⌋ (an odd R's last seed joins neither, since
+Spearman–Brown assumes equal halves), r_t = Spearman_k(ℓ̄ᴬ_t(S_k), ℓ̄ᴮ_t(S_k)), and the ceiling is
+the mean over t of the Spearman–Brown reliability of the R-seed mean, 2r_t / (1 + r_t) (a test task
+with r_t near −1 gives a large negative term: ``of_mean_split_half`` = 2r̄/(1 + r̄) of the mean r̄
+is the steadier companion when the ceiling is low). Each
+method's LDS is also given as a fraction of it. A noise-free predictor's expected correlation with
+the R-seed mean is √reliability (attenuation), so ``attainable`` = √ceiling is reported too.
+
+Retrainings are run folders under ``<work>/runs/<readable prefix + content hash of both
+configurations>`` (``reproduce.runs``): written atomically, reused when complete, resumed from
+their last checkpoint when a job was killed, and under torchrun trained N at a time (one per
+rank, ``runs.train_runs``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from metainf_core.cache import cache_root
+from metainf_core.compare import METHODS, SIGN, CompareConfig, get_method
+from metainf_core.config import TaskConfig, TrainConfig
+from metainf_core.detect import random_removal_sets
+from metainf_core.evaluation import mean_ci95
+from metainf_core.exceptions import ConfigError
+from metainf_core.explain import Target, leave_out_configs
+from metainf_core.fidelity import DEFAULT_DAMPING, with_train_seed
+from metainf_core.influence import distributed
+from metainf_core.reproduce import runs
+from metainf_core.service import Run
+from metainf_core.validate import spearman
+
+RANDOM = "random"  # the baseline: i.i.d. standard normal scores, seeded by the subset seed
+LDS_SIGN = "predicted loss of a subset = −Σ helpfulness over its tasks; LDS > 0 = the method predicts retraining"
+Progress = Callable[[int, int], None]  # (retrainings done, total)
+
+
+@dataclass(frozen=True)
+class LDSConfig:
+    """K subsets of fraction ``alpha`` drawn with ``subset_seed``, each retrained with ``seeds`` R
+    training seeds for ``steps`` meta-batches (0 = as the run was trained)."""
+
+    subsets: int = 20
+    alpha: float = 0.5
+    seeds: int = 4
+    subset_seed: int = 0
+    steps: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.subsets, int) or self.subsets < 3:
+            raise ConfigError(f"subsets must be an integer ≥ 3 (a Spearman correlation over K subsets), got {self.subsets!r}")
+        if not (0.0 < self.alpha < 1.0):
+            raise ConfigError(f"alpha must lie strictly between 0 and 1, got {self.alpha!r}")
+        for name in ("seeds", "subset_seed", "steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "seeds" else 0):
+                raise ConfigError(f"{name} must be a {'positive' if name == 'seeds' else 'non-negative'} integer, got {value!r}")
+
+    def subset_size(self, num_tasks: int) -> int:
+        """round(α·M), which must leave at least one task in and one out."""
+        n = int(round(self.alpha * num_tasks))
+        if not 1 <= n < num_tasks:
+            raise ConfigError(f"alpha = {self.alpha} keeps {n} of {num_tasks} training tasks; it must keep between 1 and M − 1")
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- subsets and retrainings -----------------------------------------------------------------
+def lds_subsets(num_tasks: int, cfg: LDSConfig) -> np.ndarray:
+    """(K, round(α·M)) sorted training-task ids kept by each subset; the same for the same seed."""
+    return np.stack(random_removal_sets(num_tasks, cfg.subset_size(num_tasks), cfg.subsets, cfg.subset_seed))
+
+
+def train_seeds(run: Run, cfg: LDSConfig) -> list[int]:
+    """The R training seeds of each subset: the run's own seed s₀, then s₀+1, …"""
+    s0 = int(run.meta["train_config"]["seed"])
+    return [s0 + r for r in range(cfg.seeds)]
+
+
+def retrain_configs(run: Run, kept: np.ndarray, cfg: LDSConfig) -> list[list[tuple[TaskConfig, TrainConfig]]]:
+    """[k][r]: the run's configurations with the tasks outside subset k excluded, under seed r."""
+    if run.meta.get("imported"):
+        raise ConfigError("LDS retrains the run with its own training configuration; an imported run has none here")
+    every = np.arange(len(run.train_tasks))
+    return [
+        [leave_out_configs(with_train_seed(run, s), np.setdiff1d(every, ids), cfg.steps or None) for s in train_seeds(run, cfg)]
+        for ids in kept
+    ]
+
+
+def default_work() -> Path:
+    """Where retrainings are kept unless told: ``<cache root>/lds``."""
+    return cache_root() / "lds"
+
+
+def retrained_losses(
+    run: Run, kept: np.ndarray, cfg: LDSConfig, work: str | Path | None = None, progress: Progress | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """(K, R, T_all) adapted query loss of every test task of ``run`` after each retraining, and a
+    record (trained now, reused, seconds). Complete retrainings are reused; half-done ones resume."""
+    work = Path(work) if work is not None else default_work()
+    configs = [c for row in retrain_configs(run, kept, cfg) for c in row]
+    trained_now = set(runs.train_runs(work, configs, device=str(run.device)))  # torchrun: N at a time; else nothing
+    losses, seconds = [], []
+    bar = tqdm(total=len(configs), desc="lds retrain", unit="run", disable=progress is not None or not distributed.is_primary())
+    for i, (task_cfg, train_cfg) in enumerate(configs):
+        key = runs.run_key(task_cfg, train_cfg)
+        if not runs.is_complete(work / "runs" / key):
+            trained_now.add(key)
+        retrained = runs.ensure_run(work, task_cfg, train_cfg, device=str(run.device))
+        losses.append(run.evaluate(retrained.params).loss)
+        seconds.append(float(retrained.meta.get("train_seconds_this_session", math.nan)))
+        bar.update(1)
+        if progress is not None:
+            progress(i + 1, len(configs))
+    bar.close()
+    record = {"work": str(work), "count": len(configs), "trained_now": len(trained_now),
+              "reused": len(configs) - len(trained_now), "train_seconds_mean": float(np.nanmean(seconds))}  # fmt: skip
+    return np.asarray(losses, dtype=np.float64).reshape(len(kept), cfg.seeds, -1), record
+
+
+# ---- the statistics --------------------------------------------------------------------------
+def spearman_brown(r: float) -> float:
+    """Reliability of a mean over both halves from the halves' correlation r: 2r / (1 + r)."""
+    return 2.0 * r / (1.0 + r) if r > -1.0 else math.nan
+
+
+def lds_per_test(scores: np.ndarray, kept: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """LDS of each test task (T,): Spearman over the K subsets of −Σ_{j∈S_k} h_j(t) and ℓ̄_t(S_k).
+
+    Args:
+        scores: (T, M) helpfulness of every training task for each test task.
+        kept: (K, n) training-task ids of each subset.
+        losses: (K, T) seed-averaged adapted query loss of each test task after each retraining.
+    """
+    predicted = -scores[:, kept].sum(-1)  # (T, K)
+    return np.array([spearman(predicted[t], losses[:, t]) for t in range(scores.shape[0])])
+
+
+def noise_ceiling(losses: np.ndarray) -> dict[str, Any]:
+    """Split-half reliability over seeds of ``losses`` (K, R, T), Spearman–Brown corrected, per test
+    task and averaged (module docstring); needs R ≥ 2."""
+    half = losses.shape[1] // 2
+    if half < 1:
+        raise ConfigError("the noise ceiling splits the seeds into halves: it needs at least 2 seeds per subset")
+    a, b = losses[:, :half].mean(1), losses[:, half : 2 * half].mean(1)  # (K, T)
+    r = np.array([spearman(a[:, t], b[:, t]) for t in range(losses.shape[2])])
+    sb = np.array([spearman_brown(x) for x in r])
+    ceiling = float(np.nanmean(sb))
+    r_mean = float(np.nanmean(r))
+    return {"mean": ceiling, "sd": _sd(sb), "split_half_mean": r_mean, "of_mean_split_half": spearman_brown(r_mean), "seeds_per_half": half,
+            "attainable": math.sqrt(ceiling) if ceiling > 0 else math.nan, "per_test": sb.tolist()}  # fmt: skip
+
+
+def summarize(values: np.ndarray, ceiling: float | None = None) -> dict[str, Any]:
+    """Mean, sd and 95% interval over the test tasks (NaN-free ones), and mean / ceiling."""
+    v = values[np.isfinite(values)]
+    mean, ci = mean_ci95(v)
+    frac = mean / ceiling if ceiling is not None and ceiling > 0 else None
+    return {"mean": mean, "sd": _sd(v), "ci95": ci, "fraction_of_ceiling": frac, "num_tests": int(v.size),
+            "per_test": values.tolist()}  # fmt: skip
+
+
+def _sd(values: np.ndarray) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(np.std(v, ddof=1)) if v.size > 1 else 0.0
+
+
+# ---- scores ----------------------------------------------------------------------------------
+def score_matrix(run: Run, name: str, test_ids: Sequence[int], cfg: LDSConfig, config: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """(T, M) helpfulness by method ``name`` (a ``compare`` registry name or ``random``) for each test task."""
+    m = len(run.train_tasks)
+    if name == RANDOM:
+        rng = np.random.default_rng([cfg.subset_seed, m, len(test_ids)])
+        return rng.standard_normal((len(test_ids), m)), {}
+    method = get_method(name)
+    rows, details = [], {}
+    for t in test_ids:
+        s, details = method.scores(run, Target((int(t),)), config)
+        rows.append(s)
+    return np.stack(rows), details
+
+
+def default_methods(run: Run, config: CompareConfig) -> list[str]:
+    """Every registered method that applies to the run, and the random baseline."""
+    return [n for n, m in METHODS.items() if m.skip_reason(run, config) is None] + [RANDOM]
+
+
+def parse_lds_methods(text: str | None) -> list[str] | None:
+    """``"a,b"`` -> validated names (registry or ``random``); None (= defaults) when empty."""
+    if not text:
+        return None
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    for n in names:
+        if n != RANDOM:
+            get_method(n)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"methods listed twice in {text!r}")
+    return names
+
+
+# ---- the report ------------------------------------------------------------------------------
+def task_lds(
+    run: Run, cfg: LDSConfig = LDSConfig(), *, methods: Sequence[str] | None = None, test_ids: Sequence[int] | None = None,
+    work: str | Path | None = None, config: CompareConfig = CompareConfig(damping=DEFAULT_DAMPING),
+    progress: Progress | None = None, include_data: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Task-level LDS of each method on ``run`` with its noise ceiling (module docstring).
+
+    Scores come first (cached fits; under torchrun every rank takes part in them), then the K·R
+    retrainings (cached under ``work``). Methods that do not apply are listed under ``skipped``.
+    ``include_data`` adds the subsets and the per-seed losses (K × R × T), enough to recompute
+    every number here.
+    """
+    names = default_methods(run, config) if methods is None else list(methods)
+    tests = list(range(len(run.test_tasks))) if test_ids is None else [run.test_tasks.check_id(int(t)) for t in test_ids]
+    m = len(run.train_tasks)
+    kept = lds_subsets(m, cfg)
+    out: dict[str, Any] = {
+        "config": cfg.to_dict(), "compare_config": config.to_dict(), "num_train_tasks": m, "subset_size": int(kept.shape[1]),
+        "train_seeds": train_seeds(run, cfg), "test_tasks": tests, "sign": SIGN, "lds_sign": LDS_SIGN,
+        "methods": {}, "skipped": {},
+    }  # fmt: skip
+    scores: dict[str, np.ndarray] = {}
+    for n in names:
+        reason = None if n == RANDOM else get_method(n).skip_reason(run, config)
+        if reason:
+            out["skipped"][n] = reason
+            continue
+        started = time.time()
+        scores[n], details = score_matrix(run, n, tests, cfg, config)
+        out["methods"][n] = {"details": details, "score_seconds": round(time.time() - started, 3)}
+    all_losses, out["retraining"] = retrained_losses(run, kept, cfg, work, progress)
+    losses = all_losses[:, :, tests]  # (K, R, T)
+    ceiling = noise_ceiling(losses) if cfg.seeds >= 2 else None
+    out["ceiling"] = ceiling
+    for n, s in scores.items():
+        out["methods"][n].update(summarize(lds_per_test(s, kept, losses.mean(1)), ceiling["mean"] if ceiling else None))
+    if include_data:
+        out["data"] = {"subsets": kept.tolist(), "losses": losses.tolist()}
+    return out
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result as a plain-text table: method, LDS mean ± sd over test tasks, fraction of ceiling."""
+    cfg, ceiling = result["config"], result["ceiling"]
+    lines = [f"task-level LDS: K = {cfg['subsets']} subsets of {result['subset_size']}/{result['num_train_tasks']} tasks "
+             f"(α = {cfg['alpha']}), R = {cfg['seeds']} seeds, {len(result['test_tasks'])} test tasks"]  # fmt: skip
+    if ceiling:
+        lines.append(f"noise ceiling (split-half over seeds, Spearman–Brown, mean over test tasks): {ceiling['mean']:.3f} ± "
+                     f"{ceiling['sd']:.3f}; split-half r {ceiling['split_half_mean']:.3f} (corrected {ceiling['of_mean_split_half']:.3f}); "
+                     f"√ceiling {ceiling['attainable']:.3f}")  # fmt: skip
+    lines.append(f"{'method':<12} {'LDS mean ± sd':>17} {'/ ceiling':>10}")
+    for name, row in result["methods"].items():
+        frac = "—" if row["fraction_of_ceiling"] is None else f"{row['fraction_of_ceiling']:.2f}"
+        lines.append(f"{name:<12} {row['mean']:>+8.3f} ± {row['sd']:<6.3f} {frac:>10}")
+    lines += [f"{name:<12} skipped: {why}" for name, why in result["skipped"].items()]
+    return "\n".join(lines)
+
