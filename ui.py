@@ -60,11 +60,29 @@ def model_from_url(value: str | None) -> str | None:
     return value if (Path(value) / "meta.json").is_file() else None
 
 
+LINK_NOTICES = "_link_notices"  # what a shared link asked for that does not exist, told once (non-widget key)
+
+
+def _tell_about_link(text: str) -> None:
+    st.session_state.setdefault(LINK_NOTICES, []).append(text)
+
+
+def show_link_notices() -> None:
+    """Tell the visitor, once, which values of the link they followed do not exist and what is shown instead."""
+    for text in st.session_state.pop(LINK_NOTICES, []):
+        st.warning(text, icon=":material/link_off:")
+
+
 def current_model_path() -> str:
     """The session's model: set on the home page; on a fresh visit taken from ``?model=``,
-    else the default demo."""
+    else the default demo (an unknown ``?model=`` is told to the visitor)."""
     if not st.session_state.get(MODEL_KEY):
-        st.session_state[MODEL_KEY] = model_from_url(st.query_params.get("model")) or str(DEMO_DIR / DEFAULT_DEMO)
+        asked = st.query_params.get("model")
+        found = model_from_url(asked)
+        if asked and found is None:
+            _tell_about_link(f"The link asks for the model “{asked}”, which is neither a bundled demo nor a run folder here; "
+                             f"showing the bundled demo “{DEFAULT_DEMO}” instead.")
+        st.session_state[MODEL_KEY] = found or str(DEMO_DIR / DEFAULT_DEMO)
     return st.session_state[MODEL_KEY]
 
 
@@ -80,18 +98,17 @@ def current_test_task(n_test: int) -> int:
     """The session's test task (0..n_test−1): on a fresh visit taken from ``?test=``."""
     if TEST_KEY not in st.session_state:
         q = str(st.query_params.get("test", "0"))
-        st.session_state[TEST_KEY] = int(q) if q.isdigit() else 0
+        chosen = min(int(q), n_test - 1) if q.isdigit() else 0
+        if q != str(chosen):
+            _tell_about_link(f"The link asks for test task “{q}”, but this model's test tasks are 0–{n_test - 1}; "
+                             f"showing test task {chosen} instead.")
+        st.session_state[TEST_KEY] = chosen
     return min(max(int(st.session_state[TEST_KEY]), 0), n_test - 1)
 
 
 def set_test_task(i: int) -> None:
     """Callback for every control that picks a test task (runs before the page reruns)."""
     st.session_state[TEST_KEY] = int(i)
-
-
-def signed(x: float, spec: str = "+g") -> str:
-    """A number with its sign and a real minus sign (−), as the pages print changes and scores."""
-    return format(x, spec).replace("-", "−")
 
 
 def is_demo(path: str | Path) -> bool:
@@ -125,6 +142,7 @@ def require_run(uses_test_task: bool = False) -> tuple[str, Run]:
         st.query_params["test"] = str(test_id)
         lines.append(f"**Test task:** {test_id} of 0–{len(run.test_tasks) - 1}")
     st.sidebar.markdown("  \n".join(lines))
+    show_link_notices()
     st.sidebar.caption("Change the model on the Home page; the test task on Explain, Edit or Compare.")
     return path, run
 
@@ -230,8 +248,8 @@ def describe_task(path: str, split: str, task_id: int) -> str:
     labels = ", ".join(f"{n} ({s})" for n, s in zip(view.class_names, view.superclasses, strict=True))
     if view.corruption == "noise":
         return f"pure-noise images (no real class), labelled {labels}"
-    if view.corruption == "label-flip":
-        return f"shuffled labels: {labels}"
+    if view.corruption == "label_flip":  # tasks.CORRUPTIONS, the vocabulary tasksets record
+        return f"real images with shuffled labels: {labels}"
     return labels
 
 

@@ -454,55 +454,6 @@ def validation_report(
     return out
 
 
-CORRUPTION_WORDS = {"noise": "pure-noise tasks (random images, no real class)", "label-flip": "tasks with shuffled labels"}
-
-
-def _side_sentence(rows: list[dict[str, Any]], other: list[dict[str, Any]], phrase: str) -> str:
-    """One side of the summary: the class that sets these rows apart from the other side's (never a
-    class both sides share as often), then how many are corrupted tasks, called what they are."""
-    clean, other_clean = ([r for r in x if r["corruption"] == "none"] for x in (rows, other))
-
-    def counts(xs: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
-        out: dict[tuple[str, str], int] = {}
-        for r in xs:
-            for pair in set(zip(r["classes"], r["superclasses"], strict=True)):
-                out[pair] = out.get(pair, 0) + 1
-        return out
-
-    mine, theirs = counts(clean), counts(other_clean)
-    margin = {pair: n - theirs.get(pair, 0) for pair, n in mine.items()}
-    head = f"The {len(rows)} training tasks that {phrase}"
-    if margin and max(margin.values()) > 0:
-        best = max((d, mine[pair]) for pair, d in margin.items())  # most distinctive, then most frequent
-        names = sorted(f"{c} ({s})" for (c, s), d in margin.items() if (d, mine[(c, s)]) == best)
-        share = best[1]
-        text = f"{head} {'mostly' if 2 * share > len(clean) else 'more often'} contain {' or '.join(names[:2])}"
-        text += "" if 2 * share > len(clean) else " than the other side"
-    elif clean:
-        text = f"{head} share no class that the other side lacks"
-    else:
-        text = f"{head} are all corrupted"
-    kinds = [r["corruption"] for r in rows if r["corruption"] != "none"]
-    for kind in sorted(set(kinds)):
-        n, words = kinds.count(kind), CORRUPTION_WORDS.get(kind, kind + " tasks")
-        text += f"; {n} of them {'is a ' + words.replace('tasks', 'task', 1) if n == 1 else 'are ' + words}"
-    return text + "."
-
-
-SUMMARY_PHRASES = {
-    "helpfulness": ("helped this test task most", "hurt this test task most"),
-    "alignment": ("point most the way this test task needs", "point most against it"),
-}
-
-
-def plain_summary(helpful: list[dict[str, Any]], harmful: list[dict[str, Any]], order: str = "helpfulness") -> str:
-    """Two sentences for non-experts from the top and bottom rows of a ranking (``order``:
-    helpfulness or alignment): what sets each end apart, never naming the same class on both
-    sides, corrupted tasks called what they are."""
-    top, bottom = SUMMARY_PHRASES[order]
-    return _side_sentence(helpful, harmful, top) + " " + _side_sentence(harmful, helpful, bottom)
-
-
 def leave_out_configs(run: Run, exclude: Sequence[int], steps: int | None = None) -> tuple[TaskConfig, TrainConfig]:
     """The run's task and training configurations with the tasks in ``exclude`` never drawn (and
     ``steps`` training steps when given): what leave-out retraining trains."""

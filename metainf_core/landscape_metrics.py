@@ -18,14 +18,23 @@ from metainf_core.config import TaskConfig, TrainConfig
 from metainf_core.diagnostics import DiagnosticsRow
 from metainf_core.validate import spearman
 
-METRICS = {  # field -> label, in the order seed 003 introduces them
+METRICS = {  # field -> plain label, in the order seed 003 introduces them
+    "gradient_inner": "gradient agreement (inner product)",
+    "gradient_cosine": "gradient agreement (cosine)",
+    "trajectory_cosine": "adaptation-step agreement (cosine)",
+    "sharpness_power": "sharpness (power iteration)",
+    "sharpness_lanczos": "sharpness (Lanczos)",
+    "representation_inner": "feature agreement (inner product)",
+    "adapted_support_loss": "support loss after adaptation",
+}
+PAPER_NAMES = {  # field -> the quantity as seed 003 writes it (for researchers)
     "gradient_inner": "gradient coherence E[g_iᵀg_j]",
-    "gradient_cosine": "gradient coherence (cosine)",
-    "trajectory_cosine": "trajectory coherence (cosine)",
-    "sharpness_power": "flatness ‖H‖σ (power iteration)",
-    "sharpness_lanczos": "flatness ‖H‖σ (Lanczos)",
+    "gradient_cosine": "gradient coherence, cosine of g_i, g_j",
+    "trajectory_cosine": "trajectory coherence E[cos(θ̃_i − ω, θ̃_j − ω)] (Eq. 5)",
+    "sharpness_power": "E_i ‖∇²L(S_i; θ̃_i)‖σ by power iteration (Eq. 3–4; lower = flatter)",
+    "sharpness_lanczos": "E_i ‖∇²L(S_i; θ̃_i)‖σ by Lanczos",
     "representation_inner": "representation coherence E[h_iᵀh_j]",
-    "adapted_support_loss": "adapted support loss",
+    "adapted_support_loss": "E_i L(S_i; θ̃_i)",
 }
 
 

@@ -146,3 +146,39 @@ def test_demos_ship_their_training_snapshots_and_landscape(tmp_path, monkeypatch
         at.run()
         assert not at.exception, at.exception
         assert not any(b.key == "landscape_compute" for b in at.button) and len(at.get("plotly_chart")) >= 2, demo
+
+
+def test_an_unknown_link_says_which_value_and_what_is_shown_instead(demo_fitted):
+    """?model=nonsense and ?test=99999 on a shared link: the visitor is told, not silently redirected."""
+    at = AppTest.from_file(str(REPO / "views" / "2_Explain.py"), default_timeout=300)
+    at.query_params["model"] = "nonsense"
+    at.query_params["test"] = "99999"
+    at.run()
+    assert not at.exception, at.exception
+    said = [w.value for w in at.warning]
+    assert any(w.startswith("The link asks for the model “nonsense”") and "“protonet-fashion-mnist” instead" in w for w in said), said
+    assert "The link asks for test task “99999”, but this model's test tasks are 0–127; showing test task 127 instead." in said
+    assert at.session_state["test_task"] == 127 and at.query_params["test"] in (["127"], "127")
+    at.run()  # told once: the link now names what is shown
+    assert not at.warning
+
+
+def test_home_tells_about_an_unknown_model_link_and_counts_corrupted_tasks(demo_fitted):
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    at.query_params["model"] = "nonsense"
+    at.run()
+    assert not at.exception, at.exception
+    assert any("“nonsense”" in w.value for w in at.warning)
+    assert any(m.value.startswith("**Tasksets:** 512 training tasks (64 of them pure-noise tasks) · ") for m in at.markdown)
+
+
+def test_shuffled_label_tasks_are_described_as_the_taskset_records_them(monkeypatch):
+    """Tasksets mark them "label_flip" (tasks.CORRUPTIONS): the description must not fall through to the labels."""
+    from types import SimpleNamespace
+
+    import ui
+
+    view = SimpleNamespace(class_names=["Trouser", "Bag"], superclasses=["other", "other"], corruption="label_flip")
+    monkeypatch.setattr(ui, "get_run", lambda path: None)
+    monkeypatch.setattr(ui, "task_view", lambda run, split, task_id: view)
+    assert ui.describe_task("run", "train", 3) == "real images with shuffled labels: Trouser (other), Bag (other)"

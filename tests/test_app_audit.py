@@ -26,6 +26,7 @@ from metainf_core.detect import (
     random_removal_sets,
 )
 from metainf_core.edit import EditSpec
+from metainf_core.evaluation import mean_ci95
 from metainf_core.explain import edited_params, fit_influence
 from metainf_core.service import open_run
 from ui import DEFAULT_INFLUENCE
@@ -35,7 +36,7 @@ PAGE = str(REPO / "views" / "7_Audit.py")
 SCORES = {"Size (self-influence)": "self", "Average harm over the test tasks": "mean", "Average rank": "rank"}
 GALLERY = 12
 CARD = re.compile(r"\*\*#(\d+)\*\* · training task (\d+)")
-NUMBER = re.compile(r"\*\*([+−][\d.e−+]+)\*\*")
+NUMBER = re.compile(r"\*\*([+-]?[\d.e+-]+)\*\*")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def gallery(at: AppTest) -> list[int]:
 def predicted_and_actual(at: AppTest) -> tuple[float, float]:
     line = next(m.value for m in at.markdown if m.value.startswith("Predicted from the scores alone"))
     pred, act = NUMBER.findall(line)
-    return float(pred.replace("−", "-")), float(act.replace("−", "-"))
+    return float(pred), float(act)
 
 
 def remove(at: AppTest, xi: float | None = None) -> AppTest:
@@ -128,8 +129,8 @@ def test_removal_matches_direct_edit_random_baseline_and_downloads(demo_fitted, 
     run, inf = demo
     at = remove(open_page(demo_fitted))  # defaults: Size, k = 64 (the corrupted tasks), ξ = −1
     removed = lowest_ids(detection_scores(run, inf, DEFAULT_INFLUENCE.dtype, "self"), 64)
-    before = run.evaluate().summary()
-    after = run.evaluate(edited_params(run, inf, EditSpec(block=removed, xi_block=-1.0))).summary()
+    as_trained, cleaned = run.evaluate(), run.evaluate(edited_params(run, inf, EditSpec(block=removed, xi_block=-1.0)))
+    before, after = as_trained.summary(), cleaned.summary()
     rand = [run.evaluate(edited_params(run, inf, EditSpec(block=r, xi_block=-1.0))).summary()["accuracy"]
             for r in random_removal_sets(len(run.train_tasks), 64, 5, 0)]
     assert metric(at, "Test accuracy as trained") == pct(before["accuracy"])
@@ -141,8 +142,23 @@ def test_removal_matches_direct_edit_random_baseline_and_downloads(demo_fitted, 
     assert any(c.startswith(f"spread over the 5 draws (sd) ± {100 * np.std(rand, ddof=1):.2f}") for c in captions)
     z = (after["accuracy"] - np.mean(rand)) / np.std(rand, ddof=1)
     said = [s.value for s in (*at.success, *at.info, *at.warning) if s.value.startswith("Removing the 64 most suspicious")]
-    verdict = "this beat chance" if z >= 2 else "this did worse than chance" if z <= -2 else "no clear difference from chance"
+    verdict = (f"better than the random removals (by {z:.1f} times their spread)" if z >= 2 else
+               f"worse than the random removals (by {-z:.1f} times their spread)" if z <= -2 else
+               "no clear difference from the random removals")
     assert len(said) == 1 and said[0].endswith(f": {verdict}.") and pct(after["accuracy"]) in said[0], said
+    assert bool(at.success) == (z >= 2)  # green only for a removal that beat the random ones
+    # every delta carries an ASCII sign, so st.metric's arrow and colour follow the change
+    for label, value in (("Without the 64 most suspicious", after["accuracy"]), ("Without 64 random tasks", float(np.mean(rand)))):
+        delta = next(m.proto.delta for m in at.metric if m.label.startswith(label))
+        change = round(100 * (value - before["accuracy"]), 2)
+        assert delta == f"{change:+.2f} points" and "−" not in delta, (label, delta)
+    # the comparison with the model as trained says whether its interval includes zero, and a seeming
+    # contradiction with the verdict is explained
+    gain, half = mean_ci95(cleaned.accuracy - as_trained.accuracy)
+    paired = next(c for c in captions if "against the model as trained, test task by test task" in c)
+    assert ("includes zero" in paired) == (abs(gain) <= half), paired
+    explained = any(m.value.startswith("The two comparisons answer different questions") for m in at.markdown)
+    assert explained == (abs(gain) <= half and abs(z) >= 2)
     bad = set(corrupted_ids(run).tolist())
     assert any(m.value.startswith(f"**{sum(int(j) in bad for j in removed)} of the 64 removed tasks are known corrupted")
                for m in at.markdown)

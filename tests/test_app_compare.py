@@ -21,16 +21,19 @@ def test_compare_flow(demo_fitted):
     at.run()
     assert not at.exception, at.exception
     assert at.selectbox(key="compare_a").value == "tlxml-gn" and at.selectbox(key="compare_b").value == "grad-sim"
-    assert any("tlxml-exact" in c.value for c in at.caption)  # q = 7,248 > 5,000: listed as not applicable, with why
+    assert any("TLXML (exact)" in c.value for c in at.caption)  # q = 7,248 > 5,000: listed as not applicable
+    assert any("TLXML (exact)** (`tlxml-exact`)" in m.value and "not applicable here" in m.value for m in at.markdown)  # and why
+    assert at.selectbox(key="compare_a").format_func("grad-sim") == "Gradient similarity"
+    assert not any(w in m.value for m in at.markdown if m.value.startswith("####") for w in ("tlxml-gn", "grad-sim"))
     ref = compare_methods(open_run(DEMO), Target((0,)), ["tlxml-gn", "grad-sim"], 5, CompareConfig(dtype="float32"))
-    spearman = next(m.value for m in at.metric if m.label.startswith("Spearman"))
+    spearman = next(m.value for m in at.metric if m.label.startswith("Same order? (Spearman)"))
     assert spearman == f"{ref['pairs'][0]['spearman']:+.2f}"
-    assert len(at.get("image")) == 10  # 5 thumbnail strips per method
+    assert len(at.get("image")) == 20  # 5 most helpful and 5 most harmful thumbnail strips per method
     first = [c.value for c in at.caption if c.value.startswith("#1 ·")]
     assert len(first) == 2 and f"training task {ref['methods']['tlxml-gn']['most_helpful'][0]} " in first[0]
     at.number_input(key="_test_task_input").set_value(9).run()
     assert not at.exception
-    again = next(m.value for m in at.metric if m.label.startswith("Spearman"))
+    again = next(m.value for m in at.metric if m.label.startswith("Same order? (Spearman)"))
     ref9 = compare_methods(open_run(DEMO), Target((9,)), ["tlxml-gn", "grad-sim"], 5, CompareConfig(dtype="float32"))
     assert again == f"{ref9['pairs'][0]['spearman']:+.2f}" and np.isfinite(ref9["pairs"][0]["spearman"])
     at.selectbox(key="compare_b").set_value("tlxml-gn").run()

@@ -4,6 +4,7 @@ numbers of the tiles; the first-order prediction tracks the re-evaluated loss fo
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -56,9 +57,18 @@ def assert_nothing_applied(at: AppTest) -> None:
     assert at.multiselect(key="edit_block_list").value == [] and at.multiselect(key="edit_enhance_list").value == []
 
 
+def sentence(at: AppTest) -> str:
+    """The edit's sentence, in whichever box its outcome chose (green only when accuracy rose and fell nowhere)."""
+    return next(b.value for b in [*at.success, *at.warning, *at.info] if SENTENCE.search(b.value))
+
+
+def delta(at: AppTest, prefix: str) -> str:
+    return next(m.proto.delta for m in at.metric if m.label.startswith(prefix))
+
+
 def assert_sentence_matches_tiles(at: AppTest, test_id: int) -> re.Match:
-    s = SENTENCE.search(at.success[0].value)
-    assert s, at.success[0].value
+    s = SENTENCE.search(sentence(at))
+    assert s, sentence(at)
     assert int(s["task"]) == test_id and int(s["n"]) == QUERY_IMAGES and int(s["tasks"]) == 128
     assert s["acc1"] == tile(at, f"Test task {test_id} accuracy") and s["loss1"] == tile(at, f"Test task {test_id} loss")
     assert s["set_acc1"] == tile(at, "Test taskset accuracy") and s["set_loss1"] == tile(at, "Test taskset loss")
@@ -68,8 +78,8 @@ def assert_sentence_matches_tiles(at: AppTest, test_id: int) -> re.Match:
 
 def predicted_and_actual(at: AppTest) -> tuple[float, float]:
     line = next(m.value for m in at.markdown if m.value.startswith("Predicted by the influence scores"))
-    pred, act = re.findall(r"\*\*([+−][\d.e−+]+)\*\*", line)
-    return float(pred.replace("−", "-")), float(act.replace("−", "-"))
+    pred, act = re.findall(r"\*\*([+-]?[\d.e+-]+)\*\*", line)
+    return float(pred), float(act)
 
 
 def test_quick_pick_then_xi_moves_the_tiles(demo_fitted):
@@ -85,7 +95,7 @@ def test_quick_pick_then_xi_moves_the_tiles(demo_fitted):
     assert any(m.value.startswith("Blocked: **8 training tasks**") for m in at.markdown)
     assert all(choices(at)[j] == "block" for j in harmful)
     s = assert_sentence_matches_tiles(at, 0)
-    assert at.success[0].value.startswith("Blocking 8 training tasks at ξ = −1 (about the same as removing them)")
+    assert sentence(at).startswith("Blocking 8 training tasks at ξ = -1 (about the same as removing them)")
     before = (s["set_acc0"], s["set_loss0"])
     assert before == baseline
     assert tile(at, "Test taskset accuracy") != before[0]
@@ -94,15 +104,46 @@ def test_quick_pick_then_xi_moves_the_tiles(demo_fitted):
     assert (tile(at, "Test taskset accuracy"), tile(at, "Test taskset loss")) != removed
     assert_sentence_matches_tiles(at, 0)
     ok(at.slider(key="edit_xi_block").set_value(2.0).run())  # the wrong way: accuracy and loss both fall on all test tasks
-    assert "(as if they counted 3× as much)" in at.success[0].value
-    why = next(c.value for c in at.caption if c.value.startswith("Accuracy and loss moved the same way"))
-    assert "on all 128 test tasks both fell" in why and "accuracy only counts whether its top guess is right" in why
+    assert_a_worse_edit_reads_worse(at)
+    assert "(as if they counted 3× as much)" in sentence(at)
     ok(at.slider(key="edit_xi_block").set_value(0.0).run())  # ξ = 0: the model as trained
     assert (tile(at, "Test taskset accuracy"), tile(at, "Test taskset loss")) == before
-    assert "(no change)" in at.success[0].value
+    assert "(no change)" in sentence(at)
     assert at.get("download_button")
     ok(at.button(key="edit_curve").click().run())
-    assert at.get("plotly_chart")
+    chart = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    assert "-1<br>≈ removed" in chart["layout"]["xaxis"]["ticktext"]  # on the axis, where no line crosses it
+    assert not chart["layout"].get("annotations")
+    assert any(c.value.startswith("Test task 0's loss moved the way the influence scores predict for ξ from") for c in at.caption)
+
+
+def assert_a_worse_edit_reads_worse(at: AppTest) -> None:
+    """Accuracy fell on all test tasks: no green box, the tile's delta negative in a sign st.metric reads,
+    and the same-way caption counts the images that really flipped (not "one borderline image")."""
+    s = SENTENCE.search(sentence(at))
+    set_before, set_after = (float(s[k].rstrip(" %")) for k in ("set_acc0", "set_acc1"))
+    assert set_after < set_before and not at.success
+    assert any(SENTENCE.search(w.value) for w in at.warning) or any(SENTENCE.search(i.value) for i in at.info)
+    assert delta(at, "Test taskset accuracy") == f"{set_after - set_before:+.2f} points" and delta(at, "Test taskset accuracy")[0] == "-"
+    why = next(c.value for c in at.caption if c.value.startswith("Accuracy and loss moved the same way"))
+    flipped = round((set_before - set_after) / 100 * 128 * QUERY_IMAGES)
+    images = "1 query image fewer gets" if flipped == 1 else f"{flipped} query images fewer get"
+    assert f"On all 128 test tasks, {images} the right top guess" in why, why
+    assert "borderline" not in why
+
+
+def test_chosen_lists_say_how_many_are_noise_and_name_every_task(demo_fitted):
+    from metainf_core.service import open_run
+
+    noise = set(open_run(DEMO).train_tasks.ids_with("noise").tolist())
+    at = open_page()
+    ok(at.button(key="edit_pick_harmful").click().run())  # k = 16
+    block, _ = sets(at)
+    line = next(m.value for m in at.markdown if m.value.startswith("Blocked: "))
+    n_noise = len(noise.intersection(block))
+    assert line == "Blocked: **16 training tasks**" + (f" ({n_noise} of them pure-noise, marked “noise”)" if n_noise else "")
+    chips = at.multiselect(key="edit_block_list")
+    assert list(chips.values) == [f"task {j} · noise" if j in noise else f"task {j}" for j in block]
 
 
 def test_choices_lists_and_reset(demo_fitted):
@@ -112,7 +153,7 @@ def test_choices_lists_and_reset(demo_fitted):
     assert sets(at) == ([j], [])
     ok(at.radio(key=f"edit_choice_{j}").set_value("enhance").run())
     assert sets(at) == ([], [j]) and choices(at)[j] == "enhance"
-    assert at.success[0].value.startswith("Enhancing 1 training task at ξ = +1 (as if they counted twice)")
+    assert sentence(at).startswith("Enhancing 1 training task at ξ = +1 (as if they counted twice)")
     ok(at.button(key="edit_pick_harmful").click().run())  # the default k = 16 takes j from the enhanced set
     block, enhance = sets(at)
     assert len(block) == 16 and j in block and enhance == [] and choices(at)[j] == "block"

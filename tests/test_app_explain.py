@@ -104,3 +104,30 @@ def test_unfitted_model_offers_a_fit_with_progress(synthetic_run, tmp_path, monk
     assert not at.exception, at.exception
     assert "helped this test task most" in at.success[0].value
     assert any((tmp_path / "cache" / "influence").iterdir())  # the fit went to the disk cache
+
+
+def blocks(node) -> list:  # noqa: ANN001 - an AppTest node
+    return [node] + [b for c in getattr(node, "children", {}).values() for b in blocks(c)]
+
+
+def test_gallery_reaches_every_test_task_and_drilldown_opens_where_asked(demo_fitted):
+    at = AppTest.from_file(str(REPO / "views" / "2_Explain.py"), default_timeout=900)
+    at.session_state["model_path"] = str(DEMO)
+    at.run()
+    assert not at.exception, at.exception
+    page = at.number_input(key="explain_gallery_page")
+    assert page.max == 11  # 128 test tasks, 12 a page
+    page.set_value(11).run()
+    assert not at.exception, at.exception
+    picks = sorted(int(b.key.rsplit("_", 1)[1]) for b in at.button if b.key and b.key.startswith("explain_pick_"))
+    assert picks == list(range(120, 128))  # the last page holds the last test tasks
+    assert any(c.value.endswith(("(tops)", "(footwear)", "(other)")) for c in at.caption)  # class names shown, not only in tooltips
+    at.button(key="explain_pick_127").click().run()
+    assert at.session_state["test_task"] == 127
+    drill = next(b for b in at.button if b.key and b.key.startswith("harmful_drill_"))
+    j = int(drill.key.rsplit("_", 1)[1])
+    drill.click().run()
+    assert not at.exception, at.exception
+    dialogs = [b for b in blocks(at._tree) if getattr(b, "type", "") == "dialog"]  # Streamlit puts dialogs in an "event" block
+    assert dialogs, "the drill-down opens in a dialog over the row, not ~1,000 px below it"
+    assert any(m.value.startswith(f"**Training task {j}**") for m in dialogs[0].markdown)

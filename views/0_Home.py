@@ -11,6 +11,7 @@ from metainf_core.cache import cache_root
 from metainf_core.checkpoint import import_checkpoint_zip, read_meta
 from metainf_core.exceptions import MetainfError
 from metainf_core.explain import fit_status
+from metainf_core.words import corrupted_among, percent
 from ui import (
     ALGORITHM_NAMES,
     DEFAULT_DEMO,
@@ -22,7 +23,12 @@ from ui import (
     is_demo,
     set_model,
     show_figure,
+    show_link_notices,
 )
+
+
+def corrupted_words(tc: dict) -> str:
+    return corrupted_among({"noise": tc.get("noise_tasks", 0), "label_flip": tc.get("label_flip_tasks", 0)})
 
 st.set_page_config(page_title="metainf", page_icon="🧭", layout="wide")
 UPLOAD_DIR = cache_root() / "uploads"  # verified uploads, named by content hash; never unpickled
@@ -91,7 +97,8 @@ def show_card(path: str, meta: dict) -> None:
     network = meta["architecture"].split("(")[0].rsplit(".", 1)[-1]  # a constructor's class name
     bottom[0].metric("Network", f"{network}, {meta['num_parameters']:,} weights", help=meta["architecture"])
     if test:
-        bottom[1].metric("Test accuracy", f"{test['accuracy']:.1%}", help=f"± {test['accuracy_ci95']:.1%} (95% interval over {test['num_tasks']} test tasks)")
+        bottom[1].metric("Test accuracy", percent(test["accuracy"]),
+                         help=f"± {percent(test['accuracy_ci95'])} (95 % interval over {test['num_tasks']} test tasks)")
     imported = meta.get("imported")
     if imported:
         weights = (f"weights `{imported['weights_file']}` (SHA-256 `{imported['weights_sha256'][:12]}…`)"
@@ -105,11 +112,12 @@ def show_card(path: str, meta: dict) -> None:
                 f"{len(edit.get('block', []))} training tasks blocked (ξ = {edit.get('xi_block', 0):+g}), "
                 f"{len(edit.get('enhance', []))} enhanced (ξ = {edit.get('xi_enhance', 0):+g}).")
     st.write(
-        f"**Tasksets:** {tc['train_tasks']:,} training tasks ({tc['noise_tasks']} noise, {tc['label_flip_tasks']} label-flip) · "
+        f"**Tasksets:** {tc['train_tasks']:,} training tasks{corrupted_words(tc)} · "
         f"{tc['test_tasks']:,} test tasks · {tc['ways']}-way {tc['shots']}-shot, {tc['queries']} queries per class"
     )
     if test:
-        st.write(f"**Test accuracy:** {test['accuracy']:.3f} ± {test['accuracy_ci95']:.3f} · **loss** {test['loss']:.3f} ± {test['loss_ci95']:.3f}")
+        st.write(f"**Test accuracy:** {percent(test['accuracy'])} ± {percent(test['accuracy_ci95'])} · "
+                 f"**loss** {test['loss']:.3f} ± {test['loss_ci95']:.3f}")
     status = influence_status(path)
     if status is None:
         st.write("**Influence fit:** unknown: this run's data cannot be opened here.")
@@ -139,6 +147,7 @@ def main() -> None:
     st.title("metainf")
     st.caption("Which training tasks made this meta-learner good or bad at a test task?")
     current = current_model_path()
+    show_link_notices()
     chosen, error = model_picker(current)
     if chosen is not None and chosen != current:
         set_model(chosen)

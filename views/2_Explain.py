@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from metainf_core.explain import Target, group_scores, plain_summary, ranking_table, score_parts, task_rows
+from metainf_core.explain import Target, group_scores, ranking_table, score_parts, task_rows
+from metainf_core.words import class_list, corruption_name, ranking_summary, signed
 from ui import (
     DEFAULT_INFLUENCE,
     describe_task,
@@ -39,15 +41,20 @@ order_by = c2.radio("Order training tasks by", list(ORDERS), horizontal=True, ke
                     help="Score = size × alignment. Alignment only ignores how strongly a task pulls on the model.")
 k = c3.slider("Tasks shown at each end", 3, 15, 5, key="explain_k")
 
+GALLERY_PAGE = 12  # test tasks per page of the gallery
 with st.expander("Browse test tasks (click one to explain it)"):
+    pages = -(-n_test // GALLERY_PAGE)
+    page = int(st.number_input(f"Page (of {pages}; {GALLERY_PAGE} test tasks each)", 1, pages, test_id // GALLERY_PAGE + 1,
+                               key="explain_gallery_page"))
     cols = st.columns(4)
-    for i in range(min(n_test, 12)):
-        with cols[i % 4]:
-            strip = task_strip(path, "test", i, scale=1, per_class=2)
+    for n, i in enumerate(range((page - 1) * GALLERY_PAGE, min(n_test, page * GALLERY_PAGE))):
+        with cols[n % 4]:
+            strip = task_strip(path, "test", i, scale=2, per_class=2)
             if strip is not None:
                 st.image(strip, output_format="PNG", alt=task_alt(path, "test", i))
-            st.button(f"Test task {i}", key=f"explain_pick_{i}", on_click=set_test_task, args=(i,),
-                      help=describe_task(path, "test", i), width="stretch")
+            st.caption(describe_task(path, "test", i))
+            st.button(f"Test task {i}", key=f"explain_pick_{i}", on_click=set_test_task, args=(i,), width="stretch",
+                      type="primary" if i == test_id else "secondary")
 
 st.subheader(f"Test task {test_id}")
 st.caption(describe_task(path, "test", test_id))
@@ -58,10 +65,11 @@ if strip is not None:
 # ---- ranking ----------------------------------------------------------------------------------
 parts = score_parts(run, inf, Target((test_id,)), DEFAULT_INFLUENCE.dtype)
 scores = parts["helpfulness"]
+typical_size = float(np.median(parts["size"]))  # sizes shown against the median training task's
 order, ranks = ranking_table(parts[ORDERS[order_by]])
 helpful = task_rows(run, order[:k], scores[order[:k]], ranks[order[:k]])
 harmful = task_rows(run, order[::-1][:k], scores[order[::-1][:k]], ranks[order[::-1][:k]])
-st.success(plain_summary(helpful, harmful, ORDERS[order_by]))
+st.success(ranking_summary(helpful, harmful, ORDERS[order_by]))
 
 with st.expander("What the numbers mean: score, size and alignment", expanded=False):
     st.markdown(
@@ -70,11 +78,18 @@ with st.expander("What the numbers mean: score, size and alignment", expanded=Fa
         "- Every score is **size × alignment** (× the test task's own size, the same for all rows):\n"
         "  - **size**: how hard the training task pulls on the model at all, whatever the test task. Odd tasks, "
         "such as pure-noise tasks, often pull hard.\n"
-        "  - **alignment**: whether that pull points the way this test task needs, from −1 (exactly against) "
-        "to +1 (exactly along). It is a cosine in the model's own geometry (RelatIF-style normalisation).\n"
+        "  - **alignment**: whether that pull points the way this test task needs, from -1 (exactly against) "
+        "to +1 (exactly along).\n"
         "- A task can rank near the top because it is big, not because it is relevant: order by **alignment only** to see "
-        "the tasks most like this test task regardless of size.\n\n"
-        f"TLXML Gauss-Newton fit over {inf.num_tasks} training tasks, {inf.truncation} directions kept (TLXML Eq. 9, 12)."
+        "the tasks most like this test task regardless of size.\n"
+        "- That is also why a **pure-noise task** can rank among the most helpful or the most harmful: it pulls very hard "
+        "(large size), so even a slight alignment, either way, gives it a large score."
+    )
+with st.expander("For researchers: how the scores are computed", expanded=False):
+    st.markdown(
+        f"TLXML with a Gauss-Newton fit over {inf.num_tasks} training tasks, {inf.truncation} directions kept (TLXML Eq. 9, 12). "
+        "Alignment is the cosine of the two gradients in the metric of the fitted curvature (RelatIF-style normalisation); "
+        "size is the training task's gradient norm in that metric."
     )
 
 
@@ -86,15 +101,27 @@ def show_rows(rows: list[dict], title: str, key: str) -> None:
         img = task_strip(path, "train", j, scale=2, rows=True)
         if img is not None:
             a.image(img, output_format="PNG", alt=task_alt(path, "train", j))
-        what = ("pure-noise images" if r["corruption"] == "noise" else "shuffled labels") if r["corruption"] != "none" else ""
+        what = corruption_name(r["corruption"])  # "" for a normal task
         labels = ", ".join(f"{c} ({s})" for c, s in zip(r["classes"], r["superclasses"], strict=True))
         b.markdown(
             f"**#{r['rank'] + 1}** · training task {j}" + (f" · **{what}**" if what else "") + "  \n"
-            f"score {r['helpfulness']:+.3g} · size {parts['size'][j]:.3g} · alignment {parts['alignment'][j]:+.2f}  \n"
+            f"score {signed(r['helpfulness'])} · size {parts['size'][j] / typical_size:.1f}× a typical task's · "
+            f"alignment {signed(parts['alignment'][j], 2)}  \n"
             + (f"labelled {labels}" if what else labels)
         )
-        b.button("Which images?", key=f"{key}_drill_{j}", on_click=st.session_state.__setitem__, args=("explain_drill", j),
+        b.button("Which images?", key=f"{key}_drill_{j}", on_click=open_drilldown, args=(j,),
                  help="Show which of this task's images carry its score")
+
+
+def open_drilldown(j: int) -> None:
+    """The "Which images?" callback: this task in the drill-down below, and opened at once in a dialog."""
+    st.session_state["explain_drill"] = j
+    st.session_state["explain_drill_dialog"] = j
+
+
+@st.dialog("Which images carry the score?", width="large")
+def drilldown_dialog(j: int) -> None:
+    drilldown_section(path, run, inf, test_id, j)
 
 
 titles = ((f"{k} most helpful", f"{k} most harmful") if ORDERS[order_by] == "helpfulness"
@@ -105,13 +132,17 @@ with left:
 with right:
     show_rows(harmful, titles[1], "harmful")
 
+asked = st.session_state.pop("explain_drill_dialog", None)
+if asked is not None:  # shown where it was asked for: over the row whose button was pressed
+    drilldown_dialog(int(asked))
+
 # ---- one training task beside the test task, down to its images ---------------------------------
 st.markdown("#### Look inside a training task")
 choices = [r["task"] for r in helpful + harmful]
 if st.session_state.get("explain_drill") not in choices:
     st.session_state["explain_drill"] = choices[0]
 picked = int(st.selectbox("Training task", choices, key="explain_drill",
-                          format_func=lambda j: f"task {j} (#{int(ranks[j]) + 1}, score {scores[j]:+.3g})"))
+                          format_func=lambda j: f"task {j} (#{int(ranks[j]) + 1}, score {signed(scores[j])})"))
 drilldown_section(path, run, inf, test_id, picked)
 
 # ---- charts -------------------------------------------------------------------------------------
@@ -132,7 +163,7 @@ show_figure(fig, "explain_hist", f"scores-{Path(path).name}-test{test_id}", c1)
 groups = group_scores(run, scores)
 gfig = go.Figure(go.Bar(x=list(groups.values()), y=list(groups.keys()), orientation="h",
                         marker_color=["#2e7d32" if v > 0 else "#c62828" for v in groups.values()]))
-gfig.update_layout(title="Summed score by superclass set (TLXML A.3)", height=380, margin=dict(l=10, r=10, t=40, b=10),
+gfig.update_layout(title="Summed score by the superclasses a training task holds", height=380, margin=dict(l=10, r=10, t=40, b=10),
                    yaxis=dict(autorange="reversed", automargin=True), xaxis_title="summed score")
 show_figure(gfig, "explain_groups", f"superclasses-{Path(path).name}-test{test_id}", c2)
 
@@ -140,6 +171,8 @@ rank_by_score = ranking_table(scores)[1]
 table = pd.DataFrame(task_rows(run, order, scores[order], rank_by_score[order] + 1)).rename(columns={"rank": "rank_by_score"})
 table.insert(3, "size", parts["size"][order])
 table.insert(4, "alignment", parts["alignment"][order])
+for col in ("classes", "superclasses"):  # one readable cell: "Trouser; Sandal; Pullover"
+    table[col] = table[col].map(class_list)
 st.download_button("Download the full ranking (CSV)", table.to_csv(index=False), f"ranking-{Path(path).name}-test{test_id}.csv", "text/csv", key="explain_csv",
                    help="Every training task, in the order shown; rank 1 = most helpful by score")
 st.session_state["explain_ranking"] = {"test": test_id, "order": order.tolist()}

@@ -22,6 +22,7 @@ import torch
 
 from metainf_core.edit import apply_delta
 from metainf_core.explain import Target, all_scores, ranking_table, save_edited_checkpoint
+from metainf_core.words import CHANGE_DIGITS, flipped_images, outcome, percent, plural, same_way_words, signed, xi_curve_words
 from ui import (
     COMPUTE_LOCK,
     DEFAULT_INFLUENCE,
@@ -30,7 +31,6 @@ from ui import (
     require_influence,
     require_run,
     show_figure,
-    signed,
     task_alt,
     task_strip,
     test_task_picker,
@@ -46,7 +46,7 @@ st.set_page_config(page_title="metainf · Edit", layout="wide")
 st.title("Edit the model: block or enhance training tasks")
 st.write("Pretend some training tasks had counted less (**block**) or more (**enhance**) and see how the model would "
          "change, without retraining. ξ = −1 is about the same as removing the task.")
-with st.expander("Details: the one-step update", expanded=False):
+with st.expander("For researchers: the one-step update", expanded=False):
     st.markdown(
         "ω' = ω̂ + ξ_B·Σ_{j∈B} I_meta(j) + ξ_E·Σ_{j∈E} I_meta(j)  (TLXML Eq. 13)\n\n"
         "- ω̂ are the trained weights, B the blocked and E the enhanced training tasks.\n"
@@ -136,12 +136,12 @@ def evaluate(path: str, block: tuple[int, ...] = (), enhance: tuple[int, ...] = 
 
 # ---- words and numbers as the tiles show them ------------------------------------------------------
 FIGURES = {  # the four numbers of the tiles and the sentence: (as a percentage, decimals shown)
-    "task_acc": (True, 1), "task_loss": (False, 3), "set_acc": (True, 2), "set_loss": (False, 3),
+    "task_acc": (True, 1), "task_loss": (False, 3), "set_acc": (True, CHANGE_DIGITS), "set_loss": (False, 3),
 }  # fmt: skip
 
 
-def shown(x: float, percent: bool = False, digits: int = 3) -> str:
-    return f"{100 * x:.{digits}f} %" if percent else f"{x:.{digits}f}"
+def shown(x: float, as_percent: bool = False, digits: int = 3) -> str:
+    return percent(x, digits) if as_percent else f"{x:.{digits}f}"
 
 
 def figures(test_id: int, before, after) -> dict[str, tuple[float, float, str, str]]:  # noqa: ANN001 - evaluate()'s tuples
@@ -160,7 +160,7 @@ def direction(before: str, after: str) -> int:
 
 
 def tasks_word(n: int) -> str:
-    return f"{n} training task" + ("" if n == 1 else "s")
+    return plural(n, "training task")
 
 
 def weight_words(xi: float) -> str:
@@ -185,9 +185,9 @@ def edit_sentence(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float,
     """One plain sentence: what was applied and what it did, with the numbers the tiles show."""
     parts = []
     if block:
-        parts.append(f"Blocking {tasks_word(len(block))} at ξ = {signed(xi_b)} ({weight_words(xi_b)})")
+        parts.append(f"Blocking {tasks_word(len(block))} at ξ = {xi_b:+g} ({weight_words(xi_b)})")
     if enhance:
-        parts.append(f"{'enhancing' if parts else 'Enhancing'} {tasks_word(len(enhance))} at ξ = {signed(xi_e)} ({weight_words(xi_e)})")
+        parts.append(f"{'enhancing' if parts else 'Enhancing'} {tasks_word(len(enhance))} at ξ = {xi_e:+g} ({weight_words(xi_e)})")
     right0, right1 = (round(x * n_query) for x in fig["task_acc"][:2])
     right = f"{right1}" if right0 == right1 else f"{right0} → {right1}"
     acc, loss, set_acc, set_loss = (fig[k][2:] for k in FIGURES)
@@ -200,21 +200,20 @@ def edit_sentence(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float,
 
 
 def disagreement(test_id: int, fig: dict) -> str | None:
-    """Why accuracy and loss can move the same way (normally accuracy up goes with loss down)."""
-    same = [(where, d) for where, acc, loss in ((f"on test task {test_id}", "task_acc", "task_loss"),
-                                                (f"on all {n_test} test tasks", "set_acc", "set_loss"))
-            if (d := direction(*fig[acc][2:])) and d == direction(*fig[loss][2:])]  # fmt: skip
-    if not same:
+    """Why accuracy and loss moved the same way (normally accuracy up goes with loss down), with the
+    real number of query images whose top guess flipped where it happened."""
+    images = {"task": n_query, "set": n_query * n_test}
+    where = {"task": f"On test task {test_id}", "set": f"On all {n_test} test tasks"}
+    said = []
+    for part in ("task", "set"):
+        acc_d, loss_d = direction(*fig[f"{part}_acc"][2:]), direction(*fig[f"{part}_loss"][2:])
+        if acc_d and acc_d == loss_d:
+            flips = flipped_images(fig[f"{part}_acc"][0], fig[f"{part}_acc"][1], images[part])
+            said.append(same_way_words(where[part], flips, loss_rose=loss_d > 0))
+    if not said:
         return None
-    if len({d for _, d in same}) > 1:
-        flip = "one borderline image can flip its top guess while the model's confidence on the rest moves the other way"
-    elif same[0][1] < 0:
-        flip = "one borderline image can flip to a wrong guess while the model becomes more confident on the rest"
-    else:
-        flip = "one borderline image can flip to the right guess while the model becomes less confident on the rest"
-    moved = "; ".join(f"{where} both {'rose' if d > 0 else 'fell'}" for where, d in same)
-    return (f"Accuracy and loss moved the same way ({moved}). The loss measures how confident the model is on every image; "
-            f"accuracy only counts whether its top guess is right. So {flip}.")
+    return ("Accuracy and loss moved the same way. Accuracy only counts whether the model's top guess is right; the loss "
+            "measures how sure it is on every image. " + "; ".join(said) + ".")
 
 
 TILES = (  # label, figure, tooltip; lower loss is better
@@ -228,11 +227,11 @@ TILES = (  # label, figure, tooltip; lower loss is better
 def show_tiles(test_id: int, fig: dict) -> None:
     for col, (label, name, help_) in zip(st.columns(4), TILES, strict=True):
         *_, was, now = fig[name]
-        percent, digits = FIGURES[name]
+        as_percent, digits = FIGURES[name]
         change = float(now.rstrip(" %")) - float(was.rstrip(" %"))  # of the values shown, so that it adds up
-        delta = None if was == now else f"{change:+.{digits}f}" + (" points" if percent else "")
+        delta = None if was == now else signed(change, digits) + (" points" if as_percent else "")  # ASCII sign: st.metric reads it
         words = dict(i=test_id, q=n_query, n=n_test)
-        col.metric(label.format(**words), now, delta, delta_color="normal" if percent else "inverse", help=help_.format(**words))
+        col.metric(label.format(**words), now, delta, delta_color="normal" if as_percent else "inverse", help=help_.format(**words))
 
 
 # ---- test task ---------------------------------------------------------------------------------------
@@ -271,7 +270,7 @@ for ids, title, hint in ((harmful, "most harmful", "blocking them should help th
         img = task_strip(path, "train", j, scale=1, per_class=3)
         if img is not None:
             a.image(img, output_format="PNG", alt=task_alt(path, "train", j))
-        b.markdown(f"#{n} {title} · training task {j} · score {signed(scores[j], '+.3g')}  \n"
+        b.markdown(f"#{n} {title} · training task {j} · score {signed(scores[j])}  \n"
                    f"<small>{describe_task(path, 'train', j)}</small>", unsafe_allow_html=True)
         key = f"edit_choice_{j}"
         st.session_state[key] = "block" if j in chosen(BLOCK) else "enhance" if j in chosen(ENHANCE) else "keep"
@@ -279,16 +278,15 @@ for ids, title, hint in ((harmful, "most harmful", "blocking them should help th
                 on_change=on_choice, args=(j,))
 
 st.markdown("**Chosen so far**")
-lists = st.columns(2)
-for col, which, word in ((lists[0], BLOCK, "Blocked"), (lists[1], ENHANCE, "Enhanced")):
+for which, word in ((BLOCK, "Blocked"), (ENHANCE, "Enhanced")):  # full width: every chip readable
     ids = chosen(which)
     n_noise = len(noise_ids.intersection(ids))
-    col.markdown(f"{word}: **{tasks_word(len(ids))}**"
-                 + (f", {n_noise} of them pure-noise tasks: {', '.join(map(str, ids))}" if ids else ""))
+    st.markdown(f"{word}: **{tasks_word(len(ids))}**"
+                + (f" ({n_noise} of them pure-noise, marked “noise”)" if n_noise else ""))
     st.session_state[f"{which}_list"] = ids
-    col.multiselect(f"{word} training tasks: remove one with its ×, or type a task number to add it", range(m),
-                    key=f"{which}_list", on_change=on_list, args=(which,), placeholder="none",
-                    format_func=lambda j: f"{j} (noise)" if j in noise_ids else str(j))
+    st.multiselect(f"{word} training tasks: remove one with its ×, or type a task number to add it", range(m),
+                   key=f"{which}_list", on_change=on_list, args=(which,), placeholder="none",
+                   format_func=lambda j: f"task {j} · noise" if j in noise_ids else f"task {j}")
 
 
 # ---- how strongly, and what it does (a fragment: moving ξ reruns only this part) -------------------------
@@ -344,7 +342,9 @@ def effect_body() -> None:
     with st.spinner("Evaluating the edited model on every test task…"):
         after = evaluate(path, block, enhance, xi_b, xi_e)
     fig = figures(test_id, before, after)
-    st.success(edit_sentence(block, enhance, xi_b, xi_e, test_id, fig))
+    went = outcome(*(float(fig[k][3].rstrip(" %")) - float(fig[k][2].rstrip(" %")) for k in ("task_acc", "set_acc")))
+    box = {1: st.success, -1: st.warning, 0: st.info}[went]  # green only when accuracy rose and fell nowhere
+    box(edit_sentence(block, enhance, xi_b, xi_e, test_id, fig))
     why = disagreement(test_id, fig)
     if why:
         st.caption(why)
@@ -354,8 +354,8 @@ def effect_body() -> None:
     predicted = -(xi_b * float(scores[list(block)].sum()) + xi_e * float(scores[list(enhance)].sum()))
     actual = fig["task_loss"][1] - fig["task_loss"][0]
     st.markdown(
-        f"Predicted by the influence scores alone, test task {test_id}'s loss changes by **{signed(predicted, '+.3g')}**; "
-        f"re-evaluating the edited model, it changed by **{signed(actual, '+.3g')}**."
+        f"Predicted by the influence scores alone, test task {test_id}'s loss changes by **{signed(predicted)}**; "
+        f"re-evaluating the edited model, it changed by **{signed(actual)}**."
     )
     st.caption("The scores predict a straight-line (first-order) change: the two agree for small edits and part ways when "
                "|ξ| × the number of chosen tasks is large.")
@@ -378,19 +378,23 @@ block = tuple(chosen(BLOCK))
 if st.button("Accuracy versus ξ (blocked set)", key="edit_curve", disabled=not block,
              help="Re-evaluates the model with the blocked set at nine values of ξ (the enhanced set left out)"):
     xis = [-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0]
-    accs, task_accs = [], []
+    accs, task_accs, task_losses = [], [], []
     bar = st.progress(0.0, text="Evaluating…")
     for n, xi in enumerate(xis):
-        _, acc, summary = evaluate(path, block, (), xi, 0.0) if xi else evaluate(path)
+        loss, acc, summary = evaluate(path, block, (), xi, 0.0) if xi else evaluate(path)
         accs.append(summary["accuracy"])
         task_accs.append(float(acc[test_id]))
+        task_losses.append(float(loss[test_id]))
         bar.progress((n + 1) / len(xis), text="Evaluating…")
     bar.empty()
     fig = go.Figure([go.Scatter(x=xis, y=accs, mode="lines+markers", name=f"all {n_test} test tasks"),
                      go.Scatter(x=xis, y=task_accs, mode="lines+markers", name=f"test task {test_id}")])
-    fig.add_vline(x=-1, line_dash="dot", line_color="#888", annotation_text="ξ = −1 ≈ removed", annotation_position="top left")
-    fig.add_vline(x=0, line_dash="dot", line_color="#888", annotation_text="as trained", annotation_position="top right")
+    for x in (-1, 0):
+        fig.add_vline(x=x, line_dash="dot", line_color="#888")
+    ticks = {-1.0: "-1<br>≈ removed", 0.0: "0<br>as trained"}  # on the axis: no line crosses them
     fig.update_layout(title=f"Accuracy as the {tasks_word(len(block))} are blocked (ξ < 0) or enhanced (ξ > 0)",
-                      xaxis_title="ξ for the blocked set", yaxis_title="accuracy", yaxis_tickformat=".0%",
-                      height=340, margin=dict(l=10, r=10, t=50, b=10))
+                      xaxis=dict(title="ξ for the blocked set", tickvals=xis, ticktext=[ticks.get(x, f"{x:+g}") for x in xis]),
+                      yaxis_title="accuracy", yaxis_tickformat=".0%", height=360, margin=dict(l=10, r=10, t=50, b=10))
     show_figure(fig, "edit_curve_fig", f"accuracy_vs_xi-{Path(path).name}-test{test_id}")
+    slope = -float(scores[list(block)].sum())  # first-order Δloss of the test task per unit ξ
+    st.caption(xi_curve_words(test_id, xis, task_accs, task_losses, accs, [slope * x for x in xis], n_test))

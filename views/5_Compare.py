@@ -10,6 +10,7 @@ import streamlit as st
 
 from metainf_core.compare import METHODS, CompareConfig, compare_methods
 from metainf_core.explain import Target
+from metainf_core.words import METHOD_HELP, method_name, signed
 from ui import DEFAULT_INFLUENCE, describe_task, get_run, require_influence, require_run, show_figure, task_alt, task_strip, test_task_picker
 
 st.set_page_config(page_title="metainf · Compare", layout="wide")
@@ -21,20 +22,23 @@ CFG = CompareConfig(dtype=DEFAULT_INFLUENCE.dtype)  # tlxml-gn then shares the a
 reasons = {name: m.skip_reason(run, CFG) for name, m in METHODS.items()}
 names = [n for n, r in reasons.items() if not r]
 if len(names) < 2:
-    st.warning("Fewer than two methods apply to this model: " + "; ".join(f"{n}: {r}" for n, r in reasons.items() if r))
+    st.warning("Fewer than two methods apply to this model: " + "; ".join(f"{method_name(n)}: {r}" for n, r in reasons.items() if r))
     st.stop()
 
 n_test = len(run.test_tasks)
 c1, c2, c3, c4 = st.columns([1.2, 2, 2, 1])
 test_id = test_task_picker(n_test, c1)
-a = c2.selectbox("Method A", names, index=names.index("tlxml-gn") if "tlxml-gn" in names else 0, key="compare_a")
-b = c3.selectbox("Method B", names, index=names.index("grad-sim") if "grad-sim" in names else 1, key="compare_b")
-c2.caption(METHODS[a].summary)
-c3.caption(METHODS[b].summary)
+a = c2.selectbox("Method A", names, index=names.index("tlxml-gn") if "tlxml-gn" in names else 0, key="compare_a",
+                 format_func=method_name)
+b = c3.selectbox("Method B", names, index=names.index("grad-sim") if "grad-sim" in names else 1, key="compare_b",
+                 format_func=method_name)
+c2.caption(METHOD_HELP.get(a, ""))
+c3.caption(METHOD_HELP.get(b, ""))
 k = int(c4.number_input("Tasks shown", 3, 10, 5, key="compare_k"))
 skipped = {n: r for n, r in reasons.items() if r}
 if skipped:
-    st.caption("Not applicable to this model: " + "; ".join(f"**{n}** ({r})" for n, r in skipped.items()))
+    st.caption("Not applicable to this model: " + "; ".join(f"**{method_name(n)}**" for n in skipped)
+               + " (see “For researchers” below for why).")
 if a == b:
     st.info("Choose two different methods.")
     st.stop()
@@ -51,26 +55,34 @@ res = comparison(path, test_id, a, b, k)
 pair = res["pairs"][0]
 st.markdown(f"**Test task {test_id}** — {describe_task(path, 'test', test_id)}")
 m1, m2, m3, m4 = st.columns(4)
-m1.metric("Spearman (all tasks)", f"{pair['spearman']:+.2f}")
-m2.metric("Pearson", f"{pair['pearson']:+.2f}")
-m3.metric(f"Top-{res['k']} helpful overlap", f"{pair['top_k_helpful_overlap']:.0%}")
-m4.metric(f"Top-{res['k']} harmful overlap", f"{pair['top_k_harmful_overlap']:.0%}")
+m1.metric("Same order? (Spearman)", signed(pair["spearman"], 2),
+          help="Do the two methods rank all training tasks in the same order? +1 = the same order, 0 = unrelated, -1 = reversed")
+m2.metric("Same scores? (Pearson)", signed(pair["pearson"], 2),
+          help="Do the scores themselves rise and fall together? +1 = in step, 0 = unrelated")
+m3.metric(f"Same {res['k']} most helpful", f"{pair['top_k_helpful_overlap']:.0%}",
+          help=f"Share of the {res['k']} most helpful tasks that both methods name")
+m4.metric(f"Same {res['k']} most harmful", f"{pair['top_k_harmful_overlap']:.0%}",
+          help=f"Share of the {res['k']} most harmful tasks that both methods name")
+st.caption("A correlation near 0 means the two methods tell different stories about this test task. When they disagree, "
+           "prefer the one you can check: the Validate page tests TLXML's rankings on this model (does a training task "
+           "find itself, do pure-noise tasks score apart).")
 
 scores = {n: np.asarray(res["methods"][n]["scores"]) for n in (a, b)}
 cols = st.columns(2)
 for col, n in zip(cols, (a, b), strict=True):
-    col.markdown(f"#### {n}: {k} most helpful")
     ranks = np.empty(len(scores[n]), dtype=int)
     ranks[np.argsort(-scores[n], kind="stable")] = np.arange(len(scores[n]))
     other = b if n == a else a
     other_ranks = np.empty(len(scores[other]), dtype=int)
     other_ranks[np.argsort(-scores[other], kind="stable")] = np.arange(len(scores[other]))
-    for j in res["methods"][n]["most_helpful"]:
-        img = task_strip(path, "train", int(j), scale=1, per_class=5)
-        if img is not None:
-            col.image(img, output_format="PNG", alt=task_alt(path, "train", int(j)))
-        col.caption(f"#{ranks[j] + 1} · training task {j} · score {scores[n][j]:+.3g} · rank by {other}: #{other_ranks[j] + 1} · "
-                    f"{describe_task(path, 'train', int(j))}")
+    for which, title in (("most_helpful", "most helpful"), ("most_harmful", "most harmful")):
+        col.markdown(f"#### {method_name(n)}: {k} {title}")
+        for j in res["methods"][n][which]:
+            img = task_strip(path, "train", int(j), scale=1, per_class=5)
+            if img is not None:
+                col.image(img, output_format="PNG", alt=task_alt(path, "train", int(j)))
+            col.caption(f"#{ranks[j] + 1} · training task {j} · score {signed(scores[n][j])} · "
+                        f"rank by {method_name(other)}: #{other_ranks[j] + 1} · {describe_task(path, 'train', int(j))}")
 
 fig = go.Figure(go.Scatter(x=scores[a], y=scores[b], mode="markers", name="training tasks", marker=dict(size=5, color="#455a64", opacity=0.6),
                            text=[f"task {j}" for j in range(len(scores[a]))]))
@@ -78,6 +90,9 @@ noise = run.train_tasks.ids_with("noise")
 if len(noise):
     fig.add_trace(go.Scatter(x=scores[a][noise], y=scores[b][noise], mode="markers", name="noise tasks",
                              marker=dict(size=7, color="#6a1b9a", symbol="x")))
-fig.update_layout(title=f"Scores of all {len(scores[a])} training tasks", xaxis_title=a, yaxis_title=b, height=380,
+fig.update_layout(title=f"Scores of all {len(scores[a])} training tasks", xaxis_title=method_name(a), yaxis_title=method_name(b), height=380,
                   margin=dict(l=10, r=10, t=40, b=10), showlegend=bool(len(noise)))
 show_figure(fig, "compare_scatter", f"compare-{Path(path).name}-{a}-{b}-test{test_id}")
+with st.expander("For researchers: the methods as the papers define them"):
+    st.markdown("\n".join(f"- **{method_name(n)}** (`{n}`): {m.summary}" + (f" — not applicable here: {reasons[n]}" if reasons[n] else "")
+                           for n, m in METHODS.items()))

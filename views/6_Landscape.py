@@ -17,7 +17,8 @@ from metainf_core.diagnostics import (
     load_cached_diagnostics,
 )
 from metainf_core.exceptions import ConfigError
-from metainf_core.landscape_metrics import METRICS, keep_history_command, metric_correlations
+from metainf_core.landscape_metrics import METRICS, PAPER_NAMES, keep_history_command, metric_correlations
+from metainf_core.words import column_name, percent
 from ui import require_run, show_figure
 
 DEFAULT_TASKS = 16  # seed 003 (and `diagnose`) use 60; 16 keeps a CPU run to seconds per snapshot for small networks
@@ -25,9 +26,9 @@ GRID = dict(rows=math.ceil(len(METRICS) / 2), cols=2)
 
 st.set_page_config(page_title="metainf · Landscape", layout="wide")
 st.title("Loss landscape over training")
-st.caption("Do the training snapshots whose test tasks pull in the same direction (coherence) and sit in flat regions "
-           "(flatness) generalise better? Seed 003 (Guiroy et al.) relates these statistics to test accuracy "
-           "over meta-training.")
+st.caption("Along training, the model was saved every few hundred steps. For each saved copy: do its test tasks pull "
+           "the weights the same way (agreement), does it sit in a flat region of the loss (low sharpness), and does that "
+           "go with better test accuracy?")
 path, run = require_run()
 try:
     history_snapshots(run.checkpoint.path)
@@ -66,10 +67,13 @@ last = rows[-1]
 st.write(f"**{len(rows)} snapshots** (steps {rows[0].step}–{last.step}), statistics on {cfg.num_tasks} test tasks; "
          f"accuracy on all {n_test}.")
 c1, c2, c3, c4 = st.columns(4)
-c1.metric(f"Test accuracy at step {last.step}", f"{last.accuracy:.3f}", help=f"± {last.accuracy_ci95:.3f} (95% interval)")
-c2.metric(f"Flatness ‖H‖σ at step {last.step}", f"{last.sharpness_lanczos:.4g}")
-c3.metric(f"Gradient cosine at step {last.step}", f"{last.gradient_cosine:+.4f}")
-c4.metric("Spearman ρ(flatness, accuracy)", f"{corr['sharpness_lanczos']['spearman']:+.2f}")
+c1.metric(f"Test accuracy at step {last.step}", percent(last.accuracy), help=f"± {percent(last.accuracy_ci95)} (95 % interval)")
+c2.metric(f"Sharpness at step {last.step}", f"{last.sharpness_lanczos:.4g}",
+          help="How sharply the loss curves around the weights (its largest curvature); lower = flatter")
+c3.metric(f"Gradient agreement at step {last.step}", f"{last.gradient_cosine:+.4f}",
+          help="Average cosine between the test tasks' gradients: +1 = they all pull the same way, 0 = unrelated")
+c4.metric("Sharpness vs accuracy (rank correlation)", f"{corr['sharpness_lanczos']['spearman']:+.2f}",
+          help="Spearman ρ over the snapshots: −1 = the sharper, the less accurate; +1 = the sharper, the more accurate")
 
 st.subheader("Correlation with test accuracy across snapshots")
 signed = st.column_config.NumberColumn(format="%+.3f")
@@ -77,6 +81,12 @@ st.dataframe(pd.DataFrame([{"statistic": METRICS[m], "Spearman ρ": c["spearman"
              hide_index=True, width="stretch", key="landscape_corr", column_config={"Spearman ρ": signed, "Pearson r": signed})
 if len(rows) < 3:
     st.caption("Correlations need at least 3 snapshots.")
+steps_taken, _ = cfg.trajectory(run.spec)
+same = all(abs(r.gradient_cosine - r.trajectory_cosine) < 5e-4 for r in rows)  # equal to the 3 decimals shown
+if steps_taken == 1 and same:  # (w - αg) - w is αg up to float rounding: equal, not identical bits
+    st.caption(f"“{METRICS['gradient_cosine']}” and “{METRICS['trajectory_cosine']}” show the same values, and that is "
+               "right: the adaptation here is a single gradient step, so each task's step is its gradient times the step "
+               "size, and the cosines between steps are the cosines between gradients.")
 
 steps = [r.step for r in rows]
 acc = [r.accuracy for r in rows]
@@ -103,6 +113,10 @@ show_figure(scatter, "landscape_scatter", f"landscape_vs_accuracy-{Path(path).na
 st.subheader("Every snapshot")
 table = pd.DataFrame([r.to_dict() for r in rows])
 table = table[["step", "accuracy", "accuracy_ci95", "loss", *METRICS, "num_tasks"]]
-st.dataframe(table, hide_index=True, width="stretch", key="landscape_rows")
+names = {c: METRICS.get(c) or column_name(c) for c in table.columns}
+st.dataframe(table.rename(columns=names), hide_index=True, width="stretch", key="landscape_rows")
 st.download_button("Rows as CSV", table.to_csv(index=False), f"landscape_{Path(path).name}.csv", "text/csv",
-                   key="landscape_csv", icon=":material/download:")
+                   key="landscape_csv", icon=":material/download:", help="Column names as the code writes them, for analysis")
+with st.expander("For researchers: the statistics as seed 003 (Guiroy et al.) defines them"):
+    st.markdown("\n".join(f"- **{METRICS[m]}** (`{m}`): {PAPER_NAMES[m]}" for m in METRICS)
+                + "\n\nStatistics on the first test tasks' support sets; accuracy on all test tasks.")

@@ -23,12 +23,14 @@ from metainf_core.detect import corrupted_ids, detection_curve, detection_scores
 from metainf_core.edit import EditSpec
 from metainf_core.exceptions import ConfigError
 from metainf_core.explain import edited_params, save_edited_checkpoint, task_rows
-from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run, show_figure, signed, task_alt, task_strip
+from metainf_core.words import CHANGE_DIGITS, SIGNIFICANT_SD, chance_verdict, class_list, interval_words, percent, signed, two_comparisons
+from metainf_core.words import points as points_
+from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run, show_figure, task_alt, task_strip
 
 GALLERY, PER_ROW = 12, 4  # most suspicious tasks shown as thumbnails
 DRAWS, SEED = 5, 0  # random removal sets compared with (detect's defaults)
 XI_RANGE = (-8.0, -0.25)
-SIGNIFICANT = 2.0  # how many sd of the random draws make "beat chance"
+SIGNIFICANT = SIGNIFICANT_SD  # how many sd of the random draws make "beat chance"
 REQUEST = "audit_request"  # the settings the removal button was pressed with (non-widget key)
 
 st.set_page_config(page_title="metainf · Audit", layout="wide")
@@ -43,7 +45,7 @@ try:
     bad = corrupted_ids(run)  # planted on purpose when the taskset was made: the answer key
 except ConfigError:
     bad = np.zeros(0, dtype=np.int64)
-CORRUPTED = {int(j): "pure noise" for j in run.train_tasks.ids_with("noise")}
+CORRUPTED = {int(j): "pure noise" for j in run.train_tasks.ids_with("noise")}  # tasks.CORRUPTIONS' kinds
 CORRUPTED.update({int(j): "shuffled labels" for j in run.train_tasks.ids_with("label_flip")})
 
 # radio label -> (detect score kind, the number shown per task, how to read it, what it means)
@@ -96,15 +98,15 @@ def shown_values(kind: str, scores: np.ndarray) -> np.ndarray:
 
 
 def fmt(kind: str, value: float) -> str:
-    return {"rank": f"{value:.1f}", "self": f"{value:.3g}"}.get(kind) or signed(value, "+.3g")
+    return {"rank": f"{value:.1f}", "self": f"{value:.3g}"}.get(kind) or signed(value)
 
 
 def pct(x: float) -> str:
-    return f"{100 * x:.2f} %"
+    return percent(x, CHANGE_DIGITS)
 
 
 def points(x: float) -> str:
-    return signed(100 * x, "+.2f") + " points"
+    return points_(x, CHANGE_DIGITS)  # ASCII sign: st.metric reads it for the arrow and colour
 
 
 # ---- 1. order by a suspicion score ---------------------------------------------------------------------
@@ -145,6 +147,8 @@ for start in range(0, len(top), PER_ROW):
 def ordering_csv() -> str:
     """Every training task, most suspicious first (built when the button is clicked)."""
     rows = pd.DataFrame(task_rows(run, order, values[order], np.arange(1, m + 1)))
+    for col in ("classes", "superclasses"):  # one readable cell: "Trouser; Sandal; Pullover"
+        rows[col] = rows[col].map(class_list)
     return rows.rename(columns={"helpfulness": value_name}).to_csv(index=False)
 
 
@@ -187,7 +191,7 @@ if len(bad):
     t1, t2, t3 = st.columns(3)
     t1.metric("AUC", f"{curve.auc:.3f}", help="Area under the red curve: 0.5 = no better than a random order, "
               f"{curve.auc_max:.3f} = every corrupted task first")
-    t2.metric("Distance from a random order", signed(curve.auc_sigma, "+.1f") + " sd",
+    t2.metric("Distance from a random order", signed(curve.auc_sigma, 1) + " sd",
               help="How many standard deviations (sd: the usual scatter of random orders) the AUC lies above 0.5; "
                    f"beyond ±{SIGNIFICANT:g} is unlikely by chance")
     t3.metric(f"Found among the first {c}", f"{found_c:.0f} of {c}",
@@ -244,32 +248,29 @@ row = res["rows"][0]
 before, (after,), (rand,) = res["before"], row["edit"].values(), row["random_edit"].values()
 removed = lowest_ids(suspicion(path, rkind), rk)  # the set removal_effect removed
 if (rkind, rk, rxi) != (kind, k, xi):
-    st.caption(f"The results below are for the {rk} most suspicious by {rlabel} at ξ = {signed(rxi, 'g')}; "
+    st.caption(f"The results below are for the {rk} most suspicious by {rlabel} at ξ = {rxi:+g}; "
                "press the button to update them.")
 
-diff = after["accuracy"] - rand["accuracy_mean"]
-z = diff / rand["accuracy_sd"] if rand["accuracy_sd"] > 0 else np.sign(diff) * np.inf
-if z >= SIGNIFICANT:
-    say, verdict = st.success, "this beat chance"
-elif z <= -SIGNIFICANT:
-    say, verdict = st.warning, "this did worse than chance"
-else:
-    say, verdict = st.info, "no clear difference from chance"
-say(f"Removing the {rk} most suspicious tasks ({rlabel}, ξ = {signed(rxi, 'g')}) took test accuracy from "
+went, verdict = chance_verdict(after["accuracy"] - rand["accuracy_mean"], rand["accuracy_sd"], SIGNIFICANT)
+say = {1: st.success, -1: st.warning, 0: st.info}[went]
+say(f"Removing the {rk} most suspicious tasks ({rlabel}, ξ = {rxi:+g}) took test accuracy from "
     f"{pct(before['accuracy'])} to {pct(after['accuracy'])}; removing {rk} random tasks the same way gave {pct(rand['accuracy_mean'])} "
     f"on average over {DRAWS} draws (spread ± {100 * rand['accuracy_sd']:.2f} points): {verdict}.")
 t1, t2, t3 = st.columns(3)
 t1.metric("Test accuracy as trained", pct(before["accuracy"]), help=f"Average over all {n_test} test tasks")
 t1.caption(f"95 % interval ± {100 * before['accuracy_ci95']:.2f} points")
 t2.metric(f"Without the {rk} most suspicious", pct(after["accuracy"]), points(after["accuracy"] - before["accuracy"]))
-t2.caption(f"95 % interval ± {100 * after['accuracy_ci95']:.2f} points; compared test task by test task, "
-           f"{points(after['gain'])} ± {100 * after['gain_ci95']:.2f}")
+t2.caption(f"95 % interval ± {100 * after['accuracy_ci95']:.2f} points; against the model as trained, test task by "
+           f"test task: {interval_words(after['gain'], after['gain_ci95'])}")
 t3.metric(f"Without {rk} random tasks (average of {DRAWS})", pct(rand["accuracy_mean"]),
           points(rand["accuracy_mean"] - before["accuracy"]))
 t3.caption(f"spread over the {DRAWS} draws (sd) ± {100 * rand['accuracy_sd']:.2f} points")
-st.caption(f"A 95 % interval is the range the average would likely fall in on other test tasks like these {n_test}; "
-           f"“{verdict}” compares the suspicious set with the random draws: beating chance needs more than "
-           f"{SIGNIFICANT:g} sd of their spread.")
+st.caption(f"A 95 % interval is the range the average would likely fall in on other test tasks like these {n_test}. "
+           f"The verdict above compares the suspicious set with the random draws: it needs more than {SIGNIFICANT:g} times "
+           "their spread (sd) either way.")
+reading = two_comparisons(went, after["gain"], after["gain_ci95"])
+if reading:
+    st.markdown(reading)
 if "corrupted_in_lowest" in row:
     st.markdown(f"**{row['corrupted_in_lowest']} of the {rk} removed tasks are known corrupted tasks**; a random set of {rk} "
                 f"holds {row['corrupted_in_random_mean']:.1f} on average.")
@@ -277,8 +278,8 @@ if "corrupted_in_lowest" in row:
 # first order: Δ mean test loss ≈ g_allᵀ δω = ξ Σ_B I_perf = −ξ Σ_B helpfulness(all test tasks)
 predicted = -rxi * float(mean_helpfulness[removed].sum())
 actual = after["loss"] - before["loss"]
-st.markdown(f"Predicted from the scores alone, the average test loss changes by **{signed(predicted, '+.3g')}**; "
-            f"re-testing the cleaned model, it changed by **{signed(actual, '+.3g')}**.")
+st.markdown(f"Predicted from the scores alone, the average test loss changes by **{signed(predicted)}**; "
+            f"re-testing the cleaned model, it changed by **{signed(actual)}**.")
 st.caption("The loss measures how wrong and how unsure the model is on the test images; lower is better. The prediction is "
            "−ξ × the removed tasks' summed average helpfulness (whichever score chose them): a straight-line (first-order) "
            "estimate that holds for small edits and drifts as |ξ| × k grows.")

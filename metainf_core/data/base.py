@@ -28,6 +28,23 @@ def shared_data_root() -> Path:
     return Path(os.environ.get("METAINF_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def portable_source(source: str) -> str:
+    """Where data came from, without the machine's own paths (recorded in run folders that travel):
+    a kind prefix kept (``torchvision:``, ``zip:``…), a folder under the data roots made relative to
+    its root (``data/FashionMNIST/raw``), any other absolute folder cut to its last two parts."""
+    kind, sep, rest = source.rpartition(":") if ":" in source and not Path(source).is_absolute() else ("", "", source)
+    if not rest or not Path(rest).is_absolute():
+        return source
+    where = Path(rest)
+    for root, name in ((data_root(), "data"), (shared_data_root(), "shared data")):
+        try:
+            where_rel = where.resolve().relative_to(root.resolve())
+        except (ValueError, OSError):
+            continue
+        return f"{kind}{sep}{name}/{where_rel.as_posix()}".rstrip("/.")
+    return f"{kind}{sep}…/{'/'.join(where.parts[-2:])}"
+
+
 @dataclass(frozen=True, eq=False)
 class FewShotDataset:
     """A labelled pool of samples with a class-disjoint meta-train / meta-test split.
@@ -115,7 +132,7 @@ class FewShotDataset:
         """Metadata recorded in checkpoints: sizes, split and where the data came from."""
         return {
             "name": self.name,
-            "source": self.source,
+            "source": portable_source(self.source),
             "num_samples": int(len(self.samples)),
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
