@@ -19,6 +19,7 @@ from metainf_core.exceptions import MetainfError
 from metainf_core.explain import fit_influence, is_fitted
 from metainf_core.figures import thumbnail_strip
 from metainf_core.service import Run, open_run, task_view
+from metainf_core.words import score
 
 DEMO_DIR = Path(__file__).parent / "assets" / "demo"
 DEFAULT_DEMO = "protonet-fashion-mnist"  # fastest to explain and edit interactively
@@ -293,18 +294,22 @@ def drilldown_section(path: str, run: Run, inf, test_id: int, train_id: int) -> 
     train, test = task_view(run, "train", train_id), task_view(run, "test", test_id)
     shots = len(train.support_images) // len(train.class_names)
     per_row = len(train.query_images) // len(train.class_names)
-    st.markdown(f"**Training task {train_id}** — {describe_task(path, 'train', train_id)} · score {d['score']:+.3g}")
+    st.markdown(f"**Training task {train_id}** — {describe_task(path, 'train', train_id)} · score {score(d['score'])}")
     st.caption("Green frames helped the test task, red frames hurt it; the stronger the colour, the larger the part.")
     a, b, c = st.columns(3)
-    a.image(heat_grid(train.query_images, d["query"], per_row=per_row), output_format="PNG",
+    a.markdown(f"**Training task {train_id}: query images**")
+    b.markdown(f"**Training task {train_id}: support images**")
+    c.markdown(f"**Test task {test_id}: query images**")
+    a.image(heat_grid(train.query_images, d["query"], per_row=per_row, numbered=True), output_format="PNG",
             alt=f"query images of training task {train_id}, framed by their share of its score")
     a.caption(f"Query images: their shares add up to the task's score. {d['summary']}")
-    b.image(heat_grid(train.support_images, d["support"], per_row=shots), output_format="PNG",
+    b.image(heat_grid(train.support_images, d["support"], per_row=shots, numbered=True), output_format="PNG",
             alt=f"support images of training task {train_id}, framed by their effect on its score")
     b.caption("Support images (what the model adapted on): how the score would move if the image counted more. "
               + ("Within a class these effects cancel out: they show which images pull the class prototype which way."
                  if run.spec.algo == "protonet" else "They act through the adaptation step, so they need not add up to the score."))
-    c.image(heat_grid(test.query_images, d["test"], per_row=len(test.query_images) // len(test.class_names)), output_format="PNG",
+    c.image(heat_grid(test.query_images, d["test"], per_row=len(test.query_images) // len(test.class_names), numbered=True),
+            output_format="PNG",
             alt=f"query images of test task {test_id}, framed by how much training task {train_id} helps each")
     c.caption(f"Test task {test_id}'s query images: which of them this training task helps (green) or hurts (red). "
               + d["reverse_summary"])

@@ -25,10 +25,25 @@ def thumbnail_strip(images: torch.Tensor, scale: int = 3, pad: int = 2, per_row:
     return (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def heat_grid(images: torch.Tensor, values: np.ndarray, scale: int = 2, per_row: int | None = None, border: int = 3) -> np.ndarray:
+def number_tiles(canvas: np.ndarray, origins: list[tuple[int, int]]) -> np.ndarray:
+    """Write 1, 2, … in a small white box at each tile's top-left corner (``origins``: (y, x)), so
+    captions that say "image 7" can be matched to the picture."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    picture = Image.fromarray(canvas)
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default(size=11)
+    for k, (y, x) in enumerate(origins, 1):
+        left, top, right, bottom = draw.textbbox((x + 1, y), str(k), font=font)
+        draw.rectangle((x, y, right + 1, bottom + 1), fill=(255, 255, 255))
+        draw.text((x + 1, y), str(k), fill=(0, 0, 0), font=font)
+    return np.asarray(picture)
+
+
+def heat_grid(images: torch.Tensor, values: np.ndarray, scale: int = 2, per_row: int | None = None, border: int = 3,
+              numbered: bool = False) -> np.ndarray:
     """Thumbnails framed by a heat colour: green for positive values, red for negative, the frame's
     strength proportional to |value| / max |value| (white for zero), so the eye finds the images
-    that carry a score. Same layout as ``thumbnail_strip``."""
+    that carry a score. Same layout as ``thumbnail_strip``; ``numbered`` writes 1, 2, … on them."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) != len(images):
         raise ValueError(f"heat_grid needs one value per image, got {len(values)} values for {len(images)} images")
@@ -48,4 +63,8 @@ def heat_grid(images: torch.Tensor, values: np.ndarray, scale: int = 2, per_row:
         r, c = divmod(i, cols)
         y, x = r * (h + 2 * border + 2), c * (w + 2 * border + 2)
         canvas[y : y + h + 2 * border, x : x + w + 2 * border] = framed[i]
+    if numbered:
+        origins = [(r * (h + 2 * border + 2) + border, c * (w + 2 * border + 2) + border)
+                   for r, c in (divmod(i, cols) for i in range(len(images)))]  # fmt: skip
+        canvas = number_tiles(canvas, origins)
     return canvas

@@ -33,6 +33,12 @@ def signed(x: float, digits: int | None = None) -> str:
     return text[1:] if float(text) == 0 else text
 
 
+def score(x: float) -> str:
+    """A task's score in a sentence or a card: ``signed`` (3 significant digits), "about 0" when it
+    would need scientific notation (|x| < 0.0005): raw values are in the CSV downloads."""
+    return signed(x) if abs(x) >= 5e-4 else "about 0"
+
+
 def points(dx: float, digits: int = ACCURACY_DIGITS) -> str:
     """A change of accuracy (a share) in percentage points: ``points(-0.002) == "-0.2 points"``."""
     return f"{signed(100 * dx, digits)} points"

@@ -182,3 +182,17 @@ def test_shuffled_label_tasks_are_described_as_the_taskset_records_them(monkeypa
     monkeypatch.setattr(ui, "get_run", lambda path: None)
     monkeypatch.setattr(ui, "task_view", lambda run, split, task_id: view)
     assert ui.describe_task("run", "train", 3) == "real images with shuffled labels: Trouser (other), Bag (other)"
+
+
+def test_tasks_page_names_a_noise_task_in_words():
+    from metainf_core.service import open_run
+
+    noise = int(open_run(DEMO).train_tasks.ids_with("noise")[0])
+    at = AppTest.from_file(str(REPO / "views" / "1_Tasks.py"), default_timeout=120)
+    at.session_state["model_path"] = str(DEMO)
+    at.run()
+    at.radio(key="tasks_split").set_value("train").run()
+    at.number_input(key="tasks_id").set_value(noise).run()
+    assert not at.exception, at.exception
+    assert at.subheader[0].value == f"Train task {noise} · a pure-noise task"  # not "corrupted: noise"
+    assert any(c.value.startswith("Planted on purpose") and "random images" in c.value for c in at.caption)

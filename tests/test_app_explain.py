@@ -131,3 +131,19 @@ def test_gallery_reaches_every_test_task_and_drilldown_opens_where_asked(demo_fi
     dialogs = [b for b in blocks(at._tree) if getattr(b, "type", "") == "dialog"]  # Streamlit puts dialogs in an "event" block
     assert dialogs, "the drill-down opens in a dialog over the row, not ~1,000 px below it"
     assert any(m.value.startswith(f"**Training task {j}**") for m in dialogs[0].markdown)
+
+
+def test_drilldown_images_carry_the_numbers_their_captions_use():
+    """The captions say "image 7": the grid writes 1..n on the tiles, row by row, and nothing else changes."""
+    import numpy as np
+    import torch
+
+    from metainf_core.figures import heat_grid
+
+    images, values = torch.zeros(6, 1, 28, 28), np.linspace(-1, 1, 6)
+    plain, numbered = heat_grid(images, values, per_row=3), heat_grid(images, values, per_row=3, numbered=True)
+    changed = np.argwhere((plain != numbered).any(-1))
+    tile = 28 * 2 + 2 * 3 + 2  # scale 2, border 3, gap 2
+    corners = {(int(y) // tile, int(x) // tile) for y, x in changed}
+    assert corners == {(r, c) for r in range(2) for c in range(3)}  # one number on every tile
+    assert all(y % tile < 3 + 16 and x % tile < 3 + 20 for y, x in changed)  # in its top-left corner only

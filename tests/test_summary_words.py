@@ -19,6 +19,7 @@ from metainf_core.words import (
     percent,
     points,
     ranking_summary,
+    score,
     signed,
     superclass_reading,
     two_comparisons,
@@ -127,6 +128,7 @@ def test_numbers_have_one_format_and_a_sign_streamlit_reads():
     assert "−" not in signed(-3.0) + points(-0.002)
     assert points(-0.002) == "-0.2 points" and points(0.0062) == "+0.6 points"
     assert class_list(["Trouser", "Sandal", "Pullover"]) == "Trouser; Sandal; Pullover"
+    assert score(2.02e-07) == "about 0" and score(-0.0361) == "-0.0361"  # no scientific notation on a card
     assert method_name("tlxml-gn") == "TLXML (Gauss-Newton)" and method_name("grad-sim") == "Gradient similarity"
 
 
@@ -168,3 +170,15 @@ def test_superclass_rows_that_seem_to_disagree_are_explained():
     assert "with those that share exactly 2 added, the “2 or more” row is not significant (-1.34σ)" in text
     assert "wrong way" in superclass_reading([(2, -2.5), (3, 4.74)])
     assert superclass_reading([(1, 3.0), (2, 2.5)]) is None and superclass_reading([(1, 3.0), (2, -1.0)]) is None
+
+
+def test_run_folders_record_where_data_came_from_without_the_machines_paths(monkeypatch, tmp_path):
+    """meta.json's dataset "source" (data.base.FewShotDataset.describe) travels with a run folder."""
+    from metainf_core.data.base import portable_source
+
+    monkeypatch.setenv("METAINF_DATA", str(tmp_path / "data"))
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    assert portable_source(str(raw)) == "data/FashionMNIST/raw"
+    assert portable_source(f"torchvision:{tmp_path / 'data'}") == "torchvision:data"
+    assert portable_source("/somewhere/else/on/this/machine") == "…/this/machine"
+    assert portable_source("synthetic") == "synthetic"

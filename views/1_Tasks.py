@@ -6,6 +6,7 @@ import streamlit as st
 
 from metainf_core.figures import thumbnail_strip
 from metainf_core.service import task_view
+from metainf_core.words import CORRUPTIONS, corruption_name
 from ui import require_run
 
 st.set_page_config(page_title="metainf · Tasks", layout="wide")
@@ -19,7 +20,10 @@ default = int(st.query_params.get("task", 0)) if str(st.query_params.get("task",
 task_id = st.number_input(f"Task id (0–{n - 1})", 0, n - 1, min(default, n - 1), key="tasks_id")
 st.query_params["task"] = str(task_id)
 view = task_view(run, split, int(task_id))
-st.subheader(f"{split.capitalize()} task {view.task_id}" + (f" · corrupted: {view.corruption}" if view.corruption != "none" else ""))
+corrupted = view.corruption != "none"
+st.subheader(f"{split.capitalize()} task {view.task_id}" + (f" · a {corruption_name(view.corruption)}" if corrupted else ""))
+if corrupted:
+    st.caption(f"Planted on purpose when the taskset was made: {CORRUPTIONS[view.corruption][2]}.")
 if not run.dataset.is_image:
     st.write("This dataset has no images (2-D points).")
     st.stop()

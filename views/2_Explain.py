@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.explain import Target, group_scores, ranking_table, score_parts, task_rows
-from metainf_core.words import class_list, corruption_name, ranking_summary, signed
+from metainf_core.words import class_list, corruption_name, ranking_summary, score, signed
 from ui import (
     DEFAULT_INFLUENCE,
     describe_task,
@@ -105,7 +105,7 @@ def show_rows(rows: list[dict], title: str, key: str) -> None:
         labels = ", ".join(f"{c} ({s})" for c, s in zip(r["classes"], r["superclasses"], strict=True))
         b.markdown(
             f"**#{r['rank'] + 1}** · training task {j}" + (f" · **{what}**" if what else "") + "  \n"
-            f"score {signed(r['helpfulness'])} · size {parts['size'][j] / typical_size:.1f}× a typical task's · "
+            f"score {score(r['helpfulness'])} · size {parts['size'][j] / typical_size:.1f}× a typical task's · "
             f"alignment {signed(parts['alignment'][j], 2)}  \n"
             + (f"labelled {labels}" if what else labels)
         )
@@ -142,7 +142,7 @@ choices = [r["task"] for r in helpful + harmful]
 if st.session_state.get("explain_drill") not in choices:
     st.session_state["explain_drill"] = choices[0]
 picked = int(st.selectbox("Training task", choices, key="explain_drill",
-                          format_func=lambda j: f"task {j} (#{int(ranks[j]) + 1}, score {signed(scores[j])})"))
+                          format_func=lambda j: f"task {j} (#{int(ranks[j]) + 1}, score {score(scores[j])})"))
 drilldown_section(path, run, inf, test_id, picked)
 
 # ---- charts -------------------------------------------------------------------------------------

@@ -45,14 +45,14 @@ CHOICES = {"keep": None, "block": BLOCK, "enhance": ENHANCE}
 st.set_page_config(page_title="metainf · Edit", layout="wide")
 st.title("Edit the model: block or enhance training tasks")
 st.write("Pretend some training tasks had counted less (**block**) or more (**enhance**) and see how the model would "
-         "change, without retraining. ξ = −1 is about the same as removing the task.")
+         "change, without retraining. ξ = -1 is about the same as removing the task.")
 with st.expander("For researchers: the one-step update", expanded=False):
     st.markdown(
         "ω' = ω̂ + ξ_B·Σ_{j∈B} I_meta(j) + ξ_E·Σ_{j∈E} I_meta(j)  (TLXML Eq. 13)\n\n"
         "- ω̂ are the trained weights, B the blocked and E the enhanced training tasks.\n"
         "- I_meta(j) is how the weights would move if training task j had counted a little more in training.\n"
-        "- ξ says how far to move: each task then counts (1 + ξ) times as much as it did. ξ = −1 approximates removing it, "
-        "ξ < −1 pushes the model away from it, ξ > 0 enhances it.\n"
+        "- ξ says how far to move: each task then counts (1 + ξ) times as much as it did. ξ = -1 approximates removing it, "
+        "ξ < -1 pushes the model away from it, ξ > 0 enhances it.\n"
         "- The update is a straight-line (first-order) estimate: large |ξ| × many tasks leaves the range where it holds, "
         "and accuracy usually drops."
     )
@@ -324,7 +324,7 @@ def effect_body() -> None:
     s1, s2 = st.columns(2)
     for key in ("edit_xi_block", "edit_xi_enhance"):
         restore(key)
-    xi_b = s1.slider("ξ for blocked tasks (−1 ≈ removed; lower = blocked harder)", *XI_RANGE, step=0.5, format="%.1f", key="edit_xi_block",
+    xi_b = s1.slider("ξ for blocked tasks (-1 ≈ removed; lower = blocked harder)", *XI_RANGE, step=0.5, format="%.1f", key="edit_xi_block",
                      disabled=not block, on_change=remember, args=("edit_xi_block",))
     xi_e = s2.slider("ξ for enhanced tasks (+1 ≈ counted twice)", *XI_RANGE, step=0.5, format="%.1f", key="edit_xi_enhance",
                      disabled=not enhance, on_change=remember, args=("edit_xi_enhance",))

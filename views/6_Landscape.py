@@ -73,7 +73,7 @@ c2.metric(f"Sharpness at step {last.step}", f"{last.sharpness_lanczos:.4g}",
 c3.metric(f"Gradient agreement at step {last.step}", f"{last.gradient_cosine:+.4f}",
           help="Average cosine between the test tasks' gradients: +1 = they all pull the same way, 0 = unrelated")
 c4.metric("Sharpness vs accuracy (rank correlation)", f"{corr['sharpness_lanczos']['spearman']:+.2f}",
-          help="Spearman ρ over the snapshots: −1 = the sharper, the less accurate; +1 = the sharper, the more accurate")
+          help="Spearman ρ over the snapshots: -1 = the sharper, the less accurate; +1 = the sharper, the more accurate")
 
 st.subheader("Correlation with test accuracy across snapshots")
 signed = st.column_config.NumberColumn(format="%+.3f")

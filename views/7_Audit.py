@@ -209,7 +209,7 @@ else:
 # ---- 2. remove the most suspicious: one-step edit vs random removals -------------------------------------
 st.subheader("2. Remove the most suspicious tasks: does it beat chance?")
 st.write("Pretend the k most suspicious training tasks had been left out of training, without retraining: the "
-         "**one-step edit** moves the trained weights by ξ × each task's influence (ξ = −1 is about the same as removing "
+         "**one-step edit** moves the trained weights by ξ × each task's influence (ξ = -1 is about the same as removing "
          f"the task; see the Edit page). For comparison, {DRAWS} random sets of k tasks are removed the same way.")
 if st.session_state.get("audit_for") != path:  # another model: other tasks, other defaults (before the widgets exist)
     st.session_state.pop(REQUEST, None)
@@ -228,7 +228,7 @@ q1, q2, q3 = st.columns([1, 2, 2], vertical_alignment="bottom")
 k = int(q1.number_input("How many tasks (k)", 1, m - 1, key="audit_k",
                         help=f"Default: the number of known corrupted tasks ({len(bad)})" if len(bad)
                         else "Default: 1/8 of the training tasks"))
-xi = q2.slider("ξ (−1 ≈ removed; lower = pushed further away)", *XI_RANGE, step=0.25, format="%.2f", key="audit_xi",
+xi = q2.slider("ξ (-1 ≈ removed; lower = pushed further away)", *XI_RANGE, step=0.25, format="%.2f", key="audit_xi",
                help="Each removed task then counts (1 + ξ) times as much as in training")
 q3.button(f"Remove the {k} most suspicious", type="primary", key="audit_remove", on_click=request, width="stretch",
           help=f"Test the model without them, and without {DRAWS} random sets of {k}")
@@ -281,7 +281,7 @@ actual = after["loss"] - before["loss"]
 st.markdown(f"Predicted from the scores alone, the average test loss changes by **{signed(predicted)}**; "
             f"re-testing the cleaned model, it changed by **{signed(actual)}**.")
 st.caption("The loss measures how wrong and how unsure the model is on the test images; lower is better. The prediction is "
-           "−ξ × the removed tasks' summed average helpfulness (whichever score chose them): a straight-line (first-order) "
+           "-ξ × the removed tasks' summed average helpfulness (whichever score chose them): a straight-line (first-order) "
            "estimate that holds for small edits and drifts as |ξ| × k grows.")
 if np.sign(after["accuracy"] - before["accuracy"]) == np.sign(actual) != 0:
     st.caption("Accuracy and loss moved the same way: accuracy only counts whether the model's top guess is right, while the "
