@@ -270,6 +270,8 @@ def _reproduce(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.reproduce import load_sections, reproduce
 
     only = [k.strip() for k in a.only.split(",") if k.strip()] if a.only else None
+    if a.rows:
+        return _paper_rows(a, only)
     if a.estimate:
         from metainf_core.reproduce.estimate import estimate, format_table
 
@@ -283,6 +285,30 @@ def _reproduce(a: argparse.Namespace) -> dict[str, Any]:
     if not distributed.is_primary():  # torchrun: rank 0 alone wrote the report and prints
         return None
     return {"report": str(readme), "verdicts": {s["key"]: s["verdict"] for s in load_sections(a.out)}}
+
+
+def _paper_rows(a: argparse.Namespace, only: list[str] | None) -> dict[str, Any]:
+    """TLXML Table 9/11 rows at the paper's settings (reproduce/rows.py): train or resume each
+    (row, seed) run under docs/results/paper/, evaluate the finished ones, re-render the report."""
+    from pathlib import Path
+
+    from metainf_core.reproduce import render
+    from metainf_core.reproduce.rows import collect, run_rows
+
+    if a.scale != "paper" or only != ["e2-noise"]:
+        raise ConfigError("--rows are TLXML's noise-task rows: use them with --scale paper --only e2-noise")
+    keys = [k.strip() for k in a.rows.split(",") if k.strip()]
+    seeds = [int(s) for s in a.seeds.split(",") if s.strip()] if a.seeds else [0]
+    root = Path(a.rows_root) if a.rows_root else Path(a.out) / "paper"  # the report renders <out>/paper
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    results = run_rows(keys, seeds, root, device=a.device, steps=a.steps, log=log)
+    if not a.rows_root:
+        render(a.out, figures=not a.no_figures)
+    return {"results": results, "rows": [{"row": r["row"]["key"], "status": r["status"], "verdict": r["verdict"]}
+                                         for r in collect(root) if r["row"]["key"] in keys]}
 
 
 def _detect(a: argparse.Namespace) -> dict[str, Any]:
@@ -574,6 +600,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--force", action="store_true", help="rerun experiments whose saved section is up to date")
     rp.add_argument("--no-figures", action="store_true", help="do not draw PNG figures")
     rp.add_argument("--device", default="cpu", help="cpu (default: the report's figures are CPU figures) | auto | cuda[:N]")
+    rp.add_argument("--rows", default=None,
+                    help="with --scale paper --only e2-noise: TLXML Table 9/11 rows to run at the paper's settings, e.g. "
+                         "om-protonet-512,om-protonet-1024,om-maml-512 (run folders under docs/results/paper/<row>/seed<k>/)")
+    rp.add_argument("--seeds", default=None, help="with --rows: training seeds, e.g. 0,1,2 (default 0; the paper's: 0,1,2,3,42)")
+    rp.add_argument("--steps", type=int, default=None,
+                    help="with --rows: train up to meta-batch N for now (the run resumes from there next time)")
+    rp.add_argument("--rows-root", default=None, help=argparse.SUPPRESS)  # tests: run folders elsewhere, report untouched
     rp.set_defaults(func=_reproduce)
     return p
 

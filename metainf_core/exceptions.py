@@ -27,3 +27,7 @@ class TaskNotFoundError(MetainfError, KeyError):
 
 class CacheError(MetainfError, ValueError):
     """A cached or shipped result that cannot be used (missing, altered, or for other inputs)."""
+
+
+class TrainingStopped(MetainfError):
+    """Training was asked to stop (SIGTERM or Ctrl-C); its state up to the last step is saved."""

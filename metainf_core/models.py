@@ -21,12 +21,18 @@ from metainf_core.exceptions import ConfigError
 
 
 class MaxPool2x2(nn.Module):
-    """2×2 max-pool, stride 2, floor mode (= ``nn.MaxPool2d(2)``, bitwise) as the max of four
-    strided views: under ``vmap`` over tasks torch's NCHW pooling kernel is ~7× slower and was
-    the largest cost of evaluation. At exact ties the gradient is shared rather than sent to one
-    entry; ties come from ReLU zeros, whose gradient is zero either way."""
+    """2×2 max-pool, stride 2, floor mode (= ``nn.MaxPool2d(2)``), by the kernel that is faster
+    for the pass at hand: torch's fused pooling when a gradient may be taken (its backward scatters
+    to one index; the strided version's four slice and ``maximum`` backwards cost 3–6× more: 1.7×
+    per ProtoNet training step, 2.7× per ProtoNet Gauss-Newton column pass, ``bench_training.py``),
+    and the max of four strided views without one (under ``vmap`` over tasks torch's NCHW pooling
+    kernel is 1.6–7× slower, the largest cost of evaluation). The forward values are the same
+    bitwise; at exact ties the fused backward sends the gradient to one entry and the strided one
+    shares it, but ties come from ReLU zeros, whose gradient is zero either way."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            return nn.functional.max_pool2d(x, 2)
         h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
         x = x[..., :h, :w]
         return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]), torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))

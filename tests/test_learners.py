@@ -113,8 +113,9 @@ def test_batched_metrics_equal_per_task_loop():
 
 
 def test_max_pool_2x2_equals_torch_max_pool_and_its_gradient():
-    """models.MaxPool2x2 (strided maxima, fast under vmap) vs nn.MaxPool2d(2): values bitwise,
-    gradients equal where there are no ties (odd sizes floor like torch)."""
+    """models.MaxPool2x2 vs nn.MaxPool2d(2) on both of its kernels: the strided maxima (no grad,
+    fast under vmap) give the values bitwise, and so does the fused kernel (grad mode) with its
+    gradient (odd sizes floor like torch)."""
     from torch.func import vmap
 
     from metainf_core.models import MaxPool2x2
@@ -126,8 +127,13 @@ def test_max_pool_2x2_equals_torch_max_pool_and_its_gradient():
         g = torch.randn_like(ref)
         (ga,), (gb,) = torch.autograd.grad(ours, x, g), torch.autograd.grad(ref, x, g)
         assert torch.equal(ga, gb)
+        with torch.no_grad():
+            assert torch.equal(MaxPool2x2()(x), ref)  # the strided kernel
     batched = torch.randn(4, 6, 3, 14, 14)
-    assert torch.equal(vmap(MaxPool2x2())(batched), torch.nn.MaxPool2d(2)(batched.flatten(0, 1)).view(4, 6, 3, 7, 7))
+    expected = torch.nn.MaxPool2d(2)(batched.flatten(0, 1)).view(4, 6, 3, 7, 7)
+    assert torch.equal(vmap(MaxPool2x2())(batched), expected)
+    with torch.no_grad():
+        assert torch.equal(vmap(MaxPool2x2())(batched), expected)
 
 
 def test_learners_stand_below_influence_and_own_the_composite_batch_norm(python_exe):

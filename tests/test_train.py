@@ -83,6 +83,37 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, python_exe):
         )  # fmt: skip
 
 
+def test_sigterm_saves_the_step_it_finished_and_resumes_exactly(tmp_path, python_exe):
+    """SIGTERM (a session ending, `kill`) stops training after the step in progress, saves it even
+    between checkpoints, exits with status 2 naming that step; resuming gives the uninterrupted run."""
+    import re
+
+    out = tmp_path / "stopped"
+    cmd = _cli_train(python_exe, out, 1_000_000)
+    cmd[cmd.index("--checkpoint-every") + 1] = "7"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    meta_path = out / "meta.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (meta_path.exists() and json.loads(meta_path.read_text()).get("step", 0) >= 14):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "stopped by signal 15" in err, err
+    stopped_at = int(re.search(r"after step (\d+)", err).group(1))
+    assert json.loads(meta_path.read_text())["step"] == stopped_at >= 14  # the stop step is saved, checkpoint or not
+    target = stopped_at + 5
+    ref_cmd = _cli_train(python_exe, tmp_path / "ref", target)
+    ref_cmd[ref_cmd.index("--checkpoint-every") + 1] = "7"
+    resume_cmd = _cli_train(python_exe, out, target, resume=True)
+    resume_cmd[resume_cmd.index("--checkpoint-every") + 1] = "7"
+    for c in (resume_cmd, ref_cmd):
+        res = subprocess.run(c, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+    resumed, reference = load_checkpoint(out), load_checkpoint(tmp_path / "ref")
+    for k in reference.params:  # same code path on the same machine: equal up to float noise of 1e-6
+        torch.testing.assert_close(resumed.params[k], reference.params[k], rtol=0, atol=1e-6)
+
+
 def test_leave_out_retraining_never_draws_excluded_tasks(synthetic_run, tmp_path):
     from metainf_core.explain import leave_out_retrain
     from metainf_core.service import open_run

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 VERDICT_MARK = {"reproduced": "✅ reproduced", "partly": "🟡 partly reproduced", "not reproduced": "❌ not reproduced"}
 COMMAND = "python -m metainf_core reproduce --out docs/results"
 
@@ -123,11 +125,60 @@ def _body(s: dict[str, Any], figures: set[str], scale_flag: str, verdict_line: s
     return "\n".join(parts)
 
 
+def _pm(pair: Sequence[float], digits: int) -> str:
+    return f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
+
+
+def _ours(values: Sequence[float], digits: int) -> str:
+    """Mean ± sd (n) over our seeds; one value alone as it is."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} (1 seed)"
+    a = np.asarray(values, dtype=np.float64)
+    return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f} (n = {len(a)})"
+
+
+def render_paper_rows(rows: Sequence[dict[str, Any]]) -> str:
+    """TLXML Tables 9/11 rows at the paper's settings (``rows.collect``): progress, our figures beside the paper's, verdicts."""
+    from metainf_core.reproduce.rows import row_verdict  # the rule quoted below is its docstring
+
+    lines = [
+        "## Noise tasks at the paper's own settings (TLXML Tables 9 and 11)",
+        "",
+        "Run by `python -m metainf_core reproduce --scale paper --only e2-noise --rows ROW[,ROW] --seeds 0[,1,…]`; each run folder "
+        "(weights, Adam state, tasksets, meta, `row.json`) is committed under `paper/<row>/seed<k>/` and resumes where it stopped.",
+        "",
+        "**Verdict rule, fixed before the numbers:** " + " ".join(row_verdict.__doc__.split()),
+        "",
+        "| row | paper | training | test accuracy (ours / paper) | truncation k (mean self-rank) | proper tests of 128 (ours / paper) "
+        "| z (ours / paper) | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    notes: list[str] = []
+    for r in rows:
+        row, res = r["row"], r["results"]
+        done = ", ".join(f"seed {st['seed']}: {st['steps_done']:,} / {st['steps']:,}" for st in r["status"])
+        ks = ", ".join(f"{x['truncation']:,} ({x['mean_self_rank']:.1f})" for x in res) or "—"
+        lines.append(
+            f"| {row['key']} ({row['train_tasks']:,} / {row['noise_tasks']} noise) | {row['table']} | {done} "
+            f"| {_ours([x['test_accuracy'] for x in res], 3)} / {_pm(row['accuracy'], 3)} | {ks} "
+            f"| {_ours([x['noise']['proper'] for x in res], 1)} / {_pm(row['proper'], 1)} "
+            f"| {_ours([x['noise']['z'] for x in res], 1)} / {_pm(row['z'], 1)} | {r['verdict']['label']}: {_cell(r['verdict']['reason'])} |"
+        )
+        if res and res[0]["differences"] not in notes:
+            notes.append(res[0]["differences"])
+    for diff in notes:
+        lines += ["", "Where the runs differ from the paper's text: " + "; ".join(diff) + "."]
+    return "\n".join(lines + [""])
+
+
 def render_readme(sections: Sequence[dict[str, Any]], figures: set[str], medium: Sequence[dict[str, Any]] = (),
-                  paper: Sequence[dict[str, Any]] = ()) -> str:  # fmt: skip
+                  paper: Sequence[dict[str, Any]] = (), paper_rows: Sequence[dict[str, Any]] = ()) -> str:  # fmt: skip
     """The whole report; ``figures`` holds the PNG paths (relative to the report) that exist;
     ``medium`` and ``paper`` the medium- and paper-scale sections, shown after the report-scale ones
-    of the same experiment (and each with a row of its own in the verdict table)."""
+    of the same experiment (and each with a row of its own in the verdict table); ``paper_rows`` the
+    TLXML Table 9/11 rows run at the paper's settings (``rows.collect``), a section of their own."""
     small = {s["key"]: s for s in sections}
     large = {s["key"]: s for s in medium}
     largest = {s["key"]: s for s in paper}
@@ -151,7 +202,8 @@ def render_readme(sections: Sequence[dict[str, Any]], figures: set[str], medium:
         *verdicts,
         "",
     ]
-    return "\n".join(head + [render_section(int(k.split("-")[0][1:]), small.get(k), figures, large.get(k), largest.get(k)) for k in keys])
+    tail = [render_paper_rows(paper_rows)] if paper_rows else []
+    return "\n".join(head + [render_section(int(k.split("-")[0][1:]), small.get(k), figures, large.get(k), largest.get(k)) for k in keys] + tail)
 
 
 def _figure(spec: dict[str, Any]):
