@@ -31,6 +31,18 @@ def test_explain_flow(demo_fitted):
     assert len(rows) == 10  # 5 most helpful + 5 most harmful
     assert all(any(s in r for s in ("(tops)", "(footwear)", "(other)")) for r in rows)
     assert all("size" in r and "alignment" in r for r in rows)
+    # each card's size claim recomputed: the share of training tasks smaller than this one
+    import re
+
+    from metainf_core.explain import Target, fit_influence, score_parts
+    from metainf_core.service import open_run
+    from ui import DEFAULT_INFLUENCE
+
+    run = open_run(DEMO)
+    sizes = score_parts(run, fit_influence(run, DEFAULT_INFLUENCE), Target((0,)), DEFAULT_INFLUENCE.dtype)["size"]
+    for r in rows:
+        j, share = re.search(r"training task (\d+).*size: bigger than (\d+) % of the training tasks", r, re.S).groups()
+        assert int(share) == round(100 * float((sizes < sizes[int(j)]).mean())), r
     assert len(_images(at)) >= 12  # test task + a grid per ranked training task
     first = rows[:5]
     at.number_input(key="_test_task_input").set_value(7).run()

@@ -42,7 +42,8 @@ def server():
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false"],
+         "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],  # a file edited mid-walk must not reload modules under the running app
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 60
@@ -123,8 +124,9 @@ class Walk:
         """Read the page as its audience does: no code-form names in the visible text, and every
         metric's arrow pointing the way its delta's sign says."""
         text = self.page.locator('[data-testid="stMain"]').inner_text()
-        for code in self.page.locator('[data-testid="stMain"] [data-testid="stCode"]').all():  # commands to copy are code
-            text = text.replace(code.inner_text(), "")
+        skip = '[data-testid="stMain"] [data-testid="stCode"], [data-testid="stMain"] [data-testid="stIconMaterial"]'
+        for el in self.page.locator(skip).all():  # commands to copy are code; icons are ligatures ("keyboard_arrow_right")
+            text = text.replace(el.inner_text(), "")
         found = CODE_FORM.findall(text)
         assert not found, f"{name}: code-form names on the page: {sorted(set(found))}"
         for delta in self.page.locator('[data-testid="stMetricDelta"]').all():
@@ -148,7 +150,7 @@ def test_presenter_walk_in_chromium(demo_fitted, server, tmp_path):
 
         # ---- a shared link opens Explain on test task 3; the shipped fit answers at once -----------
         page.goto(f"{server}/Explain?model=protonet-fashion-mnist&test=3")
-        expect(page.get_by_text("most helpful", exact=False).first).to_be_visible(timeout=120_000)
+        expect(page.get_by_role("heading", name=re.compile("most helpful")).first).to_be_visible(timeout=120_000)
         w.settle()
         assert page.get_by_role("button", name="Fit influence now").count() == 0
         assert page.get_by_role("button", name="Deploy").count() == 0  # .streamlit/config.toml: toolbarMode minimal
@@ -174,10 +176,13 @@ def test_presenter_walk_in_chromium(demo_fitted, server, tmp_path):
         w.settle()
         page.get_by_role("button", name="Which images?").nth(5).click()
         w.settle()
-        drill = page.get_by_text("Query images:", exact=False).first
-        expect(drill).to_be_visible(timeout=60_000)
-        drill.scroll_into_view_if_needed()
+        dialog = page.get_by_role("dialog")  # shown where it was asked for, over the row
+        expect(dialog.get_by_text("Query images:", exact=False).first).to_be_visible(timeout=60_000)
+        expect(dialog.get_by_text(re.compile(r"Test task 5: query images"))).to_be_in_viewport()
         w.shot("explain_drilldown")
+        page.keyboard.press("Escape")
+        expect(dialog).to_have_count(0)
+        w.settle()
 
         # downloads: ranking CSV (1-based ranks, named with the test task), figure PNG and HTML
         csv = w.download(lambda: page.get_by_role("button", name="Download the full ranking (CSV)").click())

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.explain import Target, group_scores, ranking_table, score_parts, task_rows
-from metainf_core.words import class_list, corruption_name, ranking_summary, score, signed
+from metainf_core.words import class_list, corruption_name, percent, ranking_summary, score, signed
 from ui import (
     DEFAULT_INFLUENCE,
     describe_task,
@@ -44,8 +43,7 @@ k = c3.slider("Tasks shown at each end", 3, 15, 5, key="explain_k")
 GALLERY_PAGE = 12  # test tasks per page of the gallery
 with st.expander("Browse test tasks (click one to explain it)"):
     pages = -(-n_test // GALLERY_PAGE)
-    page = int(st.number_input(f"Page (of {pages}; {GALLERY_PAGE} test tasks each)", 1, pages, test_id // GALLERY_PAGE + 1,
-                               key="explain_gallery_page"))
+    page = int(st.number_input(f"Page (of {pages}; {GALLERY_PAGE} test tasks each)", 1, pages, 1, key="explain_gallery_page"))
     cols = st.columns(4)
     for n, i in enumerate(range((page - 1) * GALLERY_PAGE, min(n_test, page * GALLERY_PAGE))):
         with cols[n % 4]:
@@ -65,7 +63,13 @@ if strip is not None:
 # ---- ranking ----------------------------------------------------------------------------------
 parts = score_parts(run, inf, Target((test_id,)), DEFAULT_INFLUENCE.dtype)
 scores = parts["helpfulness"]
-typical_size = float(np.median(parts["size"]))  # sizes shown against the median training task's
+
+
+def size_share(j: int) -> str:
+    """A task's size as a person can read it: the share of training tasks it is bigger than."""
+    return percent(float((parts["size"] < parts["size"][j]).mean()), 0)
+
+
 order, ranks = ranking_table(parts[ORDERS[order_by]])
 helpful = task_rows(run, order[:k], scores[order[:k]], ranks[order[:k]])
 harmful = task_rows(run, order[::-1][:k], scores[order[::-1][:k]], ranks[order[::-1][:k]])
@@ -105,7 +109,7 @@ def show_rows(rows: list[dict], title: str, key: str) -> None:
         labels = ", ".join(f"{c} ({s})" for c, s in zip(r["classes"], r["superclasses"], strict=True))
         b.markdown(
             f"**#{r['rank'] + 1}** · training task {j}" + (f" · **{what}**" if what else "") + "  \n"
-            f"score {score(r['helpfulness'])} · size {parts['size'][j] / typical_size:.1f}× a typical task's · "
+            f"score {score(r['helpfulness'])} · size: bigger than {size_share(j)} of the training tasks · "
             f"alignment {signed(parts['alignment'][j], 2)}  \n"
             + (f"labelled {labels}" if what else labels)
         )
