@@ -293,7 +293,7 @@ def _paper_rows(a: argparse.Namespace, only: list[str] | None) -> dict[str, Any]
     from pathlib import Path
 
     from metainf_core.reproduce import render
-    from metainf_core.reproduce.rows import collect, run_rows
+    from metainf_core.reproduce.rows import collect, run_rows, run_schedule
 
     if a.scale != "paper" or only != ["e2-noise"]:
         raise ConfigError("--rows are TLXML's noise-task rows: use them with --scale paper --only e2-noise")
@@ -304,7 +304,11 @@ def _paper_rows(a: argparse.Namespace, only: list[str] | None) -> dict[str, Any]
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    results = run_rows(keys, seeds, root, device=a.device, steps=a.steps, log=log)
+    if keys == ["schedule"]:  # issue 23's order, finished runs skipped
+        results = run_schedule(root, device=a.device, steps=a.steps, log=log)
+        keys = sorted({r["row"] for r in results} | {s["row"] for r in collect(root) for s in r["status"]})
+    else:
+        results = run_rows(keys, seeds, root, device=a.device, steps=a.steps, log=log)
     if not a.rows_root:
         render(a.out, figures=not a.no_figures)
     return {"results": results, "rows": [{"row": r["row"]["key"], "status": r["status"], "verdict": r["verdict"]}
@@ -602,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", default="cpu", help="cpu (default: the report's figures are CPU figures) | auto | cuda[:N]")
     rp.add_argument("--rows", default=None,
                     help="with --scale paper --only e2-noise: TLXML Table 9/11 rows to run at the paper's settings, e.g. "
-                         "om-protonet-512,om-protonet-1024,om-maml-512 (run folders under docs/results/paper/<row>/seed<k>/)")
+                         "om-protonet-512,om-protonet-1024,om-maml-512, or 'schedule' (issue 23's order, skipping finished runs; "
+                         "run folders under docs/results/paper/<row>/seed<k>/)")
     rp.add_argument("--seeds", default=None, help="with --rows: training seeds, e.g. 0,1,2 (default 0; the paper's: 0,1,2,3,42)")
     rp.add_argument("--steps", type=int, default=None,
                     help="with --rows: train up to meta-batch N for now (the run resumes from there next time)")

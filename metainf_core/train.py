@@ -133,14 +133,22 @@ def meta_batch_ids(num_tasks: int, meta_batch: int, seed: int, step: int, exclud
     return allowed[rng.choice(len(allowed), size=meta_batch, replace=len(allowed) < meta_batch)]
 
 
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import version
+def _installed_version(package: str) -> str:
+    """The installed version of ``package``, or "absent" (a GPU machine's image has no learn2learn)."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "absent"
+
+
+def library_versions() -> dict[str, str]:
     return {
         "metainf": metainf_core.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "learn2learn": version("learn2learn"),
+        "learn2learn": _installed_version("learn2learn"),
         "numpy": np.__version__,
     }
 

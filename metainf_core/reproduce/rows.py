@@ -202,6 +202,20 @@ def run_rows(rows: Sequence[str | PaperRow], seeds: Sequence[int], root: str | P
     return results
 
 
+def run_schedule(root: str | Path = ROOT, *, device: str = "cpu", steps: int | None = None, log: Log = print) -> list[dict[str, Any]]:
+    """Work down ``SCHEDULE`` (issue 23's order): each run without a result is trained (or resumed)
+    and evaluated before the next starts; finished runs are skipped (a GPU lease's script)."""
+    results = []
+    for key, seed in SCHEDULE:
+        if (run_dir(ROWS[key], seed, root) / RESULT_FILE).is_file():
+            continue
+        done = run_rows([key], [seed], root, device=device, steps=steps, log=log)
+        if not done:  # stopped at ``steps``: the later runs wait their turn
+            break
+        results += done
+    return results
+
+
 # ---- the verdict, fixed before the numbers (issue 23 item 4) ------------------------------------
 def _mean_sd(xs: Sequence[float]) -> tuple[float, float]:
     a = np.asarray(xs, dtype=np.float64)
