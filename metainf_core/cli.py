@@ -275,7 +275,7 @@ def _reproduce(a: argparse.Namespace) -> dict[str, Any]:
     if a.estimate:
         from metainf_core.reproduce.estimate import estimate, format_table
 
-        rows = estimate(a.scale, only, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        rows = estimate(a.scale, only, log=lambda msg: print(msg, file=sys.stderr, flush=True), ranks=a.ranks)
         print(format_table(rows, a.scale), file=sys.stderr, flush=True)
         return {"scale": a.scale, "estimate": rows}
     readme = reproduce(a.out, only=only, scale=a.scale, work=a.work, force=a.force, figures=not a.no_figures,
@@ -600,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "e2-e4 and seed 003's for e6 (data/<key>.paper.json; weeks on a CPU, see --estimate); smoke: a minutes-long version of each experiment")
     rp.add_argument("--estimate", action="store_true",
                     help="train nothing: print each experiment's predicted time at --scale from a short timing probe (about 1-2 minutes)")
+    rp.add_argument("--ranks", type=int, default=2, help="with --estimate: the torchrun ranks (one thread each) of its last column")
     rp.add_argument("--work", default=None, help="where trained runs are kept (default .cache/metainf/reproduce)")
     rp.add_argument("--force", action="store_true", help="rerun experiments whose saved section is up to date")
     rp.add_argument("--no-figures", action="store_true", help="do not draw PNG figures")

@@ -330,6 +330,17 @@ def test_estimate_predicts_without_training(monkeypatch, tmp_path):
     assert e2["hours_1_thread"] == pytest.approx((train + 20 * fit + other) / 3600)
     assert e2["hours_2_threads"] == pytest.approx(e2["hours_1_thread"] / est.TWO_THREAD_SPEEDUP)
     assert rows[-1]["hours_1_thread"] == pytest.approx(sum(r["hours_1_thread"] for r in rows[:4]))
+    # 4 ranks by hand: the 20 runs dealt longest first (between a quarter of their sum and that plus the longest run),
+    # each fit's 2,048 tasks of columns per rank and its reductions plus 2 tree-merge levels, the other work / 4
+    rows4 = est.estimate("paper", only=["e2-noise"], probe=probe, linalg=la, ranks=4)
+    runs = [s * c + 128 * c / 32 for s, c in ((40000, 2.0), (80000, 2.0), (10000, 1.0), (20000, 1.0)) for _ in range(5)]
+    assert est.makespan(runs, 1) == pytest.approx(sum(runs)) and sum(runs) / 4 <= est.makespan(runs, 4) <= sum(runs) / 4 + max(runs)
+    assert est.makespan([3.0, 3.0, 2.0, 2.0, 2.0], 2) == 7.0  # longest first: 3+2+2 and 3+2
+    shard_count, _ = est.reductions(2048, 100, 8192)
+    fit4 = 2048 * 0.5 + (shard_count + 1 + 2) * est.reduction_seconds(size, 20_000, 8192, la)
+    assert rows4[0]["hours_ranks"] == pytest.approx((est.makespan(runs, 4) + 20 * fit4 + other / 4) / 3600)
+    assert rows4[0]["ranks"] == 4 and rows4[0]["hours_ranks"] < rows4[0]["hours_1_thread"] / 2
+    assert "| hours (4 ranks × 1 thread) |" in est.format_table(rows4, "paper")
     table = est.format_table(rows, "paper")
     assert all(f"\n| {r['experiment']} | {r['runs']} | " in table for r in rows)
     # the report scale plans every experiment; the CLI flag exists

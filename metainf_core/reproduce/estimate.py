@@ -15,7 +15,10 @@ and a predicted time, from a per-network cost model measured by a short timing p
 Other work is scaled from the probe: one task's evaluation, test-task gradient or helpfulness
 gradient costs train-step / meta-batch; one landscape diagnostic (T inner steps, 20 Lanczos
 iterations) 20 of those. Predictions are for one intra-op thread (OMP_NUM_THREADS=1, as the probe
-runs); two threads: divided by 1.7, the speed-up ``experiments.MEDIUM_COST`` measured. The
+runs); two threads: divided by 1.7, the speed-up ``experiments.MEDIUM_COST`` measured. The probe's
+training steps run as ``train`` runs them (``train.retained_allocations``). N ranks (torchrun, one
+thread each): independent runs dealt to the ranks (the longest first: the slowest rank's sum), a fit's
+columns and the per-task work divided by N, its buffer reductions plus ⌈log₂ N⌉ tree-merge levels. The
 numbers are lower bounds for the paper scale: memory traffic of the 16,384 × 28,896 float64 buffer
 (3.8 GB) and Python overhead are not modelled.
 """
@@ -34,6 +37,7 @@ from metainf_core.config import TaskConfig, TrainConfig
 from metainf_core.exceptions import ConfigError
 from metainf_core.reproduce.experiments import EXPERIMENTS, _configs, noise_count
 from metainf_core.reproduce.runs import run_key
+from metainf_core.train import retained_allocations
 
 TWO_THREAD_SPEEDUP = 1.7  # experiments.MEDIUM_COST: "2 threads ≈ 1/1.7 of these times"
 DIAGNOSTIC_TASK_EVALS = 20  # one landscape diagnostic task ≈ 20 task evaluations (MEDIUM_COST: 1.1 s vs ~0.06 s)
@@ -113,16 +117,10 @@ def probe_network(net: Net, steps: int = 2, budget_s: float = 8.0, tasks: int = 
     metrics = create_batched_task_metrics_function(model, spec)
     sx, sy, qx, qy = _random_batch(net, min(tasks, net.meta_batch), torch.float32)
     times: list[float] = []
-    while len(times) < steps + 1:
-        t = time.perf_counter()
-        loss, _ = metrics(params, sx, sy, qx, qy)
-        opt.zero_grad(set_to_none=True)
-        loss.mean().backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-        if times[0] > budget_s:  # a slow network: one timed step after the warm-up is enough
-            steps = 1
+    with retained_allocations():
+        _time_steps(times, steps, budget_s, lambda: _train_step(metrics, opt, params, sx, sy, qx, qy))
     train_step = sum(times[1:]) / len(times[1:]) * net.meta_batch / min(tasks, net.meta_batch)
+
 
     model64 = model.double()
     p64 = {k: v.detach().double() for k, v in params_of(model64).items()}
@@ -138,6 +136,31 @@ def probe_network(net: Net, steps: int = 2, budget_s: float = 8.0, tasks: int = 
         if took[0] > budget_s:
             break
     return Costs(train_step, took[-1] * net.queries, rows * net.queries, count_parameters(model))
+
+
+def _train_step(metrics: Callable[..., Any], opt: torch.optim.Optimizer, params: dict[str, torch.Tensor], *batch: torch.Tensor) -> None:
+    loss, _ = metrics(params, *batch)
+    opt.zero_grad(set_to_none=True)
+    loss.mean().backward()
+    opt.step()
+
+
+def _time_steps(times: list[float], steps: int, budget_s: float, step: Callable[[], None]) -> None:
+    """Append the seconds of a warm-up step and ``steps`` more (one, when the warm-up took over ``budget_s``)."""
+    while len(times) < steps + 1:
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+        if times[0] > budget_s:  # a slow network: one timed step after the warm-up is enough
+            steps = 1
+
+
+def makespan(durations: Sequence[float], ranks: int) -> float:
+    """Seconds until ``ranks`` workers finish independent jobs, each taking the next job when free, longest first."""
+    finish = [0.0] * max(1, ranks)
+    for d in sorted(durations, reverse=True):
+        finish[finish.index(min(finish))] += d
+    return max(finish)
 
 
 def probe_linalg(n: int = 512) -> Linalg:
@@ -262,10 +285,10 @@ def plan(key: str, c: dict[str, Any]) -> Plan:
 
 
 def estimate(scale: str = "paper", only: Sequence[str] | None = None, *, probe: Callable[[Net], Costs] | None = None,
-             linalg: Linalg | None = None, log: Callable[[str], None] = lambda msg: None) -> list[dict[str, Any]]:  # fmt: skip
+             linalg: Linalg | None = None, log: Callable[[str], None] = lambda msg: None, ranks: int = 2) -> list[dict[str, Any]]:  # fmt: skip
     """One row per experiment with a ``scale`` configuration (in report order, ``only`` as ``reproduce``):
-    runs to train, their steps, GN fits, predicted hours on 1 and 2 threads; then a total row.
-    ``probe`` / ``linalg`` replace the timing probes (tests)."""
+    runs to train, their steps, GN fits, predicted hours on 1 and 2 threads and on ``ranks`` torchrun
+    ranks of one thread each; then a total row. ``probe`` / ``linalg`` replace the timing probes (tests)."""
     from metainf_core.reproduce import select
 
     probe = probe or probe_network
@@ -294,27 +317,34 @@ def estimate(scale: str = "paper", only: Sequence[str] | None = None, *, probe: 
         fits = [(k, net, m, n_orth) for k, net, m, n_orth in p.fits if k not in seen_fits]
         seen_runs |= {r[0] for r in runs}
         seen_fits |= {f[0] for f in fits}
-        train_s = sum(steps * cost(net).train_step_s + tests * cost(net).train_step_s / net.meta_batch for _, net, steps, tests in runs)
-        fit_s = 0.0
+        run_s = [steps * cost(net).train_step_s + tests * cost(net).train_step_s / net.meta_batch for _, net, steps, tests in runs]
+        train_s = sum(run_s)
+        fit_s = fit_ranks_s = 0.0
         for _, net, m, n_orth in fits:
             k = cost(net)
             count, size = reductions(m, k.rows_per_task, n_orth)
-            fit_s += m * k.gn_task_s + (count + 1) * reduction_seconds(size, k.num_parameters, n_orth, la)
+            one = reduction_seconds(size, k.num_parameters, n_orth, la)
+            fit_s += m * k.gn_task_s + (count + 1) * one
+            shard_count, _ = reductions(math.ceil(m / ranks), k.rows_per_task, n_orth)
+            fit_ranks_s += math.ceil(m / ranks) * k.gn_task_s + (shard_count + 1 + math.ceil(math.log2(ranks))) * one
         other_s = sum(n * cost(net).train_step_s / net.meta_batch for net, n in p.tasks)
         total = train_s + fit_s + other_s
+        total_ranks = makespan(run_s, ranks) + fit_ranks_s + other_s / ranks
         rows.append({"experiment": key, "runs": len(runs), "steps": sum(r[2] for r in runs), "fits": len(fits),
                      "train_hours": train_s / 3600, "fit_hours": fit_s / 3600, "other_hours": other_s / 3600,
-                     "hours_1_thread": total / 3600, "hours_2_threads": total / 3600 / TWO_THREAD_SPEEDUP})  # fmt: skip
+                     "hours_1_thread": total / 3600, "hours_2_threads": total / 3600 / TWO_THREAD_SPEEDUP,
+                     "ranks": ranks, "hours_ranks": total_ranks / 3600})  # fmt: skip
     if rows:
-        rows.append({"experiment": "total", **{k: sum(r[k] for r in rows) for k in rows[0] if k != "experiment"}})
+        rows.append({"experiment": "total", **{k: sum(r[k] for r in rows) for k in rows[0] if k not in ("experiment", "ranks")}, "ranks": ranks})
     return rows
 
 
 def format_table(rows: list[dict[str, Any]], scale: str) -> str:
     """The estimate as a Markdown table."""
     head = [f"Predicted cost of `reproduce --scale {scale}` on this CPU (timing probe, OMP_NUM_THREADS=1; 2 threads = 1 thread / {TWO_THREAD_SPEEDUP})",
-            "", "| experiment | runs to train | steps | GN fits | train h | fit h | other h | hours (1 thread) | hours (2 threads) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+            "", "| experiment | runs to train | steps | GN fits | train h | fit h | other h | hours (1 thread) | hours (2 threads) "
+            f"| hours ({rows[0]['ranks'] if rows else 2} ranks × 1 thread) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     body = [f"| {r['experiment']} | {r['runs']} | {r['steps']:,} | {r['fits']} | {r['train_hours']:,.1f} | {r['fit_hours']:,.1f} | "
-            f"{r['other_hours']:,.1f} | {r['hours_1_thread']:,.1f} | {r['hours_2_threads']:,.1f} |" for r in rows]  # fmt: skip
+            f"{r['other_hours']:,.1f} | {r['hours_1_thread']:,.1f} | {r['hours_2_threads']:,.1f} | {r['hours_ranks']:,.1f} |" for r in rows]  # fmt: skip
     return "\n".join(head + body)
