@@ -159,6 +159,11 @@ def test_removal_matches_direct_edit_random_baseline_and_downloads(demo_fitted, 
     assert ("includes zero" in paired) == (abs(gain) <= half), paired
     explained = any(m.value.startswith("The two comparisons answer different questions") for m in at.markdown)
     assert explained == (abs(gain) <= half and abs(z) >= 2)
+    same_way = [c for c in captions if c.startswith("Accuracy and loss moved the same way")]
+    if same_way:  # the images it counts are the accuracy change over 128 × 15 query images
+        flips = round(abs(after["accuracy"] - before["accuracy"]) * 128 * 15)
+        more = "more" if after["accuracy"] > before["accuracy"] else "fewer"
+        assert f"{flips} query image{'' if flips == 1 else 's'} {more}" in same_way[0], same_way[0]
     bad = set(corrupted_ids(run).tolist())
     assert any(m.value.startswith(f"**{sum(int(j) in bad for j in removed)} of the 64 removed tasks are known corrupted")
                for m in at.markdown)

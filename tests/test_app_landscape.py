@@ -96,7 +96,7 @@ def test_compute_then_cached(fmnist_history_run, monkeypatch):
     assert shown["Test accuracy at step 120"] == f"{100 * last.accuracy:.1f} %"
     assert shown["Sharpness at step 120"] == f"{last.sharpness_lanczos:.4g}"
     assert shown["Gradient agreement at step 120"] == f"{last.gradient_cosine:+.4f}"
-    assert shown["Sharpness vs accuracy (rank correlation)"] == f"{corr['sharpness_lanczos']['spearman']:+.2f}"
+    assert shown["Sharpness vs accuracy"] == f"{corr['sharpness_lanczos']['spearman']:+.2f}"
     table = at.dataframe[1].value  # [0]: correlations; headers as the tiles and the correlation table name them
     assert all("_" not in c for c in table.columns), list(table.columns)
     assert table["training step"].tolist() == [30, 60, 90, 120] and (table["test tasks used"] == N_TASKS).all()

@@ -360,7 +360,7 @@ def effect_body() -> None:
     st.caption("The scores predict a straight-line (first-order) change: the two agree for small edits and part ways when "
                "|ξ| × the number of chosen tasks is large.")
     st.caption(f"Accuracy on all {n_test} test tasks with its 95 % interval (the range the mean would likely fall in on "
-               "other test tasks): " + ", ".join(f"{when} {shown(s['accuracy'], True, 1)} ± {shown(s['accuracy_ci95'], True, 1)}"
+               "other test tasks): " + ", ".join(f"{when} {shown(s['accuracy'], True, CHANGE_DIGITS)} ± {shown(s['accuracy_ci95'], True, CHANGE_DIGITS)}"
                                                for when, s in (("before", s0), ("after", after[2]))) + ".")
     args = (block, enhance, xi_b, xi_e, test_id)
     st.download_button(

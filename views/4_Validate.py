@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.explain import validation_report
-from metainf_core.words import SIGNIFICANT_SD, signed, superclass_reading
+from metainf_core.words import SIGNIFICANT_SD, percent, signed, superclass_reading
 from ui import influence_config, require_influence, require_run, show_figure
 
 SIGNIFICANT = SIGNIFICANT_SD  # |z| from which a count is unlikely under chance (about 5 % two-sided)
@@ -65,7 +65,7 @@ sr = pd.DataFrame(rep["self_rank"])
 c1, c2 = st.columns([1, 2])
 c1.metric(f"Mean self-rank at k = {k}", f"{at_k['mean']:.2f}",
           help=f"Over all {rep['num_tasks']} training tasks; random ranking: {at_k['random_mean']:.1f}")
-c1.metric("Training tasks ranked first for themselves", f"{at_k['fraction_top1']:.0%}")
+c1.metric("Training tasks ranked first for themselves", percent(at_k["fraction_top1"], 0))
 best = int(sr.loc[sr["mean_self_rank"].idxmin(), "k"])  # the first minimum: the smallest k on a tie
 how = ("the value with the lowest mean self-rank (the smallest one on a tie)" if k == best
        else f"set by hand (the lowest mean self-rank is at k = {best})")
@@ -135,7 +135,7 @@ elif agree:
               help=f"TLXML reports {agree['paper_pearson']}")
     a2.metric("Spearman correlation (of ranks)", f"{agree['spearman_mean']:.3f}")
     overlap = next(v for k_, v in agree.items() if k_.startswith("top") and k_.endswith("_overlap_mean"))
-    a3.metric("Top-10% overlap", f"{overlap:.0%}", help="Share of the top tenth of tasks that both methods put there")
+    a3.metric("Same top 10 %", percent(overlap, 0), help="Share of the top tenth of tasks that both methods put there")
 
 with st.expander("For researchers: where these checks come from"):
     st.markdown(

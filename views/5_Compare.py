@@ -10,7 +10,7 @@ import streamlit as st
 
 from metainf_core.compare import METHODS, CompareConfig, compare_methods
 from metainf_core.explain import Target
-from metainf_core.words import METHOD_HELP, method_name, signed
+from metainf_core.words import METHOD_HELP, method_name, percent, signed
 from ui import DEFAULT_INFLUENCE, describe_task, get_run, require_influence, require_run, show_figure, task_alt, task_strip, test_task_picker
 
 st.set_page_config(page_title="metainf · Compare", layout="wide")
@@ -59,9 +59,9 @@ m1.metric("Same order? (Spearman)", signed(pair["spearman"], 2),
           help="Do the two methods rank all training tasks in the same order? +1 = the same order, 0 = unrelated, -1 = reversed")
 m2.metric("Same scores? (Pearson)", signed(pair["pearson"], 2),
           help="Do the scores themselves rise and fall together? +1 = in step, 0 = unrelated")
-m3.metric(f"Same {res['k']} most helpful", f"{pair['top_k_helpful_overlap']:.0%}",
+m3.metric(f"Same {res['k']} most helpful", percent(pair["top_k_helpful_overlap"], 0),
           help=f"Share of the {res['k']} most helpful tasks that both methods name")
-m4.metric(f"Same {res['k']} most harmful", f"{pair['top_k_harmful_overlap']:.0%}",
+m4.metric(f"Same {res['k']} most harmful", percent(pair["top_k_harmful_overlap"], 0),
           help=f"Share of the {res['k']} most harmful tasks that both methods name")
 st.caption("A correlation near 0 means the two methods tell different stories about this test task. When they disagree, "
            "prefer the one you can check: the Validate page tests TLXML's rankings on this model (does a training task "

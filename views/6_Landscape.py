@@ -26,7 +26,7 @@ GRID = dict(rows=math.ceil(len(METRICS) / 2), cols=2)
 
 st.set_page_config(page_title="metainf · Landscape", layout="wide")
 st.title("Loss landscape over training")
-st.caption("Along training, the model was saved every few hundred steps. For each saved copy: do its test tasks pull "
+st.caption("Copies of the model were saved along its training (snapshots). For each snapshot: do its test tasks pull "
            "the weights the same way (agreement), does it sit in a flat region of the loss (low sharpness), and does that "
            "go with better test accuracy?")
 path, run = require_run()
@@ -72,8 +72,8 @@ c2.metric(f"Sharpness at step {last.step}", f"{last.sharpness_lanczos:.4g}",
           help="How sharply the loss curves around the weights (its largest curvature); lower = flatter")
 c3.metric(f"Gradient agreement at step {last.step}", f"{last.gradient_cosine:+.4f}",
           help="Average cosine between the test tasks' gradients: +1 = they all pull the same way, 0 = unrelated")
-c4.metric("Sharpness vs accuracy (rank correlation)", f"{corr['sharpness_lanczos']['spearman']:+.2f}",
-          help="Spearman ρ over the snapshots: -1 = the sharper, the less accurate; +1 = the sharper, the more accurate")
+c4.metric("Sharpness vs accuracy", f"{corr['sharpness_lanczos']['spearman']:+.2f}",
+          help="Rank correlation (Spearman ρ) over the snapshots: -1 = the sharper, the less accurate; +1 = the sharper, the more accurate")
 
 st.subheader("Correlation with test accuracy across snapshots")
 signed = st.column_config.NumberColumn(format="%+.3f")

@@ -23,7 +23,18 @@ from metainf_core.detect import corrupted_ids, detection_curve, detection_scores
 from metainf_core.edit import EditSpec
 from metainf_core.exceptions import ConfigError
 from metainf_core.explain import edited_params, save_edited_checkpoint, task_rows
-from metainf_core.words import CHANGE_DIGITS, SIGNIFICANT_SD, chance_verdict, class_list, interval_words, percent, signed, two_comparisons
+from metainf_core.words import (
+    CHANGE_DIGITS,
+    SIGNIFICANT_SD,
+    chance_verdict,
+    class_list,
+    flipped_images,
+    interval_words,
+    percent,
+    same_way_words,
+    signed,
+    two_comparisons,
+)
 from metainf_core.words import points as points_
 from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run, show_figure, task_alt, task_strip
 
@@ -131,7 +142,7 @@ order = np.argsort(scores, kind="stable")  # most suspicious first: detect's ins
 top = [int(j) for j in order[:GALLERY]]
 n_flagged = sum(j in CORRUPTED for j in top)
 known = (f" {n_flagged} of them are known corrupted tasks (the training taskset holds {len(bad)} of {m}, "
-         f"{len(bad) / m:.1%})." if len(bad) else "")
+         f"{percent(len(bad) / m)})." if len(bad) else "")
 st.markdown(f"#### The {len(top)} most suspicious of {m} training tasks")
 st.caption(f"Most suspicious first; {value_name}: {reading}.{known}")
 for start in range(0, len(top), PER_ROW):
@@ -207,7 +218,7 @@ else:
 
 
 # ---- 2. remove the most suspicious: one-step edit vs random removals -------------------------------------
-st.subheader("2. Remove the most suspicious tasks: does it beat chance?")
+st.subheader("2. Remove the most suspicious tasks: does it do better than removing random ones?")
 st.write("Pretend the k most suspicious training tasks had been left out of training, without retraining: the "
          "**one-step edit** moves the trained weights by ξ × each task's influence (ξ = -1 is about the same as removing "
          f"the task; see the Edit page). For comparison, {DRAWS} random sets of k tasks are removed the same way.")
@@ -284,9 +295,11 @@ st.caption("The loss measures how wrong and how unsure the model is on the test 
            "-ξ × the removed tasks' summed average helpfulness (whichever score chose them): a straight-line (first-order) "
            "estimate that holds for small edits and drifts as |ξ| × k grows.")
 if np.sign(after["accuracy"] - before["accuracy"]) == np.sign(actual) != 0:
-    st.caption("Accuracy and loss moved the same way: accuracy only counts whether the model's top guess is right, while the "
-               "loss also weighs how confident it is on every image, so a few flipped guesses and a shift in confidence can "
-               "pull them apart.")
+    tc = run.meta["task_config"]
+    images = n_test * int(tc["ways"]) * int(tc["queries"])  # query images over the test taskset
+    flips = flipped_images(before["accuracy"], after["accuracy"], images)
+    st.caption("Accuracy and loss moved the same way. Accuracy only counts whether the model's top guess is right; the loss "
+               "measures how sure it is on every image. " + same_way_words(f"On all {n_test} test tasks", flips, actual > 0) + ".")
 
 # ---- take it away: cleaned checkpoint, the removed ids, the slow check -------------------------------------
 stem = f"{model}-{rkind}-k{rk}-xi{rxi:g}"
