@@ -182,3 +182,21 @@ def test_run_folders_record_where_data_came_from_without_the_machines_paths(monk
     assert portable_source(f"torchvision:{tmp_path / 'data'}") == "torchvision:data"
     assert portable_source("/somewhere/else/on/this/machine") == "…/this/machine"
     assert portable_source("synthetic") == "synthetic"
+
+
+def test_edit_sentences_state_the_numbers_of_the_tiles():
+    """Edit page (metainf_core.edit_words): the sentence names the shown values, the same-way caption
+    counts the images that really flipped (128 × 15 query images on the taskset)."""
+    from metainf_core.edit_words import disagreement, edit_sentence, figures
+
+    before = ([0.50], [0.80], {"accuracy": 0.7938, "loss": 0.857})
+    after = ([0.40], [0.8667], {"accuracy": 0.7891, "loss": 0.850})  # test task up; taskset: accuracy and loss both fell
+    fig = figures(0, before, after)
+    text = edit_sentence((1, 2), (), -1.0, 0.0, 0, fig, 15, 128)
+    assert text == ("Blocking 2 training tasks at ξ = -1 (about the same as removing them) raised test task 0's accuracy "
+                    "from 80.0 % to 86.7 % (12 → 13 of its 15 query images right) and lowered its loss from 0.500 to 0.400. "
+                    "On all 128 test tasks: accuracy 79.38 % → 78.91 %, loss 0.857 → 0.850.")
+    why = disagreement(0, fig, 15, 128)
+    flips = round((0.7938 - 0.7891) * 128 * 15)  # 9 images
+    assert f"On all 128 test tasks, {flips} query images fewer get the right top guess, while the model became more sure" in why
+    assert "On test task 0" not in why  # there accuracy rose and loss fell: nothing to explain

@@ -22,7 +22,8 @@ import torch
 
 from metainf_core.edit import apply_delta
 from metainf_core.explain import Target, all_scores, ranking_table, save_edited_checkpoint
-from metainf_core.words import CHANGE_DIGITS, flipped_images, outcome, percent, plural, same_way_words, signed, xi_curve_words
+from metainf_core.edit_words import FIGURES, disagreement, edit_sentence, figures, shown, shown_change
+from metainf_core.words import CHANGE_DIGITS, outcome, plural, signed, xi_curve_words
 from ui import (
     COMPUTE_LOCK,
     DEFAULT_INFLUENCE,
@@ -134,86 +135,8 @@ def evaluate(path: str, block: tuple[int, ...] = (), enhance: tuple[int, ...] = 
     return r.loss, r.accuracy, r.summary()
 
 
-# ---- words and numbers as the tiles show them ------------------------------------------------------
-FIGURES = {  # the four numbers of the tiles and the sentence: (as a percentage, decimals shown)
-    "task_acc": (True, 1), "task_loss": (False, 3), "set_acc": (True, CHANGE_DIGITS), "set_loss": (False, 3),
-}  # fmt: skip
-
-
-def shown(x: float, as_percent: bool = False, digits: int = 3) -> str:
-    return percent(x, digits) if as_percent else f"{x:.{digits}f}"
-
-
-def figures(test_id: int, before, after) -> dict[str, tuple[float, float, str, str]]:  # noqa: ANN001 - evaluate()'s tuples
-    """Each of FIGURES: raw value before and after, and both as shown."""
-    (loss0, acc0, s0), (loss1, acc1, s1) = before, after
-    raw = {"task_acc": (acc0[test_id], acc1[test_id]), "task_loss": (loss0[test_id], loss1[test_id]),
-           "set_acc": (s0["accuracy"], s1["accuracy"]), "set_loss": (s0["loss"], s1["loss"])}  # fmt: skip
-    return {k: (float(x0), float(x1), shown(x0, *FIGURES[k]), shown(x1, *FIGURES[k])) for k, (x0, x1) in raw.items()}
-
-
-def direction(before: str, after: str) -> int:
-    """+1 / −1 / 0: which way a value moved as shown (0 when the shown values agree)."""
-    if before == after:
-        return 0
-    return 1 if float(after.rstrip(" %")) > float(before.rstrip(" %")) else -1
-
-
 def tasks_word(n: int) -> str:
     return plural(n, "training task")
-
-
-def weight_words(xi: float) -> str:
-    """What ξ means for the tasks it applies to: each counts (1 + ξ) times as much as in training."""
-    w = 1 + xi
-    if w == 1:
-        return "no change"
-    if w == 0:
-        return "about the same as removing them"
-    if w < 0:
-        return "beyond removing them: pushing the model away from them"
-    return "as if they counted twice" if w == 2 else f"as if they counted {w:g}× as much"
-
-
-def change_words(what: str, before: str, after: str) -> str:
-    """ "raised its loss from 0.912 to 0.950" / "left its loss at 0.912" (compares what is shown)."""
-    d = direction(before, after)
-    return f"left {what} at {after}" if not d else f"{'raised' if d > 0 else 'lowered'} {what} from {before} to {after}"
-
-
-def edit_sentence(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float, xi_e: float, test_id: int, fig: dict) -> str:
-    """One plain sentence: what was applied and what it did, with the numbers the tiles show."""
-    parts = []
-    if block:
-        parts.append(f"Blocking {tasks_word(len(block))} at ξ = {xi_b:+g} ({weight_words(xi_b)})")
-    if enhance:
-        parts.append(f"{'enhancing' if parts else 'Enhancing'} {tasks_word(len(enhance))} at ξ = {xi_e:+g} ({weight_words(xi_e)})")
-    right0, right1 = (round(x * n_query) for x in fig["task_acc"][:2])
-    right = f"{right1}" if right0 == right1 else f"{right0} → {right1}"
-    acc, loss, set_acc, set_loss = (fig[k][2:] for k in FIGURES)
-    task_acc = f"test task {test_id}'s accuracy"
-    return (
-        f"{' and '.join(parts)} {change_words(task_acc, *acc)} "
-        f"({right} of its {n_query} query images right) and {change_words('its loss', *loss)}. "
-        f"On all {n_test} test tasks: accuracy {' → '.join(set_acc)}, loss {' → '.join(set_loss)}."
-    )
-
-
-def disagreement(test_id: int, fig: dict) -> str | None:
-    """Why accuracy and loss moved the same way (normally accuracy up goes with loss down), with the
-    real number of query images whose top guess flipped where it happened."""
-    images = {"task": n_query, "set": n_query * n_test}
-    where = {"task": f"On test task {test_id}", "set": f"On all {n_test} test tasks"}
-    said = []
-    for part in ("task", "set"):
-        acc_d, loss_d = direction(*fig[f"{part}_acc"][2:]), direction(*fig[f"{part}_loss"][2:])
-        if acc_d and acc_d == loss_d:
-            flips = flipped_images(fig[f"{part}_acc"][0], fig[f"{part}_acc"][1], images[part])
-            said.append(same_way_words(where[part], flips, loss_rose=loss_d > 0))
-    if not said:
-        return None
-    return ("Accuracy and loss moved the same way. Accuracy only counts whether the model's top guess is right; the loss "
-            "measures how sure it is on every image. " + "; ".join(said) + ".")
 
 
 TILES = (  # label, figure, tooltip; lower loss is better
@@ -228,7 +151,7 @@ def show_tiles(test_id: int, fig: dict) -> None:
     for col, (label, name, help_) in zip(st.columns(4), TILES, strict=True):
         *_, was, now = fig[name]
         as_percent, digits = FIGURES[name]
-        change = float(now.rstrip(" %")) - float(was.rstrip(" %"))  # of the values shown, so that it adds up
+        change = shown_change(fig, name)  # of the values shown, so that it adds up
         delta = None if was == now else signed(change, digits) + (" points" if as_percent else "")  # ASCII sign: st.metric reads it
         words = dict(i=test_id, q=n_query, n=n_test)
         col.metric(label.format(**words), now, delta, delta_color="normal" if as_percent else "inverse", help=help_.format(**words))
@@ -342,10 +265,10 @@ def effect_body() -> None:
     with st.spinner("Evaluating the edited model on every test task…"):
         after = evaluate(path, block, enhance, xi_b, xi_e)
     fig = figures(test_id, before, after)
-    went = outcome(*(float(fig[k][3].rstrip(" %")) - float(fig[k][2].rstrip(" %")) for k in ("task_acc", "set_acc")))
+    went = outcome(shown_change(fig, "task_acc"), shown_change(fig, "set_acc"))
     box = {1: st.success, -1: st.warning, 0: st.info}[went]  # green only when accuracy rose and fell nowhere
-    box(edit_sentence(block, enhance, xi_b, xi_e, test_id, fig))
-    why = disagreement(test_id, fig)
+    box(edit_sentence(block, enhance, xi_b, xi_e, test_id, fig, n_query, n_test))
+    why = disagreement(test_id, fig, n_query, n_test)
     if why:
         st.caption(why)
     show_tiles(test_id, fig)
