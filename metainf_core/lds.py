@@ -183,6 +183,30 @@ def noise_ceiling(losses: np.ndarray) -> dict[str, Any]:
             "attainable": math.sqrt(ceiling) if ceiling > 0 else math.nan, "per_test": sb.tolist()}  # fmt: skip
 
 
+def null_band(kept: np.ndarray, losses: np.ndarray, num_train: int, draws: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Mean-over-test-tasks LDS of ``draws`` i.i.d. standard-normal score tables (the random
+    baseline drawn again and again) for seed-averaged ``losses`` (K, T): its sd and 95th percentile
+    are the chance band of a method's mean LDS (``pooled_*``: of its LDS for the mean test loss).
+    The test tasks' LDS are not independent (a subset that raises one test task's loss tends to
+    raise all), so their sd / √T understates it."""
+    rng = np.random.default_rng([seed, num_train, losses.shape[1], draws])
+    tables = [rng.standard_normal((losses.shape[1], num_train)) for _ in range(draws)]
+    means = np.array([np.nanmean(lds_per_test(t, kept, losses)) for t in tables])
+    pool = np.array([lds_per_test(t.mean(0, keepdims=True), kept, losses.mean(1, keepdims=True))[0] for t in tables])
+    return {"draws": draws, "sd": _sd(means), "q95": float(np.quantile(means, 0.95)),
+            "pooled_sd": _sd(pool), "pooled_q95": float(np.quantile(pool, 0.95))}  # fmt: skip
+
+
+def pooled(scores: dict[str, np.ndarray], kept: np.ndarray, losses: np.ndarray) -> dict[str, Any]:
+    """LDS for the loss averaged over the test tasks (K, R, T) -> one target, the ``Target("all")``
+    whose helpfulness is the mean of the test tasks' (scores are linear in the target's gradient),
+    and its noise ceiling: a smoother target than any single test task."""
+    target = losses.mean(2, keepdims=True)  # (K, R, 1)
+    ceiling = noise_ceiling(target)["mean"] if losses.shape[1] >= 2 else None
+    lds = {n: float(lds_per_test(s.mean(0, keepdims=True), kept, target.mean(1))[0]) for n, s in scores.items()}
+    return {"ceiling": ceiling, "methods": lds}
+
+
 def summarize(values: np.ndarray, ceiling: float | None = None) -> dict[str, Any]:
     """Mean, sd and 95% interval over the test tasks (NaN-free ones), and mean / ceiling."""
     v = values[np.isfinite(values)]
@@ -241,8 +265,8 @@ def task_lds(
 
     Scores come first (cached fits; under torchrun every rank takes part in them), then the K·R
     retrainings (cached under ``work``). Methods that do not apply are listed under ``skipped``.
-    ``include_data`` adds the subsets and the per-seed losses (K × R × T), enough to recompute
-    every number here.
+    ``include_data`` adds the subsets, how many corrupted tasks each keeps, and the per-seed losses
+    (K × R × T): enough to recompute every number here.
     """
     names = default_methods(run, config) if methods is None else list(methods)
     tests = list(range(len(run.test_tasks))) if test_ids is None else [run.test_tasks.check_id(int(t)) for t in test_ids]
@@ -251,6 +275,8 @@ def task_lds(
     out: dict[str, Any] = {
         "config": cfg.to_dict(), "compare_config": config.to_dict(), "num_train_tasks": m, "subset_size": int(kept.shape[1]),
         "train_seeds": train_seeds(run, cfg), "test_tasks": tests, "sign": SIGN, "lds_sign": LDS_SIGN,
+        "run": {"path": str(run.checkpoint.path), "task_config": run.meta["task_config"], "train_config": run.meta["train_config"],
+                "test": run.meta.get("test")},
         "methods": {}, "skipped": {},
     }  # fmt: skip
     scores: dict[str, np.ndarray] = {}
@@ -268,8 +294,11 @@ def task_lds(
     out["ceiling"] = ceiling
     for n, s in scores.items():
         out["methods"][n].update(summarize(lds_per_test(s, kept, losses.mean(1)), ceiling["mean"] if ceiling else None))
+    out["pooled"] = pooled(scores, kept, losses)
+    out["null"] = null_band(kept, losses.mean(1), m, seed=cfg.subset_seed)
     if include_data:
-        out["data"] = {"subsets": kept.tolist(), "losses": losses.tolist()}
+        corrupted = run.train_tasks.corruption != 0  # noise or label-flip tasks (TaskConfig), kept per subset
+        out["data"] = {"subsets": kept.tolist(), "corrupted_kept": corrupted[kept].sum(1).tolist(), "losses": losses.tolist()}
     return out
 
 
@@ -282,10 +311,15 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"noise ceiling (split-half over seeds, Spearman–Brown, mean over test tasks): {ceiling['mean']:.3f} ± "
                      f"{ceiling['sd']:.3f}; split-half r {ceiling['split_half_mean']:.3f} (corrected {ceiling['of_mean_split_half']:.3f}); "
                      f"√ceiling {ceiling['attainable']:.3f}")  # fmt: skip
-    lines.append(f"{'method':<12} {'LDS mean ± sd':>17} {'/ ceiling':>10}")
+    null = result["null"]
+    lines.append(f"chance band ({null['draws']} random score tables): mean LDS sd {null['sd']:.3f}, 95th percentile {null['q95']:+.3f}; "
+                 f"mean-test-loss LDS sd {null['pooled_sd']:.3f}, 95th percentile {null['pooled_q95']:+.3f}")  # fmt: skip
+    pool = result["pooled"]
+    ceiling_text = "—" if pool["ceiling"] is None else f"{pool['ceiling']:.3f}"
+    lines.append(f"{'method':<12} {'LDS mean ± sd':>17} {'/ ceiling':>10} {'mean test loss (ceiling ' + ceiling_text + ')':>32}")
     for name, row in result["methods"].items():
         frac = "—" if row["fraction_of_ceiling"] is None else f"{row['fraction_of_ceiling']:.2f}"
-        lines.append(f"{name:<12} {row['mean']:>+8.3f} ± {row['sd']:<6.3f} {frac:>10}")
+        lines.append(f"{name:<12} {row['mean']:>+8.3f} ± {row['sd']:<6.3f} {frac:>10} {pool['methods'][name]:>+32.3f}")
     lines += [f"{name:<12} skipped: {why}" for name, why in result["skipped"].items()]
     return "\n".join(lines)
 

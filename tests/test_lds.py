@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from metainf_core.compare import CompareConfig
+from metainf_core.compare import CompareConfig, method_scores
 from metainf_core.config import TaskConfig, TrainConfig
 from metainf_core.exceptions import ConfigError
+from metainf_core.explain import Target
 from metainf_core.lds import (
     RANDOM,
     LDSConfig,
@@ -103,6 +104,12 @@ def test_lds_matches_dattri_and_an_oracle(lds_setting) -> None:
         # the same Pearson of the same average ranks (ours numpy, dattri scipy): only rounding differs
         np.testing.assert_allclose(ours, theirs.numpy(), rtol=0, atol=1e-12)
         assert result["methods"][name]["mean"] == pytest.approx(np.nanmean(ours), abs=1e-12)
+    # the mean test loss as one target: TLXML's helpfulness for Target(all tests) is the tests' mean (linear in the gradient)
+    whole = method_scores(run, Target(tuple(result["test_tasks"])), "tlxml-exact", DAMPING)
+    per_test, _ = score_matrix(run, "tlxml-exact", result["test_tasks"], CFG, DAMPING)
+    np.testing.assert_allclose(whole, per_test.mean(0), rtol=1e-9, atol=1e-12)  # float64 sums in another order
+    pooled_mean = np.asarray(result["data"]["losses"]).mean((1, 2))[:, None]
+    assert result["pooled"]["methods"]["tlxml-exact"] == pytest.approx(lds_per_test(whole[None], kept, pooled_mean)[0], abs=1e-12)
     # an oracle whose summed helpfulness is exactly minus each subset's loss (K = 5 < M = 16: solvable)
     indicator = np.zeros((5, 16))
     np.put_along_axis(indicator, kept, 1.0, axis=1)
