@@ -337,6 +337,39 @@ def _rows_over_history(
     return rows
 
 
+COHERENCE_FIELDS = ("gradient_inner", "gradient_cosine", "trajectory_cosine")
+
+
+def coherence_over_history(
+    run: Run, snapshots: list[tuple[int, Path]], num_tasks: int, steps: int | None = None, step_size: float | None = None,
+    chunk: int = 50,
+) -> list[dict[str, float]]:  # fmt: skip
+    """seed 003's coherence alone, on many test tasks (§5.2: 500 after each epoch): per snapshot,
+    E_{i≠j}[g_iᵀg_j] (unnormalised, §5.3), its cosine form and the mean cosine of T-step trajectory
+    directions (Eq. 5), over the first ``num_tasks`` test tasks (B × q gradients in chunks of
+    ``chunk`` tasks). No sharpness (its 20 Lanczos HVPs a task are what limit the full diagnostics to
+    a few dozen tasks). Snapshots are shared out over torchrun ranks like the full diagnostics."""
+    config = DiagnosticsConfig(num_tasks=num_tasks, steps=steps, step_size=step_size)
+    batch = _test_batch(run, config)
+    t_steps, alpha = config.trajectory(run.spec)
+
+    def compute(i: int) -> Tensor:
+        params = load_tensors(snapshots[i][1])
+        params = {k: params[k].to(device=run.device, dtype=run.params[k].dtype) for k in run.params}
+        w = ParamLayout.from_params(params).flatten(params)
+        grads, moves = [], []
+        for start in range(0, len(batch), chunk):
+            part = TaskBatch(*(t[start : start + chunk] for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)))
+            grads.append(support_gradients(run.model, run.spec, params, part))
+            moves.append(adapted_parameters(run.model, run.spec, params, part, t_steps, alpha) - w)
+        g, d = torch.cat(grads), torch.cat(moves)
+        return torch.tensor([mean_pairwise_inner(g), mean_pairwise_cosine(g), mean_pairwise_cosine(d)], dtype=torch.float64)
+
+    values = distributed.map_in_rounds(len(snapshots), compute, len(COHERENCE_FIELDS))
+    return [{"step": step, "num_tasks": len(batch), **dict(zip(COHERENCE_FIELDS, v.tolist(), strict=True))}
+            for (step, _), v in zip(snapshots, values, strict=True)]  # fmt: skip
+
+
 def diagnostics_over_history(
     run: Run | str | Path,
     config: DiagnosticsConfig = DiagnosticsConfig(),

@@ -53,6 +53,22 @@ def metric_correlations(rows: list[DiagnosticsRow], target: str = "accuracy") ->
     return out
 
 
+def phase_correlations(steps: np.ndarray, accuracy: np.ndarray, values: np.ndarray) -> dict[str, tuple[float, int]]:
+    """Spearman ρ of ``values`` with test accuracy and the number of snapshots, over the whole run,
+    without its first snapshot (at initialisation gradients are large and alike, and one such point
+    can decide a ρ), while accuracy rises (first snapshot to the peak) and after the peak (meta-
+    overfitting, when training runs past it): seed 003 follows both phases. NaN with < 3 snapshots."""
+    steps, acc, x = np.asarray(steps), np.asarray(accuracy, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    peak = int(np.argmax(acc))
+    parts = {"whole run": slice(None), "without the first snapshot": slice(1, None),
+             "rising (to the peak)": slice(0, peak + 1), "after the peak": slice(peak, None)}  # fmt: skip
+    out = {}
+    for name, part in parts.items():
+        a, v = acc[part], x[part]
+        out[name] = (spearman(a, v) if len(a) >= 3 else math.nan, len(a))
+    return out
+
+
 def keep_history_command(meta: dict[str, Any], out: str) -> str:
     """The ``train`` command that retrains the run of ``meta`` with the same tasksets, seeds and
     settings (those that differ from the defaults) and keeps its history."""

@@ -175,7 +175,7 @@ def _tiny_medium(c: dict) -> dict:
     if "k" in c:
         small.update(k=4, xis=[-1.0, 1.0])
     if "diag_tasks" in c:
-        small.update(steps=4, checkpoint_every=2, diag_tasks=4, train_eval_tasks=4)
+        small.update(steps=4, checkpoint_every=2, diag_tasks=4, train_eval_tasks=4, coherence_tasks=6)
     return {**c, **small}
 
 
@@ -214,6 +214,11 @@ def test_medium_scale_end_to_end(tmp_path, monkeypatch):
     assert [r[1] for r in course if r[0] == "maml"] == [0, 2, 4], "snapshots from the initial weights on"
     assert any(r[5] != r[6] for r in course), "T > 1: trajectory coherence is not gradient coherence"
     assert all(r[2] for r in course), "train accuracy at every snapshot"
+    phases = land["tables"][2]
+    assert phases["columns"][3:] == ["whole run", "without the first snapshot", "rising (to the peak)", "after the peak"]
+    assert {(r[0], r[1]) for r in phases["rows"]} == {(a, q) for a in ("maml", "protonet") for q in ("gradient_inner", "gradient_cosine", "trajectory_cosine")}
+    assert all(r[2] == 6 and r[3].endswith("(3)") for r in phases["rows"]), "6 test tasks for coherence, 3 snapshots in the whole run"
+    assert "over 6 test tasks per snapshot" in land["verdict"]["reason"]
 
     readme = (out / "README.md").read_text(encoding="utf-8")
     assert readme == render_readme(load_sections(out), set(), list(medium.values()))
@@ -296,7 +301,7 @@ def test_paper_landscapes_are_seed_003s():
     # the medium scale's runs keep their keys: inner_steps is passed through and equals its old default there
     m = EXPERIMENTS["e6-landscapes"].medium
     mt, mr = _configs(m, dataset=m["dataset"], ways=m["ways"], algo="maml", seed=m["seed"], train_tasks=m["train_tasks"], keep_history=True)
-    assert mr.inner_steps == 1 and run_key(mt, mr) == "maml-fashion-mnist-m1024-s0-6d6ae33171"  # the committed medium section's run
+    assert mr.inner_steps == 1 and run_key(mt, mr) == "maml-fashion-mnist-m1024-s0-f9644bb53a"  # the committed medium section's run (512 test tasks since issue 23)
 
 
 def test_estimate_predicts_without_training(monkeypatch, tmp_path):

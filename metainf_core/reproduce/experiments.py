@@ -29,7 +29,7 @@ import torch
 from scipy import stats
 
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
-from metainf_core.diagnostics import DiagnosticsConfig, cached_diagnostics_over_history
+from metainf_core.diagnostics import COHERENCE_FIELDS, DiagnosticsConfig, cached_diagnostics_over_history, coherence_over_history, history_snapshots
 from metainf_core.edit import EditSpec
 from metainf_core.detect import lowest_ids
 from metainf_core.explain import (
@@ -45,7 +45,7 @@ from metainf_core.explain import (
 from metainf_core.influence import distributed
 from metainf_core.influence.flat import ParamLayout, create_flat_loss_function
 from metainf_core.influence.gradients import batch_task_gradients
-from metainf_core.landscape_metrics import metric_correlations
+from metainf_core.landscape_metrics import metric_correlations, phase_correlations
 from metainf_core.reproduce.runs import describe, ensure_run, is_complete, run_key, train_runs
 from metainf_core.service import Run
 from metainf_core.tasks import TaskBatch
@@ -675,8 +675,11 @@ def landscapes(c: dict[str, Any], ctx: Context) -> Section:
     the history; ``diag_steps`` T > 1 makes trajectory coherence differ from gradient coherence (at
     T = 1 both are the cosine of the first gradient step); ``train_eval_tasks`` > 0 evaluates every
     snapshot on that many training tasks too, to show meta-overfitting (train accuracy rising while
-    test accuracy falls)."""
+    test accuracy falls); ``coherence_tasks`` N adds seed 003's coherence quantities alone over N test
+    tasks per snapshot (the paper: 500) with their ρ per phase (whole run, without the first
+    snapshot, rising to the peak, after it), which the verdict then uses."""
     rows, figs, corr, spans, course, courses = [], [], {}, {}, [], {}
+    coherence_rows, coherence_corr = [], {}
     diag_cfg = DiagnosticsConfig(num_tasks=c["diag_tasks"], steps=c.get("diag_steps"), power_iters=c.get("power_iters", 100))
     extended = "diag_steps" in c  # the medium scale's tables; the report scale keeps its layout
     configs = {algo: _configs(c, dataset=c["dataset"], ways=c["ways"], algo=algo, seed=c["seed"], train_tasks=c["train_tasks"], keep_history=True)
@@ -694,7 +697,6 @@ def landscapes(c: dict[str, Any], ctx: Context) -> Section:
         train_acc = None
         if c.get("train_eval_tasks"):
             from metainf_core.checkpoint import load_tensors
-            from metainf_core.diagnostics import history_snapshots
 
             ids = np.arange(min(c["train_eval_tasks"], len(run.train_tasks)))
             snaps = history_snapshots(run.checkpoint.path)
@@ -706,6 +708,23 @@ def landscapes(c: dict[str, Any], ctx: Context) -> Section:
             # under torchrun the snapshots are shared out over the ranks, as the diagnostics are
             train_acc = np.array([float(t[0]) for t in distributed.map_in_rounds(len(snaps), train_accuracy, 1)])
         courses[algo] = _overfitting(steps, acc, train_acc)
+        if c.get("coherence_tasks"):  # seed 003's quantities on as many test tasks as the paper, by phase
+            coherence = coherence_over_history(run, history_snapshots(run.checkpoint.path), c["coherence_tasks"], steps=c.get("diag_steps"))
+            peak_step = steps[int(np.argmax(acc))]
+            for name in COHERENCE_FIELDS:
+                values = np.array([r[name] for r in coherence])
+                phases = phase_correlations(np.array(steps), acc, values)
+                coherence_corr[(algo, name)] = phases
+                coherence_rows.append([algo, name, coherence[0]["num_tasks"], *[f"{rho:+.2f} ({n})" for rho, n in phases.values()]])
+                if name != "gradient_cosine":
+                    rising = np.array(steps) <= peak_step
+                    scale = max(1e-300, float(np.abs(values).max()))
+                    figs.append({"name": f"coherence-{algo}-{name}", "title": f"{algo}: {name} over {coherence[0]['num_tasks']} test tasks and test accuracy",
+                                 "x_title": "training step", "y_title": "value (coherence scaled to its maximum)",
+                                 "series": [{"name": "test accuracy", "x": steps, "y": acc.tolist()},
+                                            {"name": f"{name}, rising phase", "x": np.array(steps)[rising].tolist(), "y": (values[rising] / scale).tolist()},
+                                            {"name": f"{name}, after the peak", "x": np.array(steps)[~rising | (np.array(steps) == peak_step)].tolist(),
+                                             "y": (values[~rising | (np.array(steps) == peak_step)] / scale).tolist()}]})  # fmt: skip
         rhos = metric_correlations(hist)  # the Landscape page's Spearman ρ with test accuracy
         peak = int(np.argmax(acc))
         for col in DIAGNOSTIC_COLUMNS:
@@ -730,9 +749,19 @@ def landscapes(c: dict[str, Any], ctx: Context) -> Section:
     # coherence (mean cosine of directions, §5.2) rise with generalisation; flatness does not track it (§5.1)
     rho_g, rho_t = corr.get(("maml", "gradient_inner"), math.nan), corr.get(("maml", "trajectory_cosine"), math.nan)
     t_steps = c.get("diag_steps") or 1
+    phase_text = ""
+    if ("maml", "gradient_inner") in coherence_corr:  # the paper's quantities on its number of tasks decide
+        rho_g, rho_t = coherence_corr[("maml", "gradient_inner")]["whole run"][0], coherence_corr[("maml", "trajectory_cosine")]["whole run"][0]
+
+        def by_phase(name: str) -> str:
+            ph = coherence_corr[("maml", name)]
+            return ", ".join(f"{k} {v[0]:+.2f}" for k, v in list(ph.items())[1:])
+
+        phase_text = (f"; over {c['coherence_tasks']} test tasks per snapshot, gradient coherence ρ by phase: {by_phase('gradient_inner')}; "
+                      f"trajectory coherence: {by_phase('trajectory_cosine')}")
     if extended:
         course_text, overfit = courses.get("maml", ("", False))
-        where = f" ({network_text(c, ['maml'])}, M = {c['train_tasks']}, T = {t_steps} inner steps; {course_text})"
+        where = f" ({network_text(c, ['maml'])}, M = {c['train_tasks']}, T = {t_steps} inner steps; {course_text}{phase_text})"
         fails = (f"; the claim still fails at this scale{'' if overfit else ', though these snapshots do not reach meta-overfitting'}")
     else:
         where, fails = "", ""
@@ -759,6 +788,13 @@ def landscapes(c: dict[str, Any], ctx: Context) -> Section:
                   _table("Every snapshot: accuracy on training tasks and test tasks, coherence and sharpness",
                          ["learner", "step", "train accuracy", "test accuracy", "gradient_inner", "gradient_cosine", "trajectory_cosine", "sharpness_lanczos"],
                          course)]  # fmt: skip
+        if coherence_rows:
+            tables.append(_table("seed 003's coherence on many test tasks per snapshot (unnormalised E[g_iᵀg_j], its cosine, T-step trajectory "
+                                 "cosines): Spearman ρ with test accuracy (number of snapshots) over each phase of training",
+                                 ["learner", "quantity", "test tasks", "whole run", "without the first snapshot", "rising (to the peak)", "after the peak"],
+                                 coherence_rows))  # fmt: skip
+            reductions.append(f"coherence also on {c['coherence_tasks']} test tasks per snapshot, as seed 003's 500 (§5.2), without sharpness; "
+                              "the verdict uses these")
     else:
         reductions = [f"{c['arch']} learner on fashion-mnist, {c['steps']} meta-batches at learning rate {c['lr']} (slow, so that accuracy "
                       f"rises over many snapshots), a snapshot every {c['checkpoint_every']} steps",
@@ -867,8 +903,8 @@ MEDIUM: dict[str, dict[str, Any]] = {
                     "xis": [-8.0, -4.0, -2.0, -1.0, 1.0, 2.0, 4.0, 8.0], "leave_out": True},
     # from the initial weights (chance) on; T = 5 inner steps for the trajectories
     "e6-landscapes": {**_CONV, "dataset": "fashion-mnist", "ways": 3, "algos": ["maml", "protonet"], "seed": 0, "train_tasks": 1024,
-                      "test_tasks": 128, "steps": 480, "lr": 0.003, "checkpoint_every": 24, "diag_tasks": 16, "diag_steps": 5,
-                      "power_iters": 1, "initial_snapshot": True, "train_eval_tasks": 64},
+                      "test_tasks": 512, "steps": 480, "lr": 0.003, "checkpoint_every": 24, "diag_tasks": 16, "diag_steps": 5,
+                      "power_iters": 1, "initial_snapshot": True, "train_eval_tasks": 64, "coherence_tasks": 500},
 }  # fmt: skip
 
 # ---- the paper scale (issue 14, item 3): the TLXML paper's settings; days on this CPU ----------------
