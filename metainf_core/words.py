@@ -153,6 +153,17 @@ def two_comparisons(verdict: int, gain: float, half_width: float, digits: int = 
                    if verdict > 0 else "")
 
 
+def proper_test_verdict(z: float, threshold: float = SIGNIFICANT_SD) -> str:
+    """A proper test's result in words, from its distance to chance in σ."""
+    if not math.isfinite(z):
+        return "no test tasks to count"
+    if z >= threshold:
+        return "significant: the expected tasks score higher"
+    if z <= -threshold:
+        return "significant the wrong way: the expected tasks score lower"
+    return "not significant: no better than chance"
+
+
 def superclass_reading(rows: Sequence[tuple[int, float]], threshold: float = SIGNIFICANT_SD) -> str | None:
     """Why superclass proper tests at different thresholds can disagree (``rows``: (min_shared, z),
     by threshold): the first significant threshold above one that is not, said in words; None

@@ -4,7 +4,8 @@ A presenter's walk through the demo: Explain (random task, gallery, order switch
 downloads) → Edit (pick tasks, ξ, reset, download) → Audit (each score, removal vs random,
 download) → Compare (method switch) → Validate, Tasks,
 Landscape → Home and back, checking on every page that the model and test task hold and that no
-exception box appears. Screenshots of each page are kept in $METAINF_SCREENSHOTS (default: tmp).
+exception box appears; then every page of the MAML demo. Each screenshot's page is read first:
+no code-form names in its visible text, no metric arrow against its sign. Screenshots of each page are kept in $METAINF_SCREENSHOTS (default: tmp).
 """
 
 from __future__ import annotations
@@ -278,6 +279,16 @@ def test_presenter_walk_in_chromium(demo_fitted, server, tmp_path):
         w.shot("home")
         w.nav("Explain")
         assert w.test_task() == 5 and "ProtoNet on fashion-mnist" in w.sidebar()
+
+        # ---- the MAML demo from a shared link: every page read as its audience reads it ------------
+        page.goto(f"{server}/Explain?model=maml-fashion-mnist&test=0")
+        w.settle(300)
+        assert "MAML on fashion-mnist" in w.sidebar()
+        w.read("maml-explain")
+        for title in ("Edit", "Audit", "Validate", "Compare", "Landscape", "Tasks", "Home"):
+            w.nav(title)
+            w.settle(300)
+            w.read(f"maml-{title.lower()}")
         browser.close()
 
     assert before != after and after.endswith("%")
@@ -287,6 +298,7 @@ def test_presenter_walk_in_chromium(demo_fitted, server, tmp_path):
     import csv as csvlib
 
     table = list(csvlib.DictReader(csv_path.open()))
+    assert not table[0]["classes"].startswith("[") and "; " in table[0]["classes"]  # "Trouser; Sandal; Pullover"
     assert len(table) == 512 and sorted(int(r["rank_by_score"]) for r in table) == list(range(1, 513))  # ranks as shown: #1 … #512
     aligns = [float(r["alignment"]) for r in table]
     assert aligns == sorted(aligns, reverse=True)  # rows in the order on screen (alignment only)

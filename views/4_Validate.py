@@ -7,7 +7,6 @@ numbers are in the "For researchers" expander at the end.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.explain import validation_report
-from metainf_core.words import SIGNIFICANT_SD, percent, signed, superclass_reading
+from metainf_core.words import SIGNIFICANT_SD, percent, proper_test_verdict, signed, superclass_reading
 from ui import influence_config, require_influence, require_run, show_figure
 
 SIGNIFICANT = SIGNIFICANT_SD  # |z| from which a count is unlikely under chance (about 5 % two-sided)
@@ -37,17 +36,6 @@ def self_rank_report(path: str) -> dict:
 @st.cache_data(show_spinner="Scoring every training task for the test tasks…")
 def report(path: str, max_tests: int) -> dict:
     return validation_report(run, inf, influence_config(path), self_rank=False, max_tests=max_tests)
-
-
-def verdict(z: float) -> str:
-    """A proper test's result in words, from its distance to chance in σ."""
-    if not math.isfinite(z):
-        return "no test tasks to count"
-    if z >= SIGNIFICANT:
-        return "significant: the expected tasks score higher"
-    if z <= -SIGNIFICANT:
-        return "significant the wrong way: the expected tasks score lower"
-    return "not significant: no better than chance"
 
 
 # ---- self-rank ----------------------------------------------------------------------------------------
@@ -114,7 +102,7 @@ if rows:
         "Expected to score higher": what,
         "Passed": f"{r['proper']} of {r['total']} test tasks",
         "z": signed(r["z"], 2) + "σ",
-        "Verdict": verdict(r["z"]),
+        "Verdict": proper_test_verdict(r["z"], SIGNIFICANT),
     } for what, r in rows])  # fmt: skip
     st.table(table, hide_index=True, alt="Proper tests: what is expected to score higher, how many test tasks passed, z and verdict")
     reading = superclass_reading([(s["min_shared"], s["z"]) for s in rep.get("superclass", []) if s["total"]], SIGNIFICANT)
