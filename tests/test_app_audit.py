@@ -112,7 +112,7 @@ def test_each_score_orders_gallery_and_detection_curve_as_detect(demo_fitted, de
         shown = gallery(at)
         assert shown == np.argsort(scores, kind="stable")[:GALLERY].tolist(), kind
         cards = [m.value for m in at.markdown if CARD.match(m.value)]
-        assert all(("**pure noise**" in card) == (j in noise) for j, card in zip(shown, cards, strict=True))
+        assert all(("**pure-noise task**" in card) == (j in noise) for j, card in zip(shown, cards, strict=True))
         curve = detection_curve(scores, bad, len(scores))
         aucs[kind] = curve.auc
         assert metric(at, "AUC") == f"{curve.auc:.3f}"

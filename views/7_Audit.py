@@ -25,9 +25,11 @@ from metainf_core.exceptions import ConfigError
 from metainf_core.explain import edited_params, save_edited_checkpoint, task_rows
 from metainf_core.words import (
     CHANGE_DIGITS,
+    CORRUPTIONS,
     SIGNIFICANT_SD,
     chance_verdict,
     class_list,
+    corruption_name,
     flipped_images,
     interval_words,
     percent,
@@ -56,8 +58,7 @@ try:
     bad = corrupted_ids(run)  # planted on purpose when the taskset was made: the answer key
 except ConfigError:
     bad = np.zeros(0, dtype=np.int64)
-CORRUPTED = {int(j): "pure noise" for j in run.train_tasks.ids_with("noise")}  # tasks.CORRUPTIONS' kinds
-CORRUPTED.update({int(j): "shuffled labels" for j in run.train_tasks.ids_with("label_flip")})
+CORRUPTED = {int(j): kind for kind in CORRUPTIONS for j in run.train_tasks.ids_with(kind)}  # id -> "noise" / "label_flip"
 
 # radio label -> (detect score kind, the number shown per task, how to read it, what it means)
 SCORES = {
@@ -150,7 +151,7 @@ for start in range(0, len(top), PER_ROW):
         img = task_strip(path, "train", j, scale=1, per_class=3)
         if img is not None:
             col.image(img, output_format="PNG", alt=task_alt(path, "train", j))
-        flag = f" · **{CORRUPTED[j]}**" if j in CORRUPTED else ""
+        flag = f" · **{corruption_name(CORRUPTED[j])}**" if j in CORRUPTED else ""
         col.markdown(f"**#{n}** · training task {j}{flag}  \n{value_name} {fmt(kind, values[j])}")
         col.caption(describe_task(path, "train", j))
 
@@ -170,8 +171,8 @@ st.download_button("Download the full ordering (CSV)", ordering_csv, f"suspicion
 c1, c2 = st.columns(2)
 hist = go.Figure()
 groups = [("normal tasks", "#9aa5b1", [j for j in range(m) if j not in CORRUPTED])]
-groups += [(f"{what} tasks", colour, [j for j, c in CORRUPTED.items() if c == what])
-           for what, colour in (("pure noise", "#6a1b9a"), ("shuffled labels", "#ef6c00"))]
+groups += [(corruption_name(kind, 2), colour, [j for j, c in CORRUPTED.items() if c == kind])
+           for kind, colour in (("noise", "#6a1b9a"), ("label_flip", "#ef6c00"))]
 for name, colour, ids in groups:
     if ids:
         hist.add_trace(go.Histogram(x=values[ids], name=name, marker_color=colour, nbinsx=60, bingroup="all"))
