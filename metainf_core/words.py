@@ -3,11 +3,12 @@ plain name per method, corruption and column, and the sentences that state a com
 here from the numbers they state, so a test can recompute each claim (no streamlit).
 
 Formats:
-- accuracy as a percentage with one decimal and a thin space: ``percent(0.7938) == "79.4 %"``;
+- accuracy as a percentage with one decimal and a space: ``percent(0.7938) == "79.4 %"``; two decimals
+  (``CHANGE_DIGITS``) where a taskset's accuracy is compared before and after an edit;
 - changes with an ASCII sign (``signed``, ``points``): Streamlit's ``st.metric`` reads the sign of
   its ``delta`` text to pick the arrow and colour, and it does not read the Unicode minus "−" as
   negative (a fall would show a green ↑);
-- scientific notation only in raw values a researcher asked for (``raw``), never in a sentence.
+- scientific notation never in a sentence or a card (``score``): raw values are in the CSV downloads.
 """
 
 from __future__ import annotations
@@ -42,11 +43,6 @@ def score(x: float) -> str:
 def points(dx: float, digits: int = ACCURACY_DIGITS) -> str:
     """A change of accuracy (a share) in percentage points: ``points(-0.002) == "-0.2 points"``."""
     return f"{signed(100 * dx, digits)} points"
-
-
-def raw(x: float) -> str:
-    """A raw value for researchers (scientific notation when tiny or huge): ``raw(2.02e-07) == "2.02e-07"``."""
-    return f"{x:.3g}"
 
 
 def plural(n: int, noun: str, many: str | None = None) -> str:
