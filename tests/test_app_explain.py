@@ -31,7 +31,7 @@ def test_explain_flow(demo_fitted):
     assert len(rows) == 10  # 5 most helpful + 5 most harmful
     assert all(any(s in r for s in ("(tops)", "(footwear)", "(other)")) for r in rows)
     assert all("size" in r and "alignment" in r for r in rows)
-    # each card's size claim recomputed: the share of training tasks smaller than this one
+    # each card's size claim recomputed: how many training tasks are smaller than this one
     import re
 
     from metainf_core.explain import Target, fit_influence, score_parts
@@ -41,8 +41,9 @@ def test_explain_flow(demo_fitted):
     run = open_run(DEMO)
     sizes = score_parts(run, fit_influence(run, DEFAULT_INFLUENCE), Target((0,)), DEFAULT_INFLUENCE.dtype)["size"]
     for r in rows:
-        j, share = re.search(r"training task (\d+).*size: bigger than (\d+) % of the training tasks", r, re.S).groups()
-        assert int(share) == round(100 * float((sizes < sizes[int(j)]).mean())), r
+        j, said = re.search(r"training task (\d+).*size: (.+?) · alignment", r, re.S).groups()
+        smaller = int((sizes < sizes[int(j)]).sum())
+        assert said == ("the largest of all 512 training tasks" if smaller == 511 else f"bigger than {smaller} of the 512 training tasks"), r
     assert len(_images(at)) >= 12  # test task + a grid per ranked training task
     first = rows[:5]
     at.number_input(key="_test_task_input").set_value(7).run()

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.explain import Target, group_scores, ranking_table, score_parts, task_rows
-from metainf_core.words import class_list, corruption_name, percent, ranking_summary, score, signed
+from metainf_core.words import class_list, corruption_name, ranking_summary, score, signed
 from ui import (
     DEFAULT_INFLUENCE,
     describe_task,
@@ -65,9 +65,11 @@ parts = score_parts(run, inf, Target((test_id,)), DEFAULT_INFLUENCE.dtype)
 scores = parts["helpfulness"]
 
 
-def size_share(j: int) -> str:
-    """A task's size as a person can read it: the share of training tasks it is bigger than."""
-    return percent(float((parts["size"] < parts["size"][j]).mean()), 0)
+def size_words(j: int) -> str:
+    """A task's size as a person can read it: how many training tasks it is bigger than (a count,
+    so the largest never reads "bigger than 100 %")."""
+    smaller, m = int((parts["size"] < parts["size"][j]).sum()), len(parts["size"])
+    return f"the largest of all {m} training tasks" if smaller == m - 1 else f"bigger than {smaller} of the {m} training tasks"
 
 
 order, ranks = ranking_table(parts[ORDERS[order_by]])
@@ -109,7 +111,7 @@ def show_rows(rows: list[dict], title: str, key: str) -> None:
         labels = ", ".join(f"{c} ({s})" for c, s in zip(r["classes"], r["superclasses"], strict=True))
         b.markdown(
             f"**#{r['rank'] + 1}** · training task {j}" + (f" · **{what}**" if what else "") + "  \n"
-            f"score {score(r['helpfulness'])} · size: bigger than {size_share(j)} of the training tasks · "
+            f"score {score(r['helpfulness'])} · size: {size_words(j)} · "
             f"alignment {signed(parts['alignment'][j], 2)}  \n"
             + (f"labelled {labels}" if what else labels)
         )
