@@ -41,11 +41,11 @@ def _train(a: argparse.Namespace) -> dict[str, Any]:
 
 def _import(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.checkpoint import read_meta
-    from metainf_core.importing import import_run, read_tasks_file
+    from metainf_core.importing import import_run, read_tasks_file, tasks_dataset
 
     tasks = read_tasks_file(a.tasks)
     out = import_run(
-        a.model, a.out, algo=a.algo, dataset=a.dataset, train_tasks=tasks["train_tasks"], test_tasks=tasks.get("test_tasks"),
+        a.model, a.out, algo=a.algo, dataset=tasks_dataset(tasks, a.dataset), train_tasks=tasks["train_tasks"], test_tasks=tasks.get("test_tasks"),
         weights=a.weights, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order,
         protonet_embedding=a.protonet_embedding, num_test_tasks=a.test_tasks, seed=a.task_seed, filters=a.filters,
     )  # fmt: skip
@@ -387,7 +387,7 @@ def _lds(a: argparse.Namespace) -> dict[str, Any] | None:
     if a.out:
         from metainf_core.io import write_json_atomic
 
-        write_json_atomic(a.out, result)
+        write_json_atomic(a.out, result, compact=True)  # a data file: the arrays on one line
     if a.json:
         return result
     print(format_table(result))
@@ -469,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help='network constructor, e.g. "l2l.vision.models.OmniglotCNN(output_size=3, hidden_size=16, layers=4)", '
                          f"or a metainf architecture ({', '.join(a.value for a in Architecture)}; with --filters)")  # fmt: skip
     im.add_argument("--algo", choices=["maml", "protonet"], required=True)
-    im.add_argument("--dataset", required=True, help="the dataset the tasks' indices refer to (e.g. fashion-mnist)")
+    im.add_argument("--dataset", default=None,
+                    help="the dataset the tasks' indices refer to (e.g. fashion-mnist); optional when the tasks file names it")
     im.add_argument("--tasks", required=True, help="tasks.json: train_tasks (and optionally test_tasks), sample by sample")
     im.add_argument("--inner-lr", type=float, default=rd.inner_lr, help="MAML inner step size α (learn2learn's MAML lr)")
     im.add_argument("--inner-steps", type=int, default=rd.inner_steps, help="MAML adaptation steps")
@@ -587,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--work", default=None, help="where the retrained runs are kept (default .cache/metainf/lds); reused and resumed")
     ld.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     ld.add_argument("--data", action="store_true", help="include the subsets and per-seed losses in the JSON")
-    ld.add_argument("--out", default=None, help="also write the JSON result (with --data's arrays if given) to this file")
+    ld.add_argument("--out", default=None, help="also write the JSON result (compact; with --data's arrays if given) to this file")
     ld.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_device_arg(ld)
     ld.set_defaults(func=_lds)

@@ -127,8 +127,8 @@ def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], buffer_na
 
 # ---- tasks -------------------------------------------------------------------------------
 def read_tasks_file(path: str | Path) -> dict[str, Any]:
-    """A ``tasks.json``: ``{"train_tasks": [...], "test_tasks": [...] (optional)}`` (see
-    ``tasks.taskset_from_samples`` for one task's samples)."""
+    """A ``tasks.json``: ``{"train_tasks": [...], "test_tasks": [...] (optional), "dataset": name
+    (optional)}`` (see ``tasks.taskset_from_samples`` for one task's samples)."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -138,10 +138,23 @@ def read_tasks_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or "train_tasks" not in doc:
         raise ConfigError(f"{path}: expected an object with train_tasks (and optionally test_tasks)")
-    unknown = sorted(set(doc) - {"train_tasks", "test_tasks", "format", "source"})
+    unknown = sorted(set(doc) - {"train_tasks", "test_tasks", "format", "source", "dataset"})
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    if "dataset" in doc and not (isinstance(doc["dataset"], str) and doc["dataset"].strip()):
+        raise ConfigError(f"{path}: dataset must be a dataset name such as fashion-mnist, got {doc['dataset']!r}")
     return doc
+
+
+def tasks_dataset(doc: dict[str, Any], dataset: str | None) -> str:
+    """The dataset the tasks' indices refer to: the one the tasks file names, checked against
+    ``dataset`` (``--dataset``) when both are given, or ``dataset`` when the file names none."""
+    named = doc.get("dataset")
+    if named is not None and dataset is not None and named != dataset:
+        raise ConfigError(f"the tasks file names dataset {named!r} but --dataset is {dataset!r}; its indices refer to one of them only")
+    if named is None and dataset is None:
+        raise ConfigError("which dataset do the tasks' indices refer to? pass --dataset (e.g. fashion-mnist) or name it in the tasks file")
+    return named or dataset
 
 
 def alternate_support(targets: torch.Tensor) -> torch.Tensor:

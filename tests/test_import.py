@@ -249,6 +249,30 @@ def test_tasks_json_is_validated(maml_files, tmp_path):
         assert not (tmp_path / name.replace(" ", "_")).exists(), name
 
 
+def test_a_tasks_file_may_name_its_dataset(maml_files, tmp_path, capsys):
+    """issue 26 item 6: {"dataset": ...} in tasks.json is used when --dataset is absent, checked
+    against it when given (a clash is refused before anything is written), and a file without it
+    still needs --dataset."""
+    from metainf_core.importing import read_tasks_file, tasks_dataset
+
+    d, _, _ = maml_files
+    doc = json.loads((d / "tasks.json").read_text())
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({**doc, "dataset": "fashion-mnist"}))
+    base = ["import", str(tmp_path / "run"), "--weights", str(d / "maml.pt"), "--model", MAML_MODEL, "--algo", "maml",
+            "--inner-lr", "0.4", "--test-tasks", "4"]  # fmt: skip
+    clash = main([*base, "--tasks", str(named), "--dataset", "omniglot"])
+    assert clash == 2 and "names dataset 'fashion-mnist' but --dataset is 'omniglot'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert main([*base, "--tasks", str(d / "tasks.json")]) == 2 and "pass --dataset" in capsys.readouterr().err
+    out = _cli(capsys, *base, "--tasks", named)
+    assert out["train_tasks"] == len(doc["train_tasks"]) and json.loads((tmp_path / "run" / "meta.json").read_text())["dataset"]["name"] == "fashion-mnist"
+    assert tasks_dataset(read_tasks_file(named), "fashion-mnist") == "fashion-mnist"
+    named.write_text(json.dumps({**doc, "dataset": 3}))
+    with pytest.raises(ConfigError, match="dataset must be a dataset name"):
+        read_tasks_file(named)
+
+
 def test_untrusted_constructor_is_refused(maml_files, tmp_path):
     d, maml, _ = maml_files
     tasks = json.loads((d / "tasks.json").read_text())["train_tasks"]
