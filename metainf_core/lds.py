@@ -24,9 +24,15 @@ into halves A = the first ⌊R/2⌋, B = the next ⌊R/2⌋ (an odd R's last see
 Spearman–Brown assumes equal halves), r_t = Spearman_k(ℓ̄ᴬ_t(S_k), ℓ̄ᴮ_t(S_k)), and the ceiling is
 the mean over t of the Spearman–Brown reliability of the R-seed mean, 2r_t / (1 + r_t) (a test task
 with r_t near −1 gives a large negative term: ``of_mean_split_half`` = 2r̄/(1 + r̄) of the mean r̄
-is the steadier companion when the ceiling is low). Each
-method's LDS is also given as a fraction of it. A noise-free predictor's expected correlation with
-the R-seed mean is √reliability (attenuation), so ``attainable`` = √ceiling is reported too.
+is the steadier companion when the ceiling is low). Each method's LDS is also given as a fraction
+of it, where the ceiling lies above the chance band (``null_band``). A noise-free predictor's
+expected correlation with the R-seed mean is √reliability (attenuation), so ``attainable`` =
+√ceiling is reported too.
+
+Chance. The test tasks' LDS are correlated (a subset that raises one test task's loss tends to
+raise all), so the spread over test tasks understates how far a mean LDS can stray by chance:
+``null`` gives the mean LDS of 200 random score tables on the same retrainings. ``pooled`` is the
+LDS (and ceiling) of the mean test loss as one target, a smoother one than any single test task.
 
 Retrainings are run folders under ``<work>/runs/<readable prefix + content hash of both
 configurations>`` (``reproduce.runs``): written atomically, reused when complete, resumed from
@@ -208,7 +214,8 @@ def pooled(scores: dict[str, np.ndarray], kept: np.ndarray, losses: np.ndarray) 
 
 
 def summarize(values: np.ndarray, ceiling: float | None = None) -> dict[str, Any]:
-    """Mean, sd and 95% interval over the test tasks (NaN-free ones), and mean / ceiling."""
+    """Mean, sd and 95% interval over the test tasks (NaN-free ones), and mean / ceiling (None
+    without a positive ceiling)."""
     v = values[np.isfinite(values)]
     mean, ci = mean_ci95(v)
     frac = mean / ceiling if ceiling is not None and ceiling > 0 else None
@@ -290,12 +297,14 @@ def task_lds(
         out["methods"][n] = {"details": details, "score_seconds": round(time.time() - started, 3)}
     all_losses, out["retraining"] = retrained_losses(run, kept, cfg, work, progress)
     losses = all_losses[:, :, tests]  # (K, R, T)
-    ceiling = noise_ceiling(losses) if cfg.seeds >= 2 else None
-    out["ceiling"] = ceiling
-    for n, s in scores.items():
-        out["methods"][n].update(summarize(lds_per_test(s, kept, losses.mean(1)), ceiling["mean"] if ceiling else None))
-    out["pooled"] = pooled(scores, kept, losses)
     out["null"] = null_band(kept, losses.mean(1), m, seed=cfg.subset_seed)
+    out["ceiling"] = ceiling = noise_ceiling(losses) if cfg.seeds >= 2 else None
+    # a ceiling inside the chance band of a mean correlation over these K subsets (its 95th
+    # percentile) is not told apart from 0: a fraction of it would divide noise by noise
+    usable = ceiling["mean"] if ceiling and ceiling["mean"] > out["null"]["q95"] else None
+    for n, s in scores.items():
+        out["methods"][n].update(summarize(lds_per_test(s, kept, losses.mean(1)), usable))
+    out["pooled"] = pooled(scores, kept, losses)
     if include_data:
         corrupted = run.train_tasks.corruption != 0  # noise or label-flip tasks (TaskConfig), kept per subset
         out["data"] = {"subsets": kept.tolist(), "corrupted_kept": corrupted[kept].sum(1).tolist(), "losses": losses.tolist()}
