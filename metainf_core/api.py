@@ -70,7 +70,7 @@ class NotFittedError(MetainfError, RuntimeError):
 
 # ---- runs ---------------------------------------------------------------------------------
 def demos() -> list[str]:
-    """Names of the bundled demo runs (``assets/demo/<name>``) that :func:`open_run` accepts."""
+    """Names of the bundled demo runs (``assets/demo/<name>``, each with its Eq. 10–12 fit shipped)."""
     return sorted(p.name for p in DEMO_DIR.glob("*") if (p / "meta.json").is_file())
 
 
@@ -136,13 +136,13 @@ class Rankings:
         return self.test_tasks.index(test_task)
 
     def top(self, k: int = 10, test_task: int | None = None) -> np.ndarray:
-        """The k most helpful training task ids for ``test_task`` (default: the first ranked),
-        captum's proponents; ``top(-k)`` gives the k most harmful, most harmful first (opponents)."""
+        """The k training tasks of largest helpfulness (Eq. 9, 12) for ``test_task`` (default: the first
+        ranked), captum's proponents; ``top(-k)``: the k most harmful, most harmful first (opponents)."""
         order = np.argsort(self.ranks[self._row(self.test_tasks[0] if test_task is None else test_task)], kind="stable")
         return order[:k].copy() if k >= 0 else order[::-1][:-k].copy()
 
     def to_dicts(self) -> list[dict[str, Any]]:
-        """One dict per (test task, training task) pair, keys :data:`COLUMNS`, ordered by test task then rank."""
+        """One dict per (test task, training task) pair of Eq. 9's scores, keys :data:`COLUMNS`, by test task then rank."""
         rows = []
         for t, i in enumerate(self.test_tasks):
             for j in np.argsort(self.ranks[t], kind="stable"):
@@ -153,7 +153,7 @@ class Rankings:
         return rows
 
     def to_pandas(self) -> pd.DataFrame:
-        """:meth:`to_dicts` as a long DataFrame: int64 ids and ranks, float64 scores, tuples of names."""
+        """Eq. 9's scores as a long DataFrame (:meth:`to_dicts`): int64 ids and ranks, float64 scores, tuples of names."""
         import pandas as pd
 
         frame = pd.DataFrame(self.to_dicts(), columns=list(COLUMNS))
@@ -185,6 +185,17 @@ class EditResult:
         edit = {"block": list(self.spec.block), "xi_block": self.spec.xi_block, "enhance": list(self.spec.enhance),
                 "xi_enhance": self.spec.xi_enhance, "test": self.report["taskset"]["after"]}  # fmt: skip
         return save_edited_checkpoint(self.run, self.params, out, edit)
+
+
+def _edit_spec(
+    block: Sequence[int], enhance: Sequence[int], xi: float | None, xi_block: float, xi_enhance: float
+) -> EditSpec:
+    """Eq. 13's sets and shifts; ``xi`` is the ξ of the one set given."""
+    if xi is not None:
+        if bool(len(block)) == bool(len(enhance)):
+            raise ConfigError("xi sets the ξ of one set: give block or enhance, or use xi_block and xi_enhance")
+        xi_block, xi_enhance = (xi, xi_enhance) if len(block) else (xi_block, xi)
+    return EditSpec(tuple(block), float(xi_block), tuple(enhance), float(xi_enhance))
 
 
 # ---- the explainer ------------------------------------------------------------------------
@@ -230,7 +241,7 @@ class Explainer:
 
     @property
     def is_fitted(self) -> bool:
-        """Whether :meth:`fit` has run."""
+        """Whether :meth:`fit` has run (H⁺ of Eq. 12 is at hand)."""
         return self._influence is not None
 
     @property
@@ -242,7 +253,7 @@ class Explainer:
 
     @property
     def num_tasks(self) -> int:
-        """M, the number of training tasks scored."""
+        """M, the number of training tasks (the 1/M of Eq. 4)."""
         return len(self.run.train_tasks)
 
     @cached_property
@@ -312,7 +323,7 @@ class Explainer:
         return drill_training_task(self.run, self.influence, test_task, train_task, dtype=self.config.dtype)
 
     def thumbnails(self, task_id: int, split: str = "train", scale: int = 2) -> np.ndarray:
-        """A task's support images (corruptions applied, class-major) as one H × W × 3 uint8 strip."""
+        """A task's support set S_j (Eq. 1; corruptions applied, class-major) as one H × W × 3 uint8 strip."""
         from metainf_core.figures import thumbnail_strip
         from metainf_core.service import task_view
 
@@ -330,11 +341,7 @@ class Explainer:
         ``xi`` is the ξ of whichever one set is given (e.g. ``block=ids, xi=-4``); with both sets,
         give ``xi_block`` and ``xi_enhance``. ``test_task`` also reports that task before and after.
         """
-        if xi is not None:
-            if bool(len(block)) == bool(len(enhance)):
-                raise ConfigError("xi sets the ξ of one set: give block or enhance, or use xi_block and xi_enhance")
-            xi_block, xi_enhance = (xi, xi_enhance) if len(block) else (xi_block, xi)
-        spec = EditSpec(tuple(block), float(xi_block), tuple(enhance), float(xi_enhance))
+        spec = _edit_spec(block, enhance, xi, xi_block, xi_enhance)
         params = edited_params(self.run, self.influence, spec)
         return EditResult(self.run, spec, params, edit_report(self.run, params, test_task))
 

@@ -144,6 +144,7 @@ def test_group_scores_and_self_influence(explainer, ranking):
 
 def test_edit_equals_edit_report(explainer, ranking, tmp_path):
     from metainf_core import open_run
+    from metainf_core.api import _edit_spec
     from metainf_core.edit import EditSpec
     from metainf_core.exceptions import ConfigError
     from metainf_core.explain import edit_report, edited_params
@@ -159,9 +160,10 @@ def test_edit_equals_edit_report(explainer, ranking, tmp_path):
     assert edit.report["test_task"] == expected["test_task"]
     assert edit.accuracy_after != edit.accuracy_before
     # xi is the ξ of the one set given; both sets need xi_block and xi_enhance
-    assert explainer.edit(enhance=[1, 2], xi=2.0).spec == EditSpec(enhance=(1, 2), xi_enhance=2.0)
+    assert _edit_spec((), [1, 2], 2.0, -1.0, 1.0) == EditSpec(enhance=(1, 2), xi_enhance=2.0)
+    assert _edit_spec([3], [1], None, -2.0, 0.5) == EditSpec((3,), -2.0, (1,), 0.5)
     with pytest.raises(ConfigError, match="xi sets"):
-        explainer.edit(block=[1], enhance=[2], xi=2.0)
+        explainer.edit(block=[1], enhance=[2], xi=2.0)  # refused before any evaluation
     saved = open_run(edit.save(tmp_path / "edited"), device="cpu")
     assert all(torch.equal(saved.params[k], params[k].cpu()) for k in params)
     assert saved.meta["edit"]["xi_block"] == -4.0 and saved.meta["edit"]["block"] == harmful.tolist()
@@ -202,3 +204,34 @@ def test_notebook_quickstart_runs_in_a_minute(tmp_path):
     before, after = map(float, re.search(r"test taskset accuracy ([\d.]+) -> ([\d.]+)", proc.stdout).groups())
     assert 0 < before < 1 and 0 < after < 1 and before != after
     assert time.monotonic() - started < 60
+
+
+def test_validate_counts_the_noise_tests(explainer):
+    """The noise proper test recounted from the API's own score matrix (TLXML 5.1.2): a test task is
+    proper when normal training tasks score higher on average than noise tasks."""
+    t = 16
+    report = explainer.validate(self_rank=False, superclass=False, exact_agreement=False, max_tests=t)
+    scores = explainer.scores(range(t))
+    noise = np.zeros(explainer.num_tasks, dtype=bool)
+    noise[explainer.run.train_tasks.ids_with("noise")] = True
+    proper = int((scores[:, ~noise].mean(1) > scores[:, noise].mean(1)).sum())
+    assert report["noise"]["proper"] == proper and report["noise"]["total"] == t
+    assert report["noise"]["z"] == pytest.approx((proper - t / 2) / np.sqrt(t / 4))
+    assert report["truncation"] == explainer.influence.truncation
+
+
+def test_fit_shows_progress_then_loads_from_the_cache(synthetic_run, tmp_path, monkeypatch, capsys, one_thread):
+    """fit() on an unfitted run draws a bar per stage (curvature, gradients) and writes the disk
+    cache; a second Explainer loads the same fit from it, without a bar."""
+    from metainf_core import Explainer, ExplainerConfig
+
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path))
+    cfg = ExplainerConfig(n_orth=32, device="cpu")
+    first = Explainer(synthetic_run, cfg).fit()
+    err = capsys.readouterr().err
+    assert "curvature" in err and "gradients" in err and f"{first.num_tasks}/{first.num_tasks}" in err
+    second = Explainer(synthetic_run, cfg).fit()
+    assert capsys.readouterr().err == ""
+    # the cache stores the fitted tensors as they are: reading them back must give them bit for bit
+    torch.testing.assert_close(second.influence.projections, first.influence.projections, rtol=0, atol=0)
+    assert second.rank(0).top(5).tolist() == first.rank(0).top(5).tolist()
