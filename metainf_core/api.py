@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from metainf_core.detect import DetectionCurve
-    from metainf_core.drilldown import TrainingTaskDrilldown
+    from metainf_core.drilldown import TargetImageShares, TrainingTaskDrilldown
     from metainf_core.influence import TaskInfluence
     from metainf_core.learners import Params
 
@@ -278,7 +278,11 @@ class Explainer:
         return test_score_matrix(self.run, self.influence, self.config.dtype, self._ids(test_tasks))
 
     def rank(self, test_tasks: int | Sequence[int]) -> Rankings:
-        """Every training task ranked by helpfulness (TLXML Eq. 9, 12) for each test task separately."""
+        """Every training task ranked by helpfulness (TLXML Eq. 9, 12) for each test task separately.
+
+        Helpfulness is linear in the target's gradient, so ``scores.mean(0)`` scores the average loss
+        of these test tasks together (the CLI's ``rank --test-task 1,2,3``).
+        """
         ids = self._ids(test_tasks)
         scores = self.scores(ids)
         ranks = np.stack([ranking_table(row)[1] for row in scores])
@@ -321,6 +325,13 @@ class Explainer:
         from metainf_core.drilldown import drill_training_task
 
         return drill_training_task(self.run, self.influence, test_task, train_task, dtype=self.config.dtype)
+
+    def test_image_shares(self, test_task: int) -> TargetImageShares:
+        """n_q × M table: each query image of ``test_task``'s part of every training task's Eq. 9 score
+        (g_i is a mean over its images, so each column sums to that task's helpfulness)."""
+        from metainf_core.drilldown import target_image_shares
+
+        return target_image_shares(self.run, self.influence, test_task, dtype=self.config.dtype)
 
     def thumbnails(self, task_id: int, split: str = "train", scale: int = 2) -> np.ndarray:
         """A task's support set S_j (Eq. 1; corruptions applied, class-major) as one H × W × 3 uint8 strip."""

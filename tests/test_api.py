@@ -37,7 +37,7 @@ def ranking(explainer):
     return explainer.rank(TEST_TASKS)
 
 
-def cli_top(test_task: int, top: int = 10) -> tuple[list[int], list[int]]:
+def cli_top(test_task: int | str, top: int = 10) -> tuple[list[int], list[int]]:
     """Most helpful and most harmful task ids of ``python -m metainf_core rank DEMO --test-task N``."""
     proc = run_cli("rank", DEMO, "--test-task", test_task, "--top", top, "--quiet", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
@@ -93,6 +93,9 @@ def test_rank_equals_cli_and_all_scores(explainer, ranking):
         assert ranking.top(10, i).tolist() == helpful
         assert ranking.top(-10, i).tolist() == harmful
     assert ranking.top(3).tolist() == ranking.top(3, TEST_TASKS[0]).tolist()
+    # the CLI's several-task target (their average loss) is the mean of the rows: scores are linear in g_i
+    helpful, _ = cli_top(",".join(map(str, TEST_TASKS)))
+    assert np.argsort(-ranking.scores.mean(0), kind="stable")[:10].tolist() == helpful
 
 
 def test_to_pandas_columns_and_dtypes(explainer, ranking):
@@ -169,10 +172,18 @@ def test_edit_equals_edit_report(explainer, ranking, tmp_path):
     assert saved.meta["edit"]["xi_block"] == -4.0 and saved.meta["edit"]["block"] == harmful.tolist()
 
 
-def test_drilldown_matches_ranking(explainer, ranking):
-    j = int(ranking.top(1)[0])
-    drill = explainer.drilldown(TEST_TASKS[0], j)
+def test_drilldown_and_score_parts_match_ranking(explainer, ranking):
+    i, j = TEST_TASKS[0], int(ranking.top(1)[0])
+    drill = explainer.drilldown(i, j)
     assert drill.fitted_score == pytest.approx(float(ranking.scores[0, j]), abs=SCORE_ATOL)
+    shares = explainer.test_image_shares(i)
+    torch.testing.assert_close(shares.scores, ranking.scores[0].astype(np.float64), rtol=0, atol=SCORE_ATOL)
+    parts = explainer.score_parts(i)  # helpfulness = test_size · size · alignment
+    torch.testing.assert_close(parts["helpfulness"], ranking.scores[0], rtol=0, atol=SCORE_ATOL)
+    product = parts["test_size"] * parts["size"] * parts["alignment"]
+    torch.testing.assert_close(
+        product, parts["helpfulness"], rtol=1e-4, atol=SCORE_ATOL
+    )  # float32, divided then multiplied
     assert explainer.thumbnails(j).dtype == np.uint8
 
 
@@ -235,3 +246,12 @@ def test_fit_shows_progress_then_loads_from_the_cache(synthetic_run, tmp_path, m
     # the cache stores the fitted tensors as they are: reading them back must give them bit for bit
     torch.testing.assert_close(second.influence.projections, first.influence.projections, rtol=0, atol=0)
     assert second.rank(0).top(5).tolist() == first.rank(0).top(5).tolist()
+
+
+def test_leave_out_retrains_without_the_tasks(synthetic_run, tmp_path, one_thread):
+    """leave_out() is explain.leave_out_retrain: a run trained with the tasks never drawn."""
+    from metainf_core import Explainer, open_run
+
+    out = Explainer(synthetic_run, None).leave_out([0, 5], tmp_path / "left-out", steps=3)
+    assert open_run(out["out"], device="cpu").meta["train_config"]["exclude_tasks"] == [0, 5]
+    assert out["test"]["num_tasks"] == 16 and 0 <= out["test"]["accuracy"] <= 1
