@@ -266,19 +266,22 @@ class Explainer:
             tuple(r["corruption"] for r in rows),
         )
 
-    def _ids(self, test_tasks: int | Sequence[int]) -> tuple[int, ...]:
+    def _ids(self, test_tasks: int | Sequence[int] | str) -> tuple[int, ...]:
+        """Test task ids from one id, several, or ``"all"``."""
+        if isinstance(test_tasks, str) and test_tasks == "all":
+            return tuple(range(len(self.run.test_tasks)))
         ids = (test_tasks,) if isinstance(test_tasks, (int, np.integer)) else tuple(test_tasks)
-        if not ids:
-            raise ConfigError("give at least one test task id")
+        if not ids or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+            raise ConfigError(f"test tasks must be one or more integer ids or 'all', got {test_tasks!r}")
         return tuple(self.run.test_tasks.check_id(int(i)) for i in ids)
 
     # ---- scores ----
-    def scores(self, test_tasks: int | Sequence[int]) -> np.ndarray:
+    def scores(self, test_tasks: int | Sequence[int] | str) -> np.ndarray:
         """T × M helpfulness −I_perf(i, j) = (1/M) g_iᵀ H⁺ g_j (TLXML Eq. 9, 12) of every training task j."""
         return test_score_matrix(self.run, self.influence, self.config.dtype, self._ids(test_tasks))
 
-    def rank(self, test_tasks: int | Sequence[int]) -> Rankings:
-        """Every training task ranked by helpfulness (TLXML Eq. 9, 12) for each test task separately.
+    def rank(self, test_tasks: int | Sequence[int] | str) -> Rankings:
+        """Every training task ranked by helpfulness (TLXML Eq. 9, 12) for each test task (ids or "all") separately.
 
         Helpfulness is linear in the target's gradient, so ``scores.mean(0)`` scores the average loss
         of these test tasks together (the CLI's ``rank --test-task 1,2,3``).

@@ -82,6 +82,7 @@ def test_open_run_and_config():
 
 
 def test_rank_equals_cli_and_all_scores(explainer, ranking):
+    from metainf_core.exceptions import ConfigError
     from metainf_core.explain import Target, all_scores
 
     run, inf = explainer.run, explainer.influence
@@ -93,6 +94,12 @@ def test_rank_equals_cli_and_all_scores(explainer, ranking):
         assert ranking.top(10, i).tolist() == helpful
         assert ranking.top(-10, i).tolist() == harmful
     assert ranking.top(3).tolist() == ranking.top(3, TEST_TASKS[0]).tolist()
+    assert explainer._ids("all") == tuple(range(len(run.test_tasks)))
+    for bad in ("7", [], [1.5], True):
+        with pytest.raises(ConfigError):
+            explainer.rank(bad)
+    with pytest.raises(ConfigError):  # unknown in this ranking
+        ranking.top(3, test_task=0)
     # the CLI's several-task target (their average loss) is the mean of the rows: scores are linear in g_i
     helpful, _ = cli_top(",".join(map(str, TEST_TASKS)))
     assert np.argsort(-ranking.scores.mean(0), kind="stable")[:10].tolist() == helpful
