@@ -244,9 +244,10 @@ def score_matrix(run: Run, name: str, test_ids: Sequence[int], cfg: LDSConfig, c
     return np.stack(rows), details
 
 
-def default_methods(run: Run, config: CompareConfig) -> list[str]:
-    """Every registered method that applies to the run, and the random baseline."""
-    return [n for n, m in METHODS.items() if m.skip_reason(run, config) is None] + [RANDOM]
+def default_methods() -> list[str]:
+    """Every registered method (those that do not apply to a run are listed as skipped, with why)
+    and the random baseline."""
+    return [*METHODS, RANDOM]
 
 
 def parse_lds_methods(text: str | None) -> list[str] | None:
@@ -275,7 +276,7 @@ def task_lds(
     ``include_data`` adds the subsets, how many corrupted tasks each keeps, and the per-seed losses
     (K × R × T): enough to recompute every number here.
     """
-    names = default_methods(run, config) if methods is None else list(methods)
+    names = default_methods() if methods is None else list(methods)
     tests = list(range(len(run.test_tasks))) if test_ids is None else [run.test_tasks.check_id(int(t)) for t in test_ids]
     m = len(run.train_tasks)
     kept = lds_subsets(m, cfg)
