@@ -582,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--seeds", type=int, default=4, help="R training seeds per subset (the run's seed, +1, ...); ≥ 2 for the ceiling")
     ld.add_argument("--subset-seed", type=int, default=0, help="seed of the random subsets")
     ld.add_argument("--steps", type=int, default=None, help="steps of each retraining (default: as trained)")
-    ld.add_argument("--methods", default=None, help="comma-separated compare methods and/or random (default: all and random; those that do not apply are listed as skipped)")
+    ld.add_argument("--methods", default=None, help="comma-separated compare methods, tlxml-gn@K / tlxml-exact@K (K eigen-directions kept) and/or random "
+                    "(default: all and random; those that do not apply are listed as skipped)")
     ld.add_argument("--test-tasks", default="all", help="test task ids, comma-separated, or all")
     ld.add_argument("--damping", type=float, default=0.01, help="λ_d of task-if and direct-if")
     ld.add_argument("--work", default=None, help="where the retrained runs are kept (default .cache/metainf/lds); reused and resumed")

@@ -53,12 +53,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from metainf_core.cache import cache_root
-from metainf_core.compare import METHODS, SIGN, CompareConfig, get_method
+from metainf_core.compare import METHODS, SIGN, CompareConfig, get_method, tlxml_config
 from metainf_core.config import TaskConfig, TrainConfig
 from metainf_core.detect import random_removal_sets
 from metainf_core.evaluation import mean_ci95
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import Target, leave_out_configs
+from metainf_core.explain import Target, fit_influence, leave_out_configs, test_score_matrix
 from metainf_core.fidelity import DEFAULT_DAMPING, with_train_seed
 from metainf_core.influence import distributed
 from metainf_core.reproduce import runs
@@ -230,12 +230,39 @@ def _sd(values: np.ndarray) -> float:
 
 
 # ---- scores ----------------------------------------------------------------------------------
+def truncated(name: str) -> tuple[str, int] | None:
+    """``tlxml-exact@K`` / ``tlxml-gn@K`` -> (the registry name, K kept eigen-directions); None otherwise."""
+    base, sep, k = name.partition("@")
+    if not sep:
+        return None
+    if base not in ("tlxml-exact", "tlxml-gn") or not k.isdigit() or int(k) < 1:
+        raise ConfigError(f"{name!r}: a fixed truncation is written tlxml-exact@K or tlxml-gn@K with K ≥ 1")
+    return base, int(k)
+
+
+def skip_reason(run: Run, name: str, config: CompareConfig) -> str | None:
+    """Why method ``name`` (registry, ``@K`` truncation of a TLXML one, or ``random``) does not apply, or None."""
+    if name == RANDOM:
+        return None
+    fixed = truncated(name)
+    return get_method(fixed[0] if fixed else name).skip_reason(run, config)
+
+
 def score_matrix(run: Run, name: str, test_ids: Sequence[int], cfg: LDSConfig, config: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    """(T, M) helpfulness by method ``name`` (a ``compare`` registry name or ``random``) for each test task."""
+    """(T, M) helpfulness by method ``name`` for each test task: a ``compare`` registry name, a
+    TLXML fit at a fixed truncation (``tlxml-gn@K``: the registry's cached fit, K eigen-directions
+    kept instead of the self-rank choice) or ``random``."""
     m = len(run.train_tasks)
     if name == RANDOM:
         rng = np.random.default_rng([cfg.subset_seed, m, len(test_ids)])
         return rng.standard_normal((len(test_ids), m)), {}
+    fixed = truncated(name)
+    if fixed:
+        icfg = tlxml_config(fixed[0].removeprefix("tlxml-"), config)
+        inf = fit_influence(run, icfg)
+        if fixed[1] > inf.num_columns:
+            raise ConfigError(f"{name}: the fit has {inf.num_columns} eigen-directions, fewer than {fixed[1]}")
+        return test_score_matrix(run, inf.with_truncation(fixed[1]), icfg.dtype, test_ids), {"truncation": fixed[1]}
     method = get_method(name)
     rows, details = [], {}
     for t in test_ids:
@@ -251,13 +278,14 @@ def default_methods() -> list[str]:
 
 
 def parse_lds_methods(text: str | None) -> list[str] | None:
-    """``"a,b"`` -> validated names (registry or ``random``); None (= defaults) when empty."""
+    """``"a,b"`` -> validated names (registry, ``tlxml-gn@K`` / ``tlxml-exact@K`` or ``random``);
+    None (= defaults) when empty."""
     if not text:
         return None
     names = [x.strip() for x in text.split(",") if x.strip()]
     for n in names:
         if n != RANDOM:
-            get_method(n)
+            get_method((truncated(n) or (n, 0))[0])
     if len(set(names)) != len(names):
         raise ConfigError(f"methods listed twice in {text!r}")
     return names
@@ -289,7 +317,7 @@ def task_lds(
     }  # fmt: skip
     scores: dict[str, np.ndarray] = {}
     for n in names:
-        reason = None if n == RANDOM else get_method(n).skip_reason(run, config)
+        reason = skip_reason(run, n, config)
         if reason:
             out["skipped"][n] = reason
             continue

@@ -20,6 +20,7 @@ from metainf_core.lds import (
     lds_per_test,
     lds_subsets,
     noise_ceiling,
+    parse_lds_methods,
     retrain_configs,
     score_matrix,
     spearman_brown,
@@ -104,6 +105,15 @@ def test_lds_matches_dattri_and_an_oracle(lds_setting) -> None:
         # the same Pearson of the same average ranks (ours numpy, dattri scipy): only rounding differs
         np.testing.assert_allclose(ours, theirs.numpy(), rtol=0, atol=1e-12)
         assert result["methods"][name]["mean"] == pytest.approx(np.nanmean(ours), abs=1e-12)
+    # a fixed truncation at the self-rank choice is the registry's method
+    k = result["methods"]["tlxml-exact"]["details"]["truncation"]
+    fixed, details = score_matrix(run, f"tlxml-exact@{k}", result["test_tasks"], CFG, DAMPING)
+    registry = score_matrix(run, "tlxml-exact", result["test_tasks"], CFG, DAMPING)[0]
+    np.testing.assert_allclose(fixed, registry, rtol=1e-9, atol=1e-12)  # batched vs per-target float64 gradients: rounding only
+    assert details == {"truncation": k}
+    for bad in ("grad-sim@3", "tlxml-gn@0", "tlxml-gn@x"):
+        with pytest.raises(ConfigError, match="tlxml-exact@K or tlxml-gn@K"):
+            parse_lds_methods(bad)
     # the mean test loss as one target: TLXML's helpfulness for Target(all tests) is the tests' mean (linear in the gradient)
     whole = method_scores(run, Target(tuple(result["test_tasks"])), "tlxml-exact", DAMPING)
     per_test, _ = score_matrix(run, "tlxml-exact", result["test_tasks"], CFG, DAMPING)
