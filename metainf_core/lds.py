@@ -354,10 +354,11 @@ def format_table(result: dict[str, Any]) -> str:
                  f"mean-test-loss LDS sd {null['pooled_sd']:.3f}, 95th percentile {null['pooled_q95']:+.3f}")  # fmt: skip
     pool = result["pooled"]
     ceiling_text = "—" if pool["ceiling"] is None else f"{pool['ceiling']:.3f}"
-    lines.append(f"{'method':<12} {'LDS mean ± sd':>17} {'/ ceiling':>10} {'mean test loss (ceiling ' + ceiling_text + ')':>32}")
+    w = max([12, *map(len, result["methods"]), *map(len, result["skipped"])])
+    lines.append(f"{'method':<{w}} {'LDS mean ± sd':>17} {'/ ceiling':>10} {'mean test loss (ceiling ' + ceiling_text + ')':>32}")
     for name, row in result["methods"].items():
         frac = "—" if row["fraction_of_ceiling"] is None else f"{row['fraction_of_ceiling']:.2f}"
-        lines.append(f"{name:<12} {row['mean']:>+8.3f} ± {row['sd']:<6.3f} {frac:>10} {pool['methods'][name]:>+32.3f}")
-    lines += [f"{name:<12} skipped: {why}" for name, why in result["skipped"].items()]
+        lines.append(f"{name:<{w}} {row['mean']:>+8.3f} ± {row['sd']:<6.3f} {frac:>10} {pool['methods'][name]:>+32.3f}")
+    lines += [f"{name:<{w}} skipped: {why}" for name, why in result["skipped"].items()]
     return "\n".join(lines)
 
