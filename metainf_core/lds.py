@@ -68,6 +68,7 @@ from metainf_core.validate import spearman
 RANDOM = "random"  # the baseline: i.i.d. standard normal scores, seeded by the subset seed
 LDS_SIGN = "predicted loss of a subset = −Σ helpfulness over its tasks; LDS > 0 = the method predicts retraining"
 Progress = Callable[[int, int], None]  # (retrainings done, total)
+DEFAULT_CONFIG = CompareConfig(damping=DEFAULT_DAMPING)  # λ_d of task-IF / direct IF, as removal fidelity's
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class LDSConfig:
 
     def subset_size(self, num_tasks: int) -> int:
         """round(α·M), which must leave at least one task in and one out."""
-        n = int(round(self.alpha * num_tasks))
+        n = round(self.alpha * num_tasks)
         if not 1 <= n < num_tasks:
             raise ConfigError(f"alpha = {self.alpha} keeps {n} of {num_tasks} training tasks; it must keep between 1 and M − 1")
         return n
@@ -294,7 +295,7 @@ def parse_lds_methods(text: str | None) -> list[str] | None:
 # ---- the report ------------------------------------------------------------------------------
 def task_lds(
     run: Run, cfg: LDSConfig = LDSConfig(), *, methods: Sequence[str] | None = None, test_ids: Sequence[int] | None = None,
-    work: str | Path | None = None, config: CompareConfig = CompareConfig(damping=DEFAULT_DAMPING),
+    work: str | Path | None = None, config: CompareConfig = DEFAULT_CONFIG,
     progress: Progress | None = None, include_data: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Task-level LDS of each method on ``run`` with its noise ceiling (module docstring).
@@ -343,8 +344,8 @@ def task_lds(
 def format_table(result: dict[str, Any]) -> str:
     """The result as a plain-text table: method, LDS mean ± sd over test tasks, fraction of ceiling."""
     cfg, ceiling = result["config"], result["ceiling"]
-    lines = [f"task-level LDS: K = {cfg['subsets']} subsets of {result['subset_size']}/{result['num_train_tasks']} tasks "
-             f"(α = {cfg['alpha']}), R = {cfg['seeds']} seeds, {len(result['test_tasks'])} test tasks"]  # fmt: skip
+    lines = [(f"task-level LDS: K = {cfg['subsets']} subsets of {result['subset_size']}/{result['num_train_tasks']} tasks "
+              f"(α = {cfg['alpha']}), R = {cfg['seeds']} seeds, {len(result['test_tasks'])} test tasks")]  # fmt: skip
     if ceiling:
         lines.append(f"noise ceiling (split-half over seeds, Spearman–Brown, mean over test tasks): {ceiling['mean']:.3f} ± "
                      f"{ceiling['sd']:.3f}; split-half r {ceiling['split_half_mean']:.3f} (corrected {ceiling['of_mean_split_half']:.3f}); "

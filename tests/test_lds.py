@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 
 from metainf_core.compare import CompareConfig, method_scores
 from metainf_core.config import TaskConfig, TrainConfig
@@ -29,8 +30,6 @@ from metainf_core.lds import (
 from metainf_core.reproduce import runs
 from metainf_core.service import open_run
 from metainf_core.train import train
-
-from helpers import run_cli
 
 CFG = LDSConfig(subsets=5, alpha=0.5, seeds=2, subset_seed=3)
 METHODS = ["tlxml-exact", "grad-sim", RANDOM]
