@@ -248,8 +248,18 @@ def _diagnose(a: argparse.Namespace) -> dict[str, Any] | None:
     from metainf_core.service import open_run
 
     cfg = DiagnosticsConfig(steps=a.steps, step_size=a.step_size, num_tasks=a.tasks)
-    history_snapshots(a.path)  # a clear error before any progress bar
+    snapshots = history_snapshots(a.path)  # a clear error before any progress bar
     run = open_run(a.path, device=a.device)
+    if a.coherence_tasks:  # seed 003's coherence alone on many tasks, with its ρ by phase of training
+        from metainf_core.diagnostics import coherence_over_history
+        from metainf_core.landscape_metrics import coherence_phase_table
+
+        rows = coherence_over_history(run, snapshots, a.coherence_tasks, steps=a.steps, step_size=a.step_size)
+        if not distributed.is_primary():
+            return None
+        phases = coherence_phase_table(rows)
+        return {"rows": rows, "spearman_with_accuracy_by_phase": {q: {k: {"rho": r, "snapshots": n} for k, (r, n) in ph.items()}
+                                                                  for q, ph in phases.items()}}  # fmt: skip
     bar = tqdm(desc="diagnose", unit="snapshot", disable=a.quiet or not distributed.is_primary(), file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
@@ -542,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("diagnose", help="landscape diagnostics over training snapshots (train with --keep-history)")
     g.add_argument("path", help="checkpoint directory with history/")
     g.add_argument("--tasks", type=int, default=60, help="test tasks used (the first ones; seed 003 uses 60)")
+    g.add_argument("--coherence-tasks", type=int, default=0,
+                   help="instead: only gradient and trajectory coherence over this many test tasks (seed 003: 500) per snapshot, "
+                        "with their Spearman rho with test accuracy by phase (whole run, without the first snapshot, rising, after the peak)")
     g.add_argument("--steps", type=int, default=None, help="adaptation steps T (default: the learner's)")
     g.add_argument("--step-size", type=float, default=None, help="adaptation step α (default: the learner's)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")

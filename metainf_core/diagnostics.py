@@ -347,8 +347,9 @@ def coherence_over_history(
     """seed 003's coherence alone, on many test tasks (§5.2: 500 after each epoch): per snapshot,
     E_{i≠j}[g_iᵀg_j] (unnormalised, §5.3), its cosine form and the mean cosine of T-step trajectory
     directions (Eq. 5), over the first ``num_tasks`` test tasks (B × q gradients in chunks of
-    ``chunk`` tasks). No sharpness (its 20 Lanczos HVPs a task are what limit the full diagnostics to
-    a few dozen tasks). Snapshots are shared out over torchrun ranks like the full diagnostics."""
+    ``chunk`` tasks), and the snapshot's test accuracy on every test task. No sharpness (its 20
+    Lanczos HVPs a task are what limit the full diagnostics to a few dozen tasks). Snapshots are
+    shared out over torchrun ranks like the full diagnostics."""
     config = DiagnosticsConfig(num_tasks=num_tasks, steps=steps, step_size=step_size)
     batch = _test_batch(run, config)
     t_steps, alpha = config.trajectory(run.spec)
@@ -363,10 +364,11 @@ def coherence_over_history(
             grads.append(support_gradients(run.model, run.spec, params, part))
             moves.append(adapted_parameters(run.model, run.spec, params, part, t_steps, alpha) - w)
         g, d = torch.cat(grads), torch.cat(moves)
-        return torch.tensor([mean_pairwise_inner(g), mean_pairwise_cosine(g), mean_pairwise_cosine(d)], dtype=torch.float64)
+        accuracy = run.evaluate(params, split="test").summary()["accuracy"]
+        return torch.tensor([mean_pairwise_inner(g), mean_pairwise_cosine(g), mean_pairwise_cosine(d), accuracy], dtype=torch.float64)
 
-    values = distributed.map_in_rounds(len(snapshots), compute, len(COHERENCE_FIELDS))
-    return [{"step": step, "num_tasks": len(batch), **dict(zip(COHERENCE_FIELDS, v.tolist(), strict=True))}
+    values = distributed.map_in_rounds(len(snapshots), compute, len(COHERENCE_FIELDS) + 1)
+    return [{"step": step, "num_tasks": len(batch), **dict(zip((*COHERENCE_FIELDS, "accuracy"), v.tolist(), strict=True))}
             for (step, _), v in zip(snapshots, values, strict=True)]  # fmt: skip
 
 

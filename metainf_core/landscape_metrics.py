@@ -69,6 +69,14 @@ def phase_correlations(steps: np.ndarray, accuracy: np.ndarray, values: np.ndarr
     return out
 
 
+def coherence_phase_table(rows: list[dict[str, float]]) -> dict[str, dict[str, tuple[float, int]]]:
+    """``phase_correlations`` of each coherence quantity of ``diagnostics.coherence_over_history`` rows."""
+    from metainf_core.diagnostics import COHERENCE_FIELDS
+
+    steps, acc = np.array([r["step"] for r in rows]), np.array([r["accuracy"] for r in rows])
+    return {name: phase_correlations(steps, acc, np.array([r[name] for r in rows])) for name in COHERENCE_FIELDS}
+
+
 def keep_history_command(meta: dict[str, Any], out: str) -> str:
     """The ``train`` command that retrains the run of ``meta`` with the same tasksets, seeds and
     settings (those that differ from the defaults) and keeps its history."""

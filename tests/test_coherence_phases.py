@@ -58,3 +58,28 @@ def test_coherence_over_history_is_the_mean_over_task_pairs(synthetic_run, tmp_p
         assert row["trajectory_cosine"] == pytest.approx(np.mean([cos(d, i, j) for i, j in pairs]), rel=1e-5, abs=1e-9)
     assert history_snapshots(tmp_path)[0][0] == 0
     assert not torch.equal(torch.tensor(rows[0]["gradient_inner"]), torch.tensor(rows[1]["gradient_inner"]))
+    assert rows[1]["accuracy"] == pytest.approx(run.meta["test"]["accuracy"], abs=1e-6)  # the last snapshot is the trained ω
+
+
+def test_diagnose_cli_prints_coherence_by_phase(synthetic_run, tmp_path):
+    """`diagnose DIR --coherence-tasks N`: rows per snapshot and ρ by phase, equal to the core's."""
+    import json
+    import shutil
+
+    from helpers import run_cli
+
+    from metainf_core.checkpoint import save_tensors
+    from metainf_core.landscape_metrics import coherence_phase_table
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(synthetic_run, run_dir)
+    run = open_run(run_dir)
+    for step, scale in ((0, 0.2), (5, 0.5), (10, 0.8), (15, 1.0)):
+        save_tensors(run_dir / "history" / f"step_{step:07d}.safetensors", {k: (v * scale).contiguous() for k, v in run.params.items()})
+    res = run_cli("diagnose", str(run_dir), "--coherence-tasks", "5", "--steps", "2", "--quiet")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert [r["step"] for r in out["rows"]] == [0, 5, 10, 15] and all(r["num_tasks"] == 5 for r in out["rows"])
+    table = coherence_phase_table(out["rows"])
+    whole = out["spearman_with_accuracy_by_phase"]["gradient_inner"]["whole run"]
+    assert (whole["rho"], whole["snapshots"]) == (pytest.approx(table["gradient_inner"]["whole run"][0], nan_ok=True), 4)
