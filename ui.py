@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from metainf_core import api
 from metainf_core.config import InfluenceConfig
 from metainf_core.exceptions import MetainfError
 from metainf_core.explain import fit_influence, is_fitted
@@ -21,7 +22,7 @@ from metainf_core.figures import thumbnail_strip
 from metainf_core.service import Run, open_run, task_view
 from metainf_core.words import score
 
-DEMO_DIR = Path(__file__).parent / "assets" / "demo"
+DEMO_DIR = api.DEMO_DIR  # one definition of where the bundled demos live
 DEFAULT_DEMO = "protonet-fashion-mnist"  # fastest to explain and edit interactively
 DEFAULT_INFLUENCE = InfluenceConfig(method="gn", n_orth=512, dtype="float32")
 ALGORITHM_NAMES = {"maml": "MAML", "protonet": "ProtoNet", "proximal-maml": "Proximal MAML"}
@@ -43,7 +44,7 @@ COMPUTE_LOCK = threading.RLock()
 
 
 def demo_dirs() -> list[Path]:
-    return sorted(p for p in DEMO_DIR.glob("*") if (p / "meta.json").is_file())
+    return [DEMO_DIR / name for name in api.demos()]
 
 
 def model_url_value(path: str) -> str:
