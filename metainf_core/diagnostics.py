@@ -57,6 +57,7 @@ from metainf_core.io import sha256_file
 from metainf_core.learners import LearnerSpec, Params, call_network, prototype_logits, with_composite_batch_norm
 from metainf_core.service import Run, open_run
 from metainf_core.tasks import TaskBatch
+from metainf_core.train import retained_allocations
 
 # (flat θ, support_x, support_y) -> scalar support loss L(S; θ)
 SupportLossFunction = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -333,7 +334,8 @@ def _rows_over_history(
         if progress is not None:
             progress(len(rows), len(snapshots))
 
-    distributed.map_in_rounds(len(todo), compute, len(ROW_FIELDS), finished)
+    with retained_allocations():  # as in training: no fresh zeroed pages for each snapshot's activations
+        distributed.map_in_rounds(len(todo), compute, len(ROW_FIELDS), finished)
     return rows
 
 
@@ -367,7 +369,8 @@ def coherence_over_history(
         accuracy = run.evaluate(params, split="test").summary()["accuracy"]
         return torch.tensor([mean_pairwise_inner(g), mean_pairwise_cosine(g), mean_pairwise_cosine(d), accuracy], dtype=torch.float64)
 
-    values = distributed.map_in_rounds(len(snapshots), compute, len(COHERENCE_FIELDS) + 1)
+    with retained_allocations():  # fresh pages for every chunk's activations: 36 % of the CPU time without it
+        values = distributed.map_in_rounds(len(snapshots), compute, len(COHERENCE_FIELDS) + 1)
     return [{"step": step, "num_tasks": len(batch), **dict(zip((*COHERENCE_FIELDS, "accuracy"), v.tolist(), strict=True))}
             for (step, _), v in zip(snapshots, values, strict=True)]  # fmt: skip
 
