@@ -262,26 +262,29 @@ def fit_influence(
     shipped = load_shipped_fit(run, cfg, entry)
     if distributed.all_ranks(shipped is not None):
         return shipped.to(run.device)
-    started = time.time()
-    params = params_as(run, cfg.dtype)
-    record: dict[str, Any] = {}  # a distributed fit's world size and tasks per rank (none in a single process)
-    if InfluenceMethod(cfg.method) is InfluenceMethod.EXACT:
-        inf = fit_exact(run.model, run.spec, params, run.train_tasks, run.dataset, damping=cfg.damping, select=False)
-    elif distributed.active():  # one rank of a torchrun launch (influence/distributed.py)
-        inf, record = _distributed_gauss_newton(run, cfg, entry, params, progress, save_every, grad_batch)
-        if inf is None:  # ranks > 0: rank 0 chooses the truncation and writes the entry; read it
-            return _from_tensors(*distributed.wait_for_entry(entry)).to(run.device)
-    else:
-        factor = _gauss_newton_factor(run, cfg, entry, params, progress, save_every)
-        space, project = _gradient_projector(run, cfg, params, factor.factor, grad_batch)
-        m = len(run.train_tasks)
-        proj = torch.empty(m, factor.factor.shape[1], dtype=factor.factor.dtype, device=factor.factor.device)
-        for start in range(0, m, grad_batch):  # P = G U in chunks: never the whole M × q gradient matrix
-            ids = np.arange(start, min(m, start + grad_batch))
-            proj[ids] = project(ids)
-            if progress is not None:
-                progress("gradients", int(ids[-1]) + 1, m)
-        inf = influence_from_projections(factor, proj, CurvatureMode.GAUSS_NEWTON, select=False, space=space)
+    from metainf_core.train import retained_allocations
+
+    with retained_allocations():  # as training: no fresh zeroed pages for each task's columns (~12 % of a fit's CPU)
+        started = time.time()
+        params = params_as(run, cfg.dtype)
+        record: dict[str, Any] = {}  # a distributed fit's world size and tasks per rank (none in a single process)
+        if InfluenceMethod(cfg.method) is InfluenceMethod.EXACT:
+            inf = fit_exact(run.model, run.spec, params, run.train_tasks, run.dataset, damping=cfg.damping, select=False)
+        elif distributed.active():  # one rank of a torchrun launch (influence/distributed.py)
+            inf, record = _distributed_gauss_newton(run, cfg, entry, params, progress, save_every, grad_batch)
+            if inf is None:  # ranks > 0: rank 0 chooses the truncation and writes the entry; read it
+                return _from_tensors(*distributed.wait_for_entry(entry)).to(run.device)
+        else:
+            factor = _gauss_newton_factor(run, cfg, entry, params, progress, save_every)
+            space, project = _gradient_projector(run, cfg, params, factor.factor, grad_batch)
+            m = len(run.train_tasks)
+            proj = torch.empty(m, factor.factor.shape[1], dtype=factor.factor.dtype, device=factor.factor.device)
+            for start in range(0, m, grad_batch):  # P = G U in chunks: never the whole M × q gradient matrix
+                ids = np.arange(start, min(m, start + grad_batch))
+                proj[ids] = project(ids)
+                if progress is not None:
+                    progress("gradients", int(ids[-1]) + 1, m)
+            inf = influence_from_projections(factor, proj, CurvatureMode.GAUSS_NEWTON, select=False, space=space)
     inf = inf.with_truncation(cfg.truncation) if cfg.truncation else inf.select_truncation(sample=cfg.self_rank_sample)
     tensors, info = _to_tensors(inf)
     distributed.save_entry(entry, tensors, {**info, "fit_seconds": round(time.time() - started, 2), **record})  # entry.save on rank 0

@@ -79,6 +79,10 @@ def _libc_mallopt() -> Callable[[int, int], int] | None:
     return fn
 
 
+_RETAINED_LOCK = threading.Lock()
+_retained_users = 0  # how many retained_allocations blocks are open in this process
+
+
 @contextmanager
 def retained_allocations() -> Iterator[None]:
     """While training, serve large tensors from the heap and keep freed memory for the next step.
@@ -86,18 +90,24 @@ def retained_allocations() -> Iterator[None]:
     glibc maps each activation above 128 KiB afresh and unmaps it on free, so every step the kernel
     zeroes the same ~80 MB of new pages again: 40 % of a ProtoNet Omniglot step (conv4×32, 32 tasks)
     was system time (1.19 s of 3.2 s CPU; 0.05 s with this, ``bench/bench_training.py``). Restored on
-    exit, so a long-lived process (the dashboard) gives the memory back afterwards.
+    exit, so a long-lived process (the dashboard) gives the memory back afterwards. The setting is
+    process-wide: nested or concurrent uses (threads of one server) count, and the last to leave restores it.
     """
+    global _retained_users
     mallopt = _libc_mallopt()
-    if mallopt is not None:
-        mallopt(_M_MMAP_MAX, 0)
-        mallopt(_M_TRIM_THRESHOLD, 2**30)
+    with _RETAINED_LOCK:
+        _retained_users += 1
+        if mallopt is not None and _retained_users == 1:
+            mallopt(_M_MMAP_MAX, 0)
+            mallopt(_M_TRIM_THRESHOLD, 2**30)
     try:
         yield
     finally:
-        if mallopt is not None:
-            mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-            mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        with _RETAINED_LOCK:
+            _retained_users -= 1
+            if mallopt is not None and _retained_users == 0:
+                mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
 
 
 class StopRequest:

@@ -114,6 +114,23 @@ def test_sigterm_saves_the_step_it_finished_and_resumes_exactly(tmp_path, python
         torch.testing.assert_close(resumed.params[k], reference.params[k], rtol=0, atol=1e-6)
 
 
+def test_retained_allocations_nest_and_restore_once(monkeypatch):
+    """The glibc setting is process-wide: nested blocks (a fit inside a page run, two sessions'
+    threads) set it once and the last block to leave restores the defaults, also after an error."""
+    import metainf_core.train as tr
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(tr, "_libc_mallopt", lambda: lambda param, value: calls.append((param, value)) or 1)
+    with pytest.raises(RuntimeError):
+        with tr.retained_allocations():
+            with tr.retained_allocations():
+                assert calls == [(tr._M_MMAP_MAX, 0), (tr._M_TRIM_THRESHOLD, 2**30)]
+            assert len(calls) == 2, "the inner block must not restore while the outer one runs"
+            raise RuntimeError("a failing step")
+    assert calls[2:] == [(tr._M_MMAP_MAX, tr._DEFAULT_MMAP_MAX), (tr._M_TRIM_THRESHOLD, tr._DEFAULT_TRIM_THRESHOLD)]
+    assert tr._retained_users == 0
+
+
 def test_leave_out_retraining_never_draws_excluded_tasks(synthetic_run, tmp_path):
     from metainf_core.explain import leave_out_retrain
     from metainf_core.service import open_run
