@@ -20,6 +20,7 @@ from metainf_core.data.base import REPO_ROOT
 from metainf_core.reproduce import EXPERIMENTS, load_sections
 from metainf_core.reproduce.experiments import Context, darkened, run_experiment
 from metainf_core.reproduce.report import figure_path, render_readme
+from metainf_core.reproduce.rows import collect as collect_rows
 from metainf_core.tasks import TaskBatch
 
 REPORT = REPO_ROOT / "docs" / "results"
@@ -34,7 +35,9 @@ def test_readme_is_rendered_from_the_committed_sections():
     figures = {figure_path(s, f) for s in [*sections, *medium] for f in s["figures"]}
     drawn = {p for p in figures if (REPORT / p).is_file()}
     assert drawn == figures, f"missing figures: {sorted(figures - drawn)}"
-    assert render_readme(sections, drawn, medium) == (REPORT / "README.md").read_text(encoding="utf-8")
+    paper, rows = load_sections(REPORT, "paper"), collect_rows(REPORT / "paper")  # the paper rows' committed run folders
+    assert all(r["status"] for r in rows), "a row is listed only with a run folder"
+    assert render_readme(sections, drawn, medium, paper, rows) == (REPORT / "README.md").read_text(encoding="utf-8")
 
 
 # a table cell: "0.928", "0.799 ± 0.077" (mean ± sd) or "54 (+5.5σ)" (count of proper tests, z)
