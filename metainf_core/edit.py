@@ -62,8 +62,10 @@ def edit_delta(i_meta_sum: IMetaSum, spec: EditSpec) -> Tensor:
     return torch.stack(parts).sum(0)
 
 
-def apply_delta(params: Params, delta: Tensor) -> Params:
-    """ω' = ω̂ + δω, with δω flat in the order of ``params`` (as ``influence.flat.ParamLayout``)."""
+def apply_delta(params: Params, delta: Tensor | np.ndarray) -> Params:
+    """ω' = ω̂ + δω, with δω flat in the order of ``params`` (as ``influence.flat.ParamLayout``);
+    a NumPy δω is taken too (pages hold arrays, not tensors)."""
+    delta = torch.as_tensor(delta)
     sizes = [v.numel() for v in params.values()]
     if sum(sizes) != delta.numel():
         raise ConfigError(f"edit has {delta.numel()} entries, the model {sum(sizes)} parameters")

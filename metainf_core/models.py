@@ -31,11 +31,14 @@ class MaxPool2x2(nn.Module):
     shares it, but ties come from ReLU zeros, whose gradient is zero either way."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled():
-            return nn.functional.max_pool2d(x, 2)
-        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-        x = x[..., :h, :w]
-        return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]), torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+        return nn.functional.max_pool2d(x, 2) if torch.is_grad_enabled() else strided_max_pool(x)
+
+
+def strided_max_pool(x: Tensor) -> Tensor:
+    """2×2 max-pool of the last two dimensions as the max of four strided views (floor mode)."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    x = x[..., :h, :w]
+    return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]), torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
 
 
 def conv_block(in_channels: int, filters: int) -> nn.Sequential:

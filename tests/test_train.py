@@ -40,11 +40,11 @@ def test_meta_batches_are_a_function_of_seed_and_step():
     assert not np.array_equal(a, meta_batch_ids(100, 32, seed=0, step=6))
 
 
-def _cli_train(python_exe, out, steps, resume=False):
+def _cli_train(python_exe, out, steps, resume=False, checkpoint_every=10):
     cmd = [
         python_exe, "-m", "metainf_core", "train", "--dataset", "synthetic", "--algo", "maml", "--arch", "mlp-synthetic",
         "--ways", "3", "--train-tasks", "40", "--test-tasks", "8", "--steps", str(steps), "--meta-batch", "8",
-        "--lr", "0.01", "--checkpoint-every", "10", "--out", str(out), "--quiet",
+        "--lr", "0.01", "--checkpoint-every", str(checkpoint_every), "--out", str(out), "--quiet",
     ]  # fmt: skip
     return cmd + (["--resume"] if resume else [])
 
@@ -89,9 +89,7 @@ def test_sigterm_saves_the_step_it_finished_and_resumes_exactly(tmp_path, python
     import re
 
     out = tmp_path / "stopped"
-    cmd = _cli_train(python_exe, out, 1_000_000)
-    cmd[cmd.index("--checkpoint-every") + 1] = "7"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_cli_train(python_exe, out, 1_000_000, checkpoint_every=7), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     meta_path = out / "meta.json"
     deadline = time.time() + 120
     while time.time() < deadline and not (meta_path.exists() and json.loads(meta_path.read_text()).get("step", 0) >= 14):
@@ -102,11 +100,8 @@ def test_sigterm_saves_the_step_it_finished_and_resumes_exactly(tmp_path, python
     stopped_at = int(re.search(r"after step (\d+)", err).group(1))
     assert json.loads(meta_path.read_text())["step"] == stopped_at >= 14  # the stop step is saved, checkpoint or not
     target = stopped_at + 5
-    ref_cmd = _cli_train(python_exe, tmp_path / "ref", target)
-    ref_cmd[ref_cmd.index("--checkpoint-every") + 1] = "7"
-    resume_cmd = _cli_train(python_exe, out, target, resume=True)
-    resume_cmd[resume_cmd.index("--checkpoint-every") + 1] = "7"
-    for c in (resume_cmd, ref_cmd):
+    for c in (_cli_train(python_exe, out, target, resume=True, checkpoint_every=7),
+              _cli_train(python_exe, tmp_path / "ref", target, checkpoint_every=7)):
         res = subprocess.run(c, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr
     resumed, reference = load_checkpoint(out), load_checkpoint(tmp_path / "ref")

@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-import torch
 
 from metainf_core.edit import apply_delta
-from metainf_core.explain import Target, all_scores, ranking_table, save_edited_checkpoint
 from metainf_core.edit_words import FIGURES, disagreement, edit_sentence, figures, shown, shown_change
+from metainf_core.explain import Target, all_scores, ranking_table, save_edited_checkpoint
 from metainf_core.words import CHANGE_DIGITS, outcome, plural, signed, xi_curve_words
 from ui import (
     COMPUTE_LOCK,
@@ -125,7 +124,7 @@ def group_directions(path: str, block: tuple[int, ...], enhance: tuple[int, ...]
 
 def edited(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float, xi_e: float):  # noqa: ANN201 - Params
     a, b = group_directions(path, block, enhance)
-    return apply_delta(run.params, torch.from_numpy(xi_b * a + xi_e * b))
+    return apply_delta(run.params, xi_b * a + xi_e * b)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
