@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from dataclasses import Field, fields
+from typing import Any, get_type_hints
 
 from metainf_core.config import (
     DATASET_ARCHITECTURES,
-    Algorithm,
     Architecture,
     InfluenceConfig,
     TaskConfig,
     TrainConfig,
     default_arch,
+    default_dtype,
 )
 from metainf_core.exceptions import ConfigError, MetainfError
 
@@ -23,17 +24,8 @@ def _train(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.checkpoint import read_meta
     from metainf_core.train import train
 
-    task_cfg = TaskConfig(
-        dataset=a.dataset, ways=a.ways, shots=a.shots, queries=a.queries, train_tasks=a.train_tasks,
-        test_tasks=a.test_tasks, seed=a.task_seed, noise_tasks=a.noise_tasks, label_flip_tasks=a.label_flip_tasks,
-    )  # fmt: skip
-    train_cfg = TrainConfig(
-        algo=a.algo, arch=a.arch or default_arch(a.dataset), filters=a.filters, steps=a.steps,
-        meta_batch=a.meta_batch, lr=a.lr, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order,
-        seed=a.seed, checkpoint_every=a.checkpoint_every, keep_history=a.keep_history, exclude_tasks=a.exclude_tasks,
-        prox_lambda=a.prox_lambda, prox_lr=a.prox_lr, prox_steps=a.prox_steps, prox_tol=a.prox_tol,
-        cg_steps=a.cg_steps, cg_tol=a.cg_tol, model=a.model, protonet_embedding=a.protonet_embedding,
-    )  # fmt: skip
+    task_cfg = _config_from(a, TaskConfig)
+    train_cfg = _config_from(a, TrainConfig, arch=a.arch or default_arch(a.dataset))
     out = train(task_cfg, train_cfg, a.out, resume=a.resume, device=a.device, progress=not a.quiet)
     meta = read_meta(out)
     return {"out": str(out), "step": meta["step"], "test": meta["test"], "num_parameters": meta["num_parameters"]}
@@ -89,13 +81,8 @@ def _evaluate(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _influence_config(a: argparse.Namespace) -> InfluenceConfig:
-    dtype = a.dtype or ("float64" if a.method == "exact" else "float32")
-    groups = tuple(g for g in (getattr(a, "param_groups", "") or "").split(",") if g.strip())
-    return InfluenceConfig(
-        method=a.method, n_orth=a.n_orth, damping=a.damping, truncation=a.truncation, dtype=dtype,
-        projection_dim=getattr(a, "projection_dim", 0), projection_seed=getattr(a, "projection_seed", 0), param_groups=groups,
-        rows_per_task=getattr(a, "rows_per_task", 0),
-    )  # fmt: skip
+    """The InfluenceConfig of an influence subcommand's options; --dtype left out follows config.default_dtype."""
+    return _config_from(a, InfluenceConfig, dtype=a.dtype or default_dtype(a.method))
 
 
 def _fitted(a: argparse.Namespace):
@@ -404,23 +391,54 @@ def _lds(a: argparse.Namespace) -> dict[str, Any] | None:
     return None
 
 
-def _add_influence_args(p: argparse.ArgumentParser, method_choices: list[str] | None = ["exact", "gn"]) -> None:  # noqa: B006
+# ---- options: one per config.setting field, so a new setting is added in one place ---------------
+def _names(text: str) -> tuple[str, ...]:
+    """Comma-separated names (``--param-groups features.3,head``)."""
+    return tuple(g.strip() for g in text.split(",") if g.strip())
+
+
+_PARSERS = {int: int, float: float, str: str, tuple[int, ...]: _parse_ids, tuple[str, ...]: _names}
+
+
+def config_options(cls: type) -> list[Field]:
+    """The fields of a config dataclass that are command-line options (made by ``config.setting``)."""
+    return [f for f in fields(cls) if "help" in f.metadata]
+
+
+def option_name(f: Field) -> str:
+    """``--field-name``, or the field's own ``flag`` (TaskConfig.seed is ``--task-seed``)."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _dest(f: Field) -> str:
+    return option_name(f)[2:].replace("-", "_")
+
+
+def _add_config_args(p: argparse.ArgumentParser, cls: type, **overrides: dict[str, Any]) -> None:
+    """One option per setting of ``cls``: name, type, default, choices and help from the field;
+    ``overrides`` (field name -> add_argument keywords) adapt a subcommand's (e.g. a default chosen by rule)."""
+    hints = get_type_hints(cls)
+    for f in config_options(cls):
+        kind = hints[f.name]
+        kw: dict[str, Any] = {"default": f.default, "help": f.metadata["help"]}
+        kw.update({"action": "store_true"} if kind is bool else {"type": _PARSERS[kind]})
+        kw.update({k: f.metadata[k] for k in ("choices", "metavar") if f.metadata.get(k)})
+        kw.update(overrides.get(f.name, {}))
+        p.add_argument(option_name(f), dest=_dest(f), **kw)
+
+
+def _config_from(a: argparse.Namespace, cls: type, **resolved: Any) -> Any:
+    """The config ``cls`` from the parsed options of its settings; ``resolved`` replaces those chosen by rule."""
+    return cls(**{**{f.name: getattr(a, _dest(f)) for f in config_options(cls)}, **resolved})
+
+
+# every influence subcommand's --dtype: "" = config.default_dtype(method), as api.ExplainerConfig's
+_DTYPE = {"default": "", "help": "arithmetic of the fit (default: float64 for exact, float32 for gn)"}
+
+
+def _add_influence_args(p: argparse.ArgumentParser, **overrides: dict[str, Any]) -> None:
     p.add_argument("path", help="checkpoint directory")
-    if method_choices is None:  # rank: checked by its handler (one-line error, exit 2)
-        p.add_argument("--method", default="gn", help="exact | gn (= tlxml-exact | tlxml-gn), task-if, direct-if, grad-sim")
-    else:
-        p.add_argument("--method", choices=method_choices, default="gn", help="exact Hessian (small q) or Gauss-Newton")
-    p.add_argument("--n-orth", type=int, default=512, help="Algorithm 1's N_orth (N_max = 2 N_orth)")
-    p.add_argument("--damping", type=float, default=0.0)
-    p.add_argument("--truncation", type=int, default=0, help="kept eigen-directions k (0: choose by self-rank)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: float64 exact, float32 gn")
-    p.add_argument("--projection-dim", type=int, default=0, metavar="D",
-                   help="gn, large backbones: CountSketch every parameter-space vector to D dimensions (0: none)")
-    p.add_argument("--projection-seed", type=int, default=0, help="seed of the --projection-dim sketch and the --rows-per-task samples")
-    p.add_argument("--rows-per-task", type=int, default=0, metavar="S",
-                   help="gn, large backbones: S random combinations of each task's n_q·(c−1) columns (S backward passes; 0: all)")
-    p.add_argument("--param-groups", default="", metavar="PREFIXES",
-                   help="gn: influence w.r.t. these comma-separated parameter-name prefixes only, e.g. features.3,head")
+    _add_config_args(p, InfluenceConfig, dtype=_DTYPE, **overrides)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_device_arg(p)
 
@@ -432,46 +450,22 @@ def _add_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m metainf_core", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
+# ---- subcommands ----------------------------------------------------------------------------------
+def _train_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="meta-train MAML, ProtoNet or proximal MAML on fixed tasksets")
-    td, rd = TaskConfig(), TrainConfig()
-    t.add_argument("--dataset", default=td.dataset)
-    t.add_argument("--algo", choices=[a.value for a in Algorithm], default=rd.algo)
     by_dataset = ", ".join(f"{v.value} for {d}" for d, v in DATASET_ARCHITECTURES.items())
-    t.add_argument("--arch", choices=[a.value for a in Architecture], default=None, help=f"default: {rd.arch}; {by_dataset}")
-    t.add_argument("--filters", type=int, default=rd.filters)
-    t.add_argument("--model", default="", metavar="CONSTRUCTOR",
-                   help='a network constructor instead of --arch, e.g. "l2l.vision.models.CNN4(output_size=5, hidden_size=32)"')
-    t.add_argument("--protonet-embedding", choices=["separate", "joint"], default=rd.protonet_embedding,
-                   help="ProtoNet: support and query through the network in two calls (default) or one")
-    for name in ("ways", "shots", "queries", "train_tasks", "test_tasks", "noise_tasks", "label_flip_tasks"):
-        t.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(td, name))
-    t.add_argument("--task-seed", type=int, default=td.seed, help="seed of the fixed tasksets")
-    t.add_argument("--steps", type=int, default=rd.steps, help="meta-batches to train on")
-    t.add_argument("--meta-batch", type=int, default=rd.meta_batch)
-    t.add_argument("--lr", type=float, default=rd.lr, help="Adam learning rate (outer)")
-    t.add_argument("--inner-lr", type=float, default=rd.inner_lr, help="MAML inner step size α")
-    t.add_argument("--inner-steps", type=int, default=rd.inner_steps)
-    t.add_argument("--first-order", action="store_true")
-    t.add_argument("--prox-lambda", type=float, default=rd.prox_lambda, help="proximal MAML: λ, (λ/2)‖θ − ω‖²")
-    t.add_argument("--prox-lr", type=float, default=rd.prox_lr, help="proximal MAML: inner gradient step size")
-    t.add_argument("--prox-steps", type=int, default=rd.prox_steps, help="proximal MAML: most inner steps")
-    t.add_argument("--prox-tol", type=float, default=rd.prox_tol, help="proximal MAML: inner stop at ‖∇‖ ≤ tol")
-    t.add_argument("--cg-steps", type=int, default=rd.cg_steps, help="proximal MAML: most CG steps")
-    t.add_argument("--cg-tol", type=float, default=rd.cg_tol, help="proximal MAML: CG relative residual tolerance")
-    t.add_argument("--seed", type=int, default=rd.seed, help="initialisation and meta-batch seed")
-    t.add_argument("--checkpoint-every", type=int, default=rd.checkpoint_every)
-    t.add_argument("--keep-history", action="store_true", help="also keep ω at every checkpoint (diagnostics)")
-    t.add_argument("--exclude-tasks", type=_parse_ids, default=(), help="comma-separated training task ids never drawn")
+    _add_config_args(t, TaskConfig)
+    arch = {"default": None, "help": f"network (default: {TrainConfig.arch}; {by_dataset})"}  # default_arch(dataset)
+    _add_config_args(t, TrainConfig, arch=arch)
     t.add_argument("--out", required=True)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _add_device_arg(t)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
+
+def _import_parser(sub: argparse._SubParsersAction) -> None:
+    td, rd = TaskConfig(), TrainConfig()
     im = sub.add_parser("import", help="make a run folder from a meta-learner trained elsewhere (learn2learn, torch.save)")
     im.add_argument("out", help="new run folder")
     im.add_argument("--weights", required=True, help="model.safetensors or a torch.save state dict (.pt; loaded weights-only)")
@@ -492,11 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--filters", type=int, default=32, help="filters of a metainf architecture named by --model")
     im.set_defaults(func=_import)
 
+
+def _info_parser(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("info", help="print a checkpoint's metadata (verified, never unpickled)")
     i.add_argument("path")
     i.add_argument("--full", action="store_true", help="include the training curve")
     i.set_defaults(func=_info)
 
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="test accuracy and loss over the test taskset")
     e.add_argument("path")
     e.add_argument("--train", action="store_true", help="also evaluate on the training taskset")
@@ -506,19 +504,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arg(e)
     e.set_defaults(func=_evaluate)
 
+
+def _fit_parser(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser("fit", help="fit TLXML influence for a checkpoint (cached, resumable)")
     _add_influence_args(f)
     f.add_argument("--ship", action="store_true",
                    help="also store the fit inside the checkpoint folder (influence/, float16), so it loads at once elsewhere")
     f.set_defaults(func=_fit)
 
+
+def _rank_parser(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("rank", help="rank training tasks by helpfulness for a target")
-    _add_influence_args(r, method_choices=None)
+    # --method also takes compare's registry names: checked by the handler (one-line error, exit 2)
+    method = {"choices": None, "help": "exact | gn (= tlxml-exact | tlxml-gn), task-if, direct-if, grad-sim"}
+    _add_influence_args(r, method=method)
     r.add_argument("--test-task", required=True, help="ID, ID,ID,..., all, or train:J")
     r.add_argument("--group", choices=["superclass"], default=None, help="also sum scores per group (TLXML A.3)")
     r.add_argument("--top", type=int, default=10)
     r.set_defaults(func=_rank)
 
+
+def _compare_parser(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="compare influence methods for one target: scores, Spearman/Pearson, top-k overlap")
     c.add_argument("path", help="checkpoint directory")
     c.add_argument("--test-task", required=True, help="ID, ID,ID,..., all, or train:J")
@@ -529,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arg(c)
     c.set_defaults(func=_compare)
 
+
+def _edit_parser(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("edit", help="one-step block/enhance update (TLXML Eq. 13) and its effect")
     _add_influence_args(d)
     d.add_argument("--block", help="comma-separated training task ids")
@@ -541,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--leave-out-steps", type=int, default=None, help="steps for --leave-out (default: as trained)")
     d.set_defaults(func=_edit)
 
+
+def _validate_parser(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser("validate", help="explanation checks: self-rank, noise and superclass proper tests")
     _add_influence_args(v)
     v.add_argument("--self-rank", action="store_true")
@@ -549,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-tests", type=int, default=128, help="test tasks used for proper tests")
     v.set_defaults(func=_validate)
 
+
+def _diagnose_parser(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("diagnose", help="landscape diagnostics over training snapshots (train with --keep-history)")
     g.add_argument("path", help="checkpoint directory with history/")
     g.add_argument("--tasks", type=int, default=60, help="test tasks used (the first ones; seed 003 uses 60)")
@@ -562,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arg(g)
     g.set_defaults(func=_diagnose)
 
+
+def _detect_parser(sub: argparse._SubParsersAction) -> None:
     h = sub.add_parser("detect", help="harmful-task detection: corrupted tasks found in score order, removal effect")
     _add_influence_args(h)
     h.add_argument("--k", default=None, help="comma-separated removal sizes (default: C/2, C, 2C for C corrupted tasks)")
@@ -574,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--retrain-steps", type=int, default=None, help="steps of each retraining (default: as trained)")
     h.set_defaults(func=_detect)
 
+
+def _fidelity_parser(sub: argparse._SubParsersAction) -> None:
     fi = sub.add_parser("fidelity", help="removal fidelity (seed 001 Table 1): retraining vs task-IF / direct IF / TLXML")
     fi.add_argument("path", help="checkpoint directory")
     fi.add_argument("--k", type=int, default=8, help="tasks removed per draw")
@@ -588,6 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arg(fi)
     fi.set_defaults(func=_fidelity)
 
+
+def _lds_parser(sub: argparse._SubParsersAction) -> None:
     ld = sub.add_parser("lds", help="task-level linear datamodeling score of each method vs K·R subset retrainings, with the noise ceiling")
     ld.add_argument("path", help="checkpoint directory (a run trained by metainf: it is retrained with its own configuration)")
     ld.add_argument("--subsets", type=int, default=20, help="K random training-task subsets")
@@ -607,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arg(ld)
     ld.set_defaults(func=_lds)
 
+
+def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("reproduce", help="run the papers' experiments on our data and write the reproduction report")
     rp.add_argument("--out", default="docs/results", help="report folder: README.md, data/*.json, figures/*.png")
     rp.add_argument("--only", default=None, help="comma-separated experiment keys (default: all); see metainf_core/reproduce")
@@ -629,6 +649,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --rows: train up to meta-batch N for now (the run resumes from there next time)")
     rp.add_argument("--rows-root", default=None, help=argparse.SUPPRESS)  # tests: run folders elsewhere, report untouched
     rp.set_defaults(func=_reproduce)
+
+
+SUBCOMMANDS = (_train_parser, _import_parser, _info_parser, _evaluate_parser, _fit_parser, _rank_parser, _compare_parser,
+               _edit_parser, _validate_parser, _diagnose_parser, _detect_parser, _fidelity_parser, _lds_parser, _reproduce_parser)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m metainf_core", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
     return p
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -55,6 +55,19 @@ def check_damping_and_dtype(damping: float, dtype: str) -> None:
         raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
 
 
+def default_dtype(method: str) -> str:
+    """The fit's dtype when none is chosen (CLI ``--dtype`` left out, ``api.ExplainerConfig(dtype="")``):
+    float64 for the exact meta-Hessian (TLXML Eq. 5: small models, where its pseudo-inverse needs the
+    precision), float32 for Gauss-Newton (Eq. 10–11: large models; the shipped demo fits are float32)."""
+    return "float64" if method == InfluenceMethod.EXACT.value else "float32"
+
+
+def setting(default: Any, help: str, *, flag: str = "", choices: tuple[str, ...] = (), metavar: str = "") -> Any:
+    """A config field that is also a command-line option (``cli.py`` makes ``--field-name``, or
+    ``flag``, from it with this help): a new setting is added in one place, its default in one."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "metavar": metavar})
+
+
 def _check_positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -70,15 +83,15 @@ class TaskConfig:
     §6.3); their ids are chosen at random from the seed and recorded in the manifest.
     """
 
-    dataset: str = "fashion-mnist"
-    ways: int = 3
-    shots: int = 5
-    queries: int = 5
-    train_tasks: int = 512
-    test_tasks: int = 128
-    seed: int = 0
-    noise_tasks: int = 0
-    label_flip_tasks: int = 0
+    dataset: str = setting("fashion-mnist", "what the tasks are drawn from (e.g. fashion-mnist, omniglot, synthetic)")
+    ways: int = setting(3, "classes per task (c)")
+    shots: int = setting(5, "support images per class (n_s)")
+    queries: int = setting(5, "query images per class (n_q)")
+    train_tasks: int = setting(512, "training tasks M")
+    test_tasks: int = setting(128, "test tasks")
+    seed: int = setting(0, "seed of the fixed tasksets", flag="--task-seed")
+    noise_tasks: int = setting(0, "training tasks of pure-noise images (TLXML 5.1.2)")
+    label_flip_tasks: int = setting(0, "training tasks with shuffled labels (seed 001 §6.3)")
 
     def __post_init__(self) -> None:
         _check_positive(self, "ways", "shots", "queries", "train_tasks", "test_tasks")
@@ -114,28 +127,30 @@ class TrainConfig:
     are plenty for an (H_in + λI) whose condition number is (‖H_in‖ + λ)/λ (iMAML used 5).
     """
 
-    algo: str = "protonet"
-    arch: str = "conv4"
-    filters: int = 16
-    steps: int = 1000
-    meta_batch: int = 32
-    lr: float = 1e-3
-    inner_lr: float = 0.4
-    inner_steps: int = 1
-    first_order: bool = False
-    seed: int = 0
-    checkpoint_every: int = 100
-    keep_history: bool = False
-    exclude_tasks: tuple[int, ...] = ()  # training task ids never drawn (leave-out retraining)
-    prox_lambda: float = 1.0
-    prox_lr: float = 0.1
-    prox_steps: int = 100
-    prox_tol: float = 1e-4
-    cg_steps: int = 20
-    cg_tol: float = 1e-6
+    algo: str = setting("protonet", "meta-learner", choices=tuple(a.value for a in Algorithm))
+    arch: str = setting("conv4", "network", choices=tuple(a.value for a in Architecture))
+    filters: int = setting(16, "filters per conv block (hidden units of the mlp)")
+    steps: int = setting(1000, "meta-batches to train on")
+    meta_batch: int = setting(32, "tasks per meta-batch")
+    lr: float = setting(1e-3, "Adam learning rate (outer)")
+    inner_lr: float = setting(0.4, "MAML inner step size α")
+    inner_steps: int = setting(1, "MAML inner (adaptation) steps")
+    first_order: bool = setting(False, "first-order MAML (no second derivatives through the inner step)")
+    seed: int = setting(0, "initialisation and meta-batch seed")
+    checkpoint_every: int = setting(100, "meta-batches between checkpoints")
+    keep_history: bool = setting(False, "also keep ω at every checkpoint (diagnostics)")
+    exclude_tasks: tuple[int, ...] = setting((), "comma-separated training task ids never drawn (leave-out retraining)")
+    prox_lambda: float = setting(1.0, "proximal MAML: λ, (λ/2)‖θ − ω‖²")
+    prox_lr: float = setting(0.1, "proximal MAML: inner gradient step size")
+    prox_steps: int = setting(100, "proximal MAML: most inner steps")
+    prox_tol: float = setting(1e-4, "proximal MAML: inner stop at ‖∇‖ ≤ tol")
+    cg_steps: int = setting(20, "proximal MAML: most CG steps")
+    cg_tol: float = setting(1e-6, "proximal MAML: CG relative residual tolerance")
     # A network constructor expression (models.construct) in place of ``arch``: imported runs.
-    model: str = ""
-    protonet_embedding: str = "separate"  # ProtoNet: support and query through the network "separate"ly or "joint"ly
+    model: str = setting("", 'a network constructor instead of --arch, e.g. "l2l.vision.models.CNN4(output_size=5, hidden_size=32)"',
+                         metavar="CONSTRUCTOR")  # fmt: skip
+    protonet_embedding: str = setting("separate", "ProtoNet: support and query through the network in two calls (separate) or one (joint)",
+                                      choices=EMBEDDINGS)  # fmt: skip
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude_tasks", tuple(sorted({int(j) for j in self.exclude_tasks})))
@@ -200,17 +215,20 @@ class InfluenceConfig:
     existing fits do not change.
     """
 
-    method: str = "gn"
-    n_orth: int = 512
-    damping: float = 0.0
-    truncation: int = 0
-    self_rank_sample: int = 256
-    dtype: str = "float64"
-    task_batch: int = 8
-    projection_dim: int = 0
-    projection_seed: int = 0
-    param_groups: tuple[str, ...] = ()
-    rows_per_task: int = 0
+    method: str = setting("gn", "exact Hessian (small q) or Gauss-Newton", choices=("exact", "gn"))
+    n_orth: int = setting(512, "Algorithm 1's N_orth (N_max = 2 N_orth)")
+    damping: float = setting(0.0, "λ_d added to the curvature (METHODS §8)")
+    truncation: int = setting(0, "kept eigen-directions k (0: choose by self-rank)")
+    self_rank_sample: int = 256  # not a command-line option
+    dtype: str = setting("float64", "arithmetic of the fit", choices=("float32", "float64"))
+    task_batch: int = 8  # not a command-line option
+    projection_dim: int = setting(0, "gn, large backbones: CountSketch every parameter-space vector to D dimensions (0: none)",
+                                  metavar="D")  # fmt: skip
+    projection_seed: int = setting(0, "seed of the --projection-dim sketch and the --rows-per-task samples")
+    param_groups: tuple[str, ...] = setting((), "gn: influence w.r.t. these comma-separated parameter-name prefixes only, e.g. features.3,head",
+                                            metavar="PREFIXES")  # fmt: skip
+    rows_per_task: int = setting(0, "gn, large backbones: S random combinations of each task's n_q·(c−1) columns (S backward passes; 0: all)",
+                                 metavar="S")  # fmt: skip
 
     # fields omitted from to_dict() at these values: cache keys predating them stay byte-identical
     _KEY_DEFAULTS = {"projection_dim": 0, "projection_seed": 0, "param_groups": (), "rows_per_task": 0}
