@@ -195,6 +195,13 @@ def reduction_seconds(n: int, q: int, n_orth: int, la: Linalg) -> float:
     return flops / (la.gflops * 1e9) + la.eigh_512_s * (n / 512) ** 3
 
 
+def fit_seconds(k: Costs, m: int, n_orth: int, la: Linalg) -> float:
+    """One Gauss-Newton fit over ``m`` tasks: every task's columns, then Algorithm 1's buffer
+    reductions (one more at the end, to N_orth rows)."""
+    count, size = reductions(m, k.rows_per_task, n_orth)
+    return m * k.gn_task_s + (count + 1) * reduction_seconds(size, k.num_parameters, n_orth, la)
+
+
 @dataclass
 class Plan:
     """The work of one experiment: runs to train, fits, and other per-task work, by network."""
@@ -322,9 +329,8 @@ def estimate(scale: str = "paper", only: Sequence[str] | None = None, *, probe: 
         fit_s = fit_ranks_s = 0.0
         for _, net, m, n_orth in fits:
             k = cost(net)
-            count, size = reductions(m, k.rows_per_task, n_orth)
-            one = reduction_seconds(size, k.num_parameters, n_orth, la)
-            fit_s += m * k.gn_task_s + (count + 1) * one
+            fit_s += fit_seconds(k, m, n_orth, la)
+            one = reduction_seconds(reductions(m, k.rows_per_task, n_orth)[1], k.num_parameters, n_orth, la)
             shard_count, _ = reductions(math.ceil(m / ranks), k.rows_per_task, n_orth)
             fit_ranks_s += math.ceil(m / ranks) * k.gn_task_s + (shard_count + 1 + math.ceil(math.log2(ranks))) * one
         other_s = sum(n * cost(net).train_step_s / net.meta_batch for net, n in p.tasks)
