@@ -53,6 +53,17 @@ from metainf_core.exceptions import ConfigError
 from metainf_core.explain import Target, all_scores, edited_params, fit_influence, leave_out_retrain, test_score_matrix
 from metainf_core.influence import TaskInfluence
 from metainf_core.service import Run
+from metainf_core.words import (
+    SIGNIFICANT_SD,
+    chance_words,
+    chance_z,
+    flipped_images,
+    order_words,
+    same_way_reading,
+    same_way_words,
+    two_comparisons,
+    z_verdict,
+)
 
 # (stage, done, total): "curvature" and "gradients" (the fit), "edits", "retrain"
 DetectProgress = Callable[[str, int, int], None]
@@ -393,3 +404,107 @@ def detect_report(
         }
     out["seconds"] = round(time.time() - started, 2)
     return out
+
+
+# ---- verdicts: the Audit page's numbers and words ---------------------------------------------
+@dataclass(frozen=True)
+class CurveVerdict:
+    """How an inspection order finds the C corrupted tasks among M (seed 001 §6.3), as a person reads
+    it: the AUC (``auc_max`` for every corrupted task first), its distance from a random order in sd
+    (``DetectionCurve.auc_sigma``), the ``verdict`` of that distance (+1 sooner, −1 later than
+    random, 0 no clear difference; ``words.z_verdict``) and ``words``; ``found_first`` corrupted tasks
+    among the first C inspected against a random order's ``random_first`` ± ``random_first_sd``
+    (hypergeometric: C·C/M and its sd)."""
+
+    num_tasks: int
+    num_corrupted: int
+    auc: float
+    auc_max: float
+    auc_sigma: float
+    verdict: int
+    words: str
+    found_first: float
+    random_first: float
+    random_first_sd: float
+
+
+def curve_verdict(curve: DetectionCurve, threshold: float = SIGNIFICANT_SD) -> CurveVerdict:
+    """The verdict on a detection curve: is the order better than a random one, and how many corrupted
+    tasks the first C inspected hold (``found`` and ``random_sd`` are fractions of C)."""
+    c = curve.num_corrupted
+    verdict = z_verdict(curve.auc_sigma, threshold)
+    return CurveVerdict(
+        num_tasks=curve.num_tasks, num_corrupted=c, auc=curve.auc, auc_max=curve.auc_max, auc_sigma=curve.auc_sigma,
+        verdict=verdict, words=order_words(verdict, curve.auc_sigma), found_first=float(curve.found[c] * c),
+        random_first=float(curve.random[c] * c), random_first_sd=float(curve.random_sd[c] * c),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RemovalVerdict:
+    """One row of :func:`removal_effect` (k tasks, one ξ) as the Audit page states it: the k
+    lowest-scored tasks removed by the one-step edit ω̂ + ξ Σ_B I_meta (TLXML Eq. 13) against
+    ``draws`` random k-sets removed the same way.
+
+    ``z`` = (accuracy − random mean) / random sd, its ``verdict`` (+1 better, −1 worse, 0 no clear
+    difference; ``words.z_verdict``) and ``words``; ``gain`` ± ``gain_ci95`` is the paired change
+    against the model as trained, ``reading`` why the two comparisons need not agree (None when they
+    do). ``loss_predicted`` is the first-order change of the mean test loss, g_allᵀ δω =
+    −ξ Σ_B helpfulness(all test tasks) (Eq. 13 in the loss's linearisation), beside the re-tested
+    ``loss_change``; when accuracy and loss moved the same way, ``flipped_images`` (net query images
+    whose top guess became right) and ``same_way`` say why, else both are None.
+    """
+
+    removed: np.ndarray
+    xi: float
+    draws: int
+    accuracy_before: float
+    accuracy_before_ci95: float
+    accuracy_after: float
+    accuracy_after_ci95: float
+    random_mean: float
+    random_sd: float
+    z: float
+    verdict: int
+    words: str
+    gain: float
+    gain_ci95: float
+    reading: str | None
+    loss_predicted: float
+    loss_change: float
+    flipped_images: int | None
+    same_way: str | None
+    corrupted_removed: int | None
+    corrupted_random_mean: float | None
+
+    @property
+    def k(self) -> int:
+        return len(self.removed)
+
+
+def removal_verdict(
+    run: Run, effect: dict[str, Any], scores: np.ndarray, mean_helpfulness: np.ndarray, threshold: float = SIGNIFICANT_SD
+) -> RemovalVerdict:
+    """The verdict on ``effect`` = :func:`removal_effect` for one k and one ξ, whose removals were
+    ordered by ``scores``; ``mean_helpfulness`` (``detection_scores(..., "mean")``) predicts the loss."""
+    if len(effect["rows"]) != 1 or len(effect["xis"]) != 1:
+        raise ConfigError("removal_verdict states one removal: removal_effect with one k and one ξ")
+    (row,), (xi,) = effect["rows"], effect["xis"]
+    before, after, rand = effect["before"], row["edit"][f"{xi:g}"], row["random_edit"][f"{xi:g}"]
+    removed = lowest_ids(scores, row["k"])  # the set removal_effect removed
+    z = chance_z(after["accuracy"] - rand["accuracy_mean"], rand["accuracy_sd"])
+    verdict = z_verdict(z, threshold)
+    loss_change = after["loss"] - before["loss"]
+    flips = same_way = None
+    if np.sign(after["accuracy"] - before["accuracy"]) == np.sign(loss_change) != 0:
+        n_test, tc = len(run.test_tasks), run.test_tasks.config
+        flips = flipped_images(before["accuracy"], after["accuracy"], n_test * tc.ways * tc.queries)
+        same_way = same_way_reading([same_way_words(f"On all {n_test} test tasks", flips, loss_change > 0)])
+    return RemovalVerdict(
+        removed=removed, xi=xi, draws=effect["random_draws"], accuracy_before=before["accuracy"],
+        accuracy_before_ci95=before["accuracy_ci95"], accuracy_after=after["accuracy"], accuracy_after_ci95=after["accuracy_ci95"],
+        random_mean=rand["accuracy_mean"], random_sd=rand["accuracy_sd"], z=z, verdict=verdict, words=chance_words(verdict, z),
+        gain=after["gain"], gain_ci95=after["gain_ci95"], reading=two_comparisons(verdict, after["gain"], after["gain_ci95"]),
+        loss_predicted=-xi * float(np.asarray(mean_helpfulness)[removed].sum()), loss_change=loss_change, flipped_images=flips,
+        same_way=same_way, corrupted_removed=row.get("corrupted_in_lowest"), corrupted_random_mean=row.get("corrupted_in_random_mean"),
+    )  # fmt: skip

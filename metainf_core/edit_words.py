@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from metainf_core.words import CHANGE_DIGITS, flipped_images, percent, plural, same_way_words
+from metainf_core.words import CHANGE_DIGITS, flipped_images, percent, plural, same_way_reading, same_way_words
 
 FIGURES = {  # the four numbers of the tiles and the sentence: (as a percentage, decimals shown)
     "task_acc": (True, 1), "task_loss": (False, 3), "set_acc": (True, CHANGE_DIGITS), "set_loss": (False, 3),
@@ -88,7 +88,4 @@ def disagreement(test_id: int, fig: Figures, n_query: int, n_test: int) -> str |
         if acc_d and acc_d == loss_d:
             flips = flipped_images(fig[f"{part}_acc"][0], fig[f"{part}_acc"][1], images[part])
             said.append(same_way_words(where[part], flips, loss_rose=loss_d > 0))
-    if not said:
-        return None
-    return ("Accuracy and loss moved the same way. Accuracy only counts whether the model's top guess is right; the loss "
-            "measures how sure it is on every image. " + "; ".join(said) + ".")
+    return same_way_reading(said) if said else None

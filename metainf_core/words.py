@@ -118,15 +118,36 @@ def column_name(key: str) -> str:
 SIGNIFICANT_SD = 2.0  # |z| beyond which a difference is unlikely by chance (about 5 %, two-sided)
 
 
-def chance_verdict(diff: float, sd: float, threshold: float = SIGNIFICANT_SD) -> tuple[int, str]:
-    """Removing chosen tasks against removing random ones: (+1 better / −1 worse / 0 no clear
-    difference, words), from the accuracy difference and the random draws' spread ``sd``."""
-    z = diff / sd if sd > 0 else math.copysign(math.inf, diff) if diff else 0.0
-    if z >= threshold:
-        return 1, f"better than the random removals (by {z:.1f} times their spread)"
-    if z <= -threshold:
-        return -1, f"worse than the random removals (by {-z:.1f} times their spread)"
-    return 0, "no clear difference from the random removals"
+def z_verdict(z: float, threshold: float = SIGNIFICANT_SD) -> int:
+    """+1 when ``z`` ≥ ``threshold``, −1 when ``z`` ≤ −``threshold``, else 0 (NaN too): the one
+    "unlikely by chance" decision (two-sided) behind every verdict the pages state."""
+    return 1 if z >= threshold else -1 if z <= -threshold else 0
+
+
+def chance_z(diff: float, sd: float) -> float:
+    """A difference in units of the random draws' spread ``sd``; ±inf when every draw came out the
+    same (sd 0) and the difference did not vanish, 0 when it did."""
+    return diff / sd if sd > 0 else math.copysign(math.inf, diff) if diff else 0.0
+
+
+def chance_words(verdict: int, z: float) -> str:
+    """Removing chosen tasks against removing random ones, in words: ``verdict`` (``z_verdict``) and
+    the distance ``z`` in the random draws' spread."""
+    if verdict > 0:
+        return f"better than the random removals (by {z:.1f} times their spread)"
+    if verdict < 0:
+        return f"worse than the random removals (by {-z:.1f} times their spread)"
+    return "no clear difference from the random removals"
+
+
+def order_words(verdict: int, sigma: float) -> str:
+    """An inspection order against a random one, from ``verdict`` (``z_verdict``) of its AUC's
+    distance ``sigma`` in sd (``detect.DetectionCurve.auc_sigma``)."""
+    distance = f"{signed(sigma, 1)} sd"
+    if verdict == 0:
+        return f"this order finds the corrupted tasks no faster than a random order would ({distance})"
+    return (f"this order finds the corrupted tasks {'sooner' if verdict > 0 else 'later'} than a random order would "
+            f"({distance}: not by chance)")
 
 
 def interval_words(gain: float, half_width: float, digits: int = CHANGE_DIGITS) -> str:
@@ -153,9 +174,10 @@ def proper_test_verdict(z: float, threshold: float = SIGNIFICANT_SD) -> str:
     """A proper test's result in words, from its distance to chance in σ."""
     if not math.isfinite(z):
         return "no test tasks to count"
-    if z >= threshold:
+    verdict = z_verdict(z, threshold)
+    if verdict > 0:
         return "significant: the expected tasks score higher"
-    if z <= -threshold:
+    if verdict < 0:
         return "significant the wrong way: the expected tasks score lower"
     return "not significant: no better than chance"
 
@@ -166,9 +188,9 @@ def superclass_reading(rows: Sequence[tuple[int, float]], threshold: float = SIG
     when no such pair exists."""
     rows = sorted(rows)
     for (low, z_low), (high, z_high) in zip(rows, rows[1:]):
-        if z_high >= threshold > z_low:
+        if z_verdict(z_high, threshold) == 1 and z_low < threshold:
             between = f"exactly {low}" if high == low + 1 else f"{low} to {high - 1}"
-            low_says = "is not significant" if z_low > -threshold else "is significant the wrong way"
+            low_says = "is not significant" if z_verdict(z_low, threshold) == 0 else "is significant the wrong way"
             return (f"Each superclass row draws its line at a different place. Training tasks that share {high} or more "
                     f"superclasses with the test task score clearly higher than the rest ({signed(z_high, 2)}σ); with "
                     f"those that share {between} added, the “{low} or more” row {low_says} ({signed(z_low, 2)}σ). "
@@ -197,6 +219,13 @@ def same_way_words(where: str, images: int, loss_rose: bool) -> str:
     verb = "gets" if n == 1 else "get"
     more = f"{plural(n, 'query image')} more {verb}" if images > 0 else f"{plural(n, 'query image')} fewer {verb}"
     return f"{where}, {more} the right top guess, while the model became {'less' if loss_rose else 'more'} sure of the rest"
+
+
+def same_way_reading(said: Sequence[str]) -> str:
+    """Why accuracy and loss moved the same way (normally accuracy up goes with loss down), from one
+    or more ``same_way_words`` clauses: the one wording of the Edit and Audit pages."""
+    return ("Accuracy and loss moved the same way. Accuracy only counts whether the model's top guess is right; the loss "
+            "measures how sure it is on every image. " + "; ".join(said) + ".")
 
 
 def xi_curve_words(test_id: int, xis: Sequence[float], task_acc: Sequence[float], task_loss: Sequence[float],

@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 from metainf_core.config import TaskConfig, TrainConfig
 from metainf_core.detect import (
     corrupted_ids,
+    curve_verdict,
     detect_report,
     detection_curve,
     detection_scores,
@@ -117,6 +118,9 @@ def test_each_score_orders_gallery_and_detection_curve_as_detect(demo_fitted, de
         aucs[kind] = curve.auc
         assert metric(at, "AUC") == f"{curve.auc:.3f}"
         assert metric(at, "Found among the first 64") == f"{curve.found[64] * 64:.0f} of 64"
+        said = curve_verdict(curve)  # detect's verdict on the order, in the words the page shows
+        assert any(c.value.endswith(f"In the {label} order, {said.words}.") for c in at.caption), label
+        assert ("not by chance" in said.words) == (abs(curve.auc_sigma) >= 2)
         assert len(at.get("plotly_chart")) == 2  # the histogram and the detection curve
         assert len(at.get("image")) == GALLERY  # a thumbnail per task
     cli = detect_report(run, DEFAULT_INFLUENCE, inf=inf, score="self", removal=False, compare_scores=None)  # = `detect`

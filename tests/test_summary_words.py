@@ -11,19 +11,23 @@ import pytest
 from metainf_core.tasks import CORRUPTIONS as RECORDED_CORRUPTIONS
 from metainf_core.words import (
     CORRUPTIONS,
-    chance_verdict,
+    chance_words,
+    chance_z,
     class_list,
     interval_words,
     method_name,
+    order_words,
     outcome,
     percent,
     points,
+    proper_test_verdict,
     ranking_summary,
     score,
     signed,
     superclass_reading,
     two_comparisons,
     xi_curve_words,
+    z_verdict,
 )
 
 CLAIM = re.compile(r"(\d+) of the (\d+) training tasks? that (.+?) holds? (\w+) \((\w+)\), against (\d+) of the (\d+) that")
@@ -133,8 +137,16 @@ def test_numbers_have_one_format_and_a_sign_streamlit_reads():
 
 
 def test_verdicts_follow_from_their_numbers():
-    assert chance_verdict(0.01, 0.004)[0] == 1 and chance_verdict(-0.01, 0.004)[0] == -1
-    assert chance_verdict(0.005, 0.004) == (0, "no clear difference from the random removals")
+    # one decision for every verdict: |z| ≥ 2 (SIGNIFICANT_SD), NaN none
+    assert [z_verdict(z) for z in (2.5, 2.0, 1.99, -1.99, -2.0, -7.0, float("nan"))] == [1, 1, 0, 0, -1, -1, 0]
+    assert chance_z(0.01, 0.004) == pytest.approx(2.5) and chance_z(-0.01, 0.0) == float("-inf") and chance_z(0.0, 0.0) == 0
+    assert chance_words(z_verdict(2.5), 2.5) == "better than the random removals (by 2.5 times their spread)"
+    assert chance_words(z_verdict(-3.04), -3.04) == "worse than the random removals (by 3.0 times their spread)"
+    assert chance_words(z_verdict(1.25), 1.25) == "no clear difference from the random removals"
+    assert order_words(z_verdict(12.2), 12.2).endswith("sooner than a random order would (+12.2 sd: not by chance)")
+    assert order_words(z_verdict(1.63), 1.63).endswith("no faster than a random order would (+1.6 sd)")
+    assert proper_test_verdict(2.0).startswith("significant:") and proper_test_verdict(-2.1).startswith("significant the wrong")
+    assert proper_test_verdict(1.9).startswith("not significant") and proper_test_verdict(float("nan")) == "no test tasks to count"
     # +0.62 points ± 1.12: the interval includes zero, and the words say so
     assert "includes zero" in interval_words(0.0062, 0.0112) and "includes zero" not in interval_words(0.02, 0.0112)
     assert "clearly lower" in interval_words(-0.02, 0.0112)

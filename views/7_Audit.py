@@ -19,7 +19,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from metainf_core.detect import corrupted_ids, detection_curve, detection_scores, lowest_ids, removal_effect
+from metainf_core.detect import (
+    corrupted_ids,
+    curve_verdict,
+    detection_curve,
+    detection_scores,
+    removal_effect,
+    removal_verdict,
+)
 from metainf_core.edit import EditSpec
 from metainf_core.exceptions import ConfigError
 from metainf_core.explain import edited_params, save_edited_checkpoint, task_rows
@@ -27,15 +34,11 @@ from metainf_core.words import (
     CHANGE_DIGITS,
     CORRUPTIONS,
     SIGNIFICANT_SD,
-    chance_verdict,
     class_list,
     corruption_name,
-    flipped_images,
     interval_words,
     percent,
-    same_way_words,
     signed,
-    two_comparisons,
 )
 from metainf_core.words import points as points_
 from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run, show_figure, task_alt, task_strip
@@ -43,7 +46,6 @@ from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run,
 GALLERY, PER_ROW = 12, 4  # most suspicious tasks shown as thumbnails
 DRAWS, SEED = 5, 0  # random removal sets compared with (detect's defaults)
 XI_RANGE = (-8.0, -0.25)
-SIGNIFICANT = SIGNIFICANT_SD  # how many sd of the random draws make "beat chance"
 REQUEST = "audit_request"  # the settings the removal button was pressed with (non-widget key)
 
 st.set_page_config(page_title="metainf · Audit", layout="wide")
@@ -198,21 +200,21 @@ if len(bad):
                       height=380, margin=dict(l=10, r=10, t=80, b=10),
                       legend=dict(x=0.98, y=0.04, xanchor="right", yanchor="bottom"))
     show_figure(fig, "audit_curve", f"detection-{model}-{kind}", c2)
-    c = len(bad)
-    found_c = curve.found[c] * c
+    found = curve_verdict(curve)
+    c = found.num_corrupted
     t1, t2, t3 = st.columns(3)
-    t1.metric("AUC", f"{curve.auc:.3f}", help="Area under the red curve: 0.5 = no better than a random order, "
-              f"{curve.auc_max:.3f} = every corrupted task first")
-    t2.metric("Distance from a random order", signed(curve.auc_sigma, 1) + " sd",
+    t1.metric("AUC", f"{found.auc:.3f}", help="Area under the red curve: 0.5 = no better than a random order, "
+              f"{found.auc_max:.3f} = every corrupted task first")
+    t2.metric("Distance from a random order", signed(found.auc_sigma, 1) + " sd",
               help="How many standard deviations (sd: the usual scatter of random orders) the AUC lies above 0.5; "
-                   f"beyond ±{SIGNIFICANT:g} is unlikely by chance")
-    t3.metric(f"Found among the first {c}", f"{found_c:.0f} of {c}",
-              help=f"A random order would find {c * c / m:.1f} ± {curve.random_sd[c] * c:.1f}")
+                   f"beyond ±{SIGNIFICANT_SD:g} is unlikely by chance")
+    t3.metric(f"Found among the first {c}", f"{found.found_first:.0f} of {c}",
+              help=f"A random order would find {found.random_first:.1f} ± {found.random_first_sd:.1f}")
     st.caption(f"This training taskset has {c} corrupted tasks planted on purpose when it was made (pure-noise images or "
                "shuffled labels), so we know the answer: the curve shows how many of them you would find reading the list "
                "from the most suspicious down. The dashed diagonal is what a random order finds; the grey band its usual scatter "
                f"(± 1 sd, standard deviation). The AUC, the area under the red curve, sums it up: 0.5 for a random order, "
-               f"{curve.auc_max:.3f} if every corrupted task came first.")
+               f"{found.auc_max:.3f} if every corrupted task came first. In the {label} order, {found.words}.")
 else:
     c2.info("This training taskset records no corrupted tasks (noise or shuffled labels), so there is no answer key to "
             "check the ordering against.")
@@ -255,52 +257,40 @@ with st.spinner(f"Removing the {rk} most suspicious tasks and {DRAWS} random set
                 f"testing each on all {n_test} test tasks…"):
     suspicion(path, rkind)
     mean_helpfulness = suspicion(path, "mean")  # for the first-order prediction below
-    res = removal(path, rkind, rk, rxi)
-row = res["rows"][0]
-before, (after,), (rand,) = res["before"], row["edit"].values(), row["random_edit"].values()
-removed = lowest_ids(suspicion(path, rkind), rk)  # the set removal_effect removed
+    v = removal_verdict(run, removal(path, rkind, rk, rxi), suspicion(path, rkind), mean_helpfulness)
+removed = v.removed  # the set removal_effect removed
 if (rkind, rk, rxi) != (kind, k, xi):
     st.caption(f"The results below are for the {rk} most suspicious by {rlabel} at ξ = {rxi:+g}; "
                "press the button to update them.")
 
-went, verdict = chance_verdict(after["accuracy"] - rand["accuracy_mean"], rand["accuracy_sd"], SIGNIFICANT)
-say = {1: st.success, -1: st.warning, 0: st.info}[went]
+before, after = v.accuracy_before, v.accuracy_after
+say = {1: st.success, -1: st.warning, 0: st.info}[v.verdict]
 say(f"Removing the {rk} most suspicious tasks ({rlabel}, ξ = {rxi:+g}) took test accuracy from "
-    f"{pct(before['accuracy'])} to {pct(after['accuracy'])}; removing {rk} random tasks the same way gave {pct(rand['accuracy_mean'])} "
-    f"on average over {DRAWS} draws (spread ± {100 * rand['accuracy_sd']:.2f} points): {verdict}.")
+    f"{pct(before)} to {pct(after)}; removing {rk} random tasks the same way gave {pct(v.random_mean)} "
+    f"on average over {v.draws} draws (spread ± {100 * v.random_sd:.2f} points): {v.words}.")
 t1, t2, t3 = st.columns(3)
-t1.metric("Test accuracy as trained", pct(before["accuracy"]), help=f"Average over all {n_test} test tasks")
-t1.caption(f"95 % interval ± {100 * before['accuracy_ci95']:.2f} points")
-t2.metric(f"Without the {rk} most suspicious", pct(after["accuracy"]), points(after["accuracy"] - before["accuracy"]))
-t2.caption(f"95 % interval ± {100 * after['accuracy_ci95']:.2f} points; against the model as trained, test task by "
-           f"test task: {interval_words(after['gain'], after['gain_ci95'])}")
-t3.metric(f"Without {rk} random tasks (average of {DRAWS})", pct(rand["accuracy_mean"]),
-          points(rand["accuracy_mean"] - before["accuracy"]))
-t3.caption(f"spread over the {DRAWS} draws (sd) ± {100 * rand['accuracy_sd']:.2f} points")
+t1.metric("Test accuracy as trained", pct(before), help=f"Average over all {n_test} test tasks")
+t1.caption(f"95 % interval ± {100 * v.accuracy_before_ci95:.2f} points")
+t2.metric(f"Without the {rk} most suspicious", pct(after), points(after - before))
+t2.caption(f"95 % interval ± {100 * v.accuracy_after_ci95:.2f} points; against the model as trained, test task by "
+           f"test task: {interval_words(v.gain, v.gain_ci95)}")
+t3.metric(f"Without {rk} random tasks (average of {v.draws})", pct(v.random_mean), points(v.random_mean - before))
+t3.caption(f"spread over the {v.draws} draws (sd) ± {100 * v.random_sd:.2f} points")
 st.caption(f"A 95 % interval is the range the average would likely fall in on other test tasks like these {n_test}. "
-           f"The verdict above compares the suspicious set with the random draws: it needs more than {SIGNIFICANT:g} times "
+           f"The verdict above compares the suspicious set with the random draws: it needs more than {SIGNIFICANT_SD:g} times "
            "their spread (sd) either way.")
-reading = two_comparisons(went, after["gain"], after["gain_ci95"])
-if reading:
-    st.markdown(reading)
-if "corrupted_in_lowest" in row:
-    st.markdown(f"**{row['corrupted_in_lowest']} of the {rk} removed tasks are known corrupted tasks**; a random set of {rk} "
-                f"holds {row['corrupted_in_random_mean']:.1f} on average.")
-
-# first order: Δ mean test loss ≈ g_allᵀ δω = ξ Σ_B I_perf = −ξ Σ_B helpfulness(all test tasks)
-predicted = -rxi * float(mean_helpfulness[removed].sum())
-actual = after["loss"] - before["loss"]
-st.markdown(f"Predicted from the scores alone, the average test loss changes by **{signed(predicted)}**; "
-            f"re-testing the cleaned model, it changed by **{signed(actual)}**.")
+if v.reading:
+    st.markdown(v.reading)
+if v.corrupted_removed is not None:
+    st.markdown(f"**{v.corrupted_removed} of the {rk} removed tasks are known corrupted tasks**; a random set of {rk} "
+                f"holds {v.corrupted_random_mean:.1f} on average.")
+st.markdown(f"Predicted from the scores alone, the average test loss changes by **{signed(v.loss_predicted)}**; "
+            f"re-testing the cleaned model, it changed by **{signed(v.loss_change)}**.")
 st.caption("The loss measures how wrong and how unsure the model is on the test images; lower is better. The prediction is "
            "-ξ × the removed tasks' summed average helpfulness (whichever score chose them): a straight-line (first-order) "
            "estimate that holds for small edits and drifts as |ξ| × k grows.")
-if np.sign(after["accuracy"] - before["accuracy"]) == np.sign(actual) != 0:
-    tc = run.meta["task_config"]
-    images = n_test * int(tc["ways"]) * int(tc["queries"])  # query images over the test taskset
-    flips = flipped_images(before["accuracy"], after["accuracy"], images)
-    st.caption("Accuracy and loss moved the same way. Accuracy only counts whether the model's top guess is right; the loss "
-               "measures how sure it is on every image. " + same_way_words(f"On all {n_test} test tasks", flips, actual > 0) + ".")
+if v.same_way:
+    st.caption(v.same_way)
 
 # ---- take it away: cleaned checkpoint, the removed ids, the slow check -------------------------------------
 stem = f"{model}-{rkind}-k{rk}-xi{rxi:g}"
