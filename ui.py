@@ -20,7 +20,7 @@ from metainf_core.exceptions import MetainfError
 from metainf_core.explain import fit_influence, is_fitted
 from metainf_core.figures import thumbnail_strip
 from metainf_core.service import Run, open_run, task_view
-from metainf_core.words import score
+from metainf_core.words import score, task_summary
 
 DEMO_DIR = api.DEMO_DIR  # one definition of where the bundled demos live
 DEFAULT_DEMO = "protonet-fashion-mnist"  # fastest to explain and edit interactively
@@ -247,12 +247,7 @@ def task_strip(
 def describe_task(path: str, split: str, task_id: int) -> str:
     """A task's classes with superclasses; a corrupted task says first what it really holds."""
     view = task_view(get_run(path), split, task_id)
-    labels = ", ".join(f"{n} ({s})" for n, s in zip(view.class_names, view.superclasses, strict=True))
-    if view.corruption == "noise":
-        return f"pure-noise images (no real class), labelled {labels}"
-    if view.corruption == "label_flip":  # tasks.CORRUPTIONS, the vocabulary tasksets record
-        return f"real images with shuffled labels: {labels}"
-    return labels
+    return task_summary(view.class_names, view.superclasses, view.corruption)
 
 
 def task_alt(path: str, split: str, task_id: int) -> str:

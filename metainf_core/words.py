@@ -110,6 +110,22 @@ def corrupted_among(counts: dict[str, int]) -> str:
     return f" ({' and '.join(f'{n} {corruption_name(k, n)}' for n, k in parts)} among them)" if parts else ""
 
 
+# what a corrupted task's images are, before its labels (tasks.CORRUPTIONS, the vocabulary tasksets record)
+TASK_HOLDS = {"noise": "pure-noise images (no real class), labelled {labels}", "label_flip": "real images with shuffled labels: {labels}"}
+
+
+def class_label(name: str, superclass: str) -> str:
+    """A class as a visitor reads it, with its superclass: ``"Trouser (other)"``."""
+    return f"{name} ({superclass})"
+
+
+def task_summary(class_names: Sequence[str], superclasses: Sequence[str], corruption: str = "none") -> str:
+    """What one task holds, in one line: its classes with superclasses, and first, for a corrupted
+    task, what its images really are (``"real images with shuffled labels: Trouser (other), Bag (other)"``)."""
+    labels = ", ".join(class_label(n, s) for n, s in zip(class_names, superclasses, strict=True))
+    return TASK_HOLDS[corruption].format(labels=labels) if corruption in TASK_HOLDS else labels
+
+
 def column_name(key: str) -> str:
     return COLUMN_NAMES.get(key, key.replace("_", " "))
 
@@ -279,10 +295,6 @@ def _corrupted_words(rows: Sequence[dict]) -> list[tuple[int, str]]:
     return [(kinds.count(k), k) for k in sorted(set(kinds))]
 
 
-def _label(pair: tuple[str, str]) -> str:
-    return f"{pair[0]} ({pair[1]})"
-
-
 def side_sentence(rows: Sequence[dict], other: Sequence[dict], phrase: str, other_phrase: str) -> str:
     """One side of the summary, every count over all of ``rows``: the class most over-represented
     against the other side (never one both hold as often), how many hold it on each side, and how
@@ -303,12 +315,12 @@ def side_sentence(rows: Sequence[dict], other: Sequence[dict], phrase: str, othe
     if best[0] > 0:
         pair = min(p for p, d in margin.items() if (d, mine[p]) == best)  # ties: the first by name
         text = (f"{best[1]} of the {plural(n, 'training task')} that {phrase} "
-                f"{'holds' if best[1] == 1 else 'hold'} {_label(pair)}, against {theirs.get(pair, 0)} of the {n_other} {other_phrase}")
+                f"{'holds' if best[1] == 1 else 'hold'} {class_label(*pair)}, against {theirs.get(pair, 0)} of the {n_other} {other_phrase}")
     else:
         top = max(mine.values())
         pair = min(p for p, c in mine.items() if c == top)
         text = (f"No class is more common among the {plural(n, 'training task')} that {phrase} than among the {n_other} "
-                f"{other_phrase}: the commonest here, {_label(pair)}, is in {top} of the {n} and in {theirs.get(pair, 0)} of those")
+                f"{other_phrase}: the commonest here, {class_label(*pair)}, is in {top} of the {n} and in {theirs.get(pair, 0)} of those")
     if len(corrupted) == 1:
         text += f"; {n_bad} of the {n} {'is a' if n_bad == 1 else 'are'} {corruption_name(corrupted[0][1], n_bad)}"
     elif corrupted:

@@ -5,6 +5,7 @@ Streamlit's metric reads, and verdicts that follow from the numbers beside them.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,7 @@ from metainf_core.words import (
     score,
     signed,
     superclass_reading,
+    task_summary,
     two_comparisons,
     xi_curve_words,
     z_verdict,
@@ -212,3 +214,26 @@ def test_edit_sentences_state_the_numbers_of_the_tiles():
     flips = round((0.7938 - 0.7891) * 128 * 15)  # 9 images
     assert f"On all 128 test tasks, {flips} query images fewer get the right top guess, while the model became more sure" in why
     assert "On test task 0" not in why  # there accuracy rose and loss fell: nothing to explain
+
+
+def test_task_summary_says_what_each_task_holds():
+    """One line per task (the pages' task captions and the Explain summary's class labels): classes with
+    superclasses, and for a corrupted task first what its images are; on the demo's real tasks."""
+    from metainf_core.service import open_run, task_view
+
+    assert task_summary(["Trouser", "Bag"], ["other", "other"], "label_flip") == (
+        "real images with shuffled labels: Trouser (other), Bag (other)")  # fmt: skip
+    assert task_summary(["Sneaker"], ["footwear"], "noise") == "pure-noise images (no real class), labelled Sneaker (footwear)"
+    assert task_summary(["Sneaker", "Bag"], ["footwear", "other"]) == "Sneaker (footwear), Bag (other)"
+    run = open_run(Path(__file__).resolve().parents[1] / "assets" / "demo" / "protonet-fashion-mnist")
+    for split, ids in (("train", run.train_tasks.ids_with("noise")[:2]), ("test", [0, 7])):
+        for j in ids:
+            view = task_view(run, split, int(j))
+            text = task_summary(view.class_names, view.superclasses, view.corruption)
+            assert text.startswith("pure-noise images (no real class), labelled ") == (view.corruption == "noise")
+            labels = [f"{n} ({s})" for n, s in zip(view.class_names, view.superclasses, strict=True)]
+            assert text.endswith(", ".join(labels)) and len(labels) == run.train_tasks.config.ways
+    # the Explain summary names a class as the captions do
+    text = ranking_summary([row(["Bag"]), row(["Bag"])], [row(["Coat"])])
+    assert "hold Bag (other), against 0 of the 1" in text
+

@@ -6,7 +6,7 @@ import streamlit as st
 
 from metainf_core.figures import thumbnail_strip
 from metainf_core.service import task_view
-from metainf_core.words import CORRUPTIONS, corruption_name
+from metainf_core.words import CORRUPTIONS, class_label, corruption_name
 from ui import require_run
 
 st.set_page_config(page_title="metainf · Tasks", layout="wide")
@@ -29,6 +29,6 @@ if not run.dataset.is_image:
     st.stop()
 shots = run.train_tasks.config.shots
 for k, (name, sup) in enumerate(zip(view.class_names, view.superclasses, strict=True)):
-    caption = f"label {k}: {name} ({sup})" + (" — pure noise, not real images of this class" if view.corruption == "noise" else "")
+    caption = f"label {k}: {class_label(name, sup)}" + (" — pure noise, not real images of this class" if view.corruption == "noise" else "")
     st.image(thumbnail_strip(view.support_images[k * shots : (k + 1) * shots], scale=3), caption=caption, output_format="PNG",
              alt=f"{shots} support images labelled {name}")
