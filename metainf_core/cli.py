@@ -183,12 +183,14 @@ def _compare(a: argparse.Namespace) -> dict[str, Any]:
     """Scores of several influence methods for one target and every pair's agreement (compare.py)."""
     from metainf_core.compare import CompareConfig, compare_methods, parse_methods
     from metainf_core.explain import Target
+    from metainf_core.lds_results import lds_summary
     from metainf_core.service import open_run
 
     names = parse_methods(a.methods)  # before loading anything: unknown names fail fast
     run = open_run(a.path, device=a.device)
     target = Target.parse(a.test_task, run)
-    return compare_methods(run, target, names, k=a.top, config=CompareConfig(damping=a.damping), include_scores=a.scores)
+    out = compare_methods(run, target, names, k=a.top, config=CompareConfig(damping=a.damping), include_scores=a.scores)
+    return {**out, "lds": lds_summary(run)}  # the method with the best committed LDS on runs trained like this one
 
 
 def _parse_ids(text: str | None) -> tuple[int, ...]:

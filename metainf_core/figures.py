@@ -68,3 +68,21 @@ def heat_grid(images: torch.Tensor, values: np.ndarray, scale: int = 2, per_row:
                    for r, c in (divmod(i, cols) for i in range(len(images)))]  # fmt: skip
         canvas = number_tiles(canvas, origins)
     return canvas
+
+
+def grouped_bars(spec: dict):
+    """A Plotly figure of grouped bars from a report figure spec (``reproduce.lds_report``): one bar
+    series per ``series`` entry over ``categories`` (None = not measured, ``error`` = ± bars), and
+    ``markers`` (e.g. the noise ceiling) as one symbol per category, drawn over the groups."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for s in spec["series"]:
+        err = [0.0 if e is None else e for e in s.get("error") or []]
+        fig.add_trace(go.Bar(x=spec["categories"], y=s["y"], name=s["name"], error_y={"type": "data", "array": err, "visible": True, "thickness": 1} if err else None))
+    for m in spec.get("markers", []):
+        fig.add_trace(go.Scatter(x=spec["categories"], y=m["y"], name=m["name"], mode="markers",
+                                 marker={"symbol": m.get("symbol", "diamond"), "size": 14, "color": "black", "line": {"width": 2, "color": "black"}}))  # fmt: skip
+    fig.update_layout(title=spec["title"], xaxis_title=spec["x_title"], yaxis_title=spec["y_title"], barmode="group", template="plotly_white",
+                      width=1100, height=480, margin={"l": 60, "r": 20, "t": 60, "b": 120}, legend={"orientation": "h", "y": -0.3})  # fmt: skip
+    return fig

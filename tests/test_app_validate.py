@@ -44,6 +44,10 @@ def test_validate_flow(demo_fitted):
     if any(b.key == "fit_button" for b in at.button):
         at.button(key="fit_button").click().run()
     assert not at.exception, at.exception
+    # the demo's setting has no committed LDS measurement (docs/results/lds): said, with what is measured
+    from metainf_core.lds_results import validate_sentence
+
+    assert [m.value for m in at.markdown if m.value.startswith("Not yet checked against retraining")] == [validate_sentence(None)]
     metrics = {m.label: m.value for m in at.metric}
     label, value = next((k, v) for k, v in metrics.items() if k.startswith("Mean self-rank at k = "))
     k = int(label.rsplit("= ", 1)[1])

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.explain import validation_report
+from metainf_core.lds_results import method_lds, validate_sentence
 from metainf_core.words import SIGNIFICANT_SD, percent, proper_test_verdict, signed, superclass_reading
 from ui import influence_config, require_influence, require_run, show_figure
 
@@ -25,6 +26,8 @@ st.write("Three checks that the rankings behave as a faithful explanation should
          "training task find itself, do the training tasks expected to matter score higher, and does the fast approximation "
          "agree with the exact computation.")
 path, run = require_run()
+# ground truth first: the committed task-level LDS of the app's ranking method on models trained like this one
+st.markdown(validate_sentence(method_lds(run, f"tlxml-{influence_config(path).method}")))
 inf = require_influence(path, run)
 
 
@@ -79,8 +82,9 @@ show_figure(fig, "validate_selfrank", f"self_rank_vs_truncation-{Path(path).name
 # ---- proper tests -------------------------------------------------------------------------------------
 st.subheader("2. Proper tests: do the expected tasks score higher?")
 n_all = len(run.test_tasks)
-max_tests = st.slider("How many test tasks this check and the next use (the first ones)", min(16, n_all), n_all, min(128, n_all),
-                      step=16 if n_all >= 32 else 1, key="validate_tests")
+max_tests = (st.slider("How many test tasks this check and the next use (the first ones)", min(16, n_all), n_all, min(128, n_all),
+                       step=16 if n_all >= 32 else 1, key="validate_tests")
+             if n_all > 16 else n_all)  # 16 or fewer: all of them (a slider needs min < max)  # fmt: skip
 rep = report(path, max_tests)
 st.write(
     "For each test task, a **proper test** checks whether the training tasks expected to matter (say, real tasks rather "

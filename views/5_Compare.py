@@ -10,6 +10,7 @@ import streamlit as st
 
 from metainf_core.compare import METHODS, CompareConfig, compare_methods
 from metainf_core.explain import Target
+from metainf_core.lds_results import best_lds_method, compare_sentence
 from metainf_core.words import METHOD_HELP, method_name, percent, signed
 from ui import DEFAULT_INFLUENCE, describe_task, get_run, require_influence, require_run, show_figure, task_alt, task_strip, test_task_picker
 
@@ -66,6 +67,7 @@ m4.metric(f"Same {res['k']} most harmful", percent(pair["top_k_harmful_overlap"]
 st.caption("A correlation near 0 means the two methods tell different stories about this test task. When they disagree, "
            "prefer the one you can check: the Validate page tests TLXML's rankings on this model (does a training task "
            "find itself, do pure-noise tasks score apart).")
+st.markdown(compare_sentence(best_lds_method(run)))  # which method retraining bears out on models trained like this one
 
 scores = {n: np.asarray(res["methods"][n]["scores"]) for n in (a, b)}
 cols = st.columns(2)

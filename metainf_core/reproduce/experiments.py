@@ -46,6 +46,7 @@ from metainf_core.influence import distributed
 from metainf_core.influence.flat import ParamLayout, create_flat_loss_function
 from metainf_core.influence.gradients import batch_task_gradients
 from metainf_core.landscape_metrics import coherence_phase_table, metric_correlations
+from metainf_core.reproduce.lds_report import lds_report
 from metainf_core.reproduce.runs import describe, ensure_run, is_complete, run_key, train_runs
 from metainf_core.service import Run
 from metainf_core.tasks import TaskBatch
@@ -1039,6 +1040,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in [
                 "meta_batch": 32, "lr": 0.01, "n_orth": 32, "seeds": [0, 1, 2]},
                {"algo": "maml", "arch": "mlp-synthetic", "shots": 5, "queries": 5, "train_tasks": 32, "test_tasks": 8, "steps": 100,
                 "meta_batch": 16, "lr": 0.01, "n_orth": 32, "seeds": [0]}),
+    Experiment("e8-lds", lds_report, {"folder": "docs/results/lds"}, {"folder": "docs/results/lds"}),  # smoke = report: it only reads committed results
 ]}  # fmt: skip
 
 

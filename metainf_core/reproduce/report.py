@@ -115,7 +115,8 @@ def _body(s: dict[str, Any], figures: set[str], scale_flag: str, verdict_line: s
         parts += [f"![{spec['title']}]({path})" if path in figures else f"*(figure {spec['title']!r} not drawn: no PNG exporter on the generating machine)*", ""]
     parts += ["**Scale reductions.** " + "; ".join(s["reductions"]) + ".", ""]
     parts += [
-        f"<sub>Command: `{COMMAND}{scale_flag} --only {s['key']}` · data: {_data(s['config'])} · seeds: {_seeds(s['config'])} · "
+        f"<sub>Command: `{COMMAND}{scale_flag} --only {s['key']}` · data: {s.get('data') or _data(s['config'])} · "
+        f"seeds: {s.get('seeds_text') or _seeds(s['config'])} · "
         f"hardware: {env['cpu']} ({env['cores']} cores), torch {env['torch']} · runtime {s['seconds']:.0f} s, plus "
         f"{s.get('train_seconds', 0):.0f} s of training for the {s.get('runs_used', 0)} runs it uses ({s.get('runs_trained', 0)} trained in "
         "this call; cached influence fits and diagnostics reused when present) · "
@@ -208,6 +209,11 @@ def render_readme(sections: Sequence[dict[str, Any]], figures: set[str], medium:
 
 def _figure(spec: dict[str, Any]):
     import plotly.graph_objects as go
+
+    if spec.get("kind") == "bar":  # grouped bars (e8's LDS per method and measurement)
+        from metainf_core.figures import grouped_bars
+
+        return grouped_bars(spec)
 
     fig = go.Figure()
     for series in spec["series"]:
