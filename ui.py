@@ -17,7 +17,7 @@ import streamlit as st
 from metainf_core import api
 from metainf_core.config import InfluenceConfig
 from metainf_core.exceptions import MetainfError
-from metainf_core.explain import fit_influence, is_fitted
+from metainf_core.fits import fit_influence, is_fitted
 from metainf_core.figures import thumbnail_strip
 from metainf_core.service import Run, open_run, task_view
 from metainf_core.words import score, task_summary
@@ -175,8 +175,8 @@ def time_left(seconds: float) -> str:
 
 def influence_config(path: str) -> InfluenceConfig:
     """The app's fit settings for this run: DEFAULT_INFLUENCE, sketched with sampled columns for
-    large networks (``explain.influence_config_for``)."""
-    from metainf_core.explain import influence_config_for
+    large networks (``fits.influence_config_for``)."""
+    from metainf_core.fits import influence_config_for
 
     return influence_config_for(get_run(path), DEFAULT_INFLUENCE)
 

@@ -36,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     from streamlit.testing.v1 import AppTest
 
-    from metainf_core.explain import fit_influence
+    from metainf_core.fits import fit_influence
     from metainf_core.service import open_run
     from ui import DEFAULT_INFLUENCE
 
@@ -47,7 +47,7 @@ def main() -> None:
     import numpy as np
 
     from metainf_core.edit import apply_delta
-    from metainf_core.explain import Target, all_scores, ranking_table
+    from metainf_core.ranking import Target, all_scores, ranking_table
 
     run = open_run(DEMO)
     inf = fit_influence(run, DEFAULT_INFLUENCE)

@@ -4,7 +4,7 @@
 
 The bundled ProtoNet demo (assets/demo/protonet-fashion-mnist: conv4, fashion-mnist 3-way 5-shot,
 64 of its 512 training tasks noise images, 128 test tasks) with the app's Gauss-Newton fit
-(``ui.DEFAULT_INFLUENCE``; through ``explain.fit_influence``, so from the disk cache once fitted —
+(``ui.DEFAULT_INFLUENCE``; through ``fits.fit_influence``, so from the disk cache once fitted —
 the first fit takes minutes). For every score kind of ``metainf_core.detect``: the detection curve
 at a few inspected fractions and its AUC vs random (0.5); then, for the kinds in ``--scores``, the
 test accuracy after removing the k lowest-scored tasks by the one-step edit vs k random tasks.
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from metainf_core import detect  # noqa: E402
-from metainf_core.explain import fit_influence  # noqa: E402
+from metainf_core.fits import fit_influence  # noqa: E402
 from metainf_core.service import open_run  # noqa: E402
 
 DEMO = REPO / "assets" / "demo" / "protonet-fashion-mnist"
@@ -79,7 +79,7 @@ def main() -> None:
                 )
     for xi in xis:
         from metainf_core.edit import EditSpec
-        from metainf_core.explain import edited_params
+        from metainf_core.edit import edited_params
 
         s = run.evaluate(edited_params(run, inf, EditSpec(block=bad, xi_block=xi))).summary()
         print(f"\nreference: edit removing exactly the {len(bad)} corrupted tasks, ξ={xi:g}: {s['accuracy']:.4f} ± {s['accuracy_ci95']:.4f} (before {b['accuracy']:.4f})")

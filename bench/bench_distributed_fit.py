@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere, as the other benches
 
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig  # noqa: E402
-from metainf_core.explain import Target, all_scores, fit_influence, params_as  # noqa: E402
+from metainf_core.fits import fit_influence, params_as  # noqa: E402
+from metainf_core.ranking import Target, all_scores  # noqa: E402
 from metainf_core.influence import GaussNewtonConfig, GaussNewtonFit, task_gradients  # noqa: E402
 from metainf_core.influence.gauss_newton import orthogonal_columns  # noqa: E402
 from metainf_core.service import open_run  # noqa: E402
@@ -91,7 +92,8 @@ def agreement(a: np.ndarray, b: np.ndarray) -> str:
 def reversed_stream(run):
     """The 1-process fit with the tasks streamed in reverse order (in-process, 1 thread): how much
     the stream order alone moves the scores when N_orth < rank V."""
-    from metainf_core.influence import CurvatureMode, influence_from_projections
+    from metainf_core.config import InfluenceMethod
+    from metainf_core.influence import influence_from_projections
 
     torch.set_num_threads(1)
     params = params_as(run, CLI_GN.dtype)
@@ -100,7 +102,7 @@ def reversed_stream(run):
     fit.add_tasks(np.arange(len(run.train_tasks))[::-1])
     factor = fit.factor(CLI_GN.damping)
     proj = task_gradients(*args, None, 32) @ factor.factor
-    return influence_from_projections(factor, proj, CurvatureMode.GAUSS_NEWTON, select=False)
+    return influence_from_projections(factor, proj, InfluenceMethod.GN, select=False)
 
 
 def cost_model(run, n: int, n_orths: list[int], q_factors: list[int]) -> dict:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_gn_memory.py [--tasks 8192] [--real-tasks 8]
 
-Runs the app's own fit path (``explain.fit_influence``: Algorithm 1 streaming with partial saves
+Runs the app's own fit path (``fits.fit_influence``: Algorithm 1 streaming with partial saves
 to the disk cache, Algorithm 3, then the chunked projections P = G·U over *real* per-task
 gradients) on an omniglot ProtoNet conv4×32 (28×28, q = 28,320), 5-way 5-shot 5-query. Computing
 the real columns of 8,192 tasks takes hours on 2 cores (bench_influence.py times them), so after
@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="metainf-gn-memory-"))
     os.environ["METAINF_CACHE"] = str(tmp / "cache")
-    from metainf_core.explain import fit_influence
+    from metainf_core.fits import fit_influence
     from metainf_core.service import open_run
     from metainf_core.train import train
 

@@ -10,14 +10,14 @@ the 128 test tasks, ordering the training tasks by helpfulness and by alignment:
 
 - proper tests (``validate.proper_tests``): normal above noise tasks; tasks sharing ≥ s
   superclasses with the test task above the rest (noise tasks in neither group, as
-  ``explain.validation_report``). On fashion-mnist every 3-way task spans ≥ 2 of the 3
+  ``validate.validation_report``). On fashion-mnist every 3-way task spans ≥ 2 of the 3
   superclasses, so any two tasks share one: s = 1 has no test with both groups (0/0);
 - the mean score of noise and of normal tasks (over tasks and tests);
 - the fraction of noise tasks among the top-k most helpful / most harmful (noise: 12.5 %);
 - Spearman ρ between the two orderings (``validate.spearman``, per test, mean ± sd);
 - the mean size ‖g_j‖_A of noise vs normal tasks, and the noise share of the 64 largest.
 
-Runs only when both fits are already in the cache (``explain.is_fitted``); a fit takes minutes.
+Runs only when both fits are already in the cache (``fits.is_fitted``); a fit takes minutes.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from metainf_core.explain import fit_influence, is_fitted, params_as  # noqa: E402
+from metainf_core.fits import fit_influence, is_fitted, params_as  # noqa: E402
 from metainf_core.influence import task_gradients  # noqa: E402
 from metainf_core.influence.scores import ScoreParts  # noqa: E402
 from metainf_core.service import Run, open_run  # noqa: E402

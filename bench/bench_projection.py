@@ -7,7 +7,7 @@ fit, and the cost of fitting big backbones. Prints figures, asserts nothing.
 
 Part 1 (default): the bundled ProtoNet demo (conv4×16, q = 7,248, fashion-mnist, M = 512 training
 tasks of which 64 are noise, 128 test tasks), GN N_orth = 512, float32. Each fit runs in its own
-subprocess (so ru_maxrss is that fit's peak) through ``explain.fit_influence`` with its cache in
+subprocess (so ru_maxrss is that fit's peak) through ``fits.fit_influence`` with its cache in
 ``.cache/bench_projection`` (a rerun reuses the fits and reports their recorded times). Per setting:
 Spearman and top-10 overlap of the helpfulness of all 512 training tasks against the full fit
 (mean ± sd over the 128 test tasks), mean self-rank at the chosen truncation, the noise proper
@@ -58,7 +58,7 @@ def peak_rss_mb() -> float:
 # ---- part 1 -------------------------------------------------------------------------------------
 def _one_fit(cfg_dict: dict) -> None:
     """Subprocess: fit one setting on the demo (or find it cached) and print its cost as JSON."""
-    from metainf_core.explain import cache_entry, fit_influence
+    from metainf_core.fits import cache_entry, fit_influence
     from metainf_core.service import open_run
 
     run = open_run(DEMO, device="cpu")
@@ -73,7 +73,8 @@ def _one_fit(cfg_dict: dict) -> None:
 
 
 def part_demo(a: argparse.Namespace) -> None:
-    from metainf_core.explain import cache_entry, fit_influence, validation_report
+    from metainf_core.fits import cache_entry, fit_influence
+    from metainf_core.validate import validation_report
     from metainf_core.service import open_run
     from metainf_core.validate import spearman, top_k_overlap
 

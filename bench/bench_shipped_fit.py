@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from metainf_core.config import InfluenceConfig  # noqa: E402
-from metainf_core.explain import Target, fit_influence, is_fitted, shipped_fit_path, test_score_matrix  # noqa: E402
+from metainf_core.fits import fit_influence, is_fitted, shipped_fit_path  # noqa: E402
+from metainf_core.ranking import Target, test_score_matrix  # noqa: E402
 from metainf_core.service import open_run  # noqa: E402
 from metainf_core.validate import score_agreement, top_k_overlap  # noqa: E402
 
@@ -49,7 +50,7 @@ def main() -> None:
             fresh = open_run(path)
             assert is_fitted(fresh, DEFAULT)
             shipped = fit_influence(fresh, DEFAULT)
-            from metainf_core.explain import all_scores
+            from metainf_core.ranking import all_scores
 
             all_scores(fresh, shipped, Target((0,)), DEFAULT.dtype)
             first = time.perf_counter() - started

@@ -27,25 +27,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from metainf_core.config import InfluenceConfig, InfluenceMethod
-from metainf_core.edit import EditSpec
-from metainf_core.exceptions import CheckpointError, ConfigError, MetainfError
-from metainf_core.explain import (
-    Target,
-    edit_report,
-    edited_params,
-    fit_influence,
-    group_scores,
-    leave_out_retrain,
-    ranking_table,
-    save_edited_checkpoint,
-    score_parts,
-    task_rows,
-    test_score_matrix,
-    validation_report,
-)
+from metainf_core.edit import EditSpec, edit_report, edited_params, save_edited_checkpoint
+from metainf_core.exceptions import CheckpointError, ConfigError, NotFittedError
+from metainf_core.fits import fit_influence
 from metainf_core.importing import import_run
+from metainf_core.leave_out import leave_out_retrain
+from metainf_core.ranking import Target, group_scores, ranking_table, score_parts, task_rows, test_score_matrix
 from metainf_core.service import Run
 from metainf_core.service import open_run as _open_folder
+from metainf_core.validate import validation_report
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,10 +52,6 @@ __all__ = [
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"  # bundled demos (a source checkout)
 COLUMNS = ("test_task", "train_task", "score", "rank", "classes", "superclasses", "corruption")
-
-
-class NotFittedError(MetainfError, RuntimeError):
-    """An Explainer was asked for scores before ``fit()`` (pyDVL's NotFittedException)."""
 
 
 # ---- runs ---------------------------------------------------------------------------------
@@ -163,7 +149,7 @@ class Rankings:
 @dataclass(frozen=True, eq=False)
 class EditResult:
     """A one-step edit ω' = ω̂ + δω (TLXML Eq. 13) and its effect on the test taskset (``report``:
-    ``explain.edit_report``, loss and accuracy before and after with 95 % intervals)."""
+    ``edit.edit_report``, loss and accuracy before and after with 95 % intervals)."""
 
     run: Run
     spec: EditSpec
@@ -181,7 +167,7 @@ class EditResult:
         return float(self.report["taskset"]["after"]["accuracy"])
 
     def save(self, out: str | Path) -> Path:
-        """Write ω' (Eq. 13) as a run folder of its own, recording the edit (``explain.save_edited_checkpoint``)."""
+        """Write ω' (Eq. 13) as a run folder of its own, recording the edit (``edit.save_edited_checkpoint``)."""
         edit = {"block": list(self.spec.block), "xi_block": self.spec.xi_block, "enhance": list(self.spec.enhance),
                 "xi_enhance": self.spec.xi_enhance, "test": self.report["taskset"]["after"]}  # fmt: skip
         return save_edited_checkpoint(self.run, self.params, out, edit)
@@ -319,7 +305,7 @@ class Explainer:
     # ---- checks and images ----
     def validate(self, **options: Any) -> dict[str, Any]:
         """Self-rank table, noise and superclass proper tests with binomial σ (TLXML 5.1, B.2–B.4);
-        ``options``: ``explain.validation_report``'s (self_rank, noise, superclass, max_tests, exact_agreement)."""
+        ``options``: ``validate.validation_report``'s (self_rank, noise, superclass, max_tests, exact_agreement)."""
         return validation_report(self.run, self.influence, self.config.influence, **options)
 
     def drilldown(self, test_task: int, train_task: int) -> TrainingTaskDrilldown:

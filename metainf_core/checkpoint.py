@@ -176,6 +176,21 @@ def save_checkpoint(
     return d
 
 
+def run_folder_zip(directory: str | Path, name: str | None = None) -> bytes:
+    """The run folder ``directory`` (safetensors + JSON, no subfolders) as .zip bytes, its files under
+    ``name/`` (default: the folder's name): the one checkpoint exporter (the pages' downloads), read
+    back by ``import_checkpoint_zip``."""
+    import io
+    import zipfile
+
+    directory = Path(directory)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(p for p in directory.iterdir() if p.is_file()):
+            z.write(f, f"{name or directory.name}/{f.name}")
+    return buf.getvalue()
+
+
 ALLOWED_UPLOAD_FILES = (MODEL_FILE, META_FILE, TRAIN_TASKS_FILE, TEST_TASKS_FILE, TRAIN_STATE_FILE)
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 

@@ -10,6 +10,7 @@ from typing import Any, get_type_hints
 
 from metainf_core.config import (
     DATASET_ARCHITECTURES,
+    METHOD_ALIASES,
     Architecture,
     InfluenceConfig,
     TaskConfig,
@@ -87,7 +88,7 @@ def _influence_config(a: argparse.Namespace) -> InfluenceConfig:
 
 def _fitted(a: argparse.Namespace):
     """The run and its TLXML fit (from the cache, or fitted now with a progress bar on stderr)."""
-    from metainf_core.explain import fit_influence
+    from metainf_core.fits import fit_influence
     from metainf_core.service import open_run
 
     run = open_run(a.path, device=a.device)
@@ -112,7 +113,7 @@ def _fitted(a: argparse.Namespace):
 
 
 def _fit(a: argparse.Namespace) -> dict[str, Any] | None:
-    from metainf_core.explain import cache_entry, ship_fit
+    from metainf_core.fits import cache_entry, ship_fit
 
     from metainf_core.influence import distributed
 
@@ -131,13 +132,13 @@ def _fit(a: argparse.Namespace) -> dict[str, Any] | None:
 
 
 # rank --method: the TLXML spellings of fit/edit/validate, and compare's registry names
-_TLXML_ALIASES = {"exact": "exact", "gn": "gn", "tlxml-exact": "exact", "tlxml-gn": "gn"}
+_TLXML_ALIASES = {name: m.value for name, m in METHOD_ALIASES.items()}  # config.py's one TLXML vocabulary
 
 
 def _rank_other(a: argparse.Namespace) -> dict[str, Any]:
     """rank --method task-if | direct-if | grad-sim: a compare.py registry method (no TLXML truncation)."""
     from metainf_core.compare import SIGN, CompareConfig, get_method
-    from metainf_core.explain import Target, group_scores, ranking_table, task_rows
+    from metainf_core.ranking import Target, group_scores, ranking_table, task_rows
     from metainf_core.service import open_run
 
     method = get_method(a.method)  # ConfigError (exit 2, one line) for an unknown name
@@ -157,7 +158,7 @@ def _rank_other(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _rank(a: argparse.Namespace) -> dict[str, Any]:
-    from metainf_core.explain import Target, all_scores, group_scores, ranking_table, task_rows
+    from metainf_core.ranking import Target, all_scores, group_scores, ranking_table, task_rows
 
     if a.method not in _TLXML_ALIASES:
         return _rank_other(a)
@@ -182,7 +183,7 @@ def _rank(a: argparse.Namespace) -> dict[str, Any]:
 def _compare(a: argparse.Namespace) -> dict[str, Any]:
     """Scores of several influence methods for one target and every pair's agreement (compare.py)."""
     from metainf_core.compare import CompareConfig, compare_methods, parse_methods
-    from metainf_core.explain import Target
+    from metainf_core.ranking import Target
     from metainf_core.lds_results import lds_summary
     from metainf_core.service import open_run
 
@@ -204,7 +205,8 @@ def _parse_ids(text: str | None) -> tuple[int, ...]:
 
 def _edit(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.edit import EditSpec
-    from metainf_core.explain import edit_report, edited_params, leave_out_retrain, save_edited_checkpoint
+    from metainf_core.edit import edit_report, edited_params, save_edited_checkpoint
+    from metainf_core.leave_out import leave_out_retrain
 
     spec = EditSpec(_parse_ids(a.block), a.xi_block, _parse_ids(a.enhance), a.xi_enhance)
     run, cfg, inf = _fitted(a)
@@ -221,7 +223,7 @@ def _edit(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _validate(a: argparse.Namespace) -> dict[str, Any]:
-    from metainf_core.explain import validation_report
+    from metainf_core.validate import validation_report
 
     run, cfg, inf = _fitted(a)
     return validation_report(run, inf, cfg, self_rank=a.self_rank, noise=a.noise, superclass=a.superclass, max_tests=a.max_tests)
@@ -368,7 +370,7 @@ def _fidelity(a: argparse.Namespace) -> dict[str, Any]:
 def _lds(a: argparse.Namespace) -> dict[str, Any] | None:
     """Task-level LDS of each method with its noise ceiling (metainf_core.lds): a table, or JSON with --json."""
     from metainf_core.compare import CompareConfig
-    from metainf_core.explain import Target
+    from metainf_core.ranking import Target
     from metainf_core.influence import distributed
     from metainf_core.lds import LDSConfig, format_table, parse_lds_methods, task_lds
     from metainf_core.service import open_run

@@ -9,7 +9,7 @@ training tasks with one sign convention (README "Sign convention", METHODS §2):
 Methods (g_j = gradient of training task j's query loss, g_i = the target's; 1/M as TLXML):
 
 - ``tlxml-exact``: TLXML with the exact meta-Hessian (third-order terms included), positive-part
-  pseudo-inverse truncated by self-rank: (1/M) g_iᵀ H⁺_k g_j (``explain.fit_influence``, method
+  pseudo-inverse truncated by self-rank: (1/M) g_iᵀ H⁺_k g_j (``fits.fit_influence``, method
   "exact"; needs q ≤ MAX_EXACT_PARAMS). MAML and ProtoNet.
 - ``tlxml-gn``: the same with the Gauss-Newton curvature (Algorithm 1–3). MAML and ProtoNet.
 - ``task-if`` (seed 001, total derivatives): (1/M) g_iᵀ (H_T + λ_d I)⁺ g_j with d/dω taken *through*
@@ -17,7 +17,7 @@ Methods (g_j = gradient of training task j's query loss, g_i = the target's; 1/M
   theorem). For MAML / ProtoNet the adaptation is explicit, so the total gradient is ∇_ω L_j(ω̂)
   and the total Hessian is TLXML's exact meta-Hessian: **task-IF = TLXML-exact with damping λ_d
   and every positive eigen-direction kept** (no self-rank truncation). We map it to exactly that
-  (an ``explain.fit_influence`` exact fit with damping λ_d, truncation = all positive columns).
+  (an ``fits.fit_influence`` exact fit with damping λ_d, truncation = all positive columns).
 - ``direct-if`` (seed 001's baseline, partial derivatives only): θ̂_j treated as moving one-for-one
   with ω, i.e. gradient g_j = ∇_θ L(Q_j; θ̂_j), Hessian H_D = (1/M) Σ_j ∇²_θ L(Q_j; θ̂_j); scores
   (1/M) g_iᵀ (H_D + λ_d I)⁺ g_i with the target's own partial gradient. Proximal MAML:
@@ -55,9 +55,10 @@ from torch import Tensor
 from torch.func import grad, hessian
 
 from metainf_core.cache import CacheEntry
-from metainf_core.config import Algorithm, InfluenceConfig, check_damping_and_dtype
+from metainf_core.config import Algorithm, InfluenceConfig, InfluenceMethod, check_damping_and_dtype
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import Target, all_scores, fit_influence, params_as, run_fingerprint, target_gradient
+from metainf_core.fits import fit_influence, params_as, run_fingerprint
+from metainf_core.ranking import Target, TaskGradients, all_scores, target_gradient
 from metainf_core.influence.exact import MAX_EXACT_PARAMS, spectral_factor
 from metainf_core.influence.flat import ParamLayout, create_flat_forward_function
 from metainf_core.influence.gradients import iter_task_batches, task_gradients
@@ -157,10 +158,6 @@ def _tasks(run: Run, taskset, ids, dtype: torch.dtype):
     return tasks
 
 
-def _target_tasks(run: Run, target: Target, dtype: torch.dtype):
-    return _tasks(run, run.test_tasks if target.split == "test" else run.train_tasks, list(target.ids), dtype)
-
-
 def _train_tasks(run: Run, dtype: torch.dtype):
     return _tasks(run, run.train_tasks, np.arange(len(run.train_tasks)), dtype)
 
@@ -228,14 +225,23 @@ def _proximal_fit(run: Run, mode: str, cfg: CompareConfig) -> tuple[dict[str, Te
     return _cached(_cache_entry(run, f"task-if-{mode}", tcfg.to_dict()), compute)
 
 
-def _proximal_target_gradient(run: Run, target: Target, mode: str, cfg: CompareConfig) -> Tensor:
+def _proximal_gradients(run: Run, mode: str, cfg: CompareConfig) -> TaskGradients:
+    """Proximal MAML's per-task gradients for ``ranking.target_gradient``: total (implicit) or partial ("direct")."""
     tcfg = task_if_config(run, mode, cfg)
     params = params_as(run, cfg.dtype)
     fns = create_proximal_functions(run.model, run.spec, params)
     w = fns.layout.flatten(params).detach()
-    states = [task_state(fns, w, t, tcfg) for t in _target_tasks(run, target, w.dtype)]
-    g = [s.outer_grad if mode == "direct" else s.total_gradient for s in states]
-    return torch.stack(g).mean(0)
+
+    def gradients(taskset, ids) -> Tensor:
+        states = [task_state(fns, w, t, tcfg) for t in _tasks(run, taskset, ids, w.dtype)]
+        return torch.stack([s.outer_grad if mode == "direct" else s.total_gradient for s in states])
+
+    return gradients
+
+
+def _maml_partial_gradients(run: Run, dtype: str) -> TaskGradients:
+    """Per task ∇_θ L(Q; θ̂) at MAML's adapted weights, for ``ranking.target_gradient`` (direct IF's target)."""
+    return lambda taskset, ids: _maml_partial(run, _tasks(run, taskset, ids, getattr(torch, dtype)), dtype, False)[0]
 
 
 def task_if_influence_config(cfg: CompareConfig) -> InfluenceConfig:
@@ -246,7 +252,7 @@ def task_if_influence_config(cfg: CompareConfig) -> InfluenceConfig:
 def _task_if(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
     if _algo(run) is Algorithm.PROXIMAL_MAML:
         tensors, info = _proximal_fit(run, "exact", cfg)
-        g = _proximal_target_gradient(run, target, "exact", cfg)
+        g = target_gradient(run, target, cfg.dtype, _proximal_gradients(run, "exact", cfg))
         return (g @ tensors["removals"].T).cpu().numpy(), {**info, "damping": cfg.damping}
     inf = maml_task_if_fit(run, cfg)
     details = {"equivalent_to": "tlxml-exact with damping, all positive eigen-directions", "damping": cfg.damping,
@@ -309,10 +315,10 @@ def _maml_direct_fit(run: Run, cfg: CompareConfig) -> tuple[dict[str, Tensor], d
 def _direct_if(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
     if _algo(run) is Algorithm.PROXIMAL_MAML:
         tensors, info = _proximal_fit(run, "direct", cfg)
-        g = _proximal_target_gradient(run, target, "direct", cfg)
+        g = target_gradient(run, target, cfg.dtype, _proximal_gradients(run, "direct", cfg))
     else:
         tensors, info = _maml_direct_fit(run, cfg)
-        g = _maml_partial(run, _target_tasks(run, target, getattr(torch, cfg.dtype)), cfg.dtype, False)[0].mean(0)
+        g = target_gradient(run, target, cfg.dtype, _maml_partial_gradients(run, cfg.dtype))
     return (g @ tensors["removals"].T).cpu().numpy(), {**info, "damping": cfg.damping}
 
 
@@ -341,7 +347,7 @@ def removal_vectors(run: Run, name: str, config: CompareConfig = CompareConfig()
 def _grad_sim(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
     if _algo(run) is Algorithm.PROXIMAL_MAML:  # total (implicit) meta-gradients, as task-IF's
         tensors, info = _proximal_fit(run, "exact", cfg)
-        g = _proximal_target_gradient(run, target, "exact", cfg)
+        g = target_gradient(run, target, cfg.dtype, _proximal_gradients(run, "exact", cfg))
         return (tensors["gradients"] @ g).cpu().numpy(), {"max_inner_stationarity": info["max_inner_stationarity"]}
 
     def compute():
@@ -360,8 +366,8 @@ def _always(run: Run, cfg: CompareConfig) -> str | None:
 METHODS: dict[str, ScoringMethod] = {
     m.name: m
     for m in (
-        ScoringMethod("tlxml-exact", "TLXML, exact meta-Hessian, pseudo-inverse truncated by self-rank", _tlxml_check(True), _tlxml("exact")),
-        ScoringMethod("tlxml-gn", "TLXML, Gauss-Newton curvature (Algorithms 1-3)", _tlxml_check(False), _tlxml("gn")),
+        ScoringMethod(InfluenceMethod.EXACT.compare_name, "TLXML, exact meta-Hessian, pseudo-inverse truncated by self-rank", _tlxml_check(True), _tlxml("exact")),
+        ScoringMethod(InfluenceMethod.GN.compare_name, "TLXML, Gauss-Newton curvature (Algorithms 1-3)", _tlxml_check(False), _tlxml("gn")),
         ScoringMethod("task-if", "seed 001 task-IF: total derivatives through the adaptation, damped", _task_if_check, _task_if),
         ScoringMethod("direct-if", "seed 001 direct IF: partial derivatives at the adapted weights only", _direct_check, _direct_if),
         ScoringMethod("grad-sim", "first-order baseline: dot product of meta-gradients, no Hessian", _always, _grad_sim),

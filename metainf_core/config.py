@@ -192,10 +192,24 @@ class TrainConfig:
 
 
 class InfluenceMethod(str, Enum):
-    """How the meta-Hessian is obtained (TLXML Eq. 5 exact; Eq. 10–11 Gauss-Newton)."""
+    """How the meta-Hessian is obtained (TLXML Eq. 5 exact; Eq. 10–11 Gauss-Newton): the one
+    vocabulary of TLXML methods. ``value`` is the canonical name (settings, cache keys, CLI);
+    ``compare_name`` the method registry's (``compare.METHODS``); ``METHOD_ALIASES`` maps both to it."""
 
     EXACT = "exact"
     GN = "gn"
+
+    @property
+    def compare_name(self) -> str:
+        """``tlxml-exact`` / ``tlxml-gn``: the name in the scoring-method registry beside task-IF and the rest."""
+        return f"tlxml-{self.value}"
+
+
+# every accepted name of a TLXML method (canonical, then compare's; the CLI's rank takes both) -> the method
+METHOD_ALIASES: dict[str, InfluenceMethod] = {
+    **{m.value: m for m in InfluenceMethod},
+    **{m.compare_name: m for m in InfluenceMethod},
+}
 
 
 @dataclass(frozen=True)
@@ -248,7 +262,7 @@ class InfluenceConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer (0 = off for projection_dim and rows_per_task), got {value!r}")
-        try:
+        try:  # settings hold canonical names only: one cache key per method
             InfluenceMethod(self.method)
         except ValueError:
             raise ConfigError(f"method must be 'exact' or 'gn', got {self.method!r}") from None

@@ -50,7 +50,10 @@ from metainf_core.config import InfluenceConfig
 from metainf_core.edit import EditSpec
 from metainf_core.evaluation import TaskMetrics, mean_ci95
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import Target, all_scores, edited_params, fit_influence, leave_out_retrain, test_score_matrix
+from metainf_core.edit import edited_params
+from metainf_core.fits import fit_influence
+from metainf_core.leave_out import leave_out_retrain
+from metainf_core.ranking import Target, all_scores, test_score_matrix
 from metainf_core.influence import TaskInfluence
 from metainf_core.service import Run
 from metainf_core.words import (
@@ -264,12 +267,12 @@ def removal_effect(
     before: TaskMetrics | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Test accuracy (mean ± 95% interval over the test tasks) after removing the k lowest-scored
-    training tasks by the one-step edit ω̂ + ξ Σ I_meta (``explain.edited_params``, ξ = −1 ≈
+    training tasks by the one-step edit ω̂ + ξ Σ I_meta (``edit.edited_params``, ξ = −1 ≈
     removal) vs removing k random tasks the same way (``random_draws`` draws of
     :func:`random_removal_sets`; mean ± sd over draws of their test accuracy).
 
     ``retrain`` also retrains from scratch without the k lowest-scored tasks and without the first
-    random draw (``explain.leave_out_retrain``; slow: 2 trainings per k) into ``retrain_dir``
+    random draw (``leave_out.leave_out_retrain``; slow: 2 trainings per k) into ``retrain_dir``
     (a temporary folder, deleted afterwards, when not given).
 
     Edited rows also carry ``gain`` ± ``gain_ci95``: the paired per-test-task accuracy difference to
@@ -363,7 +366,7 @@ def detect_report(
     ``compare_scores`` (``"rank"`` costs one T × M score matrix).
 
     Raises ConfigError before any fitting when the taskset has no noise or label-flip task. The fit
-    comes from the disk cache when present (``explain.fit_influence``); ``progress`` sees its
+    comes from the disk cache when present (``fits.fit_influence``); ``progress`` sees its
     stages, then "edits" and "retrain".
     """
     for kind in [score, *(compare_scores or ())]:

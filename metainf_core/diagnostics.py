@@ -49,7 +49,7 @@ from metainf_core.cache import CacheEntry
 from metainf_core.checkpoint import load_tensors
 from metainf_core.config import Algorithm
 from metainf_core.exceptions import CheckpointError, ConfigError
-from metainf_core.explain import run_fingerprint
+from metainf_core.fits import run_fingerprint
 from metainf_core.influence import distributed
 from metainf_core.influence.flat import ParamLayout
 from metainf_core.influence.hvp import EigenEstimate, hvp_of, lanczos, power_iteration

@@ -29,7 +29,7 @@ from torch.func import grad, jacrev, jvp
 
 from metainf_core.config import Algorithm
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import params_as
+from metainf_core.fits import params_as
 from metainf_core.influence.flat import (
     ParamLayout,
     create_flat_forward_function,

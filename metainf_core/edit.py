@@ -8,18 +8,29 @@
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from metainf_core.checkpoint import run_folder_zip, save_checkpoint
 from metainf_core.exceptions import ConfigError
 from metainf_core.learners import Params
 
+if TYPE_CHECKING:
+    from metainf_core.influence import TaskInfluence
+    from metainf_core.service import Run
+
 # ids -> Σ_{j∈ids} I_meta(j), a flat vector of length q
 IMetaSum = Callable[[np.ndarray], Tensor]
+# one evaluation of a model on the test taskset: per-task loss, per-task accuracy, taskset summary (as edit_words.figures)
+Evaluation = tuple[np.ndarray, np.ndarray, dict[str, float]]
 
 
 def _ids(values: Sequence[int] | np.ndarray) -> tuple[int, ...]:
@@ -50,16 +61,39 @@ class EditSpec:
             raise ConfigError(f"tasks {sorted(both)[:5]} are both blocked and enhanced")
 
 
-def edit_delta(i_meta_sum: IMetaSum, spec: EditSpec) -> Tensor:
-    """δω of Eq. 13 from the group sums of I_meta (TLXML A.3: a group's influence is the sum)."""
-    parts = []
-    if spec.block:
-        parts.append(spec.xi_block * i_meta_sum(np.asarray(spec.block)))
-    if spec.enhance:
-        parts.append(spec.xi_enhance * i_meta_sum(np.asarray(spec.enhance)))
-    if not parts:
+@dataclass(frozen=True)
+class EditDirections:
+    """Σ_{j∈B} I_meta(j) and Σ_{j∈E} I_meta(j) (flat, length q; zero for an empty set): ξ only
+    rescales them, so a page moving ξ reuses them (TLXML A.3: a group's influence is the sum)."""
+
+    block: Tensor
+    enhance: Tensor
+
+    def delta(self, xi_block: float, xi_enhance: float) -> Tensor:
+        """δω = ξ_B Σ_B I_meta + ξ_E Σ_E I_meta (Eq. 13)."""
+        return xi_block * self.block + xi_enhance * self.enhance
+
+
+def edit_directions(i_meta_sum: IMetaSum, block: Sequence[int], enhance: Sequence[int] = ()) -> EditDirections:
+    """The group sums of I_meta over the blocked and the enhanced set (at least one non-empty)."""
+    block, enhance = _ids(block), _ids(enhance)
+    if not (block or enhance):
         raise ConfigError("an edit needs at least one blocked or enhanced task")
-    return torch.stack(parts).sum(0)
+    b = i_meta_sum(np.asarray(block)) if block else None
+    e = i_meta_sum(np.asarray(enhance)) if enhance else None
+    return EditDirections(torch.zeros_like(e) if b is None else b, torch.zeros_like(b) if e is None else e)
+
+
+def edit_delta(i_meta_sum: IMetaSum, spec: EditSpec) -> Tensor:
+    """δω of Eq. 13 from the group sums of I_meta."""
+    return edit_directions(i_meta_sum, spec.block, spec.enhance).delta(spec.xi_block, spec.xi_enhance)
+
+
+def predicted_loss_change(helpfulness: np.ndarray, spec: EditSpec) -> float:
+    """First-order change of a target's loss under the edit: g_iᵀ δω = Σ ξ I_perf = −ξ_B Σ_B
+    helpfulness − ξ_E Σ_E helpfulness (Eq. 9, 13), from every training task's helpfulness for it."""
+    h = np.asarray(helpfulness, dtype=np.float64)
+    return -(spec.xi_block * float(h[list(spec.block)].sum()) + spec.xi_enhance * float(h[list(spec.enhance)].sum()))
 
 
 def apply_delta(params: Params, delta: Tensor | np.ndarray) -> Params:
@@ -71,3 +105,75 @@ def apply_delta(params: Params, delta: Tensor | np.ndarray) -> Params:
         raise ConfigError(f"edit has {delta.numel()} entries, the model {sum(sizes)} parameters")
     parts = torch.split(delta.to(next(iter(params.values()))), sizes)  # the weights' dtype and device
     return {k: v.detach() + d.view_as(v) for (k, v), d in zip(params.items(), parts, strict=True)}
+
+
+def edited_params(run: Run, inf: TaskInfluence, spec: EditSpec) -> Params:
+    """ω' = ω̂ + δω of TLXML Eq. 13."""
+    return apply_delta(run.params, edit_delta(inf.i_meta_sum, spec))
+
+
+def edit_report(run: Run, params: Params, test_task: int | None = None) -> dict[str, Any]:
+    """Loss and accuracy before and after on the test taskset (mean, 95% interval) and one test task."""
+    before, after = run.evaluate(), run.evaluate(params)
+    report: dict[str, Any] = {"taskset": {"before": before.summary(), "after": after.summary()}}
+    if test_task is not None:
+        i = run.test_tasks.check_id(test_task)
+        report["test_task"] = {
+            "id": i,
+            "before": {"loss": float(before.loss[i]), "accuracy": float(before.accuracy[i])},
+            "after": {"loss": float(after.loss[i]), "accuracy": float(after.accuracy[i])},
+        }
+    return report
+
+
+def save_edited_checkpoint(run: Run, params: Params, out: str | Path, edit: dict[str, Any]) -> Path:
+    """Write ω' as a checkpoint of its own (same tasksets), recording the edit that made it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in run.meta["tasksets"].values():
+        shutil.copyfile(run.checkpoint.path / name, out / name)
+    meta = {k: v for k, v in run.meta.items() if k not in ("hashes", "test")}
+    meta.update(edited_from=str(run.checkpoint.path), edit=edit, test=edit.get("test"))
+    return save_checkpoint(out, params, meta, tuple(run.meta["tasksets"].values()))
+
+
+def edited_checkpoint_zip(run: Run, params: Params, edit: dict[str, Any], name: str = "edited") -> bytes:
+    """ω' as a run folder of its own (``save_edited_checkpoint``) zipped under ``name/``: the one
+    download of an edited or cleaned model, which ``checkpoint.import_checkpoint_zip`` opens again."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return run_folder_zip(save_edited_checkpoint(run, params, Path(tmp) / name, edit))
+
+
+XI_SWEEP = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)  # ξ values of the accuracy-versus-ξ curve
+
+
+@dataclass(frozen=True)
+class XiSweep:
+    """A blocked set re-evaluated along ξ (TLXML Table 15's ξ sweep): the taskset's mean accuracy,
+    one test task's accuracy and loss, and that loss's first-order predicted change −ξ Σ_B helpfulness."""
+
+    xis: tuple[float, ...]
+    taskset_accuracy: tuple[float, ...]
+    task_accuracy: tuple[float, ...]
+    task_loss: tuple[float, ...]
+    predicted_loss_change: tuple[float, ...]
+
+
+def xi_sweep(
+    evaluate: Callable[[float], Evaluation], helpfulness: np.ndarray, block: Sequence[int], test_task: int,
+    xis: Sequence[float] = XI_SWEEP, progress: Callable[[int, int], None] | None = None,
+) -> XiSweep:  # fmt: skip
+    """The edit that blocks ``block`` at each ξ of ``xis`` (``evaluate(ξ)``: the test taskset's
+    evaluation of ω̂ + ξ Σ_B I_meta, of ω̂ itself at ξ = 0; a page passes its cached one), read at
+    ``test_task``; ``helpfulness``: every training task's for that test task; ``progress(done, total)``
+    after each ξ."""
+    acc, task_acc, task_loss, predicted = [], [], [], []
+    for n, xi in enumerate(xis):
+        loss, accuracy, summary = evaluate(float(xi))
+        acc.append(float(summary["accuracy"]))
+        task_acc.append(float(accuracy[test_task]))
+        task_loss.append(float(loss[test_task]))
+        predicted.append(predicted_loss_change(helpfulness, EditSpec(block=tuple(block), xi_block=float(xi))))
+        if progress is not None:
+            progress(n + 1, len(xis))
+    return XiSweep(tuple(float(x) for x in xis), tuple(acc), tuple(task_acc), tuple(task_loss), tuple(predicted))

@@ -31,3 +31,7 @@ class CacheError(MetainfError, ValueError):
 
 class TrainingStopped(MetainfError):
     """Training was asked to stop (SIGTERM or Ctrl-C); its state up to the last step is saved."""
+
+
+class NotFittedError(MetainfError, RuntimeError):
+    """Scores were asked of an Explainer before ``fit()`` (pyDVL's NotFittedException)."""

@@ -3,14 +3,14 @@
 For removed training-task sets B (e.g. several random draws of k tasks, as the paper "randomly
 removes some tasks"), the test accuracy (mean ± sd over the draws, 95% interval) and runtime of:
 
-- ``retrain``: retraining from scratch without B (``explain.leave_out_retrain``), once per training
+- ``retrain``: retraining from scratch without B (``leave_out.leave_out_retrain``), once per training
   seed in ``retrain_seeds``; the spread over seeds gives the *retraining interval*;
 - ``task-if``: ω̂₋B ≈ ω̂ + Σ_{j∈B} r_j with r_j = ω̂₋ⱼ − ω̂ ≈ (1/M) H_T⁺ g_j (seed 001 Thm 4.3; the
   1/M is task j's share of the meta-objective, so removing B = up-weighting each j ∈ B by ε = −1/M).
   Proximal MAML: the implicit total-derivative fit; MAML / ProtoNet: TLXML-exact with damping and
   every positive eigen-direction (``compare`` module docstring). Both from compare.py's cache;
 - ``direct-if``: the same sum with partial derivatives only (seed 001 eq. 6–7; refused for ProtoNet);
-- ``tlxml-exact`` / ``tlxml-gn``: the one-step edit ξ = −1 on B (TLXML Eq. 13, ``explain.edited_params``),
+- ``tlxml-exact`` / ``tlxml-gn``: the one-step edit ξ = −1 on B (TLXML Eq. 13, ``edit.edited_params``),
   self-rank truncation, no damping (MAML / ProtoNet only);
 - ``unedited``: ω̂ itself.
 
@@ -41,7 +41,9 @@ from metainf_core.compare import CompareConfig, get_method, removal_vectors, tlx
 from metainf_core.edit import EditSpec, apply_delta
 from metainf_core.evaluation import TaskMetrics, mean_ci95
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import cache_entry, edited_params, fit_influence, leave_out_retrain
+from metainf_core.edit import edited_params
+from metainf_core.fits import cache_entry, fit_influence
+from metainf_core.leave_out import leave_out_retrain
 from metainf_core.influence.flat import ParamLayout
 from metainf_core.learners import Params
 from metainf_core.service import Run, open_run

@@ -2,7 +2,7 @@
 
 K random α-fractions S_1..S_K of the M training tasks are drawn from a seed
 (``detect.random_removal_sets``: |S_k| = round(α·M)); the run is retrained on each — the run's own
-task and training configuration with the complement never drawn (``explain.leave_out_configs``),
+task and training configuration with the complement never drawn (``leave_out.leave_out_configs``),
 once per training seed s₀, s₀+1, …, s₀+R−1 (s₀ the run's seed; ``fidelity.with_train_seed``) — and
 every test task t's adapted query loss ℓ_t(S_k, s) is measured (``Run.evaluate``).
 
@@ -58,7 +58,9 @@ from metainf_core.config import TaskConfig, TrainConfig
 from metainf_core.detect import random_removal_sets
 from metainf_core.evaluation import mean_ci95
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import Target, fit_influence, leave_out_configs, test_score_matrix
+from metainf_core.fits import fit_influence
+from metainf_core.leave_out import leave_out_configs
+from metainf_core.ranking import Target, test_score_matrix
 from metainf_core.fidelity import DEFAULT_DAMPING, with_train_seed
 from metainf_core.influence import distributed
 from metainf_core.reproduce import runs

@@ -1,17 +1,24 @@
 """Checks that explanations behave as they should (TLXML 5.1, B.2–B.4; METHODS §5).
 
-Pure functions over score matrices: ``scores[t, j]`` is the helpfulness of training task j for
-test t (positive = up-weighting j lowers the test loss).
+Pure functions over score matrices (``scores[t, j]`` is the helpfulness of training task j for
+test t; positive = up-weighting j lowers the test loss), and ``validation_report``, which runs
+them on a fitted run.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from metainf_core.config import InfluenceConfig, InfluenceMethod
 from metainf_core.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from metainf_core.influence import TaskInfluence
+    from metainf_core.service import Run
 
 
 @dataclass(frozen=True)
@@ -96,3 +103,59 @@ def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
     """Fraction of the k highest-scored tasks that two rankings share."""
     ta, tb = set(np.argsort(-np.asarray(a))[:k].tolist()), set(np.argsort(-np.asarray(b))[:k].tolist())
     return len(ta & tb) / k
+
+
+# ---- the validation report of a fitted run (TLXML 5.1) -----------------------------------------
+def validation_report(
+    run: Run, inf: TaskInfluence, cfg: InfluenceConfig, *, self_rank: bool = True, noise: bool = True,
+    superclass: bool = True, max_tests: int = 128, exact_agreement: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Self-rank table, noise-vs-normal and superclass-overlap proper tests with binomial σ (the
+    superclass tests compare normal training tasks only: noise tasks are left out of both groups)."""
+    from metainf_core.fits import fit_influence  # the run-level modules need torch; the checks above do not
+    from metainf_core.influence.exact import MAX_EXACT_PARAMS
+    from metainf_core.ranking import test_score_matrix
+
+    out: dict[str, Any] = {"method": cfg.method, "truncation": inf.truncation, "num_tasks": inf.num_tasks}
+    if self_rank:
+        out["self_rank"] = [{"k": k, "mean_self_rank": r} for k, r in (inf.self_ranks or inf.self_rank_table(sample=cfg.self_rank_sample))]
+        m = inf.num_tasks
+        ranks = self_ranks(inf.train_score_matrix().cpu().numpy(), np.arange(m))
+        out["self_rank_at_truncation"] = {"mean": float(ranks.mean()), "fraction_top1": float((ranks == 0).mean()), "random_mean": (m - 1) / 2}
+    if not (noise or superclass or exact_agreement):
+        return out
+    test_ids = np.arange(min(max_tests, len(run.test_tasks)))
+    scores = test_score_matrix(run, inf, cfg.dtype, test_ids)
+    if exact_agreement and InfluenceMethod(cfg.method) is InfluenceMethod.GN:
+        q = inf.num_params
+        if q > MAX_EXACT_PARAMS:
+            out["exact_vs_gn"] = {"skipped": f"exact Hessian infeasible for q = {q:,} > {MAX_EXACT_PARAMS:,} parameters"}
+        else:
+            exact_cfg = InfluenceConfig(**{**cfg.to_dict(), "method": "exact", "dtype": "float64", "projection_dim": 0, "param_groups": ()})
+            exact = test_score_matrix(run, fit_influence(run, exact_cfg), "float64", test_ids)
+            per_test = [score_agreement(a, b) for a, b in zip(exact, scores, strict=True)]
+            pearson = np.array([d["pearson"] for d in per_test])
+            spearman = np.array([d["spearman"] for d in per_test])
+            k = max(1, inf.num_tasks // 10)
+            overlap = np.array([top_k_overlap(a, b, k) for a, b in zip(exact, scores, strict=True)])
+            out["exact_vs_gn"] = {
+                "pearson_mean": float(pearson.mean()), "pearson_sd": float(pearson.std()),
+                "spearman_mean": float(spearman.mean()), f"top{k}_overlap_mean": float(overlap.mean()),
+                "num_tests": len(test_ids), "paper_pearson": "0.715 ± 0.092 (TLXML B.3)",
+            }  # fmt: skip
+    normal = np.ones(inf.num_tasks, dtype=bool)
+    normal[run.train_tasks.ids_with("noise")] = False
+    if noise:
+        if normal.all():
+            out["noise"] = {"skipped": "the training taskset has no noise tasks"}
+        else:
+            out["noise"] = {"expected_higher": "normal tasks", **proper_tests(scores, normal).to_dict()}
+    if superclass:  # noise tasks carry their classes' superclasses but not their images: in neither group
+        overlap = superclass_overlap(
+            [run.test_tasks.superclass_sets(run.dataset)[i] for i in test_ids], run.train_tasks.superclass_sets(run.dataset)
+        )[:, normal]
+        out["superclass"] = [
+            {"min_shared": s, **proper_tests(scores[:, normal], overlap >= s).to_dict()}
+            for s in range(1, int(overlap.max(initial=0)) + 1)
+        ]
+    return out

@@ -66,7 +66,7 @@ def one_thread():
 def demo_fitted() -> Path:
     """The bundled ProtoNet demo with the app's default influence fit in the disk cache (fitted
     once here, through the core, so page tests do not spend their AppTest time limit on it)."""
-    from metainf_core.explain import fit_influence
+    from metainf_core.fits import fit_influence
     from metainf_core.service import open_run
     from ui import DEFAULT_INFLUENCE
 

@@ -83,7 +83,7 @@ def test_open_run_and_config():
 
 def test_rank_equals_cli_and_all_scores(explainer, ranking):
     from metainf_core.exceptions import ConfigError
-    from metainf_core.explain import Target, all_scores
+    from metainf_core.ranking import Target, all_scores
 
     run, inf = explainer.run, explainer.influence
     for t, i in enumerate(TEST_TASKS):
@@ -107,7 +107,7 @@ def test_rank_equals_cli_and_all_scores(explainer, ranking):
 
 def test_to_pandas_columns_and_dtypes(explainer, ranking):
     from metainf_core.api import COLUMNS
-    from metainf_core.explain import task_rows
+    from metainf_core.ranking import task_rows
 
     frame = ranking.to_pandas()
     m = explainer.num_tasks
@@ -132,7 +132,7 @@ def test_to_pandas_columns_and_dtypes(explainer, ranking):
 
 
 def test_group_scores_and_self_influence(explainer, ranking):
-    from metainf_core.explain import Target, all_scores
+    from metainf_core.ranking import Target, all_scores
 
     groups = explainer.group_scores(TEST_TASKS[0])
     # every training task is in exactly one superclass group: the group sums add up to the total
@@ -157,7 +157,7 @@ def test_edit_equals_edit_report(explainer, ranking, tmp_path):
     from metainf_core.api import _edit_spec
     from metainf_core.edit import EditSpec
     from metainf_core.exceptions import ConfigError
-    from metainf_core.explain import edit_report, edited_params
+    from metainf_core.edit import edit_report, edited_params
 
     run, inf = explainer.run, explainer.influence
     harmful = ranking.top(-64)

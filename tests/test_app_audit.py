@@ -28,7 +28,8 @@ from metainf_core.detect import (
 )
 from metainf_core.edit import EditSpec
 from metainf_core.evaluation import mean_ci95
-from metainf_core.explain import edited_params, fit_influence
+from metainf_core.edit import edited_params
+from metainf_core.fits import fit_influence
 from metainf_core.service import open_run
 from ui import DEFAULT_INFLUENCE
 
@@ -233,7 +234,7 @@ def test_label_flip_run(tmp_path, monkeypatch):
     """A real Fashion-MNIST MAML (mlp) with 8 of 32 training tasks' labels shuffled: the page fits it,
     marks the shuffled tasks, draws the detection curve with detect's AUC, and removes the top k."""
     from metainf_core.detect import corrupted_ids, detection_curve, detection_scores
-    from metainf_core.explain import fit_influence
+    from metainf_core.fits import fit_influence
     from metainf_core.service import open_run
     from metainf_core.train import train
     from ui import DEFAULT_INFLUENCE

@@ -13,7 +13,7 @@ DEMO = REPO / "assets" / "demo" / "protonet-fashion-mnist"
 
 def test_compare_flow(demo_fitted):
     from metainf_core.compare import CompareConfig, compare_methods
-    from metainf_core.explain import Target
+    from metainf_core.ranking import Target
     from metainf_core.service import open_run
 
     at = AppTest.from_file(str(REPO / "views" / "5_Compare.py"), default_timeout=600)

@@ -34,7 +34,8 @@ def test_explain_flow(demo_fitted):
     # each card's size claim recomputed: how many training tasks are smaller than this one
     import re
 
-    from metainf_core.explain import Target, fit_influence, score_parts
+    from metainf_core.fits import fit_influence
+    from metainf_core.ranking import Target, score_parts
     from metainf_core.service import open_run
     from ui import DEFAULT_INFLUENCE
 

@@ -6,7 +6,6 @@ import json
 import pickle
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -176,3 +175,29 @@ def test_import_uploaded_checkpoint_zip(synthetic_run, tmp_path):
         import_checkpoint_zip(good, tmp_path / "uploads", max_bytes=1000)
     assert not marker.exists()
     assert [p.name for p in (tmp_path / "uploads").iterdir()] == [dest.name]  # failed uploads leave nothing
+
+
+def test_one_exporter_zips_an_edited_run_that_imports_back(synthetic_run, tmp_path):
+    """edit.edited_checkpoint_zip (the Edit and Audit pages' download) -> checkpoint.import_checkpoint_zip:
+    the same weights, tasksets and edit record come back, every file under the folder name."""
+    import io
+    import zipfile
+
+    from metainf_core.checkpoint import import_checkpoint_zip, run_folder_zip
+    from metainf_core.edit import edited_checkpoint_zip
+
+    run = open_run(synthetic_run)
+    params = {k: v + 0.25 for k, v in run.params.items()}  # any ω' other than ω̂
+    record = {"block": [1, 2], "xi_block": -1.0, "enhance": [], "xi_enhance": 0.0, "test": run.evaluate(params).summary()}
+    data = edited_checkpoint_zip(run, params, record, "cleaned")
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert {"cleaned/model.safetensors", "cleaned/meta.json", "cleaned/train_tasks.json", "cleaned/test_tasks.json"} <= set(names)
+    assert all(n.startswith("cleaned/") and n.count("/") == 1 for n in names)
+    back = open_run(import_checkpoint_zip(data, tmp_path / "uploads"))
+    for k in params:  # safetensors stores the float32 weights as they are: a file round trip, no arithmetic
+        torch.testing.assert_close(back.params[k], params[k], rtol=0, atol=0)
+    assert back.meta["edit"]["block"] == [1, 2] and back.meta["edited_from"] == str(synthetic_run)
+    assert back.train_tasks.fingerprint() == run.train_tasks.fingerprint()
+    assert back.evaluate().summary()["accuracy"] == pytest.approx(record["test"]["accuracy"], abs=1e-6)
+    plain = run_folder_zip(synthetic_run, "run")  # the original folder, zipped as it is
+    assert load_checkpoint(import_checkpoint_zip(plain, tmp_path / "plain")).num_parameters == 63

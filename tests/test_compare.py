@@ -17,7 +17,8 @@ from metainf_core import compare
 from metainf_core.compare import METHODS, CompareConfig, compare_methods, method_scores, task_if_config
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import Target, all_scores, fit_influence
+from metainf_core.fits import fit_influence
+from metainf_core.ranking import Target, all_scores
 from metainf_core.influence import fit_task_if
 from metainf_core.influence.flat import with_composite_batch_norm
 from metainf_core.influence.gradients import iter_task_batches
@@ -171,8 +172,8 @@ def test_compare_pairs_match_scipy_and_sets_and_are_cached(synthetic_run, cache,
     def boom(*a, **kw):
         raise AssertionError("recomputed a cached fit")
 
-    for name in ("fit_exact", "_gauss_newton_factor"):
-        monkeypatch.setattr(f"metainf_core.explain.{name}", boom)
+    for name in ("fit_exact", "fit_gauss_newton"):
+        monkeypatch.setattr(f"metainf_core.fits.{name}", boom)
     for name in ("spectral_factor", "task_gradients", "fit_task_if_tasks"):
         monkeypatch.setattr(compare, name, boom)
     t0 = time.perf_counter()

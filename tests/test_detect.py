@@ -14,7 +14,8 @@ from metainf_core import detect
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
 from metainf_core.edit import EditSpec
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import edited_params, fit_influence
+from metainf_core.edit import edited_params
+from metainf_core.fits import fit_influence
 from metainf_core.service import open_run
 from metainf_core.train import train
 

@@ -18,7 +18,8 @@ from torch.func import grad
 from metainf_core import drilldown as dd
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
 from metainf_core.exceptions import ConfigError, TaskNotFoundError
-from metainf_core.explain import Target, fit_influence, params_as, target_gradient
+from metainf_core.fits import fit_influence, params_as
+from metainf_core.ranking import Target, target_gradient
 from metainf_core.influence.flat import ParamLayout, create_flat_logits_function
 from metainf_core.influence.gradients import task_gradients
 from metainf_core.service import open_run

@@ -18,7 +18,8 @@ from metainf_core.config import TaskConfig, TrainConfig
 from metainf_core.detect import random_removal_sets
 from metainf_core.edit import apply_delta
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import leave_out_retrain, params_as
+from metainf_core.fits import params_as
+from metainf_core.leave_out import leave_out_retrain
 from metainf_core.fidelity import removal_fidelity, removal_sum, with_train_seed
 from metainf_core.influence import TaskIFConfig, fit_task_if_tasks, task_gradients
 from metainf_core.service import open_run

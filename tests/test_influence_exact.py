@@ -21,7 +21,7 @@ from torch.func import grad, hessian
 
 from metainf_core.config import TaskConfig
 from metainf_core.data import load_dataset
-from metainf_core.influence import fit_exact, meta_hessian, superclass_groups, target_gradient, task_gradients
+from metainf_core.influence import fit_exact, meta_hessian, superclass_groups, task_gradients
 from metainf_core.influence.exact import hessian_of
 from metainf_core.influence.flat import ParamLayout, create_flat_loss_function
 from metainf_core.influence.gradients import create_meta_objective_function
@@ -158,7 +158,7 @@ def test_helpfulness_sign_matches_finite_difference(problem):
     inf = fit_exact(p["model"], p["spec"], p["params"], p["train"], p["ds"], damping=p["lam"], select=False)
     test_batch = _double(p["test"].batch([0], p["ds"]))
     loss_i = create_meta_objective_function(p["loss_fn"], test_batch)
-    g_i = target_gradient(p["model"], p["spec"], p["params"], p["test"], p["ds"], [0])
+    g_i = task_gradients(p["model"], p["spec"], p["params"], p["test"], p["ds"], [0]).mean(0)
     ranking = inf.rank(g_i)
     for j, score in ((int(ranking.ids[0]), ranking.scores[0]), (int(ranking.ids[-1]), ranking.scores[-1])):
         w_plus, w_minus = _reoptimise(p, j, eps), _reoptimise(p, j, -eps)
@@ -188,7 +188,7 @@ def test_self_rank_with_negative_eigenvalues_dropped(problem):
 def test_groups_sum_member_scores(problem):
     p = problem
     inf = fit_exact(p["model"], p["spec"], p["params"], p["train"], p["ds"], damping=p["lam"], select=False)
-    g = target_gradient(p["model"], p["spec"], p["params"], p["test"], p["ds"])  # whole test taskset
+    g = task_gradients(p["model"], p["spec"], p["params"], p["test"], p["ds"]).mean(0)  # whole test taskset
     groups = superclass_groups(p["train"], p["ds"])
     by_group = inf.group_helpfulness(g, groups)
     scores = inf.helpfulness(g)

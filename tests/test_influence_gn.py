@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from metainf_core.config import InfluenceMethod
 from metainf_core.influence import (
-    CurvatureMode,
     GaussNewtonConfig,
     GaussNewtonFit,
     fit_exact,
     fit_gauss_newton,
-    target_gradient,
     task_gradients,
 )
 from metainf_core.exceptions import ConfigError, MetainfError
@@ -108,8 +107,8 @@ def test_resume_from_state_dict(data):
 def test_gn_self_rank_and_agreement_with_exact(data, algo):
     ds, train_ts, test_ts = data
     model, spec, params = _trained(algo, data)
-    gn = fit_gauss_newton(model, spec, params, train_ts, ds, config=GaussNewtonConfig(n_orth=64), sample=None)
-    assert gn.mode == CurvatureMode.GAUSS_NEWTON.value
+    gn, record = fit_gauss_newton(model, spec, params, train_ts, ds, config=GaussNewtonConfig(n_orth=64), sample=None)
+    assert gn.mode == InfluenceMethod.GN.value and record == {}  # one process: world size 1, no record
     print(f"{algo} GN: columns {gn.num_columns}, self-rank table {gn.self_ranks}, chosen k = {gn.truncation}")
     assert dict(gn.self_ranks)[gn.truncation] < M / 4  # random ranking: (M − 1)/2
     exact = fit_exact(model, spec, params, train_ts, ds, sample=None)
@@ -122,8 +121,8 @@ def test_gn_self_rank_and_agreement_with_exact(data, algo):
 def test_ranking_a_target(data):
     ds, train_ts, test_ts = data
     model, spec, params = _trained("maml", data, steps=20)
-    gn = fit_gauss_newton(model, spec, params, train_ts, ds, config=GaussNewtonConfig(n_orth=64), select=False)
-    g = target_gradient(model, spec, params, test_ts, ds, [0, 1])
+    gn, _ = fit_gauss_newton(model, spec, params, train_ts, ds, config=GaussNewtonConfig(n_orth=64), select=False)
+    g = task_gradients(model, spec, params, test_ts, ds, [0, 1]).mean(0)  # the average loss of test tasks 0 and 1
     r = gn.rank(g, top=5)
     assert len(r.ids) == 5 and np.all(np.diff(r.scores) <= 0)
     full = gn.helpfulness(g)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
-from metainf_core.explain import fit_influence, validation_report
+from metainf_core.fits import fit_influence
+from metainf_core.validate import validation_report
 from metainf_core.service import open_run
 from metainf_core.train import train
 

@@ -14,7 +14,7 @@ from helpers import run_cli
 from metainf_core.compare import CompareConfig, method_scores
 from metainf_core.config import TaskConfig, TrainConfig
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import Target
+from metainf_core.ranking import Target
 from metainf_core.lds import (
     RANDOM,
     LDSConfig,

@@ -74,7 +74,8 @@ def test_a_row_trains_over_two_sessions_and_its_figures_recompute(tmp_path):
     """A toy row (fashion-mnist 3-way, conv4×4, M = 16 with 2 noise tasks, 8 meta-batches): the first
     "session" stops at meta-batch 4 and leaves no result; the second resumes, finishes, fits, and
     writes row.json whose truncation, self-rank and proper tests equal a recomputation from the fit."""
-    from metainf_core.explain import fit_influence, test_score_matrix
+    from metainf_core.fits import fit_influence
+    from metainf_core.ranking import test_score_matrix
     from metainf_core.service import open_run
     from metainf_core.validate import proper_tests, self_ranks
 

@@ -10,10 +10,9 @@ import torch
 from scipy.stats import spearmanr
 
 from metainf_core.cache import content_key
-from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
+from metainf_core.config import InfluenceConfig, InfluenceMethod, TaskConfig, TrainConfig
 from metainf_core.exceptions import ConfigError
 from metainf_core.influence import (
-    CurvatureMode,
     GaussNewtonConfig,
     GaussNewtonFit,
     fit_gauss_newton,
@@ -113,12 +112,12 @@ def test_signed_permutation_sketch_reproduces_full_fit(data, algo):
     layout = ParamLayout.from_params(params)
     q = layout.numel
     cfg = GaussNewtonConfig(n_orth=64, chunk=4)  # chunk 4 < rows per task: the per-chunk sketch path
-    full = fit_gauss_newton(model, spec, params, train_ts, ds, config=cfg, select=False)
+    full, _ = fit_gauss_newton(model, spec, params, train_ts, ds, config=cfg, select=False)
     rng = np.random.default_rng(0)
     phi = CountSketch(q, q, buckets=rng.permutation(q), signs=rng.choice([-1, 1], q))
     space = InfluenceSpace.build(layout, projection_dim=q).with_sketch(phi)
     fit = GaussNewtonFit(model, spec, params, train_ts, ds, cfg, space=space)
-    sk = fit_gauss_newton(model, spec, params, train_ts, ds, resume=fit, select=False)
+    sk, _ = fit_gauss_newton(model, spec, params, train_ts, ds, resume=fit, select=False)
     assert sk.num_columns == full.num_columns and sk.factor.shape == (q, full.num_columns)
     # Same maths in rotated coordinates, so only float64 rounding differs, amplified by 1/λ of the
     # smallest kept eigenvalue: the fit keeps eigenvalues down to ~q·eps of the largest, where the
@@ -152,7 +151,7 @@ def test_param_groups_equal_brute_force_sub_block(data, algo):
     # default n·eps cut-off keeps rounding-level eigenvalues whose inverses are noise)
     g_test = task_gradients(model, spec, params, test_ts, ds)
     g_train = task_gradients(model, spec, params, train_ts, ds)
-    inf = influence_from_factor(fit.factor(rtol=1e-9), g_train, CurvatureMode.GAUSS_NEWTON, select=False, space=fit.space)
+    inf = influence_from_factor(fit.factor(rtol=1e-9), g_train, InfluenceMethod.GN, select=False, space=fit.space)
     assert inf.factor.shape[0] == int(sel.sum()) and inf.num_params == layout.numel
     pinv = torch.linalg.pinv(h, rtol=1e-9, hermitian=True)
     u = inf.factor
@@ -170,7 +169,7 @@ def test_param_groups_with_sketch_compose(data):
     ds, train_ts, _ = data
     model, spec, params = _trained("protonet", data, steps=10)
     cfg = GaussNewtonConfig(n_orth=64, projection_dim=8, projection_seed=1, param_groups=("features.6", "features.3"))
-    inf = fit_gauss_newton(model, spec, params, train_ts, ds, config=cfg, select=False)
+    inf, _ = fit_gauss_newton(model, spec, params, train_ts, ds, config=cfg, select=False)
     layout = ParamLayout.from_params(params)
     assert inf.factor.shape[0] == 8 and inf.i_meta(0).shape == (layout.numel,)
     outside = torch.cat([torch.full((n,), not name.startswith(("features.3.", "features.6.")))
@@ -187,7 +186,9 @@ def test_fit_influence_projection_end_to_end(tmp_path, monkeypatch):
     (d = 1,024) ranks training tasks like the full fit; it is cached and reloaded with its sketch;
     a parameter-group edit changes only those parameters."""
     from metainf_core.edit import EditSpec
-    from metainf_core.explain import Target, all_scores, cache_entry, edited_params, fit_influence
+    from metainf_core.edit import edited_params
+    from metainf_core.fits import cache_entry, fit_influence
+    from metainf_core.ranking import Target, all_scores
     from metainf_core.service import open_run
     from metainf_core.train import train
 
@@ -269,7 +270,7 @@ def test_rows_per_task_fit_is_close_to_the_full_fit_and_order_independent(data):
         f = GaussNewtonFit(model, spec, params, train_ts, ds, GaussNewtonConfig(n_orth=64, rows_per_task=rows))
         f.add_tasks(order)
         gradients = task_gradients(model, spec, params, train_ts, ds)
-        inf = influence_from_factor(f.factor(), gradients, CurvatureMode.GAUSS_NEWTON, select=False)
+        inf = influence_from_factor(f.factor(), gradients, InfluenceMethod.GN, select=False)
         return inf.with_truncation(8).helpfulness(g)  # the 8 leading directions: the well-estimated ones
 
     ids = np.arange(M)
@@ -288,7 +289,7 @@ def test_the_app_sketches_only_large_models():
     sketched to 4,096 dimensions with 8 sampled columns per task."""
     from types import SimpleNamespace
 
-    from metainf_core.explain import influence_config_for
+    from metainf_core.fits import influence_config_for
 
     base = InfluenceConfig(method="gn", n_orth=512, dtype="float32")
 

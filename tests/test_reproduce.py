@@ -121,7 +121,8 @@ def test_reproduce_command_at_smoke_scale(tmp_path, python_exe):
     """Every experiment through the CLI at smoke scale; then a second call is up to date, and the
     numbers in the sections equal direct library calls on the same runs."""
     from metainf_core.config import InfluenceConfig
-    from metainf_core.explain import fit_influence, validation_report
+    from metainf_core.fits import fit_influence
+    from metainf_core.validate import validation_report
     from metainf_core.service import open_run
 
     out, work = tmp_path / "report", tmp_path / "work"

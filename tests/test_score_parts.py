@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from metainf_core.config import InfluenceConfig
-from metainf_core.explain import fit_influence, params_as
+from metainf_core.fits import fit_influence, params_as
 from metainf_core.influence import TaskInfluence, task_gradients
 from metainf_core.service import Run, open_run
 

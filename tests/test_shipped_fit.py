@@ -11,7 +11,8 @@ import pytest
 
 from metainf_core.config import InfluenceConfig
 from metainf_core.exceptions import CheckpointError
-from metainf_core.explain import Target, all_scores, fit_influence, fit_status, is_fitted, ship_fit, shipped_fit_path
+from metainf_core.fits import fit_influence, fit_status, is_fitted, ship_fit, shipped_fit_path
+from metainf_core.ranking import Target, all_scores
 from metainf_core.service import open_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,5 +81,6 @@ def test_the_demos_ship_their_default_fit(demo, tmp_path, monkeypatch):
     run = open_run(REPO / "assets" / "demo" / demo)
     assert is_fitted(run, DEFAULT_INFLUENCE), f"{demo}: shipped fit missing or stale (python -m metainf_core fit DIR --ship)"
     inf = fit_influence(run, DEFAULT_INFLUENCE)
+    assert inf.mode == "gn"  # shipped before one method vocabulary (stored "gauss_newton"): read in today's words
     scores = all_scores(run, inf, Target((0,)), DEFAULT_INFLUENCE.dtype)
     assert scores.shape == (512,) and np.isfinite(scores).all() and np.ptp(scores) > 0

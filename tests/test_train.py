@@ -127,7 +127,7 @@ def test_retained_allocations_nest_and_restore_once(monkeypatch):
 
 
 def test_leave_out_retraining_never_draws_excluded_tasks(synthetic_run, tmp_path):
-    from metainf_core.explain import leave_out_retrain
+    from metainf_core.leave_out import leave_out_retrain
     from metainf_core.service import open_run
 
     excluded = (0, 5, 7)

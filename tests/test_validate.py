@@ -65,7 +65,9 @@ def test_superclass_proper_tests_leave_noise_tasks_out(synthetic_run, tmp_path, 
     their classes' superclasses but not their images): brute force over normal tasks agrees, and
     including the noise tasks gives different counts on this run."""
     from metainf_core.config import InfluenceConfig
-    from metainf_core.explain import fit_influence, test_score_matrix, validation_report
+    from metainf_core.fits import fit_influence
+    from metainf_core.ranking import test_score_matrix
+    from metainf_core.validate import validation_report
     from metainf_core.service import open_run
 
     monkeypatch.setenv("METAINF_CACHE", str(tmp_path))

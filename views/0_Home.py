@@ -10,7 +10,7 @@ import streamlit as st
 from metainf_core.cache import cache_root
 from metainf_core.checkpoint import import_checkpoint_zip, read_meta
 from metainf_core.exceptions import MetainfError
-from metainf_core.explain import fit_status
+from metainf_core.fits import fit_status
 from metainf_core.words import corrupted_among, percent
 from ui import (
     ALGORITHM_NAMES,

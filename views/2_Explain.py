@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from metainf_core.explain import Target, group_scores, ranking_table, score_parts, task_rows
+from metainf_core.ranking import Target, group_scores, ranking_table, score_parts, task_rows
 from metainf_core.words import class_list, corruption_name, ranking_summary, score, signed
 from ui import (
     DEFAULT_INFLUENCE,

@@ -8,10 +8,7 @@ that show them (per-task radios, the two lists) are set from the sets before the
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tempfile
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,12 +16,18 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from metainf_core.edit import apply_delta
+from metainf_core.edit import (
+    EditSpec,
+    apply_delta,
+    edit_directions,
+    edited_checkpoint_zip,
+    predicted_loss_change,
+    xi_sweep,
+)
 from metainf_core.edit_words import FIGURES, disagreement, edit_sentence, figures, shown, shown_change
-from metainf_core.explain import Target, all_scores, ranking_table, save_edited_checkpoint
+from metainf_core.ranking import Target, all_scores, ranking_table
 from metainf_core.words import CHANGE_DIGITS, outcome, plural, signed, xi_curve_words
 from ui import (
-    COMPUTE_LOCK,
     DEFAULT_INFLUENCE,
     describe_task,
     get_run,
@@ -114,17 +117,13 @@ def test_scores(path: str, test_id: int) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def group_directions(path: str, block: tuple[int, ...], enhance: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Σ I_meta over B and over E (flat, length q); ξ only rescales them."""
-    zero = np.zeros(inf.num_params)
-    a = inf.i_meta_sum(np.asarray(block)).cpu().numpy() if block else zero
-    b = inf.i_meta_sum(np.asarray(enhance)).cpu().numpy() if enhance else zero
-    return a, b
+def group_directions(path: str, block: tuple[int, ...], enhance: tuple[int, ...]):  # noqa: ANN201 - EditDirections
+    """Σ I_meta over B and over E (``edit.edit_directions``); ξ only rescales them."""
+    return edit_directions(inf.i_meta_sum, block, enhance)
 
 
 def edited(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float, xi_e: float):  # noqa: ANN201 - Params
-    a, b = group_directions(path, block, enhance)
-    return apply_delta(run.params, xi_b * a + xi_e * b)
+    return apply_delta(run.params, group_directions(path, block, enhance).delta(xi_b, xi_e))
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -218,13 +217,7 @@ def checkpoint_zip(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float
     task = {"id": test_id, "before": {"loss": float(loss0[test_id]), "accuracy": float(acc0[test_id])},
             "after": {"loss": float(loss1[test_id]), "accuracy": float(acc1[test_id])}}
     record = {"block": list(block), "xi_block": xi_b, "enhance": list(enhance), "xi_enhance": xi_e, "test_task": task, "test": summary}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = save_edited_checkpoint(run, edited(block, enhance, xi_b, xi_e), Path(tmp) / "edited", record)
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-            for f in sorted(out.iterdir()):
-                z.write(f, f"edited/{f.name}")
-        return buf.getvalue()
+    return edited_checkpoint_zip(run, edited(block, enhance, xi_b, xi_e), record, "edited")
 
 
 def export_name(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float, xi_e: float, test_id: int) -> str:
@@ -236,8 +229,7 @@ def export_name(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float, x
 @st.fragment
 def effect() -> None:
     """The ξ sliders and their results: a fragment, so a ξ move reruns only this part."""
-    with COMPUTE_LOCK:  # a fragment rerun does not pass through app.py's lock
-        effect_body()
+    effect_body()
 
 
 def effect_body() -> None:
@@ -272,8 +264,7 @@ def effect_body() -> None:
         st.caption(why)
     show_tiles(test_id, fig)
 
-    # first-order prediction: Δloss ≈ g_iᵀ δω = ξ·Σ I_perf = −ξ·Σ helpfulness
-    predicted = -(xi_b * float(scores[list(block)].sum()) + xi_e * float(scores[list(enhance)].sum()))
+    predicted = predicted_loss_change(scores, EditSpec(block, xi_b, enhance, xi_e))  # first order: g_iᵀ δω
     actual = fig["task_loss"][1] - fig["task_loss"][0]
     st.markdown(
         f"Predicted by the influence scores alone, test task {test_id}'s loss changes by **{signed(predicted)}**; "
@@ -299,16 +290,11 @@ st.divider()
 block = tuple(chosen(BLOCK))
 if st.button("Accuracy versus ξ (blocked set)", key="edit_curve", disabled=not block,
              help="Re-evaluates the model with the blocked set at nine values of ξ (the enhanced set left out)"):
-    xis = [-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0]
-    accs, task_accs, task_losses = [], [], []
     bar = st.progress(0.0, text="Evaluating…")
-    for n, xi in enumerate(xis):
-        loss, acc, summary = evaluate(path, block, (), xi, 0.0) if xi else evaluate(path)
-        accs.append(summary["accuracy"])
-        task_accs.append(float(acc[test_id]))
-        task_losses.append(float(loss[test_id]))
-        bar.progress((n + 1) / len(xis), text="Evaluating…")
+    sweep = xi_sweep(lambda xi: evaluate(path, block, (), xi, 0.0) if xi else evaluate(path), scores, block, test_id,
+                     progress=lambda done, total: bar.progress(done / total, text="Evaluating…"))
     bar.empty()
+    xis, accs, task_accs = list(sweep.xis), list(sweep.taskset_accuracy), list(sweep.task_accuracy)
     fig = go.Figure([go.Scatter(x=xis, y=accs, mode="lines+markers", name=f"all {n_test} test tasks"),
                      go.Scatter(x=xis, y=task_accs, mode="lines+markers", name=f"test task {test_id}")])
     for x in (-1, 0):
@@ -318,5 +304,4 @@ if st.button("Accuracy versus ξ (blocked set)", key="edit_curve", disabled=not 
                       xaxis=dict(title="ξ for the blocked set", tickvals=xis, ticktext=[ticks.get(x, f"{x:+g}") for x in xis]),
                       yaxis_title="accuracy", yaxis_tickformat=".0%", height=360, margin=dict(l=10, r=10, t=50, b=10))
     show_figure(fig, "edit_curve_fig", f"accuracy_vs_xi-{Path(path).name}-test{test_id}")
-    slope = -float(scores[list(block)].sum())  # first-order Δloss of the test task per unit ξ
-    st.caption(xi_curve_words(test_id, xis, task_accs, task_losses, accs, [slope * x for x in xis], n_test))
+    st.caption(xi_curve_words(test_id, xis, task_accs, list(sweep.task_loss), accs, list(sweep.predicted_loss_change), n_test))

@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from metainf_core.explain import validation_report
+from metainf_core.validate import validation_report
 from metainf_core.lds_results import method_lds, validate_sentence
 from metainf_core.words import SIGNIFICANT_SD, percent, proper_test_verdict, signed, superclass_reading
 from ui import influence_config, require_influence, require_run, show_figure

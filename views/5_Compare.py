@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.compare import METHODS, CompareConfig, compare_methods
-from metainf_core.explain import Target
+from metainf_core.ranking import Target
 from metainf_core.lds_results import best_lds_method, compare_sentence
 from metainf_core.words import METHOD_HELP, method_name, percent, signed
 from ui import DEFAULT_INFLUENCE, describe_task, get_run, require_influence, require_run, show_figure, task_alt, task_strip, test_task_picker

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +25,9 @@ from metainf_core.detect import (
     removal_effect,
     removal_verdict,
 )
-from metainf_core.edit import EditSpec
+from metainf_core.edit import EditSpec, edited_checkpoint_zip, edited_params
 from metainf_core.exceptions import ConfigError
-from metainf_core.explain import edited_params, save_edited_checkpoint, task_rows
+from metainf_core.ranking import task_rows
 from metainf_core.words import (
     CHANGE_DIGITS,
     CORRUPTIONS,
@@ -301,9 +299,7 @@ def cleaned_zip() -> bytes:
     params = edited_params(run, inf, EditSpec(block=removed, xi_block=rxi))
     record = {"block": removed.tolist(), "xi_block": rxi, "enhance": [], "xi_enhance": 0.0,
               "audit": {"score": rkind, "k": rk}, "test": run.evaluate(params).summary()}
-    with tempfile.TemporaryDirectory() as tmp:
-        save_edited_checkpoint(run, params, Path(tmp) / "cleaned", record)
-        return Path(shutil.make_archive(str(Path(tmp) / "cleaned"), "zip", tmp, "cleaned")).read_bytes()
+    return edited_checkpoint_zip(run, params, record, "cleaned")
 
 
 removed_json = json.dumps({"model": model, "score": rkind, "k": rk, "xi": rxi, "removed": removed.tolist(),

@@ -2,9 +2,9 @@
 
 Public API::
 
-    inf = fit_exact(model, spec, params, train_tasks, dataset)          # q ≲ 3,000
-    inf = fit_gauss_newton(model, spec, params, train_tasks, dataset)   # real models
-    g = target_gradient(model, spec, params, test_tasks, dataset, [i])  # one test task (or a set)
+    inf = fit_exact(model, spec, params, train_tasks, dataset)                # q ≲ 3,000
+    inf, record = fit_gauss_newton(model, spec, params, train_tasks, dataset) # real models (1 process or torchrun)
+    g = task_gradients(model, spec, params, test_tasks, dataset, [i]).mean(0) # a target's g_i (runs: ranking.target_gradient)
     inf.rank(g)            # training tasks by helpfulness = −I_perf (positive: lowers test loss)
     inf.i_meta(j)          # −(1/M) H⁺ g_j
     inf.self_rank_table()  # [(k, mean self-rank)], inf.truncation the chosen k
@@ -14,16 +14,15 @@ Public API::
 
 from metainf_core.influence.exact import CurvatureFactor, meta_hessian, spectral_factor
 from metainf_core.influence.fit import (
-    CurvatureMode,
     fit_exact,
     fit_gauss_newton,
     influence_from_factor,
     influence_from_projections,
+    project_gradients,
 )
 from metainf_core.influence.flat import ParamLayout
 from metainf_core.influence.gauss_newton import GaussNewtonConfig, GaussNewtonFit
-from metainf_core.influence.gradients import target_gradient, task_gradients
-from metainf_core.influence.projection import CountSketch, InfluenceSpace  # large backbones (issue 13 item 5)
+from metainf_core.influence.gradients import task_gradients
 from metainf_core.influence.hvp import (
     HVP,
     EigenEstimate,
@@ -42,6 +41,7 @@ from metainf_core.influence.ihvp import (
     solve_ihvp,
     solve_neumann,
 )
+from metainf_core.influence.projection import CountSketch, InfluenceSpace  # large backbones (issue 13 item 5)
 from metainf_core.influence.scores import Ranking, TaskInfluence, sum_by_group, superclass_groups, truncation_candidates
 from metainf_core.influence.task_if import (  # proximal MAML, seed 001 (METHODS §6)
     IFMode,
@@ -60,7 +60,6 @@ from metainf_core.influence.task_if import (  # proximal MAML, seed 001 (METHODS
 __all__ = [
     "CurvatureFactor",
     "CountSketch",
-    "CurvatureMode",
     "EigenEstimate",
     "GaussNewtonConfig",
     "GaussNewtonFit",
@@ -90,6 +89,7 @@ __all__ = [
     "lanczos",
     "meta_hessian",
     "power_iteration",
+    "project_gradients",
     "solve_cg",
     "solve_exact",
     "solve_gauss_newton",
@@ -98,7 +98,6 @@ __all__ = [
     "spectral_factor",
     "sum_by_group",
     "superclass_groups",
-    "target_gradient",
     "task_gradients",
     "task_state",
     "total_hessian_hvp",

@@ -34,8 +34,10 @@ Collectives: every rank calls the same sequence (tasks-done all-reduce, rounds a
 all-reduce per checkpoint round, count all-gathers, tree send/recv pairs, broadcast of U,
 all-gather of P, final barrier), whatever its shard holds. Backend: NCCL when the run computes on
 CUDA, gloo otherwise; the process group comes from ``env://`` (what torchrun sets) unless the
-caller initialised one. Without those variables (or with world size 1) nothing here is used and
-fits run exactly as in a single process.
+caller initialised one. Without those variables (or with world size 1) the process is rank 0 of 1
+(``context``): the same stream and projections run with every collective a no-op, and the partial
+file is ``partial.safetensors`` — a single-process fit is the world-size-1 fit
+(``influence.fit.fit_gauss_newton``, the one Gauss-Newton fit path).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from metainf_core.influence.exact import CurvatureFactor
 from metainf_core.influence.gauss_newton import GaussNewtonFit, orthogonal_columns, pseudo_inverse_factor
 
 PARTIAL_GLOB = "partial-rank*-of-*.safetensors"
-FitProgress = Callable[[str, int, int], None]  # (stage, done, total), as explain.FitProgress
+FitProgress = Callable[[str, int, int], None]  # (stage, done, total): stage "curvature" (Algorithm 1) or "gradients" (P)
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -113,10 +115,12 @@ class Context:
 
 def context(compute_device: torch.device | str = "cpu") -> Context:
     """The process group, initialised from ``env://`` on first use (NCCL when ``compute_device``
-    is CUDA, gloo otherwise) and destroyed at exit; a group the caller made is used as it is."""
+    is CUDA, gloo otherwise) and destroyed at exit; a group the caller made is used as it is.
+    Outside a distributed launch: rank 0 of 1 on ``compute_device``, every collective a no-op, so a
+    single process runs the same fit (``influence.fit.fit_gauss_newton``) as world size 1."""
+    if not active():
+        return Context(0, 1, "none", torch.device(compute_device))
     if not dist.is_initialized():
-        if not active():
-            raise MetainfError("not a distributed launch (no torchrun environment, no process group)")
         backend = "nccl" if torch.device(compute_device).type == "cuda" and dist.is_nccl_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -159,11 +163,14 @@ def shard(num_tasks: int, r: int, world_size: int) -> np.ndarray:
 
 def _all_reduce(values: Tensor | list[int] | np.ndarray, ctx: Context, op=None) -> Tensor:
     t = torch.as_tensor(np.asarray(values), dtype=torch.int64).to(ctx.device)
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    if ctx.world_size > 1:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t.cpu()
 
 
 def _all_gather_int(value: int, ctx: Context) -> list[int]:
+    if ctx.world_size == 1:
+        return [int(value)]
     parts = [torch.zeros(1, dtype=torch.int64, device=ctx.device) for _ in range(ctx.world_size)]
     dist.all_gather(parts, torch.tensor([int(value)], dtype=torch.int64, device=ctx.device))
     return [int(p.item()) for p in parts]
@@ -174,6 +181,9 @@ SINGLE_PARTIAL = PARTIAL  # a single process's checkpoint, as every cache entry'
 
 
 def partial_path(directory: Path, r: int, world_size: int) -> Path:
+    """Rank ``r``'s checkpoint file; a single process (rank 0 of 1) writes ``SINGLE_PARTIAL``."""
+    if world_size == 1:
+        return Path(directory) / SINGLE_PARTIAL
     return Path(directory) / f"partial-rank{r}-of-{world_size}.safetensors"
 
 
@@ -313,6 +323,9 @@ def tree_merge(rows: Tensor, n_orth: int, gram_block: int, ctx: Context) -> Tens
 
 def _broadcast_factor(factor: CurvatureFactor | None, like: Tensor, ctx: Context) -> CurvatureFactor:
     """Rank 0's U, eigenvalues and counts on every rank."""
+    if ctx.world_size == 1:
+        assert factor is not None
+        return factor
     head = torch.zeros(4, dtype=torch.int64, device=ctx.device)
     if ctx.rank == 0:
         assert factor is not None
@@ -342,7 +355,7 @@ class StreamResult:
 def stream_curvature(
     new_fit: Callable[[], GaussNewtonFit],
     resume_fit: Callable[[dict[str, Any]], GaussNewtonFit],
-    directory: Path,
+    directory: Path | None,
     inputs: dict[str, Any],
     num_tasks: int,
     damping: float,
@@ -352,10 +365,12 @@ def stream_curvature(
     save_every: int = 64,
 ) -> StreamResult:
     """Algorithm 1 over this rank's shard (checkpointed every ``save_every`` tasks to its partial
-    file), tree merge, Algorithm 3 on rank 0, U broadcast to every rank."""
+    file in ``directory``; None: no checkpoints), tree merge, Algorithm 3 on rank 0, U broadcast to
+    every rank. A single process is rank 0 of 1: its stream, no merge, its Algorithm 3."""
     ctx = context(compute_device)
-    path = partial_path(directory, ctx.rank, ctx.world_size)
-    fit = resume_buffer(directory, num_tasks, resume_fit, ctx.rank, ctx.world_size) or new_fit()
+    path = None if directory is None else partial_path(directory, ctx.rank, ctx.world_size)
+    resumed_fit = None if directory is None else resume_buffer(directory, num_tasks, resume_fit, ctx.rank, ctx.world_size)
+    fit = resumed_fit or new_fit()
     # every task done at most once over all ranks' buffers (else V Vᵀ would count it twice)
     done_count = _all_reduce(fit.done.astype(np.int64), ctx)
     if len(done_count) and int(done_count.max()) > 1:
@@ -366,7 +381,7 @@ def stream_curvature(
     rounds = int(_all_reduce([-(-len(todo) // save_every)], ctx, dist.ReduceOp.MAX)[0])
     done_all = int(done_count.sum())
     primary_progress = progress if ctx.rank == 0 else None
-    if primary_progress is not None and done_all:
+    if primary_progress is not None and done_all and ctx.world_size > 1:  # the ranks' resumed tasks (one process: its first report counts them)
         primary_progress("curvature", done_all, num_tasks)
     for i in range(rounds):  # same number of rounds on every rank: one all-reduce each
         chunk = todo[i * save_every : (i + 1) * save_every]
@@ -377,7 +392,8 @@ def stream_curvature(
                 def callback(d: int, _t: int, base=base, start=start) -> None:
                     primary_progress("curvature", min(num_tasks, base + (d - start) * ctx.world_size), num_tasks)
             fit.add_tasks(chunk, callback)
-            save_buffer(path, fit, inputs, ctx.rank, ctx.world_size)
+            if path is not None:
+                save_buffer(path, fit, inputs, ctx.rank, ctx.world_size)
         done_all = int(_all_reduce([fit.tasks_done], ctx)[0])
         if primary_progress is not None:
             primary_progress("curvature", done_all, num_tasks)
@@ -390,6 +406,8 @@ def stream_curvature(
     merged = tree_merge(local, fit.config.n_orth, fit.config.gram_block, ctx)
     factor = pseudo_inverse_factor(merged, num_tasks, damping) if ctx.rank == 0 else None
     factor = _broadcast_factor(factor, local, ctx)
+    if ctx.world_size == 1:  # a 1-process fit's record is empty, as before distributed fits existed
+        return StreamResult(factor, fit, {})
     record = {
         "world_size": ctx.world_size,
         "tasks_per_rank": tasks_per_rank,
@@ -411,7 +429,8 @@ def sharded_projections(
     progress: FitProgress | None = None,
 ) -> Tensor:
     """P (M × r) with row j = ``project([j])``, each rank computing its shard in batches of
-    ``batch`` ids, gathered on every rank (all-gather, padded to ⌈M/N⌉ rows)."""
+    ``batch`` ids, gathered on every rank (all-gather, padded to ⌈M/N⌉ rows); a single process
+    computes every row, in order, never holding more than ``batch`` gradients."""
     ctx = context(compute_device)
     ids = shard(num_tasks, ctx.rank, ctx.world_size)
     width = -(-num_tasks // ctx.world_size)
@@ -421,12 +440,14 @@ def sharded_projections(
         local[start : start + len(chunk)] = project(chunk).to(device=ctx.device, dtype=dtype)
         if progress is not None and ctx.rank == 0:  # rank 0's share ×N: an estimate of the whole
             progress("gradients", min(num_tasks, (start + len(chunk)) * ctx.world_size), num_tasks)
-    parts = [torch.empty_like(local) for _ in range(ctx.world_size)]
-    dist.all_gather(parts, local)
-    proj = torch.empty(num_tasks, num_columns, dtype=dtype)
-    for r, part in enumerate(parts):
-        rows = shard(num_tasks, r, ctx.world_size)
-        proj[torch.from_numpy(rows)] = part[: len(rows)].cpu()
+    proj = local  # a single process: every row, in task order, on the compute device
+    if ctx.world_size > 1:
+        parts = [torch.empty_like(local) for _ in range(ctx.world_size)]
+        dist.all_gather(parts, local)
+        proj = torch.empty(num_tasks, num_columns, dtype=dtype)
+        for r, part in enumerate(parts):
+            rows = shard(num_tasks, r, ctx.world_size)
+            proj[torch.from_numpy(rows)] = part[: len(rows)].cpu()
     if progress is not None and ctx.rank == 0:
         progress("gradients", num_tasks, num_tasks)
     return proj

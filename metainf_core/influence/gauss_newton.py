@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from metainf_core.config import Algorithm
+from metainf_core.config import Algorithm, InfluenceConfig
 from metainf_core.data.base import FewShotDataset
 from metainf_core.exceptions import ConfigError, MetainfError
 from metainf_core.influence.columns import create_columns_function, require_tlxml_support, task_key
@@ -84,6 +84,15 @@ class GaussNewtonConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_influence_config(cls, cfg: InfluenceConfig) -> GaussNewtonConfig:
+        """The streamed fit's settings of an ``InfluenceConfig`` (large-backbone options included):
+        the one mapping from the user's settings to Algorithm 1's."""
+        return cls(
+            n_orth=cfg.n_orth, task_batch=cfg.task_batch, projection_dim=cfg.projection_dim,
+            projection_seed=cfg.projection_seed, param_groups=cfg.param_groups, rows_per_task=cfg.rows_per_task,
+        )  # fmt: skip
 
 
 def gram(rows: Tensor, block: int = 8192) -> Tensor:

@@ -72,19 +72,6 @@ def task_gradients(
     return out
 
 
-def target_gradient(
-    model: nn.Module,
-    spec: LearnerSpec,
-    params: Params,
-    taskset: TaskSet,
-    dataset: FewShotDataset,
-    ids: Sequence[int] | np.ndarray | None = None,
-    batch_size: int = 32,
-) -> Tensor:
-    """∇_ω of the *average* loss of test tasks ``ids`` (one task, a set, or the whole taskset)."""
-    return task_gradients(model, spec, params, taskset, dataset, ids, batch_size).mean(0)
-
-
 def create_meta_objective_function(
     loss_fn: FlatLossFunction,
     batch: TaskBatch,

@@ -8,7 +8,7 @@ computed from the numbers here, never typed by hand.
 Every experiment runs at 2-CPU-core scale: small networks (TLXML's 1,285/1,413-parameter MLP
 on 6×6 |FFT| features instead of 20–28k-parameter CNNs), hundreds instead of thousands of
 training tasks, hundreds of training steps. Trained runs and influence fits are cached
-(``runs.ensure_run``, ``explain.fit_influence``), so a second run of the report is fast.
+(``runs.ensure_run``, ``fits.fit_influence``), so a second run of the report is fast.
 
 The medium scale (``MEDIUM``, issue 14) reruns e2, e3, e4 and e6 with conv3 MAML / conv4 ProtoNet
 (16 filters) on M = 1,024 tasks, one seed, in about an hour on 2 cores (``MEDIUM_COST``); its
@@ -32,16 +32,11 @@ from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
 from metainf_core.diagnostics import COHERENCE_FIELDS, DiagnosticsConfig, cached_diagnostics_over_history, coherence_over_history, history_snapshots
 from metainf_core.edit import EditSpec
 from metainf_core.detect import lowest_ids
-from metainf_core.explain import (
-    Target,
-    all_scores,
-    edited_params,
-    fit_influence,
-    leave_out_configs,
-    params_as,
-    test_score_matrix,
-    validation_report,
-)
+from metainf_core.edit import edited_params
+from metainf_core.fits import fit_influence, params_as
+from metainf_core.leave_out import leave_out_configs
+from metainf_core.ranking import Target, all_scores, test_score_matrix
+from metainf_core.validate import validation_report
 from metainf_core.influence import distributed
 from metainf_core.influence.flat import ParamLayout, create_flat_loss_function
 from metainf_core.influence.gradients import batch_task_gradients

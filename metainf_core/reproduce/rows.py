@@ -149,7 +149,8 @@ def run_status(row: PaperRow, seed: int, root: str | Path = ROOT) -> dict[str, A
 def evaluate_row(row: PaperRow, seed: int, root: str | Path = ROOT, *, device: str = "cpu", log: Log = print,
                  cfg: InfluenceConfig | None = None) -> dict[str, Any]:  # fmt: skip
     """Fit, truncation by self-rank, proper tests (Eq. 7/9) for a finished run; writes ``row.json``."""
-    from metainf_core.explain import fit_influence, validation_report
+    from metainf_core.fits import fit_influence
+    from metainf_core.validate import validation_report
     from metainf_core.service import open_run
 
     directory = run_dir(row, seed, root)
