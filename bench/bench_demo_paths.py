@@ -20,8 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metainf_core.config import InfluenceConfig, TaskConfig  # noqa: E402
-from metainf_core.edit import EditSpec  # noqa: E402
-from metainf_core.edit import edited_params  # noqa: E402
+from metainf_core.edit import EditSpec, edited_params  # noqa: E402
 from metainf_core.fits import fit_influence  # noqa: E402
 from metainf_core.ranking import Target, all_scores, ranking_table  # noqa: E402
 from metainf_core.validate import validation_report  # noqa: E402

@@ -78,8 +78,7 @@ def main() -> None:
                     f"over {a.draws} draws ({row['corrupted_in_random_mean']:.1f} corrupted)"
                 )
     for xi in xis:
-        from metainf_core.edit import EditSpec
-        from metainf_core.edit import edited_params
+        from metainf_core.edit import EditSpec, edited_params
 
         s = run.evaluate(edited_params(run, inf, EditSpec(block=bad, xi_block=xi))).summary()
         print(f"\nreference: edit removing exactly the {len(bad)} corrupted tasks, ξ={xi:g}: {s['accuracy']:.4f} ± {s['accuracy_ci95']:.4f} (before {b['accuracy']:.4f})")

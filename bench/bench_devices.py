@@ -30,8 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere, as the other benches
 
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig  # noqa: E402
-from metainf_core.edit import EditSpec  # noqa: E402
-from metainf_core.edit import edited_params  # noqa: E402
+from metainf_core.edit import EditSpec, edited_params  # noqa: E402
 from metainf_core.fits import fit_influence  # noqa: E402
 from metainf_core.ranking import Target, target_gradient  # noqa: E402
 from metainf_core.service import open_run  # noqa: E402

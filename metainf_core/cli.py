@@ -204,8 +204,7 @@ def _parse_ids(text: str | None) -> tuple[int, ...]:
 
 
 def _edit(a: argparse.Namespace) -> dict[str, Any]:
-    from metainf_core.edit import EditSpec
-    from metainf_core.edit import edit_report, edited_params, save_edited_checkpoint
+    from metainf_core.edit import EditSpec, edit_report, edited_params, save_edited_checkpoint
     from metainf_core.leave_out import leave_out_retrain
 
     spec = EditSpec(_parse_ids(a.block), a.xi_block, _parse_ids(a.enhance), a.xi_enhance)

@@ -155,9 +155,8 @@ def test_group_scores_and_self_influence(explainer, ranking):
 def test_edit_equals_edit_report(explainer, ranking, tmp_path):
     from metainf_core import open_run
     from metainf_core.api import _edit_spec
-    from metainf_core.edit import EditSpec
+    from metainf_core.edit import EditSpec, edit_report, edited_params
     from metainf_core.exceptions import ConfigError
-    from metainf_core.edit import edit_report, edited_params
 
     run, inf = explainer.run, explainer.influence
     harmful = ranking.top(-64)

@@ -113,8 +113,7 @@ def test_bad_uploads_give_a_clear_error_and_nothing_is_unpickled(tmp_path, monke
 
 def test_home_card_says_a_model_was_edited(demo_fitted, tmp_path):
     """An edited checkpoint (saved by the Edit page / `edit --out`) says so on its card."""
-    from metainf_core.edit import EditSpec
-    from metainf_core.edit import edited_params, save_edited_checkpoint
+    from metainf_core.edit import EditSpec, edited_params, save_edited_checkpoint
     from metainf_core.fits import fit_influence
     from metainf_core.service import open_run
     from ui import DEFAULT_INFLUENCE

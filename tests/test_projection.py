@@ -185,8 +185,7 @@ def test_fit_influence_projection_end_to_end(tmp_path, monkeypatch):
     """ProtoNet conv4 (8 filters, q = 1,896) on fashion-mnist, 32 training tasks: the sketched fit
     (d = 1,024) ranks training tasks like the full fit; it is cached and reloaded with its sketch;
     a parameter-group edit changes only those parameters."""
-    from metainf_core.edit import EditSpec
-    from metainf_core.edit import edited_params
+    from metainf_core.edit import EditSpec, edited_params
     from metainf_core.fits import cache_entry, fit_influence
     from metainf_core.ranking import Target, all_scores
     from metainf_core.service import open_run

@@ -67,8 +67,8 @@ def test_superclass_proper_tests_leave_noise_tasks_out(synthetic_run, tmp_path, 
     from metainf_core.config import InfluenceConfig
     from metainf_core.fits import fit_influence
     from metainf_core.ranking import test_score_matrix
-    from metainf_core.validate import validation_report
     from metainf_core.service import open_run
+    from metainf_core.validate import validation_report
 
     monkeypatch.setenv("METAINF_CACHE", str(tmp_path))
     run, cfg = open_run(synthetic_run), InfluenceConfig(method="exact", dtype="float64")
