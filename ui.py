@@ -7,18 +7,16 @@ the fitted influence (shared objects), ``cache_data`` for images (copied arrays)
 from __future__ import annotations
 
 import math
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
-from metainf_core import api
+from metainf_core import api, jobs
 from metainf_core.config import InfluenceConfig
 from metainf_core.exceptions import MetainfError
-from metainf_core.fits import fit_influence, is_fitted
 from metainf_core.figures import thumbnail_strip
+from metainf_core.fits import fit_influence, fit_status, is_fitted
 from metainf_core.service import Run, open_run, task_view
 from metainf_core.words import score, task_summary
 
@@ -37,10 +35,6 @@ def get_run(path: str) -> Run:
 # Non-widget keys: Streamlit forgets a widget's state on pages that do not draw it, so the choice
 # lives in these two keys and every widget that changes it does so in a callback.
 MODEL_KEY, TEST_KEY = "model_path", "test_task"
-# One page computes at a time in this process: the cached Run objects are shared by every session,
-# and torch.func.functional_call swaps a network's parameters in place (not thread-safe). app.py
-# holds this lock around each page run; st.fragment bodies take it too (they rerun on their own).
-COMPUTE_LOCK = threading.RLock()
 
 
 def demo_dirs() -> list[Path]:
@@ -183,28 +177,83 @@ def influence_config(path: str) -> InfluenceConfig:
 
 def require_influence(path: str, run: Run, cfg: InfluenceConfig | None = None):
     """The fitted TLXML for the run (from the disk cache, or shipped with the run); if neither
-    exists, offer to fit it with a progress bar and a time estimate (a fit left half-way resumes)."""
+    exists, offer to fit it as a background job (``metainf_core.jobs``) and show its progress, or
+    the job another session already started for the same fit; the page stops until it is done."""
     cfg = influence_config(path) if cfg is None else cfg
     if not is_fitted(run, cfg):
-        st.info(
-            f"Influence is not fitted yet for this model ({len(run.train_tasks)} training tasks). "
-            "Fitting looks at every training task once and is saved as it goes: you can leave and come back."
-        )
-        if not st.button("Fit influence now", type="primary", key="fit_button"):
-            st.stop()
-        bar = st.progress(0.0, text="Starting…")
-        started: dict[str, tuple[float, int]] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            label = "Step 1 of 2, curvature" if stage == "curvature" else "Step 2 of 2, task gradients"
-            t0, d0 = started.setdefault(stage, (time.monotonic(), done))
-            rate = (done - d0) / max(time.monotonic() - t0, 1e-9)
-            eta = f" · {time_left((total - done) / rate)}" if done > d0 and rate > 0 else ""
-            bar.progress(done / total, text=f"{label}: {done}/{total} tasks{eta}")
-
-        fit_influence(run, cfg, progress=progress)
-        bar.empty()
+        job = fit_job(path, cfg)
+        if job is not None and job.active:
+            fit_job_progress(str(job.directory))
+        else:
+            _offer_fit(path, run, cfg, job)
+        st.stop()
     return _fitted(path, cfg)
+
+
+def fit_job(path: str, cfg: InfluenceConfig | None = None) -> jobs.Job | None:
+    """The latest background job of this run's influence fit (the app's settings by default), or None."""
+    return jobs.job_status(jobs.fit_entry(get_run(path), influence_config(path) if cfg is None else cfg))
+
+
+FIT_JOBS = "_fit_jobs"  # ids of the fit jobs this session started: it may cancel those (non-widget key)
+FIT_STAGES = {"curvature": "Step 1 of 2, curvature", "gradients": "Step 2 of 2, task gradients"}
+
+
+def _start_fit(path: str, cfg: InfluenceConfig) -> None:
+    """The "Fit influence now" callback: submit the job (or join the one running for this fit)."""
+    job = jobs.submit_fit(get_run(path), cfg)
+    st.session_state.setdefault(FIT_JOBS, set()).add(job.id)
+
+
+def _offer_fit(path: str, run: Run, cfg: InfluenceConfig, job: jobs.Job | None) -> None:
+    """Why the page waits, what an earlier fit left (a failed or cancelled job, saved tasks), and the button."""
+    st.info(
+        f"Influence is not fitted yet for this model ({len(run.train_tasks)} training tasks). Fitting looks at every "
+        "training task once, runs in the background and is saved as it goes: you can use other pages, leave and come back."
+    )
+    if job is not None and job.state == "failed":
+        st.error(f"The last fit stopped before it ended: {job.error}.", icon=":material/error:")
+    elif job is not None and job.state == "cancelled":
+        st.warning("The last fit was cancelled.", icon=":material/cancel:")
+    saved = fit_status(run, cfg)
+    if saved["state"] == "partial":
+        st.caption(f"{saved['tasks_done']} of {saved['total']} training tasks are saved from an earlier fit: it resumes from there.")
+    label = "Fit influence now" if saved["state"] == "none" else "Resume the fit"
+    st.button(label, type="primary", key="fit_button", on_click=_start_fit, args=(path, cfg))
+
+
+def queue_words(job: jobs.Job) -> str:
+    """Where a queued job stands: how many wait ahead of it, or that it waits for a running job,
+    or that it is starting (its process loads; a core is free)."""
+    slots = jobs.job_slots()
+    running = sum(j.state == "running" for j in jobs.list_jobs(Path(job.directory).parent.parent))
+    at_a_time = f"{slots} job{'s' if slots > 1 else ''} run{'' if slots > 1 else 's'} at a time on this machine"
+    if job.position > 1:
+        ahead = job.position - 1
+        return f"Waiting for a free core: {ahead} job{'s' if ahead > 1 else ''} ahead of this one in the queue ({at_a_time})"
+    if running >= slots:
+        return f"Waiting for a free core: next in the queue ({at_a_time})"
+    return "Starting the fit…"
+
+
+@st.fragment(run_every=jobs.PROGRESS_EVERY_S)
+def fit_job_progress(directory: str) -> None:
+    """A fit job's progress bar with its time estimate or place in the queue, redrawn every second
+    on its own; when the job ends the whole page reruns and picks up the result (or says why not)."""
+    job = jobs.job_status(directory)
+    if job is None or not job.active:
+        st.rerun()
+    if job.state == "queued":
+        st.progress(0.0, text=queue_words(job))
+    else:
+        eta = "" if job.eta_seconds() is None else f" · {time_left(job.eta_seconds())}"
+        stage = FIT_STAGES.get(job.stage, job.stage)
+        st.progress(job.fraction, text=f"{stage}: {job.done}/{job.total} tasks{eta}" if stage else "Loading the model and its data…")
+    if job.id in st.session_state.get(FIT_JOBS, set()):
+        st.button("Cancel the fit", key="fit_cancel", on_click=jobs.cancel, args=(job,), icon=":material/cancel:",
+                  help="Stops the fit; what it saved so far stays, and fitting again resumes from there")  # fmt: skip
+    else:
+        st.caption("Started from another tab or session: it runs once for everyone who asked for this fit.")
 
 
 PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}

@@ -16,6 +16,8 @@ batch-norm double backward of the installed torch is wrong); influence code uses
 from __future__ import annotations
 
 import copy
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,15 +70,35 @@ class LearnerSpec:
         return d
 
 
+_THREAD = threading.local()  # each thread's structural copies of the networks it calls
+
+
+def _thread_copy(model: nn.Module) -> nn.Module:
+    """This thread's copy of ``model``'s modules, sharing its tensors (never written): what
+    ``functional_call`` swaps parameters into, so the shared network itself is never touched."""
+    copies = getattr(_THREAD, "copies", None)
+    if copies is None:
+        copies = _THREAD.copies = weakref.WeakKeyDictionary()
+    net = copies.get(model)
+    if net is None:
+        tensors = (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False))
+        shared = {id(t): t for _, t in tensors}
+        net = copies[model] = copy.deepcopy(model, shared)
+    return net
+
+
 def call_network(model: nn.Module, params: Params, x: Tensor) -> Tensor:
     """``model(x)`` with ``params`` in place of its parameters (``torch.func.functional_call``).
 
+    Thread-safe: ``functional_call`` swaps parameters into a module for the call's duration, so it
+    runs on this thread's own copy of the modules (``_thread_copy``; the tensors are shared, so the
+    numbers are those of ``model``), and sessions of one server rank concurrently.
     Only the names given are swapped (``tie_weights=False``): a module registered under two
     names (learn2learn's OmniglotCNN holds ``base`` again as ``features.1``) is reached through
     its first name, ``named_parameters()``'s. torch's tied-weights path left transform-wrapped
     tensors inside such a module after nested vmap/jvp calls (torch 2.14; tests/test_import.py).
     """
-    return functional_call(model, params, (x,), tie_weights=False)
+    return functional_call(_thread_copy(model), params, (x,), tie_weights=False)
 
 
 def params_of(model: nn.Module) -> Params:

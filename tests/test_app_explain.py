@@ -3,6 +3,7 @@ choose a test task, see thumbnails with superclass labels and a ranking that cha
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -106,8 +107,17 @@ def test_drill_down_shows_image_shares(demo_fitted):
     assert any(c.value.startswith("Query images:") for c in at.caption)
 
 
+def _progress_texts(at: AppTest) -> list[str]:
+    return [p.proto.text for p in at.get("progress")]
+
+
 def test_unfitted_model_offers_a_fit_with_progress(synthetic_run, tmp_path, monkeypatch):
-    """A model without a cached fit: the page explains, stops, and fits on request (small run)."""
+    """A model without a cached fit: the page explains and stops; a click starts a background fit job
+    whose progress the page shows (with a cancel button for the session that started it), and the
+    page shows the ranking once the job is done (small run)."""
+    from metainf_core import jobs
+    from ui import fit_job
+
     monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
     at = AppTest.from_file(str(REPO / "views" / "2_Explain.py"), default_timeout=300)
     at.session_state["model_path"] = str(synthetic_run)
@@ -116,8 +126,56 @@ def test_unfitted_model_offers_a_fit_with_progress(synthetic_run, tmp_path, monk
     assert "not fitted yet" in at.info[0].value and not at.success
     at.button(key="fit_button").click().run()
     assert not at.exception, at.exception
+    job = fit_job(str(synthetic_run))
+    assert job is not None and job.id in at.session_state["_fit_jobs"]
+    if job.active:  # still running when the page drew (start-up alone takes seconds): progress, cancel
+        assert _progress_texts(at) and any(b.key == "fit_cancel" for b in at.button) and not at.success
+    assert jobs.wait(job, timeout=600).state == "done"
+    at.run()  # what the fragment's st.rerun() does when it sees the job end
+    assert not at.exception, at.exception
     assert "helped this test task most" in at.success[0].value
-    assert any((tmp_path / "cache" / "influence").iterdir())  # the fit went to the disk cache
+    assert (Path(job.directory) / "result.safetensors").is_file()  # the fit went to the disk cache
+
+
+def test_killed_fit_job_is_told_and_a_retry_finishes_it_and_a_second_tab_sees_the_job(synthetic_run, tmp_path, monkeypatch):
+    """Issue 25: a worker killed with SIGKILL leaves a *failed* job that the page names (never
+    "running" forever); a second tab (another session) sees the same job's progress without a cancel
+    button, and "Resume the fit" / "Fit influence now" starts a new job that ends with the ranking."""
+    import os
+    import signal
+
+    from metainf_core import jobs
+    from ui import fit_job
+
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
+    tabs = [AppTest.from_file(str(REPO / "views" / "2_Explain.py"), default_timeout=300) for _ in range(2)]
+    for tab in tabs:
+        tab.session_state["model_path"] = str(synthetic_run)
+        tab.run()
+    tabs[0].button(key="fit_button").click().run()
+    job = fit_job(str(synthetic_run))
+    entry = job.directory
+    os.killpg(job.pid, signal.SIGSTOP)  # held still (its own process group), so both tabs see it active
+    try:
+        tabs[1].run()
+        assert not tabs[1].exception, tabs[1].exception
+        assert _progress_texts(tabs[1]) and not any(b.key == "fit_cancel" for b in tabs[1].button)
+        assert any("another tab or session" in c.value for c in tabs[1].caption)
+        os.killpg(job.pid, signal.SIGKILL)
+    finally:
+        os.killpg(job.pid, signal.SIGCONT)  # a stopped process dies of SIGKILL at once; harmless if it is gone
+    while jobs._process_start(job.pid) is not None:  # reaped by the submitting thread
+        time.sleep(0.05)
+    assert jobs.job_status(entry).state == "failed"
+    for tab in tabs:
+        tab.run()
+        assert not tab.exception, tab.exception
+        assert any(jobs.STOPPED in e.value for e in tab.error), [e.value for e in tab.error]
+    tabs[1].button(key="fit_button").click().run()  # the other tab retries
+    assert jobs.wait(jobs.job_status(entry), timeout=600).state == "done"
+    for tab in tabs:
+        tab.run()
+        assert "helped this test task most" in tab.success[0].value
 
 
 def blocks(node) -> list:  # noqa: ANN001 - an AppTest node

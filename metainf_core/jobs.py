@@ -1,0 +1,368 @@
+"""Long work as background jobs: each job its own OS process, its state a JSON file beside the
+cache entry it fills (issue 25).
+
+Why no job queue (huey, celery): a job fills exactly one content-addressed cache entry
+(``cache.CacheEntry``), and the fit already checkpoints itself there and resumes from it
+(``fits.fit_influence``). What a queue would add, the OS gives: ``flock`` for the concurrency
+slots and the submit decision (released by the kernel when a process dies, so nothing leaks), a
+process group to cancel, ``/proc`` to tell a live worker from a dead one. So a job is
+``python -m metainf_core.jobs ENTRY_DIR JOB_ID`` started with ``Popen(start_new_session=True)``:
+nothing else to install or launch (``make run`` starts everything), the server never dies with
+a worker (nor a worker with the server), and the state survives page reloads, second tabs and
+server restarts, because it lives on disk beside the result.
+
+Files in the cache entry ``<cache>/<kind>/<key>/``:
+
+- ``job.json``: the request (run folder, settings) and the state — queued / running / done /
+  failed / cancelled, progress (stage, done, total), times, error text, the worker's pid and
+  start time. Written atomically; by the submitter once, by the worker alone afterwards.
+- ``job.lock``: flocked while a submitter shares the live job or starts one, so two sessions
+  asking for the same cache key get one job.
+- ``job.cancel``: the id of a job asked to stop (read when its worker died before saying so).
+- ``job.log``: the worker's stderr.
+
+Slots: ``<cache>/jobs/slot-<i>.lock`` for i < ``job_slots()`` (one per spare core); a running
+worker holds one flocked; queued workers take them in creation order, the oldest first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from metainf_core.cache import INFO, RESULT
+from metainf_core.config import InfluenceConfig
+from metainf_core.data.base import REPO_ROOT
+from metainf_core.exceptions import ConfigError, MetainfError
+from metainf_core.io import write_json_atomic
+
+if TYPE_CHECKING:
+    from metainf_core.service import Run
+
+JOB_FILE, LOCK_FILE, CANCEL_FILE, LOG_FILE = "job.json", "job.lock", "job.cancel", "job.log"
+ACTIVE = ("queued", "running")
+POLL_S = 0.25  # how often a queued worker looks for a free slot
+PROGRESS_EVERY_S = 1.0  # at most one progress write a second (each is an fsynced rename)
+HANDOFF_S = 60.0  # a worker whose job.json never names it gives up (its submitter died)
+STOPPED = "the worker stopped without finishing (killed?)"
+
+
+class JobCancelled(BaseException):
+    """SIGTERM in a worker: stop where the work is (a BaseException, so no ``except Exception``
+    on the way swallows it); the saved partial state stays, so a retry resumes."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job's state as read from ``job.json`` (a dead worker's job reads *failed*, or
+    *cancelled* when that was asked); ``position`` is its place in the queue (1 = next)."""
+
+    directory: Path
+    id: str
+    state: str
+    request: dict[str, Any] = field(default_factory=dict)
+    created: float = 0.0
+    updated: float = 0.0
+    stage: str = ""
+    done: int = 0
+    total: int = 0
+    stage_started: float = 0.0
+    stage_done: int = 0  # tasks done at the stage's first report (a resumed fit starts above 0)
+    resumed_from: int = 0  # tasks a saved partial state held when the worker started
+    error: str = ""
+    pid: int = 0
+    position: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+    def eta_seconds(self, now: float | None = None) -> float | None:
+        """Seconds left in this stage at the rate since its first report, or None before a rate exists."""
+        now = time.time() if now is None else now
+        moved = self.done - self.stage_done
+        if self.state != "running" or moved <= 0 or now <= self.stage_started:
+            return None
+        return (self.total - self.done) * (now - self.stage_started) / moved
+
+    @classmethod
+    def from_dict(cls, directory: Path, d: dict[str, Any]) -> Job:
+        names = set(cls.__dataclass_fields__) - {"directory", "request"}
+        return cls(directory, request=d.get("request", {}), **{k: v for k, v in d.items() if k in names})
+
+
+# ---- the server side: submit, read, cancel, retry --------------------------------------------
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def job_slots() -> int:
+    """Jobs that run at once: ``$METAINF_JOB_SLOTS``, else one per spare core (the usable cores
+    less one for the server), at least 1."""
+    if os.environ.get("METAINF_JOB_SLOTS", "").isdigit():
+        return max(1, int(os.environ["METAINF_JOB_SLOTS"]))
+    return max(1, usable_cores() - 1)
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of live process ``pid`` (``/proc``, clock ticks since boot), or None when it
+    is gone or a zombie: a pid alone may be reused by another process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields_ = stat.rsplit(")", 1)[1].split()  # the name in parentheses may hold spaces
+    return None if fields_[0] in ("Z", "X") else fields_[19]
+
+
+def _read(directory: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(directory) / JOB_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _settled(directory: Path, d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with a dead worker's active state turned into *failed* (or *cancelled* when asked)."""
+    start = _process_start(int(d.get("pid", 0)))
+    if d.get("state") in ACTIVE and (start is None or start != d.get("pid_start")):
+        marker = Path(directory) / CANCEL_FILE
+        cancelled = marker.is_file() and marker.read_text(encoding="utf-8").strip() == d["id"]
+        return {**d, "state": "cancelled" if cancelled else "failed", "error": "cancelled" if cancelled else STOPPED}
+    return d
+
+
+def list_jobs(root: str | Path | None = None) -> list[Job]:
+    """Every job under the cache ``root`` (default ``cache.cache_root()``), oldest first, queued
+    ones numbered by their place in the queue."""
+    from metainf_core.cache import cache_root
+
+    found = []
+    for path in Path(root or cache_root()).glob(f"*/*/{JOB_FILE}"):
+        d = _read(path.parent)
+        if d is not None:
+            found.append((path.parent, _settled(path.parent, d)))
+    found.sort(key=lambda x: (x[1].get("created", 0.0), x[1].get("id", "")))
+    jobs, place = [], 0
+    for directory, d in found:
+        place += d["state"] == "queued"
+        jobs.append(Job.from_dict(directory, {**d, "position": place if d["state"] == "queued" else 0}))
+    return jobs
+
+
+def job_status(directory: str | Path) -> Job | None:
+    """The job of the cache entry ``directory`` (its latest), or None when it never had one."""
+    directory = Path(directory)
+    d = _read(directory)
+    if d is None:
+        return None
+    if _settled(directory, d)["state"] == "queued":
+        return next(j for j in list_jobs(directory.parent.parent) if j.directory == directory)
+    return Job.from_dict(directory, _settled(directory, d))
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _submit(directory: Path, request: dict[str, Any]) -> Job:
+    """The live job of ``directory`` if there is one (shared), else a new worker for ``request``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory / LOCK_FILE):
+        current = job_status(directory)
+        if current is not None and current.active:
+            return current
+        job_id = uuid.uuid4().hex[:12]
+        (directory / CANCEL_FILE).unlink(missing_ok=True)
+        env = {**os.environ, "METAINF_CACHE": str(directory.parent.parent), "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
+        with open(directory / LOG_FILE, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "metainf_core.jobs", str(directory), job_id], cwd=REPO_ROOT, env=env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends: no zombie left behind
+        now = time.time()
+        state = {"id": job_id, "state": "queued", "request": request, "created": now, "updated": now,
+                 "pid": proc.pid, "pid_start": _process_start(proc.pid)}  # fmt: skip
+        write_json_atomic(directory / JOB_FILE, state)
+    return job_status(directory) or Job.from_dict(directory, state)
+
+
+def fit_entry(run: Run, cfg: InfluenceConfig) -> Path:
+    """The cache entry directory an influence fit of ``run`` with ``cfg`` fills (its job's home)."""
+    from metainf_core.fits import cache_entry
+
+    return cache_entry(run, cfg).directory
+
+
+def submit_fit(run: Run, cfg: InfluenceConfig, *, save_every: int = 64) -> Job:
+    """A background job that fits TLXML influence (Eq. 10–12) for ``run`` with ``cfg`` into its
+    cache entry, checkpointing every ``save_every`` tasks; the job already running for this cache
+    key if there is one; a *done* job without a process when the fit is cached or shipped."""
+    from metainf_core.fits import is_fitted
+
+    directory = fit_entry(run, cfg)
+    if is_fitted(run, cfg):
+        return Job(directory, "", "done")
+    request = {"kind": "fit", "run": str(run.checkpoint.path), "config": cfg.to_dict(), "device": str(run.device),
+               "save_every": int(save_every)}  # fmt: skip
+    return _submit(directory, request)
+
+
+def retry(job: Job) -> Job:
+    """Start ``job``'s request again (a failed or cancelled job): a fit resumes from its partial state."""
+    if job.active:
+        return job
+    if not job.request:
+        raise ConfigError(f"{job.directory}: the job records no request to retry")
+    return _submit(job.directory, job.request)
+
+
+def cancel(job: Job) -> Job:
+    """Ask ``job``'s worker to stop (SIGTERM to its process group): it keeps its partial state
+    and leaves no half-written result; a job already ended is returned as it is."""
+    d = _read(job.directory)
+    if d is None or d.get("id") != job.id or _settled(job.directory, d)["state"] not in ACTIVE:
+        return job_status(job.directory) or job
+    (job.directory / CANCEL_FILE).write_text(job.id, encoding="utf-8")
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(int(d["pid"]), signal.SIGTERM)  # the worker leads its own session and group
+    return job_status(job.directory) or job
+
+
+def wait(job: Job, timeout: float = 600.0) -> Job:
+    """Block until ``job`` ends (scripts and tests; pages poll instead); TimeoutError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while (now := job_status(job.directory) or job).active:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job.id} still {now.state} after {timeout:.0f} s")
+        time.sleep(POLL_S)
+    return now
+
+
+# ---- the worker: python -m metainf_core.jobs ENTRY_DIR JOB_ID --------------------------------
+class _Worker:
+    """The one writer of ``job.json`` once started: state changes and throttled progress."""
+
+    def __init__(self, directory: Path, state: dict[str, Any]) -> None:
+        self.directory, self.state = directory, state
+
+    def update(self, **changes: Any) -> None:
+        self.state.update(changes, updated=time.time())
+        write_json_atomic(self.directory / JOB_FILE, self.state)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """The fit's callback (``fits.FitProgress``): a new stage at once, else at most once a second."""
+        if stage != self.state.get("stage"):
+            self.update(stage=stage, done=done, total=total, stage_started=time.time(), stage_done=done)
+        elif done == total or time.time() - self.state["updated"] >= PROGRESS_EVERY_S:
+            self.update(done=done, total=total)
+
+
+def _handoff(directory: Path, job_id: str) -> dict[str, Any] | None:
+    """Wait for the submitter to write ``job.json`` naming this job and process (it starts the
+    worker first, to know its pid); None when that never comes."""
+    deadline = time.monotonic() + HANDOFF_S
+    while time.monotonic() < deadline:
+        d = _read(directory)
+        if d is not None and d.get("id") == job_id and d.get("pid") == os.getpid():
+            return d
+        time.sleep(0.05)
+    return None
+
+
+def _slot(directory: Path, job_id: str) -> IO[str]:
+    """A flocked slot file (held until the worker exits, released by the kernel if it dies),
+    taken when this job is the oldest queued one and a slot is free."""
+    slots = directory.parent.parent / "jobs"
+    slots.mkdir(parents=True, exist_ok=True)
+    while True:
+        head = next((j for j in list_jobs(directory.parent.parent) if j.state == "queued"), None)
+        if head is None or head.id == job_id:
+            for i in range(job_slots()):
+                f = open(slots / f"slot-{i}.lock", "a+")  # noqa: SIM115 - kept open: the flock lives with it
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return f
+                except BlockingIOError:
+                    f.close()
+        time.sleep(POLL_S)
+
+
+def _fit(worker: _Worker, request: dict[str, Any]) -> None:
+    import torch
+
+    from metainf_core.fits import fit_influence, fit_status
+    from metainf_core.service import open_run
+
+    torch.set_num_threads(1)  # one fit per spare core (job_slots)
+    run = open_run(request["run"], device=request.get("device", "cpu"))
+    cfg = InfluenceConfig.from_dict(request["config"])
+    worker.update(resumed_from=int(fit_status(run, cfg)["tasks_done"]))
+    fit_influence(run, cfg, progress=worker.progress, save_every=int(request.get("save_every", 64)))
+
+
+def _drop_half_written(directory: Path) -> None:
+    """A result file without its info (the worker stopped between the two writes of
+    ``CacheEntry.save``) is removed: the entry is either complete or holds no result."""
+    if not (directory / INFO).is_file():
+        (directory / RESULT).unlink(missing_ok=True)
+
+
+def _cancelled(_signum: int, _frame: object) -> None:
+    raise JobCancelled
+
+
+def work(directory: str | Path, job_id: str) -> int:
+    """Run job ``job_id`` of the cache entry ``directory``: wait for a slot (*queued*), do the work
+    (*running*, with progress), end *done*, *failed* with the error, or *cancelled* on SIGTERM."""
+    directory = Path(directory)
+    signal.signal(signal.SIGTERM, _cancelled)
+    try:
+        state = _handoff(directory, job_id)
+    except JobCancelled:
+        return 3
+    if state is None:
+        return 1
+    worker = _Worker(directory, state)
+    try:
+        with _slot(directory, job_id):
+            worker.update(state="running", started=time.time())
+            _fit(worker, state["request"])
+    except JobCancelled:
+        _drop_half_written(directory)
+        done = (directory / INFO).is_file() and (directory / RESULT).is_file()  # the signal came after the last write
+        worker.update(state="done" if done else "cancelled", error="" if done else "cancelled")
+        return 3
+    except Exception as e:  # noqa: BLE001 - whatever stops the work is the job's error text
+        traceback.print_exc()  # to job.log
+        worker.update(state="failed", error=str(e) if isinstance(e, MetainfError) else f"{type(e).__name__}: {e}")
+        return 2
+    worker.update(state="done", error="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(work(sys.argv[1], sys.argv[2]))
