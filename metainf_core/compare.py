@@ -24,6 +24,16 @@ Methods (g_j = gradient of training task j's query loss, g_i = the target's; 1/M
   ``fit_task_if`` mode "direct"; MAML: computed here for q ≤ MAX_EXACT_PARAMS (dense Hessians).
   ProtoNet is refused: it has no weight adaptation (only class centroids), so the partial derivative
   at adapted weights θ̂_j is undefined.
+- Sizes: ``CompareConfig.solver`` "auto" keeps the dense solves above for q ≤ MAX_EXACT_PARAMS and
+  above that solves matrix-free (MAML / ProtoNet: one CG — or Neumann — solve (H + λ_d I) x = g_i on
+  Hessian-vector products per target, helpfulness (1/M) G x, ``task_if.meta_hessian_hvp`` /
+  ``direct_hessian_hvp``; proximal MAML: ``fit_task_if`` with CG outer and inner solves). The
+  residual ‖(H + λ_d I)x − g_i‖/‖g_i‖, iterations and convergence are in the details. On an
+  indefinite H + λ_d I, CG stops at the first negative curvature (Steihaug), where the dense path
+  drops the negative eigen-directions: the two agree where H + λ_d I is positive definite.
+- ``dattri-if-explicit`` / ``dattri-if-cg`` (peer library, ``peer.py``): dattri 0.3.0's influence
+  attributors with a task's query loss after adaptation as one training example, s_ji / M with
+  s_ji = g_jᵀ (H + λ_d I)⁻¹ g_i (plain inverse). MAML and ProtoNet.
 - ``grad-sim``: first-order baseline g_iᵀ g_j with meta-gradients (total derivatives) at ω̂; no
   Hessian (= TLXML with H replaced by M·I). Positive = a gradient step on task j lowers the target
   loss to first order. All learners.
@@ -52,24 +62,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import grad, hessian
+from torch.func import grad
 
 from metainf_core.cache import CacheEntry
 from metainf_core.config import Algorithm, InfluenceConfig, InfluenceMethod, check_damping_and_dtype
 from metainf_core.exceptions import ConfigError
 from metainf_core.fits import fit_influence, params_as, run_fingerprint
-from metainf_core.ranking import Target, TaskGradients, all_scores, target_gradient
 from metainf_core.influence.exact import MAX_EXACT_PARAMS, spectral_factor
-from metainf_core.influence.flat import ParamLayout, create_flat_forward_function
+from metainf_core.influence.flat import ParamLayout, create_flat_forward_function, create_flat_loss_function
 from metainf_core.influence.gradients import iter_task_batches, task_gradients
+from metainf_core.influence.hvp import hessian_from_hvp
 from metainf_core.influence.scores import TaskInfluence
 from metainf_core.influence.task_if import (
     TaskIFConfig,
     batch_tasks,
     create_proximal_functions,
+    direct_hessian_hvp,
     fit_task_if_tasks,
+    meta_hessian_hvp,
+    target_solve,
     task_state,
 )
+from metainf_core.peer import DATTRI_VERSION, dattri_task_scores
+from metainf_core.ranking import Target, TaskGradients, all_scores, target_gradient
 from metainf_core.service import Run
 from metainf_core.validate import score_agreement, top_k_overlap
 
@@ -77,6 +92,7 @@ CACHE_FORMAT = 1
 SIGN = ("helpfulness: positive = the training task helped the target (up-weighting it lowers the target's loss; "
         "removing it raises it)")  # fmt: skip
 DENSE_MAX_PARAMS = 1000  # task-IF builds per-task q × q matrices up to here, HVP products above
+SOLVERS = ("auto", "dense", "cg", "neumann")
 
 
 @dataclass(frozen=True)
@@ -87,9 +103,16 @@ class CompareConfig:
     damping: float = 0.0
     dtype: str = "float64"
     n_orth: int = 512
+    solver: str = "auto"  # task-IF / direct IF: "dense" (q ≤ MAX_EXACT_PARAMS), "cg" / "neumann" on HVPs; auto = dense if it fits
+    tol: float = 1e-6  # relative residual ‖(H + λ_d I)x − g‖/‖g‖ the matrix-free solves stop at
+    max_iter: int = 200  # HVPs (CG) or series terms (Neumann) per matrix-free solve
 
     def __post_init__(self) -> None:
         check_damping_and_dtype(self.damping, self.dtype)
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if not (self.tol > 0 and self.max_iter >= 1):
+            raise ConfigError(f"tol must be positive and max_iter at least 1, got {self.tol}, {self.max_iter}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,22 +214,35 @@ def _tlxml(method: str) -> Scorer:
 
 
 # ---- task-IF ----------------------------------------------------------------------------------
-def _dense_size_reason(run: Run, method: str) -> str | None:
-    """Why ``method`` (built on dense q × q Hessians here) does not fit the run's size, or None."""
+def solver_for(run: Run, cfg: CompareConfig) -> str:
+    """task-IF / direct IF's solver on this run: ``cfg.solver``, and for "auto" the dense positive-part
+    pseudo-inverse when q ≤ MAX_EXACT_PARAMS, else CG on Hessian-vector products (matrix-free)."""
+    if cfg.solver != "auto":
+        return cfg.solver
+    return "dense" if _num_params(run) <= MAX_EXACT_PARAMS else "cg"
+
+
+def _dense_size_reason(run: Run, method: str, cfg: CompareConfig) -> str | None:
+    """Why ``method`` with the dense solver asked for explicitly does not fit the run's size, or None."""
     q = _num_params(run)
-    if q > MAX_EXACT_PARAMS:
-        return f"{method} here uses dense q × q Hessians, infeasible for q = {q:,} > {MAX_EXACT_PARAMS:,}"
+    if solver_for(run, cfg) == "dense" and q > MAX_EXACT_PARAMS:
+        return (f"{method} with solver 'dense' builds q × q Hessians, infeasible for q = {q:,} > {MAX_EXACT_PARAMS:,} "
+                "(solver 'auto' or 'cg' solves on Hessian-vector products)")  # fmt: skip
     return None
 
 
 def _task_if_check(run: Run, cfg: CompareConfig) -> str | None:
-    return _dense_size_reason(run, "task-IF")
+    return _dense_size_reason(run, "task-IF", cfg)
 
 
 def task_if_config(run: Run, mode: str, cfg: CompareConfig) -> TaskIFConfig:
-    """Proximal MAML's task-IF settings: the learner's inner solver, positive-part pseudo-inverses."""
-    return TaskIFConfig(mode=mode, damping=cfg.damping, method="exact", inner_method="exact", inner_solver="gd",
-                        dense=_num_params(run) <= DENSE_MAX_PARAMS)  # fmt: skip
+    """Proximal MAML's task-IF settings: the learner's inner solver; positive-part pseudo-inverses when dense,
+    else CG / Neumann on HVPs for the outer and inner solves."""
+    solver = solver_for(run, cfg)
+    method = "exact" if solver == "dense" else solver
+    return TaskIFConfig(mode=mode, damping=cfg.damping, method=method, inner_method=method, inner_solver="gd",
+                        dense=_num_params(run) <= DENSE_MAX_PARAMS,
+                        **({} if solver == "dense" else {"tol": cfg.tol, "inner_tol": cfg.tol}))  # fmt: skip
 
 
 def _proximal_fit(run: Run, mode: str, cfg: CompareConfig) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -241,7 +277,7 @@ def _proximal_gradients(run: Run, mode: str, cfg: CompareConfig) -> TaskGradient
 
 def _maml_partial_gradients(run: Run, dtype: str) -> TaskGradients:
     """Per task ∇_θ L(Q; θ̂) at MAML's adapted weights, for ``ranking.target_gradient`` (direct IF's target)."""
-    return lambda taskset, ids: _maml_partial(run, _tasks(run, taskset, ids, getattr(torch, dtype)), dtype, False)[0]
+    return lambda taskset, ids: _maml_partial(run, _tasks(run, taskset, ids, getattr(torch, dtype)), dtype)[0]
 
 
 def task_if_influence_config(cfg: CompareConfig) -> InfluenceConfig:
@@ -254,6 +290,8 @@ def _task_if(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, 
         tensors, info = _proximal_fit(run, "exact", cfg)
         g = target_gradient(run, target, cfg.dtype, _proximal_gradients(run, "exact", cfg))
         return (g @ tensors["removals"].T).cpu().numpy(), {**info, "damping": cfg.damping}
+    if solver_for(run, cfg) != "dense":
+        return _matrix_free(run, target, cfg, "exact")
     inf = maml_task_if_fit(run, cfg)
     details = {"equivalent_to": "tlxml-exact with damping, all positive eigen-directions", "damping": cfg.damping,
                "truncation": inf.truncation, "num_negative": inf.num_negative}  # fmt: skip
@@ -271,40 +309,52 @@ def _direct_check(run: Run, cfg: CompareConfig) -> str | None:
     if _algo(run) is Algorithm.PROTONET:
         return ("ProtoNet has no weight adaptation (it classifies with ω itself and adapts only class centroids), "
                 "so direct IF's partial derivative at adapted weights θ̂_j is undefined (use task-if or tlxml-*)")
-    return _dense_size_reason(run, "direct IF")
+    return _dense_size_reason(run, "direct IF", cfg)
 
 
-def _maml_partial(run: Run, tasks, dtype: str, with_hessian: bool) -> tuple[Tensor, Tensor | None]:
-    """Per task: ∇_θ L(Q; θ̂) (T × q) and, if asked, Σ_T ∇²_θ L(Q; θ̂) (q × q), θ̂ = MAML's adapted weights."""
+def _maml_loss(run: Run, dtype: str) -> tuple[Tensor, Callable[[Tensor, Tensor, Tensor], Tensor]]:
+    """ω̂ flat in ``dtype`` and the cross-entropy L(D; θ) of the network at a flat θ (support and query alike)."""
     params = params_as(run, dtype)
     layout = ParamLayout.from_params(params)
-    w = layout.flatten(params).detach()
     forward = create_flat_forward_function(run.model, layout, second_order=True)
-    spec = run.spec
 
-    def support_loss(t: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    def loss(t: Tensor, x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(forward(t, x), y)
 
-    def query_loss(t: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(forward(t, x), y)
+    return layout.flatten(params).detach(), loss
 
-    grads, h = [], torch.zeros(w.numel(), w.numel(), dtype=w.dtype, device=w.device) if with_hessian else None
+
+def _maml_partial(run: Run, tasks, dtype: str) -> tuple[Tensor, Tensor]:
+    """Per task: ∇_θ L(Q; θ̂) (T × q) and θ̂ (T × q), MAML's adapted weights."""
+    w, loss = _maml_loss(run, dtype)
+    grads, thetas = [], []
     for sx, sy, qx, qy in tasks:
         theta = w
-        for _ in range(spec.inner_steps):
-            theta = theta - spec.inner_lr * grad(support_loss)(theta, sx, sy)
-        theta = theta.detach()
-        grads.append(grad(query_loss)(theta, qx, qy).detach())
-        if h is not None:
-            h += hessian(query_loss)(theta, qx, qy).detach()
-    return torch.stack(grads), h
+        for _ in range(run.spec.inner_steps):
+            theta = theta - run.spec.inner_lr * grad(loss)(theta, sx, sy)
+        thetas.append(theta.detach())
+        grads.append(grad(loss)(thetas[-1], qx, qy).detach())
+    return torch.stack(grads), torch.stack(thetas)
+
+
+def _maml_direct_parts(run: Run, cfg: CompareConfig) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Training tasks' partial gradients and adapted weights (cached)."""
+
+    def compute():
+        g, thetas = _maml_partial(run, _train_tasks(run, getattr(torch, cfg.dtype)), cfg.dtype)
+        return {"gradients": g, "thetas": thetas}, {}
+
+    return _cached(_cache_entry(run, "direct-if-maml-parts", {"dtype": cfg.dtype}), compute)
 
 
 def _maml_direct_fit(run: Run, cfg: CompareConfig) -> tuple[dict[str, Tensor], dict[str, Any]]:
     def compute():
-        g, h = _maml_partial(run, _train_tasks(run, getattr(torch, cfg.dtype)), cfg.dtype, True)
+        parts, _ = _maml_direct_parts(run, cfg)
+        g, thetas = parts["gradients"], parts["thetas"]
+        hvp = direct_hessian_hvp(_maml_loss(run, cfg.dtype)[1], thetas, _train_tasks(run, g.dtype))
+        h = hessian_from_hvp(hvp, g.shape[1], g.dtype, g.device, chunk=min(g.shape[1], 64))  # H_D
         m = g.shape[0]
-        fac = spectral_factor(h / m, cfg.damping)  # positive part of H_D + λ_d I
+        fac = spectral_factor(h, cfg.damping)  # positive part of H_D + λ_d I
         removals = ((g @ fac.factor) * fac.signs) @ fac.factor.T / m  # (1/M) (H_D + λ_d I)⁺ g_j
         info = {"mode": "direct", "kept": fac.rank, "num_negative": fac.num_negative, "num_zero": fac.num_zero}
         return {"removals": removals, "gradients": g}, info
@@ -316,10 +366,48 @@ def _direct_if(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray
     if _algo(run) is Algorithm.PROXIMAL_MAML:
         tensors, info = _proximal_fit(run, "direct", cfg)
         g = target_gradient(run, target, cfg.dtype, _proximal_gradients(run, "direct", cfg))
+    elif solver_for(run, cfg) != "dense":
+        return _matrix_free(run, target, cfg, "direct")
     else:
         tensors, info = _maml_direct_fit(run, cfg)
         g = target_gradient(run, target, cfg.dtype, _maml_partial_gradients(run, cfg.dtype))
     return (g @ tensors["removals"].T).cpu().numpy(), {**info, "damping": cfg.damping}
+
+
+# ---- matrix-free task-IF / direct IF (MAML, ProtoNet) -----------------------------------------
+def _matrix_free(run: Run, target: Target, cfg: CompareConfig, mode: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Helpfulness (1/M) G (H + λ_d I)⁻¹ g_i with one CG / Neumann solve on HVPs for the target (task_if
+    module docstring): H the meta-Hessian (task-IF) or H_D (direct IF), G the training tasks' gradients of
+    the same kind. The solve is cached per target; its residual and iterations go into the details."""
+    solver, m = solver_for(run, cfg), len(run.train_tasks)
+    if mode == "exact":
+        gradients = _train_gradients(run, cfg)
+    else:
+        parts, _ = _maml_direct_parts(run, cfg)
+        gradients = parts["gradients"]
+    settings = {"mode": mode, "damping": cfg.damping, "dtype": cfg.dtype, "solver": solver, "tol": cfg.tol,
+                "max_iter": cfg.max_iter, "target": {"split": target.split, "ids": list(target.ids)}}  # fmt: skip
+
+    def compute():
+        dtype = getattr(torch, cfg.dtype)
+        params = params_as(run, cfg.dtype)
+        layout = ParamLayout.from_params(params)
+        if mode == "exact":
+            w = layout.flatten(params).detach()
+            loss_fn = create_flat_loss_function(run.model, run.spec, layout)
+            batches = [b for _, b in iter_task_batches(run.train_tasks, run.dataset, np.arange(m), 32, dtype)]
+            hvp = meta_hessian_hvp(loss_fn, w, batches, m)
+            g = target_gradient(run, target, cfg.dtype)
+        else:
+            hvp = direct_hessian_hvp(_maml_loss(run, cfg.dtype)[1], parts["thetas"], _train_tasks(run, dtype))
+            g = target_gradient(run, target, cfg.dtype, _maml_partial_gradients(run, cfg.dtype))
+        rep = target_solve(hvp, g.to(gradients), solver, cfg.damping, cfg.tol, cfg.max_iter)
+        info = {k: v for k, v in rep.to_dict().items() if k not in ("damping", "seconds", "method")}
+        return {"x": rep.x}, {**info, "solver": solver, "solve_seconds": round(rep.seconds, 3)}
+
+    tensors, info = _cached(_cache_entry(run, f"{mode}-matrix-free", settings), compute)
+    scores = (gradients @ tensors["x"].to(gradients)) / m
+    return scores.cpu().numpy(), {**info, "mode": mode, "damping": cfg.damping}
 
 
 def removal_vectors(run: Run, name: str, config: CompareConfig = CompareConfig()) -> tuple[Tensor, dict[str, Any]]:
@@ -331,6 +419,9 @@ def removal_vectors(run: Run, name: str, config: CompareConfig = CompareConfig()
     if reason:
         raise ConfigError(f"{name} does not apply to this run: {reason}")
     mode = "exact" if name == "task-if" else "direct"
+    if _algo(run) is not Algorithm.PROXIMAL_MAML and solver_for(run, config) != "dense":
+        raise ConfigError(f"{name}'s removal vectors need M = {len(run.train_tasks):,} iHVPs with solver "
+                          f"{solver_for(run, config)!r}; the matrix-free path solves once per target (scores only)")
     if _algo(run) is Algorithm.PROXIMAL_MAML:
         tensors, info = _proximal_fit(run, mode, config)
         return tensors["removals"], info
@@ -350,13 +441,47 @@ def _grad_sim(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray,
         g = target_gradient(run, target, cfg.dtype, _proximal_gradients(run, "exact", cfg))
         return (tensors["gradients"] @ g).cpu().numpy(), {"max_inner_stationarity": info["max_inner_stationarity"]}
 
+    g = target_gradient(run, target, cfg.dtype)
+    return (_train_gradients(run, cfg) @ g).cpu().numpy(), {}
+
+
+def _train_gradients(run: Run, cfg: CompareConfig) -> Tensor:
+    """(M × q) meta-gradients g_j = ∇_ω L_j(ω̂) of the training tasks (cached; grad-sim's and matrix-free task-IF's)."""
+
     def compute():
         params = params_as(run, cfg.dtype)
         return {"gradients": task_gradients(run.model, run.spec, params, run.train_tasks, run.dataset)}, {}
 
-    tensors, info = _cached(_cache_entry(run, "grad-sim", {"dtype": cfg.dtype}), compute)
-    g = target_gradient(run, target, cfg.dtype)
-    return (tensors["gradients"] @ g).cpu().numpy(), {}
+    return _cached(_cache_entry(run, "grad-sim", {"dtype": cfg.dtype}), compute)[0]["gradients"]
+
+
+# ---- a peer library: dattri at task level (peer.py) --------------------------------------------
+def _dattri_check(attributor: str) -> Check:
+    def check(run: Run, cfg: CompareConfig) -> str | None:
+        if _algo(run) is Algorithm.PROXIMAL_MAML:
+            return "dattri differentiates the task loss with torch.func; proximal-maml's implicit adaptation is not composable"
+        if cfg.damping <= 0:
+            return ("dattri solves (H + λ_d I) x = g with no pseudo-inverse, and a meta-Hessian with unused "
+                    "directions (dead units) is singular: it needs damping λ_d > 0")  # fmt: skip
+        q = _num_params(run)
+        if attributor == "explicit" and q > MAX_EXACT_PARAMS:
+            return f"dattri's explicit attributor builds the q × q Hessian, infeasible for q = {q:,} > {MAX_EXACT_PARAMS:,} (use dattri-if-cg)"
+        return None
+
+    return check
+
+
+def _dattri(attributor: str) -> Scorer:
+    def score(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
+        dtype = getattr(torch, cfg.dtype)
+        tests = _tasks(run, run.test_tasks if target.split == "test" else run.train_tasks, list(target.ids), dtype)
+        iters = min(cfg.max_iter, _num_params(run))  # dattri's CG runs all its iterations; q suffice in exact arithmetic
+        s = dattri_task_scores(run, _train_tasks(run, dtype), tests, attributor, cfg.damping, dtype, iters)
+        details = {"library": f"dattri {DATTRI_VERSION}", "attributor": attributor, "damping": cfg.damping,
+                   **({"cg_iterations": iters} if attributor == "cg" else {})}  # fmt: skip
+        return s.mean(1) / len(run.train_tasks), details  # the target's mean loss; dattri's s_ji / M = helpfulness
+
+    return score
 
 
 def _always(run: Run, cfg: CompareConfig) -> str | None:
@@ -371,6 +496,8 @@ METHODS: dict[str, ScoringMethod] = {
         ScoringMethod("task-if", "seed 001 task-IF: total derivatives through the adaptation, damped", _task_if_check, _task_if),
         ScoringMethod("direct-if", "seed 001 direct IF: partial derivatives at the adapted weights only", _direct_check, _direct_if),
         ScoringMethod("grad-sim", "first-order baseline: dot product of meta-gradients, no Hessian", _always, _grad_sim),
+        ScoringMethod("dattri-if-explicit", "peer library dattri: explicit-Hessian influence, one task = one example", _dattri_check("explicit"), _dattri("explicit")),
+        ScoringMethod("dattri-if-cg", "peer library dattri: CG influence, one task = one example", _dattri_check("cg"), _dattri("cg")),
     )
 }
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli  # tests/helpers.py
 from scipy import stats
 from torch.func import grad
 
@@ -18,15 +20,14 @@ from metainf_core.compare import METHODS, CompareConfig, compare_methods, method
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
 from metainf_core.exceptions import ConfigError
 from metainf_core.fits import fit_influence
-from metainf_core.ranking import Target, all_scores
 from metainf_core.influence import fit_task_if
+from metainf_core.influence.exact import MAX_EXACT_PARAMS
 from metainf_core.influence.flat import with_composite_batch_norm
 from metainf_core.influence.gradients import iter_task_batches
 from metainf_core.influence.task_if import batch_tasks
 from metainf_core.learners import create_task_loss_function
+from metainf_core.ranking import Target, all_scores
 from metainf_core.service import open_run
-
-from helpers import run_cli  # tests/helpers.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -138,14 +139,41 @@ def test_direct_if_for_maml_uses_partial_derivatives(synthetic_run, cache):
     np.testing.assert_allclose(scores, expected, rtol=1e-7, atol=1e-12 * np.abs(expected).max())
 
 
+def test_matrix_free_task_if_and_direct_if_match_the_dense_solve(synthetic_run, cache):
+    """Above MAX_EXACT_PARAMS task-IF / direct IF solve (H + λ_d I) x = g_i by CG on HVPs; forced here on
+    a 63-parameter MAML where the dense solve fits, both must agree (issue 27 item 4)."""
+    run = open_run(synthetic_run)
+    lam, tol = 2.0, 1e-10  # λ_d = 2 makes H + λ_d I positive definite here (asserted): then the dense
+    # positive-part pseudo-inverse is the plain inverse that CG converges to
+    dense_cfg = CompareConfig(damping=lam)
+    assert compare.solver_for(run, dense_cfg) == "dense"
+    assert compare.maml_task_if_fit(run, dense_cfg).num_negative == 0
+    target = Target((2, 9))
+    for name in ("task-if", "direct-if"):
+        dense = method_scores(run, target, name, dense_cfg)
+        s, details = METHODS[name].scores(run, target, CompareConfig(damping=lam, solver="cg", tol=tol))
+        print(f"\n{name} matrix-free: {details}; max |diff| {np.abs(s - dense).max():.2e}, scale {np.abs(dense).max():.2e}")
+        assert details["solver"] == "cg" and details["converged"] and details["relative_residual"] <= tol
+        assert 0 < details["iterations"] < 63 * 2
+        # ‖x − x*‖/‖x*‖ ≤ κ · (relative residual) and κ(H + 2I) < 10³ here, so 1e-10 leaves 1e-7 in x; the
+        # scores (1/M) G x inherit it
+        np.testing.assert_allclose(s, dense, rtol=1e-6, atol=1e-7 * np.abs(dense).max())
+    # the auto solver switches by size: dense at q = 63, CG beyond MAX_EXACT_PARAMS (and dense forced there is refused)
+    assert compare.solver_for(SimpleNamespace(params={"w": torch.zeros(MAX_EXACT_PARAMS + 1)}), CompareConfig()) == "cg"
+    with pytest.raises(ConfigError, match="removal vectors need M"):
+        compare.removal_vectors(run, "task-if", CompareConfig(damping=lam, solver="cg"))
+
+
 def test_compare_pairs_match_scipy_and_sets_and_are_cached(synthetic_run, cache, monkeypatch):
     run = open_run(synthetic_run)
     k = 8
     t0 = time.perf_counter()
     out = compare_methods(run, Target((2,)), k=k)
     first = time.perf_counter() - t0
-    assert set(out["methods"]) == set(METHODS) and out["skipped"] == {}
-    assert len(out["pairs"]) == len(METHODS) * (len(METHODS) - 1) // 2
+    peer = {"dattri-if-explicit", "dattri-if-cg"}  # no pseudo-inverse: they need damping (tests/test_peer.py)
+    assert set(out["methods"]) == set(METHODS) - peer and set(out["skipped"]) == peer
+    assert all("damping" in out["skipped"][n] for n in peer)
+    assert len(out["pairs"]) == len(out["methods"]) * (len(out["methods"]) - 1) // 2
     s = {n: np.asarray(e["scores"]) for n, e in out["methods"].items()}
     for pair in out["pairs"]:
         a, b = s[pair["a"]], s[pair["b"]]
@@ -199,7 +227,8 @@ def test_compare_pairs_match_scipy_and_sets_and_are_cached(synthetic_run, cache,
 def test_proximal_task_if_and_direct_if(prox_run, cache):
     run = open_run(prox_run)
     out = compare_methods(run, Target((0,)), k=4)
-    assert set(out["skipped"]) == {"tlxml-exact", "tlxml-gn"} and "proximal-maml" in out["skipped"]["tlxml-exact"]
+    assert set(out["skipped"]) == {"tlxml-exact", "tlxml-gn", "dattri-if-explicit", "dattri-if-cg"}
+    assert "proximal-maml" in out["skipped"]["tlxml-exact"] and "proximal-maml" in out["skipped"]["dattri-if-cg"]
     assert set(out["methods"]) == {"task-if", "direct-if", "grad-sim"}
     for n in ("task-if", "direct-if"):
         assert np.isfinite(out["methods"][n]["scores"]).all() and np.abs(out["methods"][n]["scores"]).max() > 0
@@ -232,7 +261,8 @@ def test_compare_cli(synthetic_run, prox_run, cache):
     res = run_cli("compare", str(synthetic_run), "--test-task", "1", "--top", "5")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    names = list(METHODS)
+    names = list(out["methods"])
+    assert set(names) | set(out["skipped"]) == set(METHODS) and len(names) >= 5
     assert sorted((p["a"], p["b"]) for p in out["pairs"]) == sorted(
         (a, b) for i, a in enumerate(names) for b in names[i + 1 :]
     )

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
-from metainf_core.compare import METHODS
+from metainf_core.compare import METHODS, CompareConfig
 from metainf_core.influence.exact import MAX_EXACT_PARAMS
 from metainf_core.learners import LearnerSpec
 
@@ -21,7 +21,11 @@ def test_direct_if_has_its_own_reasons():
     assert protonet is not None and "no weight adaptation" in protonet and "partial derivative" in protonet
     assert "task-IF" not in protonet
     assert METHODS["task-if"].skip_reason(_run("protonet", 100)) is None  # task-IF applies (= TLXML-exact, damped)
-    big = METHODS["direct-if"].skip_reason(_run("maml", MAX_EXACT_PARAMS + 1))
-    assert big is not None and big.startswith("direct IF") and "task-IF" not in big
-    assert METHODS["task-if"].skip_reason(_run("maml", MAX_EXACT_PARAMS + 1)).startswith("task-IF")
+    # above MAX_EXACT_PARAMS both solve on HVPs (solver "auto" = CG); only a forced dense solve is refused
+    assert METHODS["direct-if"].skip_reason(_run("maml", MAX_EXACT_PARAMS + 1)) is None
+    assert METHODS["task-if"].skip_reason(_run("protonet", MAX_EXACT_PARAMS + 1)) is None
+    dense = CompareConfig(solver="dense")
+    big = METHODS["direct-if"].skip_reason(_run("maml", MAX_EXACT_PARAMS + 1), dense)
+    assert big is not None and big.startswith("direct IF") and "task-IF" not in big and "Hessian-vector" in big
+    assert METHODS["task-if"].skip_reason(_run("maml", MAX_EXACT_PARAMS + 1), dense).startswith("task-IF")
     assert METHODS["direct-if"].skip_reason(_run("maml", 100)) is None

@@ -28,6 +28,11 @@ kept; batch norm statistics are not re-weighted):
 - support point z ∈ S_j (n points), two stages: Δθ̂_j ≈ (1/n) A ∇_θ ℓ(z; θ̂_j) (inner IF),
   ΔL_out,j(ω) ≈ g_outᵀ Δθ̂_j = (1/n) xᵀ∇ℓ_z, then Δω̂ ≈ −(1/M) H_T⁻¹ d(ΔL_out,j)/dω with
   d(xᵀ∇ℓ_z)/dω = J (H_out y − T_x y + ∇²ℓ_z x), y = A ∇ℓ_z (T_x dropped in "approx"; J = I in "direct").
+
+Explicit adaptation (MAML, ProtoNet) at users' sizes, matrix-free (``meta_hessian_hvp``,
+``direct_hessian_hvp``, ``target_solve``): one iHVP per *target* instead of one per training task,
+helpfulness(i, ·) = (1/M) G (H + λ_d I)⁻¹ g_i by symmetry of H, with H the total Hessian
+(TLXML's meta-Hessian, third order incl.) or direct IF's H_D = (1/M) Σ_j ∇²_θ L(Q_j; θ̂_j).
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ from torch.func import grad, grad_and_value, jvp
 from metainf_core.config import Algorithm
 from metainf_core.data.base import FewShotDataset
 from metainf_core.exceptions import ConfigError, TaskNotFoundError
+from metainf_core.influence.ekfac import ekfac_report, fit_ekfac
 from metainf_core.influence.flat import ParamLayout, create_flat_forward_function
-from metainf_core.influence.gradients import iter_task_batches
+from metainf_core.influence.gradients import create_meta_objective_function, iter_task_batches
 from metainf_core.influence.hvp import HVP, hessian_from_hvp, hvp_of
 from metainf_core.influence.ihvp import IHVPMethod, IHVPResult, solve_ihvp
 from metainf_core.influence.scores import Ranking
@@ -98,9 +104,10 @@ class TaskIFConfig:
             except ValueError:
                 allowed = [e.value for e in enum]
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}") from None
-        for name in ("method", "inner_method"):
-            if getattr(self, name) not in ("exact", "cg", "neumann"):
-                raise ConfigError(f"{name} must be 'exact', 'cg' or 'neumann', got {getattr(self, name)!r}")
+        if self.method not in ("exact", "cg", "neumann"):
+            raise ConfigError(f"method must be 'exact', 'cg' or 'neumann', got {self.method!r}")
+        if self.inner_method not in ("exact", "cg", "neumann", "ekfac"):
+            raise ConfigError(f"inner_method must be 'exact', 'cg', 'neumann' or 'ekfac', got {self.inner_method!r}")
         if not (self.damping >= 0 and math.isfinite(self.damping)):
             raise ConfigError(f"damping must be a non-negative finite number, got {self.damping}")
         if not (self.tol > 0 and self.inner_tol > 0):
@@ -118,6 +125,7 @@ class ProximalFunctions:
     lam: float
     solver: ProximalSolver
     point_losses: Callable[[Tensor, Tensor, Tensor], Tensor]  # (θ, x, y) -> per-example cross-entropy (n)
+    model: nn.Module | None = None  # the network, for EK-FAC's layer structure (inner_method "ekfac")
 
     def support_loss(self, theta: Tensor, x: Tensor, y: Tensor, weights: Tensor | None = None) -> Tensor:
         """L(S; θ) = (1/n) Σ_k w_k ℓ_k(θ) (w = 1 by default)."""
@@ -141,7 +149,7 @@ def create_proximal_functions(model: nn.Module, spec: LearnerSpec, params: Param
     def point_losses(theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(forward(theta, x), y, reduction="none")
 
-    return ProximalFunctions(layout, float(spec.prox_lambda), ProximalSolver(model, spec), point_losses)
+    return ProximalFunctions(layout, float(spec.prox_lambda), ProximalSolver(model, spec), point_losses, model)
 
 
 def solve_inner(fns: ProximalFunctions, w: Tensor, sx: Tensor, sy: Tensor, config: TaskIFConfig,
@@ -240,7 +248,14 @@ def task_state(fns: ProximalFunctions, w: Tensor, task: Task, config: TaskIFConf
     q = theta.numel()
     if config.dense:
         inner, outer = _dense(inner, theta), _dense(outer, theta)
-    report = solve_ihvp(inner, g_out.detach(), config.inner_method, damping=fns.lam, tol=config.inner_tol)
+    ekfac = None
+    if config.inner_method == "ekfac":  # seed 001 §5.1: EK-FAC of the support loss's Fisher at θ̂ for A = (H_in + λI)⁻¹
+        if fns.model is None or weights is not None:
+            raise ConfigError("inner_method 'ekfac' needs the network (create_proximal_functions) and unweighted support losses")
+        ekfac = fit_ekfac(fns.model, fns.layout.unflatten(theta), sx, sy)
+        report = ekfac_report(ekfac, inner, g_out.detach(), fns.lam, config.inner_tol)
+    else:
+        report = solve_ihvp(inner, g_out.detach(), config.inner_method, damping=fns.lam, tol=config.inner_tol)
     x = report.x
 
     def hx(t: Tensor) -> Tensor:  # H_in(t) x
@@ -249,7 +264,13 @@ def task_state(fns: ProximalFunctions, w: Tensor, task: Task, config: TaskIFConf
     def third(u: Tensor) -> Tensor:  # T_x u = d/dε H_in(θ̂ + εu) x
         return jvp(hx, (theta,), (u.to(theta),))[1].detach()
 
-    if config.dense:
+    if ekfac is not None:
+        if config.dense:
+            third = _dense(third, theta)
+
+        def inner_solve(v: Tensor) -> Tensor:
+            return ekfac.ihvp(v, fns.lam)
+    elif config.dense:
         third = _dense(third, theta)
         lu = torch.linalg.lu_factor(_matrix(inner, theta) + fns.lam * torch.eye(q, dtype=theta.dtype, device=theta.device))
 
@@ -394,7 +415,7 @@ def fit_task_if_tasks(
     hvp = total_hessian_hvp(states, mode)  # undamped: the solver adds λ_d
     if config.dense:  # H_T once (q products), then cheap mat-vecs for every solve
         h = hessian_from_hvp(hvp, w.numel(), w.dtype, w.device, chunk=1)
-        hvp = lambda v: h @ v  # noqa: E731
+        hvp = lambda v: h @ v
     grads = torch.stack([s.gradient(mode) for s in states])
     reports = tuple(_outer_solve(hvp, g, config) for g in grads)
     removals = torch.stack([r.x for r in reports]) / len(tasks)
@@ -418,3 +439,41 @@ def fit_task_if(model: nn.Module, spec: LearnerSpec, params: Params, taskset: Ta
     for _, b in iter_task_batches(taskset, dataset, ids, batch_size, w.dtype, w.device):
         tasks.extend(batch_tasks(b))
     return fit_task_if_tasks(fns, w, tasks, config)
+
+
+# ---- explicit adaptation (MAML / ProtoNet), matrix-free ---------------------------------------
+def meta_hessian_hvp(loss_fn: Callable[..., Tensor], w: Tensor, batches: Sequence[TaskBatch], num_tasks: int) -> HVP:
+    """v ↦ (1/M) Σ_j ∇²_ω L_j(ω) v over the tasks of ``batches`` (TLXML Eq. 5; seed 001's total
+    Hessian for explicit adaptation), forward-over-reverse per batch: ``meta_hessian`` without the matrix."""
+    seen = sum(len(b) for b in batches)
+    if seen != num_tasks:
+        raise ConfigError(f"meta_hessian_hvp got {seen} tasks, expected {num_tasks}")
+    hvps = [hvp_of(create_meta_objective_function(loss_fn, b, torch.full((len(b),), 1.0 / num_tasks, dtype=w.dtype,
+                                                                          device=w.device)), w) for b in batches]  # fmt: skip
+
+    def hvp(v: Tensor) -> Tensor:
+        return sum(h(v) for h in hvps)  # type: ignore[return-value]
+
+    return hvp
+
+
+def direct_hessian_hvp(query_loss: Callable[[Tensor, Tensor, Tensor], Tensor], thetas: Tensor, tasks: Sequence[Task]) -> HVP:
+    """v ↦ H_D v = (1/M) Σ_j ∇²_θ L(Q_j; θ̂_j) v (seed 001 eq. 6–7, direct IF's Hessian), ``thetas`` (M × q)
+    the adapted weights held fixed."""
+    hvps = [hvp_of(lambda t, x=t_[2], y=t_[3]: query_loss(t, x, y), th) for th, t_ in zip(thetas, tasks, strict=True)]
+
+    def hvp(v: Tensor) -> Tensor:
+        return sum(h(v) for h in hvps) / len(hvps)  # type: ignore[operator]
+
+    return hvp
+
+
+def target_solve(hvp: HVP, g: Tensor, method: str, damping: float, tol: float, max_iter: int) -> IHVPResult:
+    """x = (H + λ_d I)⁻¹ g by CG (at most ``max_iter`` HVPs) or a Neumann series (``max_iter`` terms), to relative
+    residual ``tol``; on an indefinite H + λ_d I, CG stops at the first negative curvature (Steihaug's rule:
+    the Krylov iterate so far, reported ``converged=False`` with its residual)."""
+    if method == IHVPMethod.NEUMANN.value:
+        return solve_ihvp(hvp, g, method, damping=damping, tol=tol, terms=max_iter)
+    if method != IHVPMethod.CG.value:
+        raise ConfigError(f"matrix-free solves use 'cg' or 'neumann', got {method!r}")
+    return solve_ihvp(hvp, g, method, damping=damping, tol=tol, max_iter=max_iter)

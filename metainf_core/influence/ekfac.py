@@ -1,0 +1,181 @@
+"""EK-FAC for the adaptation (inner) Hessian: seed 001 §5.1 and A.3 (eq. 20), George et al. 2018.
+
+The Hessian of a mean cross-entropy L(S; θ) over n points is approximated by its Gauss-Newton /
+Fisher matrix F = (1/n) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i (J_i = ∂z_i/∂θ, z_i the logits), written
+with pseudo-gradients G_ic = J_iᵀ b_ic, b_ic = √p_ic (e_c − p_i), as F = (1/n) Σ_ic G_ic G_icᵀ (exact).
+EK-FAC keeps F's blocks on the diagonal and, per ``nn.Linear`` layer (weight and bias folded,
+ã = [a; 1]), takes the eigenbases of the Kronecker factors A = (1/n) Σ_i ã_i ã_iᵀ and
+S = (1/n) Σ_ic δ_ic δ_icᵀ (δ_ic = ∂(Σ_k b_kcᵀ z_k)/∂s_i at the layer's output s), then replaces
+K-FAC's eigenvalues s_k a_l by the *exact* second moments of the pseudo-gradients in that basis,
+
+    Λ_kl = (1/n) Σ_ic ((Q_Sᵀ G_ic Q_A)_kl)²   (= diag of (Q_S ⊗ Q_A)ᵀ F_block (Q_S ⊗ Q_A)),
+
+the Frobenius-closest matrix to F_block diagonal in that basis (so never farther than K-FAC). Every
+other parameter (batch-norm scales and shifts) is its own diagonal block, Λ_k = F_kk. Then
+
+    (F̂ + λI)⁻¹ v = Q_S [(Q_Sᵀ V Q_A) / (Λ + λ)] Q_Aᵀ  per layer (V = [v_W, v_b]),  v_k / (Λ_k + λ) elsewhere.
+
+Seed 001 uses it for the inner iHVPs only: the total Hessian couples layers through the adaptation
+(its Remark), which EK-FAC's block-diagonal form ignores. Batch norm couples the points of S; its
+pseudo-gradients are exact here, the Kronecker factors are the usual per-point approximation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vjp, vmap
+
+from metainf_core.exceptions import ConfigError
+from metainf_core.influence.flat import ParamLayout
+from metainf_core.influence.hvp import HVP
+from metainf_core.influence.ihvp import IHVPMethod, IHVPResult
+from metainf_core.learners import Params, with_composite_batch_norm
+
+
+@dataclass(frozen=True, eq=False)
+class KronBlock:
+    """One ``nn.Linear`` layer: flat offsets of its weight (out × in) and bias, eigenbases, corrected eigenvalues."""
+
+    weight: slice
+    bias: slice | None
+    shape: tuple[int, int]
+    q_s: Tensor  # out × out
+    q_a: Tensor  # (in + 1) × (in + 1) with a bias, in × in without
+    eigenvalues: Tensor  # out × (in + 1): Λ
+    kfac_eigenvalues: Tensor  # out × (in + 1): s_k a_l, K-FAC's, kept for comparison
+
+    def matrix(self, v: Tensor) -> Tensor:
+        """The block of a flat vector as V = [v_W, v_b] (out × (in + 1))."""
+        w = v[self.weight].view(self.shape)
+        return torch.cat([w, v[self.bias].view(-1, 1)], 1) if self.bias is not None else w
+
+    def scatter(self, out: Tensor, m: Tensor) -> None:
+        out[self.weight] = m[:, : self.shape[1]].reshape(-1)
+        if self.bias is not None:
+            out[self.bias] = m[:, -1]
+
+
+@dataclass(frozen=True, eq=False)
+class EKFACFactor:
+    """EK-FAC of one loss's Fisher (module docstring): Kronecker blocks for linear layers, a diagonal for the rest."""
+
+    blocks: tuple[KronBlock, ...]
+    diagonal_index: Tensor  # flat indices of the parameters outside linear layers
+    diagonal: Tensor  # their Λ_k = F_kk
+    q: int
+    num_points: int = field(default=0)
+
+    def _apply(self, v: Tensor, fn) -> Tensor:
+        out = torch.empty_like(v)
+        for b in self.blocks:
+            m = b.q_s.T @ b.matrix(v) @ b.q_a
+            b.scatter(out, b.q_s @ fn(m, b.eigenvalues) @ b.q_a.T)
+        out[self.diagonal_index] = fn(v[self.diagonal_index], self.diagonal)
+        return out
+
+    def hvp(self, v: Tensor) -> Tensor:
+        """F̂ v, the EK-FAC matrix applied to a flat vector."""
+        return self._apply(v, lambda m, lam: m * lam)
+
+    def ihvp(self, v: Tensor, damping: float = 0.0) -> Tensor:
+        """(F̂ + λI)⁻¹ v; eigenvalues Λ + λ ≤ 0 (λ = 0 and an unused direction) are dropped (pseudo-inverse)."""
+
+        def inv(m: Tensor, lam: Tensor) -> Tensor:
+            d = lam + damping
+            return torch.where(d > 0, m / d.clamp_min(torch.finfo(d.dtype).tiny), torch.zeros_like(m))
+
+        return self._apply(v, inv)
+
+
+def _linear_layers(net: nn.Module, layout: ParamLayout) -> dict[str, nn.Linear]:
+    names = set(layout.names)
+    return {n: m for n, m in net.named_modules() if isinstance(m, nn.Linear) and f"{n}.weight" in names}
+
+
+def fit_ekfac(model: nn.Module, params: Params, x: Tensor, y: Tensor) -> EKFACFactor:
+    """EK-FAC of the Fisher of the mean cross-entropy of ``model`` (with ``params``) on points (x, y);
+    the labels only fix n (the Fisher takes the expectation over the model's own predictions)."""
+    layout = ParamLayout.from_params(params)
+    net = with_composite_batch_norm(model)
+    layers = _linear_layers(net, layout)
+    offsets = dict(zip(layout.names, torch.cumsum(torch.tensor((0, *layout.sizes)), 0).tolist(), strict=False))
+    sizes = dict(zip(layout.names, layout.sizes, strict=True))
+    n = int(y.shape[0])
+    if n == 0:
+        raise ConfigError("EK-FAC needs at least one point")
+    w = layout.flatten(params).detach()
+
+    def logits(flat: Tensor) -> Tensor:
+        return functional_call(net, layout.unflatten(flat), (x,))
+
+    z, pullback = vjp(logits, w)
+    p = F.softmax(z.detach(), -1)
+    c = p.shape[1]
+    eye = torch.eye(c, dtype=p.dtype, device=p.device)
+    b = p.sqrt().unsqueeze(-1) * (eye.unsqueeze(0) - p.unsqueeze(1))  # (n, c, C): b_ic = √p_ic (e_c − p_i)
+    cot = torch.zeros(n, c, n, c, dtype=p.dtype, device=p.device)
+    cot[torch.arange(n), :, torch.arange(n), :] = b
+    g = vmap(lambda t: pullback(t)[0])(cot.reshape(n * c, n, c))  # (n·C) × q exact pseudo-gradients G_ic
+
+    acts: dict[str, Tensor] = {}
+    outs: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(_m: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+            acts[name], outs[name] = inp[0], out
+
+        return hook
+
+    hooks = [m.register_forward_hook(keep(k)) for k, m in layers.items()]
+    try:  # a second forward with graph-tracked weights, for the layers' inputs a_i and outputs s_i
+        z2 = functional_call(net, {k: v.detach().requires_grad_(True) for k, v in params.items()}, (x.detach(),))
+    finally:
+        for h in hooks:
+            h.remove()
+    names = list(layers)
+    delta_rows: dict[str, list[Tensor]] = {name: [] for name in names}
+    for k in range(c):  # δ_ic at every layer's output: the pseudo-gradient cotangents pulled back to s
+        grads = torch.autograd.grad((z2 * b[:, k, :]).sum(), [outs[m] for m in names], retain_graph=k < c - 1)
+        for name, d in zip(names, grads, strict=True):
+            delta_rows[name].append(d)
+    blocks, used = [], torch.zeros(layout.numel, dtype=torch.bool)
+    for name in names:
+        lin = layers[name]
+        a = acts[name].detach()
+        a = torch.cat([a, torch.ones_like(a[:, :1])], 1) if lin.bias is not None else a
+        d = torch.cat(delta_rows[name], 0).detach()  # (C·n) × out
+        q_a = torch.linalg.eigh(a.T @ a / n)
+        q_s = torch.linalg.eigh(d.T @ d / n)
+        wn, bn = f"{name}.weight", f"{name}.bias" if lin.bias is not None else None
+        wsl = slice(offsets[wn], offsets[wn] + sizes[wn])
+        bsl = slice(offsets[bn], offsets[bn] + sizes[bn]) if bn else None
+        out_dim, in_dim = lin.weight.shape
+        gw = g[:, wsl].reshape(-1, out_dim, in_dim)
+        gm = torch.cat([gw, g[:, bsl].unsqueeze(-1)], 2) if bsl else gw
+        proj = q_s.eigenvectors.T @ gm @ q_a.eigenvectors
+        block = KronBlock(wsl, bsl, (out_dim, in_dim), q_s.eigenvectors, q_a.eigenvectors, (proj**2).sum(0) / n,
+                          q_s.eigenvalues.clamp_min(0).unsqueeze(1) * q_a.eigenvalues.clamp_min(0).unsqueeze(0))  # fmt: skip
+        blocks.append(block)
+        used[wsl] = True
+        if bsl:
+            used[bsl] = True
+    idx = torch.nonzero(~used).flatten()
+    return EKFACFactor(tuple(blocks), idx, (g[:, idx] ** 2).sum(0) / n, layout.numel, n)
+
+
+def ekfac_report(factor: EKFACFactor, hvp: HVP, v: Tensor, damping: float, tol: float) -> IHVPResult:
+    """x = (F̂ + λI)⁻¹ v with its residual against the *exact* operator, ‖(H + λI)x − v‖/‖v‖ (one HVP of x):
+    how far EK-FAC's answer is from the iHVP it stands for."""
+    t0 = time.perf_counter()
+    x = factor.ihvp(v, damping)
+    res = hvp(x) + damping * x - v
+    vn = float(v.norm())
+    rel = float(res.norm()) / vn if vn > 0 else 0.0
+    return IHVPResult(x=x, method=IHVPMethod.GAUSS_NEWTON, iterations=0, residual_norm=float(res.norm()),
+                      relative_residual=rel, seconds=time.perf_counter() - t0, converged=rel <= tol, damping=damping,
+                      hvp_calls=1, note="EK-FAC of the Fisher (Kronecker-factored eigenbasis, corrected eigenvalues)")  # fmt: skip
