@@ -54,7 +54,7 @@ if [ ! -f "$STAMP" ]; then
     "${PIP[@]}" install --no-build-isolation --no-deps "$SRC" 2> >(grep -v -E "^WARNING: Location|is ignored" >&2)
     rm -rf "$TMP"
   fi
-  "$VENV/bin/python" -c "import torch, torchvision, learn2learn, streamlit, safetensors" 2>/dev/null
+  "$VENV/bin/python" -c "import torch, torchvision, learn2learn, streamlit, safetensors, xdist" 2>/dev/null
   touch "$STAMP"
   log "python environment ready"
 fi

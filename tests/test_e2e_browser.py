@@ -138,6 +138,7 @@ class Walk:
                 assert (sign == "-") == bool(down), f"{name}: the arrow of {delta.inner_text()!r} points the wrong way"
 
 
+@pytest.mark.slow
 def test_presenter_walk_in_chromium(demo_fitted, server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
