@@ -122,11 +122,26 @@ def job_slots() -> int:
     return max(1, usable_cores() - 1)
 
 
+PROC = Path("/proc")
+ALIVE = "alive"  # the start time of a live process where there is no /proc (macOS): its pid alone
+
+
 def _process_start(pid: int) -> str | None:
     """The start time of live process ``pid`` (``/proc``, clock ticks since boot), or None when it
-    is gone or a zombie: a pid alone may be reused by another process."""
+    is gone or a zombie: a pid alone may be reused by another process. Without ``/proc``, ALIVE
+    for a pid that exists."""
+    if pid <= 0:
+        return None
+    if not (PROC / "self").exists():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # another user's process: it exists
+        return ALIVE
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
     fields_ = stat.rsplit(")", 1)[1].split()  # the name in parentheses may hold spaces

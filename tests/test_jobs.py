@@ -165,3 +165,16 @@ def test_two_tabs_of_one_browser_stay_usable_while_a_fit_job_runs(synthetic_run,
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_worker_is_alive_only_while_its_process_is(tmp_path, monkeypatch):
+    """Liveness by pid and start time from /proc (a reused pid is another process), and by the pid
+    alone where there is no /proc (macOS): a finished process is never taken for a running worker."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    me = jobs._process_start(os.getpid())
+    assert me is not None and me != jobs.ALIVE and jobs._process_start(gone.pid) is None
+    monkeypatch.setattr(jobs, "PROC", tmp_path)  # no /proc here
+    assert jobs._process_start(os.getpid()) == jobs.ALIVE and jobs._process_start(gone.pid) is None
