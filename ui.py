@@ -17,6 +17,7 @@ from metainf_core.config import InfluenceConfig
 from metainf_core.exceptions import MetainfError
 from metainf_core.figures import thumbnail_strip
 from metainf_core.fits import fit_influence, fit_status, is_fitted
+from metainf_core.reproduce import rows as paper_rows
 from metainf_core.service import Run, open_run, task_view
 from metainf_core.words import score, task_summary
 
@@ -41,18 +42,43 @@ def demo_dirs() -> list[Path]:
     return [DEMO_DIR / name for name in api.demos()]
 
 
+PAPER_DIR = paper_rows.ROOT  # the committed runs of the paper's Table 9/11 rows (read only: training may be writing)
+PAPER_LINK = "paper/"  # ?model=paper/<row>/seed<k> names one
+
+
+def paper_runs() -> list[paper_rows.CommittedRun]:
+    """The committed paper runs, read afresh (a run still training moves on every ~100 meta-batches)."""
+    return paper_rows.committed_runs(PAPER_DIR)
+
+
+def paper_run_of(path: str | Path) -> paper_rows.CommittedRun | None:
+    """The committed paper run in folder ``path``, or None."""
+    where = Path(path).resolve()
+    if PAPER_DIR.resolve() not in where.parents:
+        return None
+    return next((r for r in paper_runs() if r.path.resolve() == where), None)
+
+
 def model_url_value(path: str) -> str:
-    """How a model appears in ``?model=``: a bundled demo by its name, anything else by its path."""
-    return Path(path).name if is_demo(path) else str(path)
+    """How a model appears in ``?model=``: a bundled demo by its name, a committed paper run as
+    ``paper/<row>/seed<k>``, anything else by its path."""
+    if is_demo(path):
+        return Path(path).name
+    paper, root = Path(path).resolve(), PAPER_DIR.resolve()
+    return PAPER_LINK + paper.relative_to(root).as_posix() if root in paper.parents else str(path)
 
 
 def model_from_url(value: str | None) -> str | None:
-    """The model folder named by ``?model=`` (a demo name or a folder path), or None."""
+    """The model folder named by ``?model=`` (a demo name, ``paper/<row>/seed<k>`` or a folder path), or None."""
     if not value:
         return None
     demo = DEMO_DIR / value
     if "/" not in value and (demo / "meta.json").is_file():
         return str(demo)
+    if value.startswith(PAPER_LINK):
+        paper = PAPER_DIR / value[len(PAPER_LINK) :]
+        inside = PAPER_DIR.resolve() in paper.resolve().parents
+        return str(paper) if inside and (paper / "meta.json").is_file() else None
     return value if (Path(value) / "meta.json").is_file() else None
 
 
@@ -76,8 +102,8 @@ def current_model_path() -> str:
         asked = st.query_params.get("model")
         found = model_from_url(asked)
         if asked and found is None:
-            _tell_about_link(f"The link asks for the model “{asked}”, which is neither a bundled demo nor a run folder here; "
-                             f"showing the bundled demo “{DEFAULT_DEMO}” instead.")
+            _tell_about_link(f"The link asks for the model “{asked}”, which is neither a bundled demo, a paper run nor a run "
+                             f"folder here; showing the bundled demo “{DEFAULT_DEMO}” instead.")  # fmt: skip
         st.session_state[MODEL_KEY] = found or str(DEMO_DIR / DEFAULT_DEMO)
     return st.session_state[MODEL_KEY]
 
@@ -113,12 +139,51 @@ def is_demo(path: str | Path) -> bool:
 
 
 def model_label(run: Run) -> str:
-    """A model as a person names it: "ProtoNet on fashion-mnist (bundled demo)"."""
+    """A model as a person names it: "ProtoNet on fashion-mnist (bundled demo)", "ProtoNet on
+    omniglot (paper run om-protonet-512, seed 0, partial)"."""
     meta = run.meta
     name = ALGORITHM_NAMES.get(meta["algorithm"], meta["algorithm"])
-    origin = "bundled demo" if is_demo(run.checkpoint.path) else run.checkpoint.path.name
+    paper = paper_run_of(run.checkpoint.path)
+    origin = ("bundled demo" if is_demo(run.checkpoint.path) else run.checkpoint.path.name if paper is None
+              else f"paper run {paper.row}, seed {paper.seed}{', partial' if paper.partial else ''}")  # fmt: skip
     edited = ", edited" if meta.get("edited_from") else ""
     return f"{name} on {meta['dataset']['name']} ({origin}{edited})"
+
+
+def _about(seconds: float) -> str:
+    """A duration as said aloud: "about 40 s", "about 25 min", "about 3.5 h"."""
+    if seconds < 90:
+        return f"about {max(5, round(seconds / 5) * 5)} s"
+    return f"about {math.ceil(seconds / 60)} min" if seconds < 90 * 60 else f"about {seconds / 3600:.1f} h"
+
+
+@st.cache_data(show_spinner="Timing this machine for a fit estimate (a few seconds)…")
+def paper_fit_seconds(row: str, n_orths: tuple[int, ...]) -> dict[int, float]:
+    return paper_rows.row_fit_seconds(paper_rows.get_row(row), n_orths)
+
+
+def paper_fit_notice(paper: paper_rows.CommittedRun, run: Run, cfg: InfluenceConfig) -> str:
+    """Why a paper run's influence is not fitted on a click: the predicted time at this app's and at
+    the paper's N_orth on this machine, what a fit left half-way saved, and the command that fits
+    (or resumes) it; pages then answer at once."""
+    paper_n = paper_rows.N_ORTH
+    seconds = paper_fit_seconds(paper.row, (cfg.n_orth, paper_n))
+    parts = [
+        (f"**This paper run has no influence fit yet, and none is started from here.** Fitting TLXML over its "
+        f"{paper_rows.get_row(paper.row).train_tasks:,} training tasks takes {_about(seconds[cfg.n_orth])} at this dashboard's "
+        f"settings (Gauss-Newton, N_orth = {cfg.n_orth:,}) and {_about(seconds[paper_n])} at the paper's (N_orth = {paper_n:,}) "
+        "on this machine, on one thread (predicted from a short timing probe). Fit it in a terminal (it saves as it goes and "
+        "resumes after a stop); this page then answers at once:"),
+        f"```\n{paper_rows.fit_command(paper.path, cfg)}\n```",
+    ]  # fmt: skip
+    saved = fit_status(run, cfg)
+    if saved["state"] == "partial":
+        parts.append(f"A fit was started and saved {saved['tasks_done']:,} of {saved['total']:,} training tasks so far "
+                     "(it may still be running): the same command resumes it.")  # fmt: skip
+    if paper.partial:
+        parts.append(f"Training has not finished (meta-batch {paper.steps_done:,} of {paper.steps:,}): a fit explains these "
+                     "weights, and newer ones committed later need a fit of their own.")  # fmt: skip
+    return "\n\n".join(parts)
 
 
 def require_run(uses_test_task: bool = False) -> tuple[str, Run]:
@@ -181,6 +246,10 @@ def require_influence(path: str, run: Run, cfg: InfluenceConfig | None = None):
     the job another session already started for the same fit; the page stops until it is done."""
     cfg = influence_config(path) if cfg is None else cfg
     if not is_fitted(run, cfg):
+        paper = paper_run_of(path)
+        if paper is not None:  # hours on a CPU: told, with the command, never started on a click
+            st.info(paper_fit_notice(paper, run, cfg))
+            st.stop()
         job = fit_job(path, cfg)
         if job is not None and job.active:
             fit_job_progress(str(job.directory))

@@ -21,6 +21,8 @@ from ui import (
     get_run,
     influence_config,
     is_demo,
+    paper_run_of,
+    paper_runs,
     set_model,
     show_figure,
     show_link_notices,
@@ -32,7 +34,7 @@ def corrupted_words(tc: dict) -> str:
 
 st.set_page_config(page_title="metainf", page_icon="🧭", layout="wide")
 UPLOAD_DIR = cache_root() / "uploads"  # verified uploads, named by content hash; never unpickled
-SOURCES = ["Bundled demo", "Run folder", "Upload"]
+SOURCES = ["Bundled demo", "Paper run", "Run folder", "Upload"]
 
 
 @st.cache_data(show_spinner=False)
@@ -44,6 +46,8 @@ def source_of(path: str) -> str:
     """Which picker the session's current model came from (so returning here shows it again)."""
     if is_demo(path):
         return "Bundled demo"
+    if paper_run_of(path) is not None:
+        return "Paper run"
     return "Upload" if UPLOAD_DIR.resolve() in Path(path).resolve().parents else "Run folder"
 
 
@@ -58,6 +62,8 @@ def model_picker(current: str) -> tuple[str | None, str | None]:
         now = Path(current).name if source_of(current) == "Bundled demo" else DEFAULT_DEMO
         name = st.sidebar.selectbox("Demo", names, index=names.index(now) if now in names else 0, key="home_demo")
         return str(DEMO_DIR / name), None
+    if source == "Paper run":
+        return paper_picker(current)
     if source == "Upload":
         upload = st.sidebar.file_uploader(
             "Checkpoint (.zip of a folder with model.safetensors, meta.json and the taskset files)", type=["zip"], key="home_upload"
@@ -77,6 +83,20 @@ def model_picker(current: str) -> tuple[str | None, str | None]:
     except MetainfError as e:
         return None, f"Cannot open this checkpoint: {e}"
     return folder, None
+
+
+def paper_picker(current: str) -> tuple[str | None, str | None]:
+    """The committed runs of the paper's rows (rows.committed_runs), each with its sentence."""
+    runs = paper_runs()
+    if not runs:
+        return None, "No committed paper run found in docs/results/paper."
+    st.sidebar.markdown("**The paper's own setting:** runs of TLXML's noise-task rows at the paper's settings, "
+                        "trained here and committed with the repository")  # fmt: skip
+    paths = [str(r.path) for r in runs]
+    names = {str(r.path): f"{r.row}, seed {r.seed}" for r in runs}
+    chosen = st.sidebar.radio("Paper run", paths, index=paths.index(current) if current in paths else 0, key="home_paper",
+                              format_func=names.get, captions=[r.description for r in runs])  # fmt: skip
+    return chosen, None
 
 
 def influence_status(path: str) -> dict | None:
@@ -118,6 +138,9 @@ def show_card(path: str, meta: dict) -> None:
     if test:
         st.write(f"**Test accuracy:** {percent(test['accuracy'])} ± {percent(test['accuracy_ci95'])} · "
                  f"**loss** {test['loss']:.3f} ± {test['loss_ci95']:.3f}")
+    paper = paper_run_of(path)
+    if paper is not None:
+        st.info(f"**Paper run.** {paper.description}")
     status = influence_status(path)
     if status is None:
         st.write("**Influence fit:** unknown: this run's data cannot be opened here.")
@@ -126,6 +149,9 @@ def show_card(path: str, meta: dict) -> None:
     elif status["state"] == "partial":
         st.write(f"**Influence fit:** left half-way ({status['tasks_done']}/{status['total']} training tasks): "
                  "the Explain page resumes it.")
+    elif paper is not None:
+        st.write(f"**Influence fit:** none ships with this paper run ({status['total']:,} training tasks): the Explain page "
+                 "says how long a fit takes on this machine and the command that runs it; it does not start one.")
     else:
         st.write(f"**Influence fit:** not fitted yet: the Explain page fits it over {status['total']:,} training tasks "
                  "with a progress bar, saving as it goes.")

@@ -13,6 +13,7 @@ The verdict rule is fixed here, before any number came in (``row_verdict``).
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -150,8 +151,8 @@ def evaluate_row(row: PaperRow, seed: int, root: str | Path = ROOT, *, device: s
                  cfg: InfluenceConfig | None = None) -> dict[str, Any]:  # fmt: skip
     """Fit, truncation by self-rank, proper tests (Eq. 7/9) for a finished run; writes ``row.json``."""
     from metainf_core.fits import fit_influence
-    from metainf_core.validate import validation_report
     from metainf_core.service import open_run
+    from metainf_core.validate import validation_report
 
     directory = run_dir(row, seed, root)
     run = open_run(directory, device=device)
@@ -247,13 +248,19 @@ def row_verdict(row: PaperRow, results: Sequence[dict[str, Any]]) -> dict[str, s
     return {"label": label, "reason": reason}
 
 
+def run_seeds(row: PaperRow, root: str | Path = ROOT) -> list[int]:
+    """The seeds of ``row`` with a run folder under ``root``, ascending."""
+    folder = Path(root) / row.key
+    return sorted(int(p.name[4:]) for p in folder.glob("seed*") if p.name[4:].isdigit()) if folder.is_dir() else []
+
+
 def collect(root: str | Path = ROOT, rows: Sequence[PaperRow] | None = None) -> list[dict[str, Any]]:
     """One summary per row (of ``ROWS`` by default) with any run folder: progress of each seed, the
     finished results beside the paper's figures, and the verdict (what the report and the dashboard show)."""
     root = Path(root)
     out = []
     for row in rows if rows is not None else ROWS.values():
-        seeds = sorted(int(p.name[4:]) for p in (root / row.key).glob("seed*") if p.name[4:].isdigit()) if (root / row.key).is_dir() else []
+        seeds = run_seeds(row, root)
         if not seeds:
             continue
         status = [run_status(row, s, root) for s in seeds]
@@ -261,3 +268,87 @@ def collect(root: str | Path = ROOT, rows: Sequence[PaperRow] | None = None) -> 
                    if (run_dir(row, s, root) / RESULT_FILE).is_file()]  # fmt: skip
         out.append({"row": asdict(row), "status": status, "results": results, "verdict": row_verdict(row, results)})
     return out
+
+
+# ---- the committed runs, as the dashboard lists them (issue 23 item 9) ---------------------------
+LEARNER_NAMES = {"protonet": "ProtoNet", "maml": "MAML"}  # the learners of Tables 9 and 11
+
+
+@dataclass(frozen=True)
+class CommittedRun:
+    """A run folder of a paper row under ``ROOT`` (finished or not), described from the folder itself."""
+
+    path: Path
+    row: str
+    seed: int
+    steps_done: int  # meta-batches behind the folder's weights (meta.json, written with the train state)
+    steps: int  # the paper's meta-batches for this row
+    fitted: bool  # an influence fit ships inside the folder (fits.SHIPPED_DIR): pages answer at once
+    result: bool  # row.json: the paper's fit and proper tests are done (``evaluate_row``)
+    description: str  # one plain sentence: what the run is and how far it got
+
+    @property
+    def partial(self) -> bool:
+        return self.steps_done < self.steps
+
+
+def committed_runs(root: str | Path = ROOT) -> list[CommittedRun]:
+    """Every run folder of a row of ``ROWS`` under ``root`` that holds a checkpoint (rows in table
+    order, seeds ascending): the paper's own setting (TLXML 5.1, B.3), for the dashboard to open."""
+    from metainf_core.checkpoint import META_FILE
+    from metainf_core.fits import SHIPPED_DIR
+    from metainf_core.words import corrupted_among
+
+    out = []
+    for row in ROWS.values():
+        for seed in run_seeds(row, root):
+            directory = run_dir(row, seed, root)
+            if not (directory / META_FILE).is_file():
+                continue
+            meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+            tc, status = meta["task_config"], run_status(row, seed, root)
+            done, fitted = status["steps_done"], any((directory / SHIPPED_DIR).glob("*.safetensors"))
+            learner = LEARNER_NAMES.get(meta["algorithm"], meta["algorithm"])
+            corrupted = corrupted_among({"noise": tc.get("noise_tasks", 0), "label_flip": tc.get("label_flip_tasks", 0)})  # fmt: skip
+            progress = (f"trained {done:,} of {row.steps:,} meta-batches so far (partial)" if done < row.steps
+                        else f"fully trained ({row.steps:,} meta-batches)")  # fmt: skip
+            fit = "its influence fit ships with it" if fitted else "no influence fit ships with it"
+            description = (f"The paper's own setting (TLXML {row.table}): {learner} on {meta['dataset']['name'].capitalize()}, "
+                           f"{tc['train_tasks']:,} training tasks{corrupted}, seed {tc['seed']} — {progress}; {fit}.")  # fmt: skip
+            out.append(CommittedRun(directory, row.key, seed, done, row.steps, fitted, status["result"], description))
+    return out
+
+
+def row_fit_seconds(row: PaperRow, n_orths: Sequence[int], *, probe: Callable[..., Any] | None = None,
+                linalg: Any = None) -> dict[int, float]:  # fmt: skip
+    """Predicted seconds (one thread, this machine) of a Gauss-Newton fit over a run of ``row``'s
+    training tasks for each N_orth: ``estimate.py``'s timing probe (seconds) and cost model."""
+    from metainf_core.reproduce import estimate
+
+    costs = (probe or estimate.probe_network)(estimate.Net.of(*row_configs(row, 0)))
+    la = linalg or estimate.probe_linalg()
+    return {n: estimate.fit_seconds(costs, row.train_tasks, n, la) for n in n_orths}
+
+
+def fit_command(directory: str | Path, cfg: InfluenceConfig) -> str:
+    """The command line that fits ``cfg`` for the run in ``directory`` (``python -m metainf_core fit``,
+    resumable; the options ``cli`` makes from InfluenceConfig's settings, those at their default left
+    out), the folder relative to the repository when inside it: what a page tells instead of
+    starting an hours-long fit on a click."""
+    from dataclasses import fields
+
+    from metainf_core.cli import config_options, option_name
+    from metainf_core.config import default_dtype
+
+    options = config_options(InfluenceConfig)
+    unsaid = [f.name for f in fields(InfluenceConfig) if f not in options and getattr(cfg, f.name) != f.default]
+    if unsaid:
+        raise ConfigError(f"the fit command has no option for {', '.join(unsaid)}")
+    path = Path(directory).resolve()
+    where = path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else str(path)
+    words = ["python", "-m", "metainf_core", "fit", where]
+    for f in options:
+        value, default = getattr(cfg, f.name), default_dtype(cfg.method) if f.name == "dtype" else f.default
+        if value != default:  # a bool setting is a switch (store_true)
+            words += [option_name(f)] if isinstance(value, bool) else [option_name(f), ",".join(value) if isinstance(value, tuple) else str(value)]  # fmt: skip
+    return shlex.join(words)
