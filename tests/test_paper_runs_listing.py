@@ -155,6 +155,7 @@ def test_home_lists_the_paper_runs_and_opens_one(paper_copy):
     assert at.session_state["model_path"] == str(paper_copy)
     assert at.query_params["model"] in (["paper/om-protonet-512/seed0"], "paper/om-protonet-512/seed0")
     assert any(i.value == f"**Paper run.** {run.description}" for i in at.info)
+    assert at.sidebar.caption[-1].value == "In use: paper/om-protonet-512/seed0"
     assert any(
         m.value.startswith("**Influence fit:** none ships with this paper run (512 training tasks)")
         for m in at.markdown

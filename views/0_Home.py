@@ -21,6 +21,7 @@ from ui import (
     get_run,
     influence_config,
     is_demo,
+    model_url_value,
     paper_run_of,
     paper_runs,
     set_model,
@@ -49,6 +50,11 @@ def source_of(path: str) -> str:
     if paper_run_of(path) is not None:
         return "Paper run"
     return "Upload" if UPLOAD_DIR.resolve() in Path(path).resolve().parents else "Run folder"
+
+
+def model_name(path: str) -> str:
+    """A model's short name: a demo's or run folder's name; a paper run's ``paper/<row>/seed<k>``."""
+    return model_url_value(path) if paper_run_of(path) is not None else Path(path).name
 
 
 def model_picker(current: str) -> tuple[str | None, str | None]:
@@ -186,13 +192,13 @@ def main() -> None:
     set_model(current)  # mirror the choice in the URL
     if error:
         st.error(error)
-        st.warning(f"Still using the previous model: **{Path(current).name}**. Every page uses it until another opens.")
+        st.warning(f"Still using the previous model: **{model_name(current)}**. Every page uses it until another opens.")
     show_card(current, meta)
     st.markdown(
         "**Next:** open **Explain** to see which training tasks helped or hurt one test task, **Edit** to block or "
         "enhance training tasks and watch the test accuracy change, or **Tasks** to browse the tasks themselves."
     )
-    st.sidebar.caption(f"In use: {Path(current).name}")
+    st.sidebar.caption(f"In use: {model_name(current)}")
 
 
 main()
