@@ -7,9 +7,9 @@ import pytest
 
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
 from metainf_core.fits import fit_influence
-from metainf_core.validate import validation_report
 from metainf_core.service import open_run
 from metainf_core.train import train
+from metainf_core.validate import validation_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
