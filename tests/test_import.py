@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 l2l = pytest.importorskip("learn2learn")
 
+from helpers import fit_from_page
+
 from metainf_core.cli import main  # noqa: E402
 from metainf_core.data import load_dataset  # noqa: E402
 from metainf_core.exceptions import CheckpointError, ConfigError, UnsafeFileError  # noqa: E402
@@ -322,16 +324,14 @@ def _page(name: str, run: Path):
     at = AppTest.from_file(str(REPO / name), default_timeout=600)
     at.session_state["model_path"] = str(run)
     at.run()
-    if any(b.key == "fit_button" for b in at.button):  # not fitted yet: the page fits on request
-        at.button(key="fit_button").click().run()
+    at = fit_from_page(at)  # not fitted yet: the page fits on request, as a background job
     assert not at.exception, at.exception
     return at
 
 
 def test_home_card_names_where_an_upload_came_from(imported_maml, tmp_path, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
     from helpers import upload_to_home, zip_of
+    from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
     at = upload_to_home(AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run(), "l2l.zip", zip_of(imported_maml))
@@ -362,7 +362,7 @@ def test_explain_and_edit_pages_on_an_imported_run(imported_maml, tmp_path, monk
 
 
 def test_the_readme_example_runs(tmp_path, python_exe):
-    """examples/explain_learn2learn_model.py (the README's path) with 5 training steps."""
+    """examples/explain_learn2learn_model.py (docs/import-your-model.md's path) with 5 training steps."""
     out = tmp_path / "l2l-maml"
     proc = subprocess.run([python_exe, str(REPO / "examples" / "explain_learn2learn_model.py"), str(out), "5"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip

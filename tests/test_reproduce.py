@@ -117,13 +117,14 @@ def test_darkening_is_nested_and_exact():
     assert torch.allclose(quarter.query_x, 0.75 * x)
 
 
+@pytest.mark.slow
 def test_reproduce_command_at_smoke_scale(tmp_path, python_exe):
     """Every experiment through the CLI at smoke scale; then a second call is up to date, and the
     numbers in the sections equal direct library calls on the same runs."""
     from metainf_core.config import InfluenceConfig
     from metainf_core.fits import fit_influence
-    from metainf_core.validate import validation_report
     from metainf_core.service import open_run
+    from metainf_core.validate import validation_report
 
     out, work = tmp_path / "report", tmp_path / "work"
     # one thread, as this process (the module's one_thread): the proper-test counts below are compared
@@ -192,8 +193,8 @@ def test_medium_scale_end_to_end(tmp_path, monkeypatch):
     import dataclasses
     import shutil
 
-    from metainf_core.reproduce import reproduce
     from metainf_core.reproduce import experiments as ex
+    from metainf_core.reproduce import reproduce
 
     monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
     medium_keys = [k for k, e in EXPERIMENTS.items() if e.medium is not None]
