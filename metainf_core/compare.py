@@ -31,6 +31,10 @@ Methods (g_j = gradient of training task j's query loss, g_i = the target's; 1/M
   residual ‖(H + λ_d I)x − g_i‖/‖g_i‖, iterations and convergence are in the details. On an
   indefinite H + λ_d I, CG stops at the first negative curvature (Steihaug), where the dense path
   drops the negative eigen-directions: the two agree where H + λ_d I is positive definite.
+- ``direct-if-ekfac`` (seed 001 §5.1, A.3): direct IF with H_D replaced by EK-FAC of the query sets'
+  Fishers at the adapted weights (``influence.ekfac.fit_ekfac_sets``; Kronecker factors for linear
+  layers, a diagonal for the rest); the residual of its x against the exact H_D is in the details.
+  MAML only (EK-FAC does not apply to the total Hessian, seed 001 §5.1).
 - ``dattri-if-explicit`` / ``dattri-if-cg`` (peer library, ``peer.py``): dattri 0.3.0's influence
   attributors with a task's query loss after adaptation as one training example, s_ji / M with
   s_ji = g_jᵀ (H + λ_d I)⁻¹ g_i (plain inverse). MAML and ProtoNet.
@@ -68,6 +72,7 @@ from metainf_core.cache import CacheEntry
 from metainf_core.config import Algorithm, InfluenceConfig, InfluenceMethod, check_damping_and_dtype
 from metainf_core.exceptions import ConfigError
 from metainf_core.fits import fit_influence, params_as, run_fingerprint
+from metainf_core.influence.ekfac import ekfac_report, fit_ekfac_sets
 from metainf_core.influence.exact import MAX_EXACT_PARAMS, spectral_factor
 from metainf_core.influence.flat import ParamLayout, create_flat_forward_function, create_flat_loss_function
 from metainf_core.influence.gradients import iter_task_batches, task_gradients
@@ -374,6 +379,32 @@ def _direct_if(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray
     return (g @ tensors["removals"].T).cpu().numpy(), {**info, "damping": cfg.damping}
 
 
+# ---- direct IF with EK-FAC (seed 001 §5.1) -----------------------------------------------------
+def _direct_ekfac_check(run: Run, cfg: CompareConfig) -> str | None:
+    if _algo(run) is not Algorithm.MAML:
+        return ("EK-FAC here approximates direct IF's H_D, the query losses' Hessians at MAML's adapted weights; "
+                f"{run.spec.algo} has no such explicit adaptation (proximal-maml: task-if's inner_method 'ekfac')")  # fmt: skip
+    return None
+
+
+def _direct_ekfac(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Direct IF with H_D ≈ EK-FAC of the query sets' Fishers at the adapted weights θ̂_j (``fit_ekfac_sets``):
+    (1/M) G (F̂_D + λ_d I)⁻¹ g_i, and the residual of that x against the exact H_D (one HVP pass)."""
+    parts, _ = _maml_direct_parts(run, cfg)
+    grads, thetas = parts["gradients"], parts["thetas"]
+    tasks = _train_tasks(run, grads.dtype)
+    layout = ParamLayout.from_params(params_as(run, cfg.dtype))
+    started = time.time()
+    factor = fit_ekfac_sets(run.model, [(layout.unflatten(th), t[2]) for th, t in zip(thetas, tasks, strict=True)])
+    g = target_gradient(run, target, cfg.dtype, _maml_partial_gradients(run, cfg.dtype))
+    hvp = direct_hessian_hvp(_maml_loss(run, cfg.dtype)[1], thetas, tasks)
+    rep = ekfac_report(factor, hvp, g.to(grads), cfg.damping, cfg.tol)
+    details = {"relative_residual": rep.relative_residual, "residual_against": "exact H_D + λ_d I",
+               "kronecker_layers": len(factor.blocks), "diagonal_parameters": int(factor.diagonal.numel()),
+               "damping": cfg.damping, "fit_seconds": round(time.time() - started, 3)}  # fmt: skip
+    return ((grads @ rep.x) / len(run.train_tasks)).cpu().numpy(), details
+
+
 # ---- matrix-free task-IF / direct IF (MAML, ProtoNet) -----------------------------------------
 def _matrix_free(run: Run, target: Target, cfg: CompareConfig, mode: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Helpfulness (1/M) G (H + λ_d I)⁻¹ g_i with one CG / Neumann solve on HVPs for the target (task_if
@@ -496,6 +527,7 @@ METHODS: dict[str, ScoringMethod] = {
         ScoringMethod("task-if", "seed 001 task-IF: total derivatives through the adaptation, damped", _task_if_check, _task_if),
         ScoringMethod("direct-if", "seed 001 direct IF: partial derivatives at the adapted weights only", _direct_check, _direct_if),
         ScoringMethod("grad-sim", "first-order baseline: dot product of meta-gradients, no Hessian", _always, _grad_sim),
+        ScoringMethod("direct-if-ekfac", "seed 001 direct IF with EK-FAC for H_D (Kronecker-factored Fisher at the adapted weights)", _direct_ekfac_check, _direct_ekfac),
         ScoringMethod("dattri-if-explicit", "peer library dattri: explicit-Hessian influence, one task = one example", _dattri_check("explicit"), _dattri("explicit")),
         ScoringMethod("dattri-if-cg", "peer library dattri: CG influence, one task = one example", _dattri_check("cg"), _dattri("cg")),
     )

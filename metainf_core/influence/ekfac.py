@@ -23,6 +23,7 @@ pseudo-gradients are exact here, the Kronecker factors are the usual per-point a
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -97,15 +98,18 @@ def _linear_layers(net: nn.Module, layout: ParamLayout) -> dict[str, nn.Linear]:
     return {n: m for n, m in net.named_modules() if isinstance(m, nn.Linear) and f"{n}.weight" in names}
 
 
-def fit_ekfac(model: nn.Module, params: Params, x: Tensor, y: Tensor) -> EKFACFactor:
-    """EK-FAC of the Fisher of the mean cross-entropy of ``model`` (with ``params``) on points (x, y);
-    the labels only fix n (the Fisher takes the expectation over the model's own predictions)."""
-    layout = ParamLayout.from_params(params)
-    net = with_composite_batch_norm(model)
-    layers = _linear_layers(net, layout)
-    offsets = dict(zip(layout.names, torch.cumsum(torch.tensor((0, *layout.sizes)), 0).tolist(), strict=False))
-    sizes = dict(zip(layout.names, layout.sizes, strict=True))
-    n = int(y.shape[0])
+@dataclass(frozen=True, eq=False)
+class _SetStats:
+    """One point set's pieces: per linear layer ã ãᵀ and δ δᵀ sums, and the (n·C) × q pseudo-gradients."""
+
+    aa: dict[str, Tensor]
+    dd: dict[str, Tensor]
+    g: Tensor
+    n: int
+
+
+def _set_stats(net: nn.Module, layout: ParamLayout, layers: dict[str, nn.Linear], params: Params, x: Tensor) -> _SetStats:
+    n = int(x.shape[0])
     if n == 0:
         raise ConfigError("EK-FAC needs at least one point")
     w = layout.flatten(params).detach()
@@ -138,34 +142,75 @@ def fit_ekfac(model: nn.Module, params: Params, x: Tensor, y: Tensor) -> EKFACFa
         for h in hooks:
             h.remove()
     names = list(layers)
-    delta_rows: dict[str, list[Tensor]] = {name: [] for name in names}
+    deltas: dict[str, list[Tensor]] = {name: [] for name in names}
     for k in range(c):  # δ_ic at every layer's output: the pseudo-gradient cotangents pulled back to s
         grads = torch.autograd.grad((z2 * b[:, k, :]).sum(), [outs[m] for m in names], retain_graph=k < c - 1)
         for name, d in zip(names, grads, strict=True):
-            delta_rows[name].append(d)
-    blocks, used = [], torch.zeros(layout.numel, dtype=torch.bool)
+            deltas[name].append(d)
+    aa, dd = {}, {}
     for name in names:
-        lin = layers[name]
         a = acts[name].detach()
-        a = torch.cat([a, torch.ones_like(a[:, :1])], 1) if lin.bias is not None else a
-        d = torch.cat(delta_rows[name], 0).detach()  # (C·n) × out
-        q_a = torch.linalg.eigh(a.T @ a / n)
-        q_s = torch.linalg.eigh(d.T @ d / n)
-        wn, bn = f"{name}.weight", f"{name}.bias" if lin.bias is not None else None
-        wsl = slice(offsets[wn], offsets[wn] + sizes[wn])
-        bsl = slice(offsets[bn], offsets[bn] + sizes[bn]) if bn else None
-        out_dim, in_dim = lin.weight.shape
-        gw = g[:, wsl].reshape(-1, out_dim, in_dim)
-        gm = torch.cat([gw, g[:, bsl].unsqueeze(-1)], 2) if bsl else gw
-        proj = q_s.eigenvectors.T @ gm @ q_a.eigenvectors
-        block = KronBlock(wsl, bsl, (out_dim, in_dim), q_s.eigenvectors, q_a.eigenvectors, (proj**2).sum(0) / n,
-                          q_s.eigenvalues.clamp_min(0).unsqueeze(1) * q_a.eigenvalues.clamp_min(0).unsqueeze(0))  # fmt: skip
-        blocks.append(block)
-        used[wsl] = True
-        if bsl:
-            used[bsl] = True
+        a = torch.cat([a, torch.ones_like(a[:, :1])], 1) if layers[name].bias is not None else a
+        d = torch.cat(deltas[name], 0).detach()  # (C·n) × out
+        aa[name], dd[name] = a.T @ a, d.T @ d
+    return _SetStats(aa, dd, g.detach(), n)
+
+
+def fit_ekfac(model: nn.Module, params: Params, x: Tensor, y: Tensor) -> EKFACFactor:
+    """EK-FAC of the Fisher of the mean cross-entropy of ``model`` (with ``params``) on points (x, y);
+    the labels only fix n (the Fisher takes the expectation over the model's own predictions)."""
+    if int(y.shape[0]) != int(x.shape[0]):
+        raise ConfigError(f"EK-FAC got {x.shape[0]} points and {y.shape[0]} labels")
+    return fit_ekfac_sets(model, [(params, x)])
+
+
+def fit_ekfac_sets(model: nn.Module, sets: Sequence[tuple[Params, Tensor]]) -> EKFACFactor:
+    """EK-FAC of the mean of several point sets' Fishers, (1/K) Σ_k F_k(θ_k), each at its own weights
+    (direct IF's H_D: the query sets at the tasks' adapted weights): A and S averaged over the sets
+    (each set's own 1/n), the corrected eigenvalues from all sets' pseudo-gradients in a second pass."""
+    if not sets:
+        raise ConfigError("EK-FAC needs at least one point set")
+    layout = ParamLayout.from_params(sets[0][0])
+    net = with_composite_batch_norm(model)
+    layers = _linear_layers(net, layout)
+    offsets = dict(zip(layout.names, torch.cumsum(torch.tensor((0, *layout.sizes)), 0).tolist(), strict=False))
+    sizes = dict(zip(layout.names, layout.sizes, strict=True))
+    k_sets = len(sets)
+    a_mean: dict[str, Tensor] = {}
+    s_mean: dict[str, Tensor] = {}
+    for params, x in sets:  # pass 1: the Kronecker factors
+        st = _set_stats(net, layout, layers, params, x)
+        for name in layers:
+            a_mean[name] = a_mean.get(name, 0) + st.aa[name] / (st.n * k_sets)
+            s_mean[name] = s_mean.get(name, 0) + st.dd[name] / (st.n * k_sets)
+    bases = {name: (torch.linalg.eigh(s_mean[name]), torch.linalg.eigh(a_mean[name])) for name in layers}
+    slices = {}
+    used = torch.zeros(layout.numel, dtype=torch.bool)
+    for name, lin in layers.items():
+        wn = f"{name}.weight"
+        bn = f"{name}.bias" if lin.bias is not None else None
+        slices[name] = (slice(offsets[wn], offsets[wn] + sizes[wn]), slice(offsets[bn], offsets[bn] + sizes[bn]) if bn else None)
+        for sl in slices[name]:
+            if sl is not None:
+                used[sl] = True
     idx = torch.nonzero(~used).flatten()
-    return EKFACFactor(tuple(blocks), idx, (g[:, idx] ** 2).sum(0) / n, layout.numel, n)
+    lam: dict[str, Tensor] = {}
+    diag = 0
+    for params, x in sets:  # pass 2: second moments of the pseudo-gradients in the Kronecker eigenbases
+        st = _set_stats(net, layout, layers, params, x)
+        for name, lin in layers.items():
+            (q_s, q_a), (wsl, bsl) = bases[name], slices[name]
+            gw = st.g[:, wsl].reshape(-1, *lin.weight.shape)
+            gm = torch.cat([gw, st.g[:, bsl].unsqueeze(-1)], 2) if bsl else gw
+            proj = q_s.eigenvectors.T @ gm @ q_a.eigenvectors
+            lam[name] = lam.get(name, 0) + (proj**2).sum(0) / (st.n * k_sets)
+        diag = diag + (st.g[:, idx] ** 2).sum(0) / (st.n * k_sets)
+    blocks = []
+    for name, lin in layers.items():
+        (q_s, q_a), (wsl, bsl) = bases[name], slices[name]
+        kfac = q_s.eigenvalues.clamp_min(0).unsqueeze(1) * q_a.eigenvalues.clamp_min(0).unsqueeze(0)
+        blocks.append(KronBlock(wsl, bsl, tuple(lin.weight.shape), q_s.eigenvectors, q_a.eigenvectors, lam[name], kfac))
+    return EKFACFactor(tuple(blocks), idx, diag, layout.numel, sum(int(x.shape[0]) for _, x in sets))
 
 
 def ekfac_report(factor: EKFACFactor, hvp: HVP, v: Tensor, damping: float, tol: float) -> IHVPResult:
