@@ -1,15 +1,20 @@
 """Shared fixtures: seeded RNGs, tiny float64 models, and one small trained run per session; and how
-``make test`` shares the suite out over the cores (pytest-xdist, ``-n <cores> --dist loadgroup``)."""
+``make test`` shares the suite out over the cores (pytest-xdist, ``-n <cores> --dist loadfile``)."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from xdist.remote import Producer
+    from xdist.scheduler import LoadFileScheduling
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("METAINF_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -37,7 +42,7 @@ def work_unit(nodeid: str) -> str:
     return "processes" if file in PROCESS_FILES else file
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log):  # log: xdist's Producer
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> LoadFileScheduling | None:
     """``--dist loadfile`` with PROCESS_FILES as one unit. (xdist 3.8's ``loadgroup`` cannot group:
     it renames ``item._nodeid``, which pytest 9 no longer reads.)"""
     if config.getvalue("dist") != "loadfile":

@@ -141,3 +141,17 @@ def test_every_docs_page_is_linked_from_the_readme():
     for page in pages:
         assert f"](docs/{page.name})" in readme, f"docs/{page.name} is not linked from README.md"
         assert "](../README.md)" in page.read_text(encoding="utf-8"), f"docs/{page.name} does not link back"
+
+
+def test_the_suite_is_shared_out_as_docs_testing_says():
+    """docs/testing.md: under `make test` each test file is one unit of work, and the files that start
+    process groups or servers (conftest.PROCESS_FILES, named on the page) are one unit together."""
+    from conftest import PROCESS_FILES, work_unit  # tests/conftest.py
+
+    files = sorted(f"tests/{p.name}" for p in (REPO / "tests").glob("test_*.py"))
+    page = (REPO / "docs" / "testing.md").read_text(encoding="utf-8")
+    assert PROCESS_FILES and set(PROCESS_FILES) <= set(files)  # a renamed file would silently leave the unit
+    assert all(f"`{f}`" in page for f in PROCESS_FILES)
+    units = {f: work_unit(f"{f}::test_x[a::b]") for f in files}
+    assert {units[f] for f in PROCESS_FILES} == {"processes"}
+    assert len(set(units.values())) == len(files) - len(PROCESS_FILES) + 1
