@@ -58,11 +58,11 @@ from metainf_core.config import TaskConfig, TrainConfig
 from metainf_core.detect import random_removal_sets
 from metainf_core.evaluation import mean_ci95
 from metainf_core.exceptions import ConfigError
+from metainf_core.fidelity import DEFAULT_DAMPING, with_train_seed
 from metainf_core.fits import fit_influence
+from metainf_core.influence import distributed
 from metainf_core.leave_out import leave_out_configs
 from metainf_core.ranking import Target, test_score_matrix
-from metainf_core.fidelity import DEFAULT_DAMPING, with_train_seed
-from metainf_core.influence import distributed
 from metainf_core.reproduce import runs
 from metainf_core.service import Run
 from metainf_core.validate import spearman
@@ -274,10 +274,13 @@ def score_matrix(run: Run, name: str, test_ids: Sequence[int], cfg: LDSConfig, c
     return np.stack(rows), details
 
 
+SLOW_PEERS = ("dattri-if-cg",)  # dattri's CG runs all its q iterations per test task; dattri-if-explicit scores alike where it fits
+
+
 def default_methods() -> list[str]:
-    """Every registered method (those that do not apply to a run are listed as skipped, with why)
-    and the random baseline."""
-    return [*METHODS, RANDOM]
+    """Every registered method but ``SLOW_PEERS`` (those that do not apply to a run are listed as skipped,
+    with why) and the random baseline; ``--methods`` adds them."""
+    return [*(m for m in METHODS if m not in SLOW_PEERS), RANDOM]
 
 
 def parse_lds_methods(text: str | None) -> list[str] | None:

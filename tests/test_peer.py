@@ -51,3 +51,11 @@ def test_dattri_methods_say_why_they_do_not_apply(synthetic_run):
     assert METHODS["dattri-if-cg"].skip_reason(big) is None
     prox = SimpleNamespace(spec=LearnerSpec("proximal-maml", 3), params={"w": torch.zeros(10)})
     assert "proximal-maml" in METHODS["dattri-if-cg"].skip_reason(prox)
+
+
+def test_lds_defaults_take_the_peer_where_it_is_cheap():
+    from metainf_core.lds import RANDOM, default_methods
+
+    names = default_methods()
+    assert "dattri-if-explicit" in names and "direct-if-ekfac" in names and "dattri-if-cg" not in names
+    assert names[-1] == RANDOM and set(names) | {"dattri-if-cg"} == set(METHODS) | {RANDOM}
