@@ -46,11 +46,13 @@ def test_dattri_methods_say_why_they_do_not_apply(synthetic_run):
     from metainf_core.influence.exact import MAX_EXACT_PARAMS
     from metainf_core.learners import LearnerSpec
 
+    damped = CompareConfig(damping=0.01)
     big = SimpleNamespace(spec=LearnerSpec("maml", 3), params={"w": torch.zeros(MAX_EXACT_PARAMS + 1)})
-    assert "q × q Hessian" in METHODS["dattri-if-explicit"].skip_reason(big)
-    assert METHODS["dattri-if-cg"].skip_reason(big) is None
+    assert "q × q Hessian" in METHODS["dattri-if-explicit"].skip_reason(big, damped)
+    assert METHODS["dattri-if-cg"].skip_reason(big, damped) is None
+    assert "damping" in METHODS["dattri-if-cg"].skip_reason(big)  # λ_d = 0: dattri has no pseudo-inverse
     prox = SimpleNamespace(spec=LearnerSpec("proximal-maml", 3), params={"w": torch.zeros(10)})
-    assert "proximal-maml" in METHODS["dattri-if-cg"].skip_reason(prox)
+    assert "proximal-maml" in METHODS["dattri-if-cg"].skip_reason(prox, damped)
 
 
 def test_lds_defaults_take_the_peer_where_it_is_cheap():
