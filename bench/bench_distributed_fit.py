@@ -40,9 +40,9 @@ sys.path.insert(0, str(REPO))  # run from anywhere, as the other benches
 
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig  # noqa: E402
 from metainf_core.fits import fit_influence, params_as  # noqa: E402
-from metainf_core.ranking import Target, all_scores  # noqa: E402
 from metainf_core.influence import GaussNewtonConfig, GaussNewtonFit, task_gradients  # noqa: E402
 from metainf_core.influence.gauss_newton import orthogonal_columns  # noqa: E402
+from metainf_core.ranking import Target, all_scores  # noqa: E402
 from metainf_core.service import open_run  # noqa: E402
 
 CLI_GN = InfluenceConfig(method="gn", n_orth=512, dtype="float32")  # what `fit DIR --method gn` fits

@@ -74,9 +74,8 @@ def _one_fit(cfg_dict: dict) -> None:
 
 def part_demo(a: argparse.Namespace) -> None:
     from metainf_core.fits import cache_entry, fit_influence
-    from metainf_core.validate import validation_report
     from metainf_core.service import open_run
-    from metainf_core.validate import spearman, top_k_overlap
+    from metainf_core.validate import spearman, top_k_overlap, validation_report
 
     base = dict(dtype="float32", n_orth=512, self_rank_sample=255)  # 255: its own cache key (not the shipped fit), so it is timed too
     settings = [("full", {})] + [(f"sketch d={d}", {"projection_dim": d}) for d in a.dims]

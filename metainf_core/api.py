@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from metainf_core.config import InfluenceConfig, InfluenceMethod
+from metainf_core.config import InfluenceConfig, default_dtype
 from metainf_core.edit import EditSpec, edit_report, edited_params, save_edited_checkpoint
 from metainf_core.exceptions import CheckpointError, ConfigError, NotFittedError
 from metainf_core.fits import fit_influence
@@ -87,7 +87,7 @@ class ExplainerConfig(InfluenceConfig):
 
     def __post_init__(self) -> None:
         if not self.dtype:
-            object.__setattr__(self, "dtype", "float64" if self.method == InfluenceMethod.EXACT.value else "float32")
+            object.__setattr__(self, "dtype", default_dtype(self.method))
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         super().__post_init__()

@@ -59,7 +59,7 @@ def default_dtype(method: str) -> str:
     """The fit's dtype when none is chosen (CLI ``--dtype`` left out, ``api.ExplainerConfig(dtype="")``):
     float64 for the exact meta-Hessian (TLXML Eq. 5: small models, where its pseudo-inverse needs the
     precision), float32 for Gauss-Newton (Eq. 10–11: large models; the shipped demo fits are float32)."""
-    return "float64" if method == InfluenceMethod.EXACT.value else "float32"
+    return "float64" if METHOD_ALIASES.get(method) is InfluenceMethod.EXACT else "float32"  # "exact" or "tlxml-exact"
 
 
 def setting(default: Any, help: str, *, flag: str = "", choices: tuple[str, ...] = (), metavar: str = "") -> Any:

@@ -47,14 +47,13 @@ from typing import Any
 import numpy as np
 
 from metainf_core.config import InfluenceConfig
-from metainf_core.edit import EditSpec
+from metainf_core.edit import EditSpec, edited_params
 from metainf_core.evaluation import TaskMetrics, mean_ci95
 from metainf_core.exceptions import ConfigError
-from metainf_core.edit import edited_params
 from metainf_core.fits import fit_influence
+from metainf_core.influence import TaskInfluence
 from metainf_core.leave_out import leave_out_retrain
 from metainf_core.ranking import Target, all_scores, test_score_matrix
-from metainf_core.influence import TaskInfluence
 from metainf_core.service import Run
 from metainf_core.words import (
     SIGNIFICANT_SD,

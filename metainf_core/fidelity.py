@@ -38,14 +38,13 @@ import torch
 from torch import Tensor
 
 from metainf_core.compare import CompareConfig, get_method, removal_vectors, tlxml_config
-from metainf_core.edit import EditSpec, apply_delta
+from metainf_core.edit import EditSpec, apply_delta, edited_params
 from metainf_core.evaluation import TaskMetrics, mean_ci95
 from metainf_core.exceptions import ConfigError
-from metainf_core.edit import edited_params
 from metainf_core.fits import cache_entry, fit_influence
-from metainf_core.leave_out import leave_out_retrain
 from metainf_core.influence.flat import ParamLayout
 from metainf_core.learners import Params
+from metainf_core.leave_out import leave_out_retrain
 from metainf_core.service import Run, open_run
 
 # (stage, done, total): "fit:<method>", "estimates", "retrain"

@@ -109,3 +109,20 @@ def run_cli(*args: object) -> subprocess.CompletedProcess:
         except SystemExit as e:  # argparse's usage errors
             code = e.code if isinstance(e.code, int) else 1
     return subprocess.CompletedProcess([str(a) for a in args], code, out.getvalue(), err.getvalue())
+
+
+def fit_from_page(at, timeout: float = 900.0):
+    """Click a page's "Fit influence now" when it shows, wait for the background fit job (metainf_core.jobs)
+    to end, and rerun the page as its progress fragment does when the job ends: the page then shows
+    the fitted result. A page without the button (already fitted) is returned as it is."""
+    if not any(b.key == "fit_button" for b in at.button):
+        return at
+    from metainf_core import jobs
+    from ui import fit_job
+
+    at.button(key="fit_button").click().run()
+    assert not at.exception, at.exception
+    job = fit_job(at.session_state["model_path"])
+    assert job is not None, "the fit button started no job"
+    assert jobs.wait(job, timeout=timeout).state == "done", jobs.job_status(job.directory)
+    return at.run()

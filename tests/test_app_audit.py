@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import fit_from_page
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
@@ -26,9 +27,8 @@ from metainf_core.detect import (
     lowest_ids,
     random_removal_sets,
 )
-from metainf_core.edit import EditSpec
+from metainf_core.edit import EditSpec, edited_params
 from metainf_core.evaluation import mean_ci95
-from metainf_core.edit import edited_params
 from metainf_core.fits import fit_influence
 from metainf_core.service import open_run
 from ui import DEFAULT_INFLUENCE
@@ -221,7 +221,7 @@ def test_run_without_corrupted_tasks_or_images(tmp_path, monkeypatch):
     task_cfg = TaskConfig(dataset="synthetic", ways=3, shots=5, queries=5, train_tasks=48, test_tasks=16, noise_tasks=0)
     train_cfg = TrainConfig(algo="maml", arch="mlp-synthetic", steps=60, meta_batch=8, lr=0.01, inner_lr=0.4, checkpoint_every=60)
     at = open_page(train(task_cfg, train_cfg, tmp_path / "run", progress=False, device="cpu"))
-    at = ok(at.button(key="fit_button").click().run())
+    at = ok(fit_from_page(at))
     assert any(i.value.startswith("This training taskset records no corrupted tasks") for i in at.info)
     assert len(gallery(at)) == GALLERY and not at.get("image") and len(at.get("plotly_chart")) == 1
     assert at.number_input(key="audit_k").value == 48 // 8
@@ -244,7 +244,7 @@ def test_label_flip_run(tmp_path, monkeypatch):
     train_cfg = TrainConfig(algo="maml", arch="mlp", steps=150, meta_batch=8, lr=0.003, inner_lr=0.4, checkpoint_every=150)
     path = train(task_cfg, train_cfg, tmp_path / "run", progress=False, device="cpu")
     at = open_page(path)
-    at = ok(at.button(key="fit_button").click().run())
+    at = ok(fit_from_page(at))
     run = open_run(path)
     flipped = corrupted_ids(run)
     assert len(flipped) == 8 and at.number_input(key="audit_k").value == 8  # k defaults to the recorded corruptions

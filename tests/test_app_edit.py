@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+from helpers import fit_from_page
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,8 +32,7 @@ def open_page(test_task: int | None = None) -> AppTest:
 
 
 def ok(at: AppTest) -> AppTest:
-    if any(b.key == "fit_button" for b in at.button):
-        ok(at.button(key="fit_button").click().run())
+    at = fit_from_page(at)
     assert not at.exception, at.exception
     return at
 

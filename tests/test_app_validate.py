@@ -8,6 +8,7 @@ import math
 import re
 from pathlib import Path
 
+from helpers import fit_from_page
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +42,7 @@ def test_validate_flow(demo_fitted):
     at = AppTest.from_file(str(REPO / "views" / "4_Validate.py"), default_timeout=900)
     at.session_state["model_path"] = str(REPO / "assets" / "demo" / "protonet-fashion-mnist")
     at.run()
-    if any(b.key == "fit_button" for b in at.button):
-        at.button(key="fit_button").click().run()
+    at = fit_from_page(at)
     assert not at.exception, at.exception
     # the demo's setting has no committed LDS measurement (docs/results/lds): said, with what is measured
     from metainf_core.lds_results import validate_sentence

@@ -9,17 +9,15 @@ import math
 
 import numpy as np
 import pytest
+from helpers import run_cli  # tests/helpers.py
 
 from metainf_core import detect
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
-from metainf_core.edit import EditSpec
+from metainf_core.edit import EditSpec, edited_params
 from metainf_core.exceptions import ConfigError
-from metainf_core.edit import edited_params
 from metainf_core.fits import fit_influence
 from metainf_core.service import open_run
 from metainf_core.train import train
-
-from helpers import run_cli  # tests/helpers.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EXACT = InfluenceConfig(method="exact", dtype="float64", self_rank_sample=64)

@@ -22,8 +22,8 @@ from metainf_core.config import InfluenceConfig
 from metainf_core.edit import EditSpec, apply_delta, edit_delta
 from metainf_core.exceptions import ConfigError
 from metainf_core.fits import fit_influence, params_as
-from metainf_core.ranking import Target, all_scores
 from metainf_core.influence.gauss_newton import GaussNewtonConfig, GaussNewtonFit
+from metainf_core.ranking import Target, all_scores
 from metainf_core.service import open_run
 from metainf_core.train import resolve_device
 

@@ -21,9 +21,9 @@ from metainf_core.cache import INFO
 from metainf_core.checkpoint import read_tensor_metadata
 from metainf_core.config import InfluenceConfig
 from metainf_core.fits import cache_entry, fit_influence, fit_status
-from metainf_core.ranking import Target, all_scores
 from metainf_core.influence import GaussNewtonFit, distributed
 from metainf_core.influence.gauss_newton import orthogonal_columns
+from metainf_core.ranking import Target, all_scores
 from metainf_core.service import open_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")

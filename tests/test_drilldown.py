@@ -19,9 +19,9 @@ from metainf_core import drilldown as dd
 from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
 from metainf_core.exceptions import ConfigError, TaskNotFoundError
 from metainf_core.fits import fit_influence, params_as
-from metainf_core.ranking import Target, target_gradient
 from metainf_core.influence.flat import ParamLayout, create_flat_logits_function
 from metainf_core.influence.gradients import task_gradients
+from metainf_core.ranking import Target, target_gradient
 from metainf_core.service import open_run
 from metainf_core.train import train
 

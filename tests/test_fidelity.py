@@ -12,19 +12,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_task_if import M as SMOOTH_M  # noqa: F401 - the fixture is used by name
+from test_task_if import _reoptimise, problem
 
 from metainf_core.compare import CompareConfig, maml_task_if_fit, removal_vectors
 from metainf_core.config import TaskConfig, TrainConfig
 from metainf_core.detect import random_removal_sets
 from metainf_core.edit import apply_delta
 from metainf_core.exceptions import ConfigError
-from metainf_core.fits import params_as
-from metainf_core.leave_out import leave_out_retrain
 from metainf_core.fidelity import removal_fidelity, removal_sum, with_train_seed
+from metainf_core.fits import params_as
 from metainf_core.influence import TaskIFConfig, fit_task_if_tasks, task_gradients
+from metainf_core.leave_out import leave_out_retrain
 from metainf_core.service import open_run
 from metainf_core.train import train
-from test_task_if import M as SMOOTH_M, _reoptimise, problem  # noqa: F401 - the fixture is used by name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DAMPING, STEPS = 0.01, 30
