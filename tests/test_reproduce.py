@@ -20,6 +20,7 @@ from metainf_core.data.base import REPO_ROOT
 from metainf_core.reproduce import EXPERIMENTS, load_sections
 from metainf_core.reproduce.experiments import Context, darkened, run_experiment
 from metainf_core.reproduce.report import figure_path, render_readme
+from metainf_core.reproduce.dataset_check import collect as collect_dataset_checks
 from metainf_core.reproduce.rows import collect as collect_rows
 from metainf_core.tasks import TaskBatch
 
@@ -37,7 +38,8 @@ def test_readme_is_rendered_from_the_committed_sections():
     assert drawn == figures, f"missing figures: {sorted(figures - drawn)}"
     paper, rows = load_sections(REPORT, "paper"), collect_rows(REPORT / "paper")  # the paper rows' committed run folders
     assert all(r["status"] for r in rows), "a row is listed only with a run folder"
-    assert render_readme(sections, drawn, medium, paper, rows) == (REPORT / "README.md").read_text(encoding="utf-8")
+    checks = collect_dataset_checks(REPORT)  # the medium noise setting on another dataset (docs/results/medium-dataset)
+    assert render_readme(sections, drawn, medium, paper, rows, checks) == (REPORT / "README.md").read_text(encoding="utf-8")
 
 
 # a table cell: "0.928", "0.799 ± 0.077" (mean ± sd) or "54 (+5.5σ)" (count of proper tests, z)
@@ -402,3 +404,23 @@ def test_report_renders_a_paper_scale_section_beside_the_others(tmp_path):
     # without the paper section, the README is the committed one's rendering
     path.unlink()
     assert render(out, figures=False).read_text(encoding="utf-8") == render_readme(load_sections(out), set(), list(medium.values()))
+
+
+def test_dataset_check_reading_follows_its_rule():
+    """The dataset-or-method reading (reproduce.dataset_check.reading) on made-up z values for each
+    case of its rule, and the rendered section lists each run with its z and the medium e2 row."""
+    from metainf_core.reproduce.dataset_check import reading, render
+
+    def r(dataset, z, seed=0):
+        return {"algo": "protonet", "dataset": dataset, "ways": 5 if dataset == "omniglot" else 3, "seed": seed, "accuracy": 0.9,
+                "noise": {"z": z, "proper": 64 + 5.66 * z, "total": 128}}
+
+    assert "the dataset, not the method" in reading([r("omniglot", 3.1), r("fashion-mnist", 0.7)])
+    assert "fails on both datasets" in reading([r("omniglot", 1.0), r("fashion-mnist", 0.7)])
+    assert "disagree between seeds" in reading([r("omniglot", 3.1), r("omniglot", 1.0, 1), r("fashion-mnist", 0.7)])
+    assert "only one dataset" in reading([r("omniglot", 3.1)])
+    medium = {"tables": [{"rows": [["protonet", "fashion-mnist", 1024, 128, "0.797 ± 0.000", "68.0 ± 0.0 / 128", "0.7 ± 0.0 σ", "5.66", 1]]}]}
+    text = render([r("omniglot", 3.1)], medium)
+    assert "| protonet | fashion-mnist | 0 | 0.797 ± 0.000 | 68.0 ± 0.0 / 128 | 0.7 ± 0.0 σ | medium e2 section |" in text
+    assert "| protonet | omniglot (5-way) | 0 | 0.900 | 82 / 128 | +3.1 σ |" in text
+    assert "the dataset, not the method" in text

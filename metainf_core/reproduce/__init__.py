@@ -35,6 +35,7 @@ from metainf_core.influence import distributed
 from metainf_core.io import write_atomic, write_json_atomic
 from metainf_core.reproduce.experiments import EXPERIMENTS, Context, run_experiment
 from metainf_core.reproduce.report import render_readme, write_figures
+from metainf_core.reproduce.dataset_check import collect as collect_dataset_checks
 from metainf_core.reproduce.rows import collect as collect_rows
 
 __all__ = ["EXPERIMENTS", "SCALES", "environment", "select", "load_sections", "render", "reproduce", "section_path"]
@@ -101,7 +102,7 @@ def render(out: str | Path, figures: bool = True) -> Path:
         drawn |= new
         if why is not None:
             print(f"figures: {why}")
-    text = render_readme(sections, drawn, medium, paper, collect_rows(out / "paper"))
+    text = render_readme(sections, drawn, medium, paper, collect_rows(out / "paper"), collect_dataset_checks(out))
     write_atomic(out / "README.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return out / "README.md"
 

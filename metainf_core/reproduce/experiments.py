@@ -423,7 +423,7 @@ def superclass_consistency(c: dict[str, Any], ctx: Context) -> Section:
         (n_sig, f"{n_sig} of {len(zs)} (learner, dataset, s) settings significant (mean z > 2)"),
         f"no overlap level gives a significant majority of proper tests (mean z {min(zs):+.1f} … {max(zs):+.1f}); "
         + (f"the claim still fails with {network_text(c)} networks at M = {largest} (the paper: FC60, 8,192 tasks)" if _conv(c) else
-           f"with the ~1.4k-parameter FFT-feature learners at M = {largest}; what makes it fail is not tested at this scale (see the medium scale)"),
+           f"this with the ~1.4k-parameter FFT-feature learners at M = {largest}, and no run at this scale tests why (the medium scale repeats it with conv networks)"),
     )
     return {
         "title": "Superclass consistency",

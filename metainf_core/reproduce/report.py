@@ -175,11 +175,13 @@ def render_paper_rows(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def render_readme(sections: Sequence[dict[str, Any]], figures: set[str], medium: Sequence[dict[str, Any]] = (),
-                  paper: Sequence[dict[str, Any]] = (), paper_rows: Sequence[dict[str, Any]] = ()) -> str:  # fmt: skip
+                  paper: Sequence[dict[str, Any]] = (), paper_rows: Sequence[dict[str, Any]] = (),
+                  dataset_checks: Sequence[dict[str, Any]] = ()) -> str:  # fmt: skip
     """The whole report; ``figures`` holds the PNG paths (relative to the report) that exist;
     ``medium`` and ``paper`` the medium- and paper-scale sections, shown after the report-scale ones
     of the same experiment (and each with a row of its own in the verdict table); ``paper_rows`` the
-    TLXML Table 9/11 rows run at the paper's settings (``rows.collect``), a section of their own."""
+    TLXML Table 9/11 rows run at the paper's settings (``rows.collect``), a section of their own;
+    ``dataset_checks`` the medium noise setting rerun on another dataset (``dataset_check.collect``)."""
     small = {s["key"]: s for s in sections}
     large = {s["key"]: s for s in medium}
     largest = {s["key"]: s for s in paper}
@@ -204,6 +206,10 @@ def render_readme(sections: Sequence[dict[str, Any]], figures: set[str], medium:
         "",
     ]
     tail = [render_paper_rows(paper_rows)] if paper_rows else []
+    if dataset_checks:
+        from metainf_core.reproduce.dataset_check import render as render_dataset_checks
+
+        tail.append(render_dataset_checks(list(dataset_checks), large.get("e2-noise")))
     return "\n".join(head + [render_section(int(k.split("-")[0][1:]), small.get(k), figures, large.get(k), largest.get(k)) for k in keys] + tail)
 
 
