@@ -18,9 +18,9 @@ import torch
 
 from metainf_core.data.base import REPO_ROOT
 from metainf_core.reproduce import EXPERIMENTS, load_sections
+from metainf_core.reproduce.dataset_check import collect as collect_dataset_checks
 from metainf_core.reproduce.experiments import Context, darkened, run_experiment
 from metainf_core.reproduce.report import figure_path, render_readme
-from metainf_core.reproduce.dataset_check import collect as collect_dataset_checks
 from metainf_core.reproduce.rows import collect as collect_rows
 from metainf_core.tasks import TaskBatch
 

@@ -33,9 +33,9 @@ from metainf_core.data.base import REPO_ROOT
 from metainf_core.exceptions import ConfigError
 from metainf_core.influence import distributed
 from metainf_core.io import write_atomic, write_json_atomic
+from metainf_core.reproduce.dataset_check import collect as collect_dataset_checks
 from metainf_core.reproduce.experiments import EXPERIMENTS, Context, run_experiment
 from metainf_core.reproduce.report import render_readme, write_figures
-from metainf_core.reproduce.dataset_check import collect as collect_dataset_checks
 from metainf_core.reproduce.rows import collect as collect_rows
 
 __all__ = ["EXPERIMENTS", "SCALES", "environment", "select", "load_sections", "render", "reproduce", "section_path"]
