@@ -190,7 +190,9 @@ def _compare(a: argparse.Namespace) -> dict[str, Any]:
     names = parse_methods(a.methods)  # before loading anything: unknown names fail fast
     run = open_run(a.path, device=a.device)
     target = Target.parse(a.test_task, run)
-    out = compare_methods(run, target, names, k=a.top, config=CompareConfig(damping=a.damping), include_scores=a.scores)
+    given = {k: v for k, v in (("solver", a.solver), ("tol", a.tol), ("max_iter", a.max_iter)) if v is not None}
+    config = CompareConfig(damping=a.damping, **given)
+    out = compare_methods(run, target, names, k=a.top, config=config, include_scores=a.scores)
     return {**out, "lds": lds_summary(run)}  # the method with the best committed LDS on runs trained like this one
 
 
@@ -534,6 +536,11 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--methods", default=None, help="comma-separated (default all): tlxml-exact,tlxml-gn,task-if,direct-if,grad-sim")
     c.add_argument("--top", type=int, default=10, help="k of the top-k lists and overlaps")
     c.add_argument("--damping", type=float, default=0.0, help="λ_d of task-if and direct-if")
+    # left out: CompareConfig's defaults (compare.py, not imported here so that the parser needs no torch)
+    c.add_argument("--solver", default=None, help="task-if / direct-if: auto (default: dense when q ≤ 5,000, else cg), dense, "
+                                                  "cg or neumann (on Hessian-vector products; hours on a CPU for the demos)")
+    c.add_argument("--tol", type=float, default=None, help="relative residual the matrix-free solves stop at")
+    c.add_argument("--max-iter", type=int, default=None, help="Hessian-vector products per matrix-free solve")
     c.add_argument("--scores", action="store_true", help="also print every method's full score vector")
     _add_device_arg(c)
     c.set_defaults(func=_compare)

@@ -198,7 +198,8 @@ def removal_fidelity(
     seeds = [int(s) for s in retrain_seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"retrain_seeds must be distinct and at least one, got {list(retrain_seeds)}")
-    cfg = CompareConfig(damping=damping, dtype=dtype)
+    # removal vectors need M solves: dense only, so above q = 5,000 task-IF and direct IF are skipped with why
+    cfg = CompareConfig(damping=damping, dtype=dtype, solver="dense")
     before = run.evaluate()
     out: dict[str, Any] = {
         "num_tasks": m, "removal_sets": [b.tolist() for b in sets], "sizes": sorted({len(b) for b in sets}),

@@ -19,7 +19,9 @@ st.title("Compare influence methods")
 st.caption("One method's ranking is an opinion: here two methods rank the same training tasks for the same test task. "
            "Positive score = the training task helped (up-weighting it lowers the test loss), for every method.")
 path, run = require_run(uses_test_task=True)
-CFG = CompareConfig(dtype=DEFAULT_INFLUENCE.dtype)  # tlxml-gn then shares the app's cached fit
+# tlxml-gn then shares the app's cached fit; dense solves only: a matrix-free task-IF on a demo-sized model runs for
+# hours inside the page (the CLI's `compare --solver cg` offers it), so above q = 5,000 the page says why it is left out
+CFG = CompareConfig(dtype=DEFAULT_INFLUENCE.dtype, solver="dense")
 reasons = {name: m.skip_reason(run, CFG) for name, m in METHODS.items()}
 names = [n for n, r in reasons.items() if not r]
 if len(names) < 2:
