@@ -62,6 +62,9 @@ METHOD_NAMES = {  # compare.METHODS keys -> what a visitor reads
     "task-if": "Task influence (through adaptation)",
     "direct-if": "Direct influence (adapted weights only)",
     "grad-sim": "Gradient similarity",
+    "direct-if-ekfac": "Direct influence with a fast curvature approximation (EK-FAC)",
+    "dattri-if-explicit": "Influence by the dattri library (exact solve)",
+    "dattri-if-cg": "Influence by the dattri library (iterative solve)",
     "gn": "TLXML (Gauss-Newton)",
     "exact": "TLXML (exact)",
 }
@@ -72,6 +75,9 @@ METHOD_HELP = {  # one plain sentence per scoring method (the paper's descriptio
     "task-if": "Follows each training task through the model's adaptation step as well.",
     "direct-if": "Looks only at the weights after adaptation, ignoring how the adaptation itself depends on training.",
     "grad-sim": "How much each training task's gradient points the same way as the test task's, with no curvature at all.",
+    "direct-if-ekfac": "Direct influence, with the curvature approximated layer by layer so that it fits larger networks.",
+    "dattri-if-explicit": "Another library's influence estimate (dattri), treating each training task as one example.",
+    "dattri-if-cg": "The same library's estimate, solved step by step instead of all at once.",
 }
 
 # tasks.CORRUPTIONS -> (one task, several tasks, what such a task holds)

@@ -237,3 +237,13 @@ def test_task_summary_says_what_each_task_holds():
     text = ranking_summary([row(["Bag"]), row(["Bag"])], [row(["Coat"])])
     assert "hold Bag (other), against 0 of the 1" in text
 
+
+
+def test_every_registered_method_has_plain_words():
+    """A method added to compare's registry must get a plain name and one help sentence, else the
+    Compare page shows its code-form key (the browser walk's reading caught 'direct-if-ekfac')."""
+    from metainf_core.compare import METHODS
+    from metainf_core.words import METHOD_HELP
+
+    assert all(method_name(m) != m for m in METHODS), [m for m in METHODS if method_name(m) == m]
+    assert set(METHODS) <= set(METHOD_HELP), sorted(set(METHODS) - set(METHOD_HELP))
