@@ -107,7 +107,7 @@ class CompareConfig:
 
     damping: float = 0.0
     dtype: str = "float64"
-    n_orth: int = 512
+    n_orth: int = InfluenceConfig.n_orth  # the Gauss-Newton setting has one home: InfluenceConfig
     solver: str = "auto"  # task-IF / direct IF: "dense" (q ≤ MAX_EXACT_PARAMS), "cg" / "neumann" on HVPs; auto = dense if it fits
     tol: float = 1e-6  # relative residual ‖(H + λ_d I)x − g‖/‖g‖ the matrix-free solves stop at
     max_iter: int = 200  # HVPs (CG) or series terms (Neumann) per matrix-free solve

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from metainf_core.cache import cache_root
 from metainf_core.compare import METHODS, SIGN, CompareConfig, get_method, tlxml_config
-from metainf_core.config import TaskConfig, TrainConfig
+from metainf_core.config import InfluenceMethod, TaskConfig, TrainConfig
 from metainf_core.detect import random_removal_sets
 from metainf_core.evaluation import mean_ci95
 from metainf_core.exceptions import ConfigError
@@ -66,6 +66,8 @@ from metainf_core.ranking import Target, test_score_matrix
 from metainf_core.reproduce import runs
 from metainf_core.service import Run
 from metainf_core.validate import spearman
+
+TLXML_NAMES = tuple(m.compare_name for m in InfluenceMethod)  # "tlxml-exact", "tlxml-gn": the one method vocabulary
 
 RANDOM = "random"  # the baseline: i.i.d. standard normal scores, seeded by the subset seed
 LDS_SIGN = "predicted loss of a subset = −Σ helpfulness over its tasks; LDS > 0 = the method predicts retraining"
@@ -238,7 +240,7 @@ def truncated(name: str) -> tuple[str, int] | None:
     base, sep, k = name.partition("@")
     if not sep:
         return None
-    if base not in ("tlxml-exact", "tlxml-gn") or not k.isdigit() or int(k) < 1:
+    if base not in TLXML_NAMES or not k.isdigit() or int(k) < 1:
         raise ConfigError(f"{name!r}: a fixed truncation is written tlxml-exact@K or tlxml-gn@K with K ≥ 1")
     return base, int(k)
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from metainf_core.config import METHOD_ALIASES
+
 # ---- numbers -------------------------------------------------------------------------------------
 ACCURACY_DIGITS = 1  # one format for accuracy everywhere: "79.4 %"
 CHANGE_DIGITS = 2  # a taskset's accuracy before and after an edit: one image in 1,920 moves it 0.05 points
@@ -65,8 +67,6 @@ METHOD_NAMES = {  # compare.METHODS keys -> what a visitor reads
     "direct-if-ekfac": "Direct influence with a fast curvature approximation (EK-FAC)",
     "dattri-if-explicit": "Influence by the dattri library (exact solve)",
     "dattri-if-cg": "Influence by the dattri library (iterative solve)",
-    "gn": "TLXML (Gauss-Newton)",
-    "exact": "TLXML (exact)",
 }
 
 METHOD_HELP = {  # one plain sentence per scoring method (the paper's description stays in compare.METHODS)
@@ -95,8 +95,9 @@ COLUMN_NAMES = {  # table columns as a visitor reads them
 
 
 def method_name(key: str) -> str:
-    """A scoring method's plain name (``"grad-sim"`` -> ``"Gradient similarity"``)."""
-    return METHOD_NAMES.get(key, key)
+    """A scoring method's plain name (``"grad-sim"`` -> ``"Gradient similarity"``); a fit's method
+    (``"gn"``, ``"exact"``) is read through the one vocabulary (``config.METHOD_ALIASES``)."""
+    return METHOD_NAMES.get(METHOD_ALIASES[key].compare_name if key in METHOD_ALIASES else key, key)
 
 
 def corruption_name(kind: str, n: int = 1) -> str:
