@@ -158,8 +158,15 @@ def _chance(m: MeasuredLDS) -> str:
 def not_measured_sentence(folder: str | Path = RESULTS) -> str:
     """What is said where no measurement matches."""
     settings = measured_settings(folder)
-    where = f"so far it has been measured only for {'; '.join(settings)}" if settings else "no measurement is committed"
-    return f"Not yet checked against retraining for models trained like this one: {where} (task-level LDS, docs/results/lds)."
+    head = ("Not yet checked against retraining for models trained like this one. That check retrains the model many times, each "
+            "time on a random part of its training tasks, and asks whether the ranking predicts which retrained models do worse "
+            "(the task-level LDS of the reproduction report)")
+    if not settings:
+        return head + "; no such check is committed yet."
+    kinds = list(dict.fromkeys(s.split(" (")[0] for s in settings))  # the settings without their corrupted-task counts
+    noisy = sum(" (" in s for s in settings)
+    mix = "" if not noisy else " (all with corrupted tasks)" if noisy == len(settings) else " (with and without corrupted tasks)"
+    return head + f"; so far it has been run only for {' and '.join(kinds)}{mix}."
 
 
 def validate_sentence(m: MeasuredLDS | None, folder: str | Path = RESULTS) -> str:
