@@ -12,6 +12,7 @@ from metainf_core.config import (
     DATASET_ARCHITECTURES,
     METHOD_ALIASES,
     Architecture,
+    CompareConfig,
     InfluenceConfig,
     TaskConfig,
     TrainConfig,
@@ -182,7 +183,7 @@ def _rank(a: argparse.Namespace) -> dict[str, Any]:
 
 def _compare(a: argparse.Namespace) -> dict[str, Any]:
     """Scores of several influence methods for one target and every pair's agreement (compare.py)."""
-    from metainf_core.compare import CompareConfig, compare_methods, parse_methods
+    from metainf_core.compare import compare_methods, parse_methods
     from metainf_core.ranking import Target
     from metainf_core.lds_results import lds_summary
     from metainf_core.service import open_run
@@ -190,8 +191,7 @@ def _compare(a: argparse.Namespace) -> dict[str, Any]:
     names = parse_methods(a.methods)  # before loading anything: unknown names fail fast
     run = open_run(a.path, device=a.device)
     target = Target.parse(a.test_task, run)
-    given = {k: v for k, v in (("solver", a.solver), ("tol", a.tol), ("max_iter", a.max_iter)) if v is not None}
-    config = CompareConfig(damping=a.damping, **given)
+    config = _config_from(a, CompareConfig)
     out = compare_methods(run, target, names, k=a.top, config=config, include_scores=a.scores)
     return {**out, "lds": lds_summary(run)}  # the method with the best committed LDS on runs trained like this one
 
@@ -533,14 +533,10 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="compare influence methods for one target: scores, Spearman/Pearson, top-k overlap")
     c.add_argument("path", help="checkpoint directory")
     c.add_argument("--test-task", required=True, help="ID, ID,ID,..., all, or train:J")
-    c.add_argument("--methods", default=None, help="comma-separated (default all): tlxml-exact,tlxml-gn,task-if,direct-if,grad-sim")
+    c.add_argument("--methods", default=None, help="comma-separated registry names (default: every method that applies; "
+                                                   "see docs/influence-methods.md), e.g. tlxml-gn,grad-sim,task-if")
     c.add_argument("--top", type=int, default=10, help="k of the top-k lists and overlaps")
-    c.add_argument("--damping", type=float, default=0.0, help="λ_d of task-if and direct-if")
-    # left out: CompareConfig's defaults (compare.py, not imported here so that the parser needs no torch)
-    c.add_argument("--solver", default=None, help="task-if / direct-if: auto (default: dense when q ≤ 5,000, else cg), dense, "
-                                                  "cg or neumann (on Hessian-vector products; hours on a CPU for the demos)")
-    c.add_argument("--tol", type=float, default=None, help="relative residual the matrix-free solves stop at")
-    c.add_argument("--max-iter", type=int, default=None, help="Hessian-vector products per matrix-free solve")
+    _add_config_args(c, CompareConfig)
     c.add_argument("--scores", action="store_true", help="also print every method's full score vector")
     _add_device_arg(c)
     c.set_defaults(func=_compare)

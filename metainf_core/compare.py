@@ -59,7 +59,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,7 +69,7 @@ from torch import Tensor
 from torch.func import grad
 
 from metainf_core.cache import CacheEntry
-from metainf_core.config import Algorithm, InfluenceConfig, InfluenceMethod, check_damping_and_dtype
+from metainf_core.config import SOLVERS, Algorithm, CompareConfig, InfluenceConfig, InfluenceMethod  # noqa: F401 - re-exported
 from metainf_core.exceptions import ConfigError
 from metainf_core.fits import fit_influence, params_as, run_fingerprint
 from metainf_core.influence.ekfac import ekfac_report, fit_ekfac_sets
@@ -97,30 +97,6 @@ CACHE_FORMAT = 1
 SIGN = ("helpfulness: positive = the training task helped the target (up-weighting it lowers the target's loss; "
         "removing it raises it)")  # fmt: skip
 DENSE_MAX_PARAMS = 1000  # task-IF builds per-task q × q matrices up to here, HVP products above
-SOLVERS = ("auto", "dense", "cg", "neumann")
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """Settings shared by the methods: ``damping`` λ_d of task-IF / direct-IF, ``dtype`` of all
-    computations, ``n_orth`` of the Gauss-Newton fit. TLXML truncation is chosen by self-rank."""
-
-    damping: float = 0.0
-    dtype: str = "float64"
-    n_orth: int = InfluenceConfig.n_orth  # the Gauss-Newton setting has one home: InfluenceConfig
-    solver: str = "auto"  # task-IF / direct IF: "dense" (q ≤ MAX_EXACT_PARAMS), "cg" / "neumann" on HVPs; auto = dense if it fits
-    tol: float = 1e-6  # relative residual ‖(H + λ_d I)x − g‖/‖g‖ the matrix-free solves stop at
-    max_iter: int = 200  # HVPs (CG) or series terms (Neumann) per matrix-free solve
-
-    def __post_init__(self) -> None:
-        check_damping_and_dtype(self.damping, self.dtype)
-        if self.solver not in SOLVERS:
-            raise ConfigError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if not (self.tol > 0 and self.max_iter >= 1):
-            raise ConfigError(f"tol must be positive and max_iter at least 1, got {self.tol}, {self.max_iter}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 Scorer = Callable[[Run, Target, CompareConfig], tuple[np.ndarray, dict[str, Any]]]

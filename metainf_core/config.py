@@ -294,3 +294,33 @@ class InfluenceConfig:
         if "param_groups" in values:
             values["param_groups"] = tuple(values["param_groups"])
         return cls(**values)
+
+
+SOLVERS = ("auto", "dense", "cg", "neumann")  # task-IF / direct IF's linear solves (compare.solver_for)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Settings shared by compare's methods (``compare.METHODS``): ``damping`` λ_d of task-IF / direct IF,
+    ``dtype`` of all computations, ``n_orth`` of the Gauss-Newton fit (its default is InfluenceConfig's),
+    and the solver of task-IF / direct IF's linear systems (seed 001 Eq. 4–6); TLXML's truncation is
+    chosen by self-rank. ``python -m metainf_core compare`` makes its options from these fields."""
+
+    damping: float = setting(0.0, "λ_d of task-if and direct-if")
+    dtype: str = setting("float64", "arithmetic of every method", choices=("float32", "float64"))
+    n_orth: int = setting(InfluenceConfig.n_orth, "tlxml-gn: Algorithm 1's N_orth")
+    solver: str = setting("auto", "task-if / direct-if: dense q × q solves, or cg / neumann on Hessian-vector products "
+                                  "(auto: dense when q ≤ 5,000, else cg; hours on a CPU for the demos)", choices=SOLVERS)
+    tol: float = setting(1e-6, "relative residual ‖(H + λ_d I)x − g‖/‖g‖ the matrix-free solves stop at")
+    max_iter: int = setting(200, "Hessian-vector products (cg) or series terms (neumann) per matrix-free solve")
+
+    def __post_init__(self) -> None:
+        check_damping_and_dtype(self.damping, self.dtype)
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if not (self.tol > 0 and self.max_iter >= 1):
+            raise ConfigError(f"tol must be positive and max_iter at least 1, got {self.tol}, {self.max_iter}")
+        _check_positive(self, "n_orth")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -12,7 +12,7 @@ import pytest
 
 from metainf_core import cli
 from metainf_core.api import ExplainerConfig
-from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig, default_arch, default_dtype
+from metainf_core.config import CompareConfig, InfluenceConfig, TaskConfig, TrainConfig, default_arch, default_dtype
 
 INFLUENCE_COMMANDS = ("fit", "rank", "edit", "validate", "detect")
 # options chosen by a rule when left out: the rule's value is checked below, not the field default
@@ -32,7 +32,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 @pytest.mark.parametrize(("command", "classes"), [*((c, (InfluenceConfig,)) for c in INFLUENCE_COMMANDS),
-                                                  ("train", (TaskConfig, TrainConfig))])  # fmt: skip
+                                                  ("train", (TaskConfig, TrainConfig)), ("compare", (CompareConfig,))])  # fmt: skip
 def test_every_setting_is_an_option_with_the_field_default(command, classes):
     opts = options(command)
     for cls in classes:
@@ -93,3 +93,11 @@ def test_given_options_reach_the_config():
 def test_readme_invocations_parse(line):
     a = parse(*line.split())
     assert a.func.__name__ == "_" + line.split()[0]
+
+
+def test_compare_options_build_the_compare_config():
+    """`compare`'s options are CompareConfig's fields: left out, the config is CompareConfig(); given, they reach it."""
+    a = parse("compare", "DIR", "--test-task", "3")
+    assert cli._config_from(a, CompareConfig) == CompareConfig()
+    a = parse("compare", "DIR", "--test-task", "3", "--solver", "cg", "--tol", "1e-4", "--max-iter", "7", "--damping", "0.01")
+    assert cli._config_from(a, CompareConfig) == CompareConfig(damping=0.01, solver="cg", tol=1e-4, max_iter=7)
