@@ -18,7 +18,7 @@ from metainf_core.exceptions import MetainfError
 from metainf_core.figures import thumbnail_strip
 from metainf_core.fits import fit_influence, fit_status, is_fitted
 from metainf_core.reproduce import rows as paper_rows
-from metainf_core.service import Run, open_run, task_view
+from metainf_core.service import Run, check_folder_allowed, open_run, task_view
 from metainf_core.words import score, task_summary
 
 DEMO_DIR = api.DEMO_DIR  # one definition of where the bundled demos live
@@ -29,6 +29,7 @@ ALGORITHM_NAMES = {"maml": "MAML", "protonet": "ProtoNet", "proximal-maml": "Pro
 
 @st.cache_resource(show_spinner="Loading model and data…")
 def get_run(path: str) -> Run:
+    check_folder_allowed(path, also=(DEMO_DIR, paper_rows.ROOT))  # a shared server's root ($METAINF_RUNS_ROOT), if set
     return open_run(path)
 
 

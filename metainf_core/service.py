@@ -53,6 +53,24 @@ class Run:
         )
 
 
+RUNS_ROOT_ENV = "METAINF_RUNS_ROOT"  # set on a shared server: typed folder paths must lie under it (unset: any folder)
+
+
+def check_folder_allowed(path: str | Path, also: tuple[Path, ...] = ()) -> None:
+    """On a shared server (``$METAINF_RUNS_ROOT`` set), refuse a run folder outside that root and
+    outside ``also`` (the bundled demos and paper runs), so a visitor cannot make the server read
+    any folder of its disk; on a laptop (unset) every folder is allowed. Symlinks are resolved first."""
+    import os
+
+    root = os.environ.get(RUNS_ROOT_ENV, "").strip()
+    if not root:
+        return
+    where = Path(path).expanduser().resolve()
+    roots = [Path(root).expanduser().resolve(), *(Path(r).resolve() for r in also)]
+    if not any(where == r or r in where.parents for r in roots):
+        raise CheckpointError(f"{path}: this server opens run folders only under {roots[0]} (it is shared: {RUNS_ROOT_ENV})")
+
+
 def open_run(path: str | Path, device: str = "cpu") -> Run:
     """Load and verify a checkpoint directory, rebuild its model, dataset and tasksets."""
     from metainf_core.train import resolve_device
