@@ -14,6 +14,7 @@ from metainf_core.config import (
     Architecture,
     CompareConfig,
     InfluenceConfig,
+    LDSConfig,
     TaskConfig,
     TrainConfig,
     default_arch,
@@ -373,10 +374,10 @@ def _lds(a: argparse.Namespace) -> dict[str, Any] | None:
     from metainf_core.compare import CompareConfig
     from metainf_core.ranking import Target
     from metainf_core.influence import distributed
-    from metainf_core.lds import LDSConfig, format_table, parse_lds_methods, task_lds
+    from metainf_core.lds import format_table, parse_lds_methods, task_lds
     from metainf_core.service import open_run
 
-    cfg = LDSConfig(subsets=a.subsets, alpha=a.alpha, seeds=a.seeds, subset_seed=a.subset_seed, steps=a.steps or 0)
+    cfg = _config_from(a, LDSConfig)
     methods = parse_lds_methods(a.methods)  # before loading anything: unknown names fail fast
     run = open_run(a.path, device=a.device)
     target = Target.parse(a.test_tasks, run)
@@ -614,11 +615,7 @@ def _fidelity_parser(sub: argparse._SubParsersAction) -> None:
 def _lds_parser(sub: argparse._SubParsersAction) -> None:
     ld = sub.add_parser("lds", help="task-level linear datamodeling score of each method vs K·R subset retrainings, with the noise ceiling")
     ld.add_argument("path", help="checkpoint directory (a run trained by metainf: it is retrained with its own configuration)")
-    ld.add_argument("--subsets", type=int, default=20, help="K random training-task subsets")
-    ld.add_argument("--alpha", type=float, default=0.5, help="fraction of the training tasks each subset keeps")
-    ld.add_argument("--seeds", type=int, default=4, help="R training seeds per subset (the run's seed, +1, ...); ≥ 2 for the ceiling")
-    ld.add_argument("--subset-seed", type=int, default=0, help="seed of the random subsets")
-    ld.add_argument("--steps", type=int, default=None, help="steps of each retraining (default: as trained)")
+    _add_config_args(ld, LDSConfig)
     ld.add_argument("--methods", default=None, help="comma-separated compare methods, tlxml-gn@K / tlxml-exact@K (K eigen-directions kept) and/or random "
                     "(default: all and random; those that do not apply are listed as skipped)")
     ld.add_argument("--test-tasks", default="all", help="test task ids, comma-separated, or all")

@@ -324,3 +324,37 @@ class CompareConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class LDSConfig:
+    """The task-level LDS's retrainings (``lds.task_lds``; TRAK's LDS with training tasks as the
+    data points): K subsets of fraction ``alpha`` drawn with ``subset_seed``, each retrained with
+    ``seeds`` R training seeds for ``steps`` meta-batches (0 = as the run was trained).
+    ``python -m metainf_core lds`` makes its options from these fields."""
+
+    subsets: int = setting(20, "K random training-task subsets")
+    alpha: float = setting(0.5, "fraction of the training tasks each subset keeps")
+    seeds: int = setting(4, "R training seeds per subset (the run's seed, +1, ...); ≥ 2 for the ceiling")
+    subset_seed: int = setting(0, "seed of the random subsets")
+    steps: int = setting(0, "steps of each retraining (0: as trained)")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.subsets, int) or self.subsets < 3:
+            raise ConfigError(f"subsets must be an integer ≥ 3 (a Spearman correlation over K subsets), got {self.subsets!r}")
+        if not (0.0 < self.alpha < 1.0):
+            raise ConfigError(f"alpha must lie strictly between 0 and 1, got {self.alpha!r}")
+        for name in ("seeds", "subset_seed", "steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "seeds" else 0):
+                raise ConfigError(f"{name} must be a {'positive' if name == 'seeds' else 'non-negative'} integer, got {value!r}")
+
+    def subset_size(self, num_tasks: int) -> int:
+        """round(α·M), which must leave at least one task in and one out."""
+        n = round(self.alpha * num_tasks)
+        if not 1 <= n < num_tasks:
+            raise ConfigError(f"alpha = {self.alpha} keeps {n} of {num_tasks} training tasks; it must keep between 1 and M − 1")
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

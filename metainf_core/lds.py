@@ -45,7 +45,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,7 @@ from tqdm.auto import tqdm
 
 from metainf_core.cache import cache_root
 from metainf_core.compare import METHODS, SIGN, CompareConfig, get_method, tlxml_config
-from metainf_core.config import InfluenceMethod, TaskConfig, TrainConfig
+from metainf_core.config import InfluenceMethod, LDSConfig, TaskConfig, TrainConfig  # noqa: F401 - LDSConfig re-exported
 from metainf_core.detect import random_removal_sets
 from metainf_core.evaluation import mean_ci95
 from metainf_core.exceptions import ConfigError
@@ -73,38 +72,6 @@ RANDOM = "random"  # the baseline: i.i.d. standard normal scores, seeded by the 
 LDS_SIGN = "predicted loss of a subset = −Σ helpfulness over its tasks; LDS > 0 = the method predicts retraining"
 Progress = Callable[[int, int], None]  # (retrainings done, total)
 DEFAULT_CONFIG = CompareConfig(damping=DEFAULT_DAMPING)  # λ_d of task-IF / direct IF, as removal fidelity's
-
-
-@dataclass(frozen=True)
-class LDSConfig:
-    """K subsets of fraction ``alpha`` drawn with ``subset_seed``, each retrained with ``seeds`` R
-    training seeds for ``steps`` meta-batches (0 = as the run was trained)."""
-
-    subsets: int = 20
-    alpha: float = 0.5
-    seeds: int = 4
-    subset_seed: int = 0
-    steps: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.subsets, int) or self.subsets < 3:
-            raise ConfigError(f"subsets must be an integer ≥ 3 (a Spearman correlation over K subsets), got {self.subsets!r}")
-        if not (0.0 < self.alpha < 1.0):
-            raise ConfigError(f"alpha must lie strictly between 0 and 1, got {self.alpha!r}")
-        for name in ("seeds", "subset_seed", "steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "seeds" else 0):
-                raise ConfigError(f"{name} must be a {'positive' if name == 'seeds' else 'non-negative'} integer, got {value!r}")
-
-    def subset_size(self, num_tasks: int) -> int:
-        """round(α·M), which must leave at least one task in and one out."""
-        n = round(self.alpha * num_tasks)
-        if not 1 <= n < num_tasks:
-            raise ConfigError(f"alpha = {self.alpha} keeps {n} of {num_tasks} training tasks; it must keep between 1 and M − 1")
-        return n
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---- subsets and retrainings -----------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from metainf_core import cli
 from metainf_core.api import ExplainerConfig
-from metainf_core.config import CompareConfig, InfluenceConfig, TaskConfig, TrainConfig, default_arch, default_dtype
+from metainf_core.config import CompareConfig, InfluenceConfig, LDSConfig, TaskConfig, TrainConfig, default_arch, default_dtype
 
 INFLUENCE_COMMANDS = ("fit", "rank", "edit", "validate", "detect")
 # options chosen by a rule when left out: the rule's value is checked below, not the field default
@@ -32,7 +32,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 @pytest.mark.parametrize(("command", "classes"), [*((c, (InfluenceConfig,)) for c in INFLUENCE_COMMANDS),
-                                                  ("train", (TaskConfig, TrainConfig)), ("compare", (CompareConfig,))])  # fmt: skip
+                                                  ("train", (TaskConfig, TrainConfig)), ("compare", (CompareConfig,)), ("lds", (LDSConfig,))])  # fmt: skip
 def test_every_setting_is_an_option_with_the_field_default(command, classes):
     opts = options(command)
     for cls in classes:
