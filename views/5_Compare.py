@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.compare import METHODS, CompareConfig, compare_methods
-from metainf_core.ranking import Target
+from metainf_core.ranking import Target, ranking_table
 from metainf_core.lds_results import best_lds_method, compare_sentence
 from metainf_core.words import METHOD_HELP, method_name, percent, signed
 from ui import DEFAULT_INFLUENCE, describe_task, get_run, require_influence, require_run, show_figure, task_alt, task_strip, test_task_picker
@@ -74,11 +74,8 @@ st.markdown(compare_sentence(best_lds_method(run)))  # which method retraining b
 scores = {n: np.asarray(res["methods"][n]["scores"]) for n in (a, b)}
 cols = st.columns(2)
 for col, n in zip(cols, (a, b), strict=True):
-    ranks = np.empty(len(scores[n]), dtype=int)
-    ranks[np.argsort(-scores[n], kind="stable")] = np.arange(len(scores[n]))
     other = b if n == a else a
-    other_ranks = np.empty(len(scores[other]), dtype=int)
-    other_ranks[np.argsort(-scores[other], kind="stable")] = np.arange(len(scores[other]))
+    (_, ranks), (_, other_ranks) = ranking_table(scores[n]), ranking_table(scores[other])  # 0 = most helpful
     for which, title in (("most_helpful", "most helpful"), ("most_harmful", "most harmful")):
         col.markdown(f"#### {method_name(n)}: {k} {title}")
         for j in res["methods"][n][which]:
