@@ -127,7 +127,7 @@ def test_unfitted_model_offers_a_fit_with_progress(synthetic_run, tmp_path, monk
     at.button(key="fit_button").click().run()
     assert not at.exception, at.exception
     job = fit_job(str(synthetic_run))
-    assert job is not None and job.id in at.session_state["_fit_jobs"]
+    assert job is not None and job.id in at.session_state["_my_jobs"]
     if job.active:  # still running when the page drew (start-up alone takes seconds): progress, cancel
         assert _progress_texts(at) and any(b.key == "fit_cancel" for b in at.button) and not at.success
     assert jobs.wait(job, timeout=600).state == "done"
@@ -161,9 +161,8 @@ def test_killed_fit_job_is_told_and_a_retry_finishes_it_and_a_second_tab_sees_th
         assert not tabs[1].exception, tabs[1].exception
         assert _progress_texts(tabs[1]) and not any(b.key == "fit_cancel" for b in tabs[1].button)
         assert any("another tab or session" in c.value for c in tabs[1].caption)
-        os.killpg(job.pid, signal.SIGKILL)
     finally:
-        os.killpg(job.pid, signal.SIGCONT)  # a stopped process dies of SIGKILL at once; harmless if it is gone
+        os.killpg(job.pid, signal.SIGKILL)  # a stopped process dies of SIGKILL at once (no SIGCONT: it may be reaped already)
     while jobs._process_start(job.pid) is not None:  # reaped by the submitting thread
         time.sleep(0.05)
     assert jobs.job_status(entry).state == "failed"
