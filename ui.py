@@ -253,7 +253,7 @@ def require_influence(path: str, run: Run, cfg: InfluenceConfig | None = None):
             st.stop()
         job = fit_job(path, cfg)
         if job is not None and job.active:
-            fit_job_progress(str(job.directory))
+            job_progress(str(job.directory), FIT_STAGES, "fit")
         else:
             _offer_fit(path, run, cfg, job)
         st.stop()
@@ -265,14 +265,21 @@ def fit_job(path: str, cfg: InfluenceConfig | None = None) -> jobs.Job | None:
     return jobs.job_status(jobs.fit_entry(get_run(path), influence_config(path) if cfg is None else cfg))
 
 
-FIT_JOBS = "_fit_jobs"  # ids of the fit jobs this session started: it may cancel those (non-widget key)
-FIT_STAGES = {"curvature": "Step 1 of 2, curvature", "gradients": "Step 2 of 2, task gradients"}
+MY_JOBS = "_my_jobs"  # ids of the jobs (any kind) this session started: it may cancel those (non-widget key)
+# What a job's progress bar says in each stage of its work (``jobs._Worker.progress``), {done}/{total} filled in
+FIT_STAGES = {"curvature": "Step 1 of 2, curvature: {done}/{total} tasks",
+              "gradients": "Step 2 of 2, task gradients: {done}/{total} tasks"}  # fmt: skip
+DIAGNOSTICS_STAGES = {"snapshots": "Training snapshots: {done}/{total} done"}
+
+
+def remember_job(job: jobs.Job) -> None:
+    """Note that this session started (or joined from its own click) ``job``: its progress shows a cancel button."""
+    st.session_state.setdefault(MY_JOBS, set()).add(job.id)
 
 
 def _start_fit(path: str, cfg: InfluenceConfig) -> None:
     """The "Fit influence now" callback: submit the job (or join the one running for this fit)."""
-    job = jobs.submit_fit(get_run(path), cfg)
-    st.session_state.setdefault(FIT_JOBS, set()).add(job.id)
+    remember_job(jobs.submit_fit(get_run(path), cfg))
 
 
 def _offer_fit(path: str, run: Run, cfg: InfluenceConfig, job: jobs.Job | None) -> None:
@@ -292,9 +299,9 @@ def _offer_fit(path: str, run: Run, cfg: InfluenceConfig, job: jobs.Job | None) 
     st.button(label, type="primary", key="fit_button", on_click=_start_fit, args=(path, cfg))
 
 
-def queue_words(job: jobs.Job) -> str:
+def queue_words(job: jobs.Job, what: str = "fit") -> str:
     """Where a queued job stands: how many wait ahead of it, or that it waits for a running job,
-    or that it is starting (its process loads; a core is free)."""
+    or that ``what`` is starting (its process loads; a core is free)."""
     slots = jobs.job_slots()
     running = sum(j.state == "running" for j in jobs.list_jobs(Path(job.directory).parent.parent))
     at_a_time = f"{slots} job{'s' if slots > 1 else ''} run{'' if slots > 1 else 's'} at a time on this machine"
@@ -303,27 +310,31 @@ def queue_words(job: jobs.Job) -> str:
         return f"Waiting for a free core: {ahead} job{'s' if ahead > 1 else ''} ahead of this one in the queue ({at_a_time})"
     if running >= slots:
         return f"Waiting for a free core: next in the queue ({at_a_time})"
-    return "Starting the fit…"
+    return f"Starting the {what}…"
 
 
 @st.fragment(run_every=jobs.PROGRESS_EVERY_S)
-def fit_job_progress(directory: str) -> None:
-    """A fit job's progress bar with its time estimate or place in the queue, redrawn every second
-    on its own; when the job ends the whole page reruns and picks up the result (or says why not)."""
+def job_progress(directory: str, stages: dict[str, str], what: str) -> None:
+    """The progress bar of the job of cache entry ``directory`` (any kind): its stage in the words
+    of ``stages`` with time left, or its place in the queue; redrawn every second on its own; when
+    the job ends the whole page reruns and picks up the result (or says why not). The session that
+    started it gets a cancel button (key ``<what>_cancel``)."""
     job = jobs.job_status(directory)
     if job is None or not job.active:
         st.rerun()
     if job.state == "queued":
-        st.progress(0.0, text=queue_words(job))
+        st.progress(0.0, text=queue_words(job, what))
+    elif not job.stage:
+        st.progress(0.0, text="Loading the model and its data…")
     else:
         eta = "" if job.eta_seconds() is None else f" · {time_left(job.eta_seconds())}"
-        stage = FIT_STAGES.get(job.stage, job.stage)
-        st.progress(job.fraction, text=f"{stage}: {job.done}/{job.total} tasks{eta}" if stage else "Loading the model and its data…")
-    if job.id in st.session_state.get(FIT_JOBS, set()):
-        st.button("Cancel the fit", key="fit_cancel", on_click=jobs.cancel, args=(job,), icon=":material/cancel:",
-                  help="Stops the fit; what it saved so far stays, and fitting again resumes from there")  # fmt: skip
+        words = stages.get(job.stage, job.stage + ": {done}/{total}")
+        st.progress(job.fraction, text=words.format(done=job.done, total=job.total) + eta)
+    if job.id in st.session_state.get(MY_JOBS, set()):
+        st.button(f"Cancel the {what}", key=f"{what}_cancel", on_click=jobs.cancel, args=(job,), icon=":material/cancel:",
+                  help=f"Stops the {what}; what it saved so far stays, and starting again resumes from there")  # fmt: skip
     else:
-        st.caption("Started from another tab or session: it runs once for everyone who asked for this fit.")
+        st.caption("Started from another tab or session: it runs once for everyone who asked for the same result.")
 
 
 PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}

@@ -1,9 +1,13 @@
 """Long work as background jobs: each job its own OS process, its state a JSON file beside the
-cache entry it fills (issue 25).
+cache entry it fills (issue 25). Two kinds of work so far, named by the request's ``kind`` and
+dispatched in the worker (``WORKS``): ``"fit"``, a TLXML influence fit (``submit_fit``), and
+``"diagnostics"``, the landscape diagnostics over a run's training snapshots
+(``submit_diagnostics``). Both save partial state in their entry as they go and resume from it, so
+submit, progress, cancel, liveness and retry are one code path for both.
 
 Why no job queue (huey, celery): a job fills exactly one content-addressed cache entry
-(``cache.CacheEntry``), and the fit already checkpoints itself there and resumes from it
-(``fits.fit_influence``). What a queue would add, the OS gives: ``flock`` for the concurrency
+(``cache.CacheEntry``), and the work already checkpoints itself there and resumes from it
+(``fits.fit_influence``, ``diagnostics.cached_diagnostics_over_history``). What a queue would add, the OS gives: ``flock`` for the concurrency
 slots and the submit decision (released by the kernel when a process dies, so nothing leaks), a
 process group to cancel, ``/proc`` to tell a live worker from a dead one. So a job is
 ``python -m metainf_core.jobs ENTRY_DIR JOB_ID`` started with ``Popen(start_new_session=True)``:
@@ -50,6 +54,7 @@ from metainf_core.exceptions import ConfigError, MetainfError
 from metainf_core.io import write_json_atomic
 
 if TYPE_CHECKING:
+    from metainf_core.diagnostics import DiagnosticsConfig
     from metainf_core.service import Run
 
 JOB_FILE, LOCK_FILE, CANCEL_FILE, LOG_FILE = "job.json", "job.lock", "job.cancel", "job.log"
@@ -80,8 +85,8 @@ class Job:
     done: int = 0
     total: int = 0
     stage_started: float = 0.0
-    stage_done: int = 0  # tasks done at the stage's first report (a resumed fit starts above 0)
-    resumed_from: int = 0  # tasks a saved partial state held when the worker started
+    stage_done: int = 0  # units done at the stage's first report (a resumed job starts above 0)
+    resumed_from: int = 0  # units (fit: tasks; diagnostics: snapshots) a saved partial state held at the start
     error: str = ""
     pid: int = 0
     position: int = 0
@@ -246,8 +251,31 @@ def submit_fit(run: Run, cfg: InfluenceConfig, *, save_every: int = 64) -> Job:
     return _submit(directory, request)
 
 
+def diagnostics_entry(run: Run, cfg: DiagnosticsConfig) -> Path:
+    """The cache entry directory the landscape diagnostics of ``run``'s snapshots with ``cfg`` fill
+    (its job's home); keyed by every snapshot file, so a retrained history gets its own job."""
+    from metainf_core.diagnostics import diagnostics_cache_entry
+
+    return diagnostics_cache_entry(run, cfg).directory
+
+
+def submit_diagnostics(run: Run, cfg: DiagnosticsConfig) -> Job:
+    """A background job that computes the landscape diagnostics of every training snapshot of
+    ``run`` (METHODS §7) with ``cfg`` into its cache entry, saving each finished snapshot; the job
+    already running for this cache key if there is one; a *done* job without a process when the
+    rows are cached or shipped."""
+    from metainf_core.diagnostics import diagnostics_cache_entry
+
+    entry = diagnostics_cache_entry(run, cfg)
+    if entry.complete:
+        return Job(entry.directory, "", "done")
+    request = {"kind": "diagnostics", "run": str(run.checkpoint.path), "config": cfg.to_dict(),
+               "device": str(run.device)}  # fmt: skip
+    return _submit(entry.directory, request)
+
+
 def retry(job: Job) -> Job:
-    """Start ``job``'s request again (a failed or cancelled job): a fit resumes from its partial state."""
+    """Start ``job``'s request again (a failed or cancelled job): it resumes from its partial state."""
     if job.active:
         return job
     if not job.request:
@@ -289,7 +317,8 @@ class _Worker:
         write_json_atomic(self.directory / JOB_FILE, self.state)
 
     def progress(self, stage: str, done: int, total: int) -> None:
-        """The fit's callback (``fits.FitProgress``): a new stage at once, else at most once a second."""
+        """The work's progress (``fits.FitProgress``; the diagnostics report one stage, "snapshots"):
+        a new stage at once, else at most once a second."""
         if stage != self.state.get("stage"):
             self.update(stage=stage, done=done, total=total, stage_started=time.time(), stage_done=done)
         elif done == total or time.time() - self.state["updated"] >= PROGRESS_EVERY_S:
@@ -326,17 +355,42 @@ def _slot(directory: Path, job_id: str) -> IO[str]:
         time.sleep(POLL_S)
 
 
-def _fit(worker: _Worker, request: dict[str, Any]) -> None:
+def _open(request: dict[str, Any]) -> Run:
+    """The request's run, opened in the worker on one intra-op thread (one job per spare core, job_slots)."""
     import torch
 
-    from metainf_core.fits import fit_influence, fit_status
     from metainf_core.service import open_run
 
-    torch.set_num_threads(1)  # one fit per spare core (job_slots)
-    run = open_run(request["run"], device=request.get("device", "cpu"))
+    torch.set_num_threads(1)
+    return open_run(request["run"], device=request.get("device", "cpu"))
+
+
+def _fit(worker: _Worker, request: dict[str, Any]) -> None:
+    from metainf_core.fits import fit_influence, fit_status
+
+    run = _open(request)
     cfg = InfluenceConfig.from_dict(request["config"])
     worker.update(resumed_from=int(fit_status(run, cfg)["tasks_done"]))
     fit_influence(run, cfg, progress=worker.progress, save_every=int(request.get("save_every", 64)))
+
+
+def _diagnostics(worker: _Worker, request: dict[str, Any]) -> None:
+    from metainf_core.diagnostics import DiagnosticsConfig, cached_diagnostics_over_history, load_cached_diagnostics
+
+    run = _open(request)
+    cfg = DiagnosticsConfig(**request["config"])
+    worker.update(resumed_from=len(load_cached_diagnostics(run, cfg)[0]))
+    cached_diagnostics_over_history(run, cfg, progress=lambda done, total: worker.progress("snapshots", done, total))
+
+
+WORKS = {"fit": _fit, "diagnostics": _diagnostics}  # a request's kind -> the work that fills its entry
+
+
+def _dispatch(worker: _Worker, request: dict[str, Any]) -> None:
+    kind = request.get("kind", "fit")
+    if kind not in WORKS:
+        raise ConfigError(f"unknown job kind {kind!r} (known: {', '.join(WORKS)})")
+    WORKS[kind](worker, request)
 
 
 def _drop_half_written(directory: Path) -> None:
@@ -365,7 +419,7 @@ def work(directory: str | Path, job_id: str) -> int:
     try:
         with _slot(directory, job_id):
             worker.update(state="running", started=time.time())
-            _fit(worker, state["request"])
+            _dispatch(worker, state["request"])
     except JobCancelled:
         _drop_half_written(directory)
         done = (directory / INFO).is_file() and (directory / RESULT).is_file()  # the signal came after the last write

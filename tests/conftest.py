@@ -103,6 +103,14 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train(task_cfg, train_cfg, out, progress=False, device="cpu")
 
 
+@pytest.fixture
+def job_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh disk cache for background jobs (``metainf_core.jobs``), one job at a time as on a 2-core machine."""
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("METAINF_JOB_SLOTS", "1")
+    return tmp_path / "cache"
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models: one intra-op thread (OpenMP barriers crawl on a busy 2-core machine)."""

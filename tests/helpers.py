@@ -126,3 +126,15 @@ def fit_from_page(at, timeout: float = 900.0):
     assert job is not None, "the fit button started no job"
     assert jobs.wait(job, timeout=timeout).state == "done", jobs.job_status(job.directory)
     return at.run()
+
+
+def until(what, timeout: float = 600.0):  # noqa: ANN001, ANN201 - any callable, its truthy value
+    """Poll ``what()`` until it returns something truthy, and return that (job states, never
+    wall-clock assumptions); AssertionError after ``timeout`` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (value := what()):
+        assert time.monotonic() < deadline, "timed out waiting for a job state"
+        time.sleep(0.05)
+    return value

@@ -73,7 +73,7 @@ def test_no_history_shows_the_retrain_command(history_cache, tmp_path):
 
 
 def test_compute_then_cached(fmnist_history_run, monkeypatch):
-    from metainf_core import diagnostics
+    from metainf_core import diagnostics, jobs
     from metainf_core.diagnostics import DiagnosticsConfig, diagnostics_cache_entry, diagnostics_over_history
     from metainf_core.landscape_metrics import METRICS, metric_correlations
     from metainf_core.service import open_run
@@ -84,11 +84,14 @@ def test_compute_then_cached(fmnist_history_run, monkeypatch):
     assert not at.metric  # nothing shown before the button
     at.slider(key="landscape_tasks").set_value(N_TASKS).run()
     assert "on 3 test tasks" in at.info[0].value
-    at.button(key="landscape_compute").click().run()
+    at.button(key="landscape_compute").click().run()  # starts a background job (tests/test_jobs_diagnostics.py)
     assert not at.exception, at.exception
 
     cfg = DiagnosticsConfig(num_tasks=N_TASKS)
     run = open_run(fmnist_history_run)
+    assert jobs.wait(jobs.job_status(jobs.diagnostics_entry(run, cfg)), timeout=600).state == "done"
+    at.run()  # what the progress fragment's st.rerun() does when it sees the job end
+    assert not at.exception, at.exception
     direct = diagnostics_over_history(run, cfg)  # no cache: recomputed from the snapshots
     last, corr = direct[-1], metric_correlations(direct)
     print({k: round(v, 4) for k, v in last.to_dict().items()}, {k: round(c["spearman"], 3) for k, c in corr.items()})

@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from helpers import until  # tests/helpers.py
 from streamlit.testing.v1 import AppTest
 
 from metainf_core import jobs
@@ -30,23 +29,9 @@ DEMO = REPO / "assets" / "demo" / "protonet-fashion-mnist"
 SLOW_CFG = InfluenceConfig(method="gn", n_orth=16, dtype="float32")  # not the demo's shipped fit: the job fits
 
 
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("METAINF_JOB_SLOTS", "1")  # one fit at a time, as on this 2-core machine
-    return tmp_path / "cache"
-
-
-def _until(what: Callable[[], Any], timeout: float = 600.0) -> Any:
-    """Poll ``what()`` until it returns something truthy (job states, never wall-clock assumptions)."""
-    deadline = time.monotonic() + timeout
-    while not (value := what()):
-        assert time.monotonic() < deadline, "timed out waiting for a job state"
-        time.sleep(0.1)
-    return value
-
-
-def test_same_key_requests_share_one_job_whose_fit_is_the_in_process_fit(synthetic_run, cache, tmp_path, monkeypatch):
+def test_same_key_requests_share_one_job_whose_fit_is_the_in_process_fit(
+    synthetic_run, job_cache, tmp_path, monkeypatch
+):
     """Two sessions asking at the same moment get one job; it ends *done* with its progress complete,
     and its cache entry holds the fit an in-process fit computes; asking again starts nothing."""
     run = open_run(synthetic_run)
@@ -54,11 +39,11 @@ def test_same_key_requests_share_one_job_whose_fit_is_the_in_process_fit(synthet
     with ThreadPoolExecutor(2) as pool:
         a, b = pool.map(lambda _: jobs.submit_fit(run, cfg, save_every=16), range(2))
     assert a.id and a.id == b.id and a.state == "queued"
-    assert [j.id for j in jobs.list_jobs(cache)] == [a.id]
+    assert [j.id for j in jobs.list_jobs(job_cache)] == [a.id]
     done = jobs.wait(a, timeout=600)
     assert (done.state, done.stage, done.done, done.total, done.error) == ("done", "gradients", 48, 48, "")
     again = jobs.submit_fit(run, cfg)
-    assert again.state == "done" and not again.id and [j.id for j in jobs.list_jobs(cache)] == [a.id]
+    assert again.state == "done" and not again.id and [j.id for j in jobs.list_jobs(job_cache)] == [a.id]
 
     ids = list(range(len(run.test_tasks)))
     from_job = Explainer(run, ExplainerConfig(**cfg.to_dict())).fit(progress=False).scores(ids)
@@ -69,7 +54,7 @@ def test_same_key_requests_share_one_job_whose_fit_is_the_in_process_fit(synthet
 
 
 @pytest.mark.slow
-def test_killed_worker_fails_a_retry_resumes_others_queue_and_cancel_leaves_no_result(synthetic_run, cache):
+def test_killed_worker_fails_a_retry_resumes_others_queue_and_cancel_leaves_no_result(synthetic_run, job_cache):
     """On the ProtoNet demo (fitting 512 tasks, saved every 4): while A's fit job runs, session B's
     Explain page ranks the demo; SIGKILL leaves the job *failed* with its reason; a retry resumes
     from the saved tasks; another fit waits in the queue (one slot) until A's job is cancelled, which
@@ -77,7 +62,7 @@ def test_killed_worker_fails_a_retry_resumes_others_queue_and_cancel_leaves_no_r
     run = open_run(DEMO)
     entry = jobs.fit_entry(run, SLOW_CFG)
     first = jobs.submit_fit(run, SLOW_CFG, save_every=4)
-    _until(lambda: fit_status(run, SLOW_CFG)["tasks_done"] >= 4)
+    until(lambda: fit_status(run, SLOW_CFG)["tasks_done"] >= 4)
 
     b = AppTest.from_file(str(REPO / "views" / "2_Explain.py"), default_timeout=600)  # session B, the shipped fit
     b.session_state["model_path"] = str(DEMO)
@@ -87,14 +72,14 @@ def test_killed_worker_fails_a_retry_resumes_others_queue_and_cancel_leaves_no_r
     assert jobs.job_status(entry).state == "running"  # B got its table while A's fit runs
 
     os.killpg(first.pid, signal.SIGKILL)
-    failed = _until(lambda: (j := jobs.job_status(entry)).state != "running" and j)
+    failed = until(lambda: (j := jobs.job_status(entry)).state != "running" and j)
     assert (failed.state, failed.error) == ("failed", jobs.STOPPED)
     saved = fit_status(run, SLOW_CFG)["tasks_done"]
     assert saved >= 4 and saved % 4 == 0  # whole checkpoints only: each is one atomic file
 
     again = jobs.retry(failed)
     assert again.id != first.id
-    resumed = _until(lambda: (j := jobs.job_status(entry)).stage == "curvature" and j)
+    resumed = until(lambda: (j := jobs.job_status(entry)).stage == "curvature" and j)
     assert resumed.resumed_from == saved and resumed.stage_done > saved  # its first report counts the saved tasks
 
     other = jobs.submit_fit(open_run(synthetic_run), influence_config(str(synthetic_run)))  # the page's settings
@@ -117,7 +102,7 @@ def test_killed_worker_fails_a_retry_resumes_others_queue_and_cancel_leaves_no_r
 
 
 @pytest.mark.browser
-def test_two_tabs_of_one_browser_stay_usable_while_a_fit_job_runs(synthetic_run, cache):
+def test_two_tabs_of_one_browser_stay_usable_while_a_fit_job_runs(synthetic_run, job_cache):
     """A real server and headless Chromium: tab 1 starts a fit job; tab 2 opens the Tasks page and
     gets it while the job is still running (held with SIGSTOP, so the state is certain, not a race);
     then tab 1 shows the ranking when the job ends, without a click."""
@@ -142,7 +127,7 @@ def test_two_tabs_of_one_browser_stay_usable_while_a_fit_job_runs(synthetic_run,
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", port)) == 0
 
-        _until(listening, timeout=120)
+        until(listening, timeout=120)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=os.environ.get("METAINF_CHROMIUM", "/usr/bin/chromium"),
                                         args=["--no-sandbox", "--headless", "--disable-gpu"])  # fmt: skip
@@ -150,7 +135,7 @@ def test_two_tabs_of_one_browser_stay_usable_while_a_fit_job_runs(synthetic_run,
             one = tabs.new_page()
             one.goto(f"http://127.0.0.1:{port}/Explain?model={synthetic_run}", timeout=120_000)
             one.get_by_role("button", name="Fit influence now").click(timeout=120_000)
-            job = _until(lambda: fit_job(str(synthetic_run)))
+            job = until(lambda: fit_job(str(synthetic_run)))
             os.killpg(job.pid, signal.SIGSTOP)
             try:
                 two = tabs.new_page()

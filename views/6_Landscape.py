@@ -1,4 +1,7 @@
-"""Landscape: coherence and flatness of the training snapshots beside their test accuracy (seed 003)."""
+"""Landscape: coherence and flatness of the training snapshots beside their test accuracy (seed 003).
+
+The diagnostics run as a background job (``jobs.submit_diagnostics``): the page shows its progress
+and draws the rows when it ends; sessions asking for the same settings share one job."""
 
 from __future__ import annotations
 
@@ -10,16 +13,12 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from metainf_core.diagnostics import (
-    DiagnosticsConfig,
-    cached_diagnostics_over_history,
-    history_snapshots,
-    load_cached_diagnostics,
-)
+from metainf_core import jobs
+from metainf_core.diagnostics import DiagnosticsConfig, history_snapshots, load_cached_diagnostics
 from metainf_core.exceptions import ConfigError
 from metainf_core.landscape_metrics import METRICS, PAPER_NAMES, keep_history_command, metric_correlations
 from metainf_core.words import column_name, percent
-from ui import require_run, show_figure
+from ui import DIAGNOSTICS_STAGES, get_run, job_progress, remember_job, require_run, show_figure
 
 DEFAULT_TASKS = 16  # seed 003 (and `diagnose`) use 60; 16 keeps a CPU run to seconds per snapshot for small networks
 GRID = dict(rows=math.ceil(len(METRICS) / 2), cols=2)
@@ -50,17 +49,31 @@ num_tasks = st.slider("Test tasks used for the statistics (the first ones)", 2, 
                       help="Seed 003 uses 60 fixed test tasks. Test accuracy always uses all of them.")
 cfg = DiagnosticsConfig(num_tasks=min(num_tasks, n_test))
 rows, total = load_cached_diagnostics(run, cfg)
+
+
+def start_diagnostics(path: str, cfg: DiagnosticsConfig) -> None:
+    """The "Compute diagnostics" callback: submit the job (or join the one running for these settings)."""
+    remember_job(jobs.submit_diagnostics(get_run(path), cfg))
+
+
 if len(rows) < total:
+    job = jobs.job_status(jobs.diagnostics_entry(run, cfg))
+    if job is not None and job.active:
+        st.info(f"Computing the diagnostics of the {total} training snapshots on {cfg.num_tasks} test tasks in the "
+                "background: you can use other pages, leave and come back; the curves appear here when it ends.")
+        job_progress(str(job.directory), DIAGNOSTICS_STAGES, "diagnostics")
+        st.stop()
     left = f" ({len(rows)} of {total} done, it resumes from there)" if rows else ""
     st.info(f"Diagnostics of the {total} training snapshots on {cfg.num_tasks} test tasks are not computed yet{left}. "
-            "Each snapshot needs power iteration and Lanczos on every task's Hessian; results are saved snapshot by snapshot.")
-    if not st.button("Compute diagnostics", type="primary", key="landscape_compute"):
-        st.stop()
-    bar = st.progress(0.0, text="Starting…")
-    rows = cached_diagnostics_over_history(
-        run, cfg, progress=lambda done, n: bar.progress(done / n, text=f"Snapshots: {done}/{n}")
-    )
-    bar.empty()
+            "Each snapshot needs power iteration and Lanczos on every task's Hessian; they run in the background and "
+            "are saved snapshot by snapshot.")
+    if job is not None and job.state == "failed":
+        st.error(f"The last computation stopped before it ended: {job.error}.", icon=":material/error:")
+    elif job is not None and job.state == "cancelled":
+        st.warning("The last computation was cancelled.", icon=":material/cancel:")
+    st.button("Compute diagnostics" if not rows else "Resume the diagnostics", type="primary", key="landscape_compute",
+              on_click=start_diagnostics, args=(path, cfg))
+    st.stop()
 
 corr = metric_correlations(rows)
 last = rows[-1]
