@@ -6,13 +6,15 @@ import argparse
 import json
 import sys
 from dataclasses import Field, fields
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 from metainf_core.config import (
     DATASET_ARCHITECTURES,
     METHOD_ALIASES,
     Architecture,
     CompareConfig,
+    DiagnosticsConfig,
+    FidelityConfig,
     InfluenceConfig,
     LDSConfig,
     TaskConfig,
@@ -236,18 +238,18 @@ def _diagnose(a: argparse.Namespace) -> dict[str, Any] | None:
     under torchrun the snapshots are shared out over the ranks and rank 0 ships and prints."""
     from tqdm import tqdm
 
-    from metainf_core.diagnostics import DiagnosticsConfig, cached_diagnostics_over_history, diagnostics_cache_entry, history_snapshots
+    from metainf_core.diagnostics import cached_diagnostics_over_history, diagnostics_cache_entry, history_snapshots
     from metainf_core.influence import distributed
     from metainf_core.service import open_run
 
-    cfg = DiagnosticsConfig(steps=a.steps, step_size=a.step_size, num_tasks=a.tasks)
+    cfg = _config_from(a, DiagnosticsConfig)
     snapshots = history_snapshots(a.path)  # a clear error before any progress bar
     run = open_run(a.path, device=a.device)
     if a.coherence_tasks:  # seed 003's coherence alone on many tasks, with its ρ by phase of training
         from metainf_core.diagnostics import coherence_over_history
         from metainf_core.landscape_metrics import coherence_phase_table
 
-        rows = coherence_over_history(run, snapshots, a.coherence_tasks, steps=a.steps, step_size=a.step_size)
+        rows = coherence_over_history(run, snapshots, a.coherence_tasks, steps=cfg.steps, step_size=cfg.step_size)
         if not distributed.is_primary():
             return None
         phases = coherence_phase_table(rows)
@@ -351,22 +353,17 @@ def _detect(a: argparse.Namespace) -> dict[str, Any]:
 
 def _fidelity(a: argparse.Namespace) -> dict[str, Any]:
     """Removal fidelity (seed 001 Table 1): random task removals by retraining vs task-IF, direct IF, TLXML."""
-    from metainf_core.detect import random_removal_sets
-    from metainf_core.fidelity import ESTIMATORS, removal_fidelity
+    from metainf_core.fidelity import fidelity_report
     from metainf_core.service import open_run
 
-    methods = tuple(x.strip() for x in a.methods.split(",")) if a.methods else ESTIMATORS
+    cfg = _config_from(a, FidelityConfig)  # before loading anything: bad settings fail fast
     run = open_run(a.path, device=a.device)
-    sets = random_removal_sets(len(run.train_tasks), a.k, a.draws, a.seed)
 
     def progress(stage: str, done: int, total: int) -> None:
         if not a.quiet:
             print(f"{stage} {done}/{total}", file=sys.stderr, flush=True)
 
-    return removal_fidelity(
-        run, sets, methods=methods, retrain_seeds=_parse_ids(a.retrain_seeds), retrain_steps=a.retrain_steps,
-        retrain_dir=a.retrain_dir, damping=a.damping, progress=progress,
-    )  # fmt: skip
+    return fidelity_report(run, cfg, retrain_dir=a.retrain_dir, progress=progress)
 
 
 def _lds(a: argparse.Namespace) -> dict[str, Any] | None:
@@ -426,6 +423,8 @@ def _add_config_args(p: argparse.ArgumentParser, cls: type, **overrides: dict[st
     hints = get_type_hints(cls)
     for f in config_options(cls):
         kind = hints[f.name]
+        if type(None) in get_args(kind):  # X | None: an option of type X, left out = None (the field's default)
+            (kind,) = (t for t in get_args(kind) if t is not type(None))
         kw: dict[str, Any] = {"default": f.default, "help": f.metadata["help"]}
         kw.update({"action": "store_true"} if kind is bool else {"type": _PARSERS[kind]})
         kw.update({k: f.metadata[k] for k in ("choices", "metavar") if f.metadata.get(k)})
@@ -570,12 +569,10 @@ def _validate_parser(sub: argparse._SubParsersAction) -> None:
 def _diagnose_parser(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("diagnose", help="landscape diagnostics over training snapshots (train with --keep-history)")
     g.add_argument("path", help="checkpoint directory with history/")
-    g.add_argument("--tasks", type=int, default=60, help="test tasks used (the first ones; seed 003 uses 60)")
+    _add_config_args(g, DiagnosticsConfig)
     g.add_argument("--coherence-tasks", type=int, default=0,
                    help="instead: only gradient and trajectory coherence over this many test tasks (seed 003: 500) per snapshot, "
                         "with their Spearman rho with test accuracy by phase (whole run, without the first snapshot, rising, after the peak)")
-    g.add_argument("--steps", type=int, default=None, help="adaptation steps T (default: the learner's)")
-    g.add_argument("--step-size", type=float, default=None, help="adaptation step α (default: the learner's)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--ship", action="store_true", help="also store the result inside the checkpoint folder (cache/), so it shows at once elsewhere")
     _add_device_arg(g)
@@ -599,14 +596,8 @@ def _detect_parser(sub: argparse._SubParsersAction) -> None:
 def _fidelity_parser(sub: argparse._SubParsersAction) -> None:
     fi = sub.add_parser("fidelity", help="removal fidelity (seed 001 Table 1): retraining vs task-IF / direct IF / TLXML")
     fi.add_argument("path", help="checkpoint directory")
-    fi.add_argument("--k", type=int, default=8, help="tasks removed per draw")
-    fi.add_argument("--draws", type=int, default=5, help="random removal sets (detect.random_removal_sets)")
-    fi.add_argument("--seed", type=int, default=0, help="seed of the random removal sets")
-    fi.add_argument("--methods", default=None, help="comma-separated (default all): task-if,direct-if,tlxml-exact,tlxml-gn")
-    fi.add_argument("--retrain-seeds", default="0,1,2", help="training seeds of the retraining interval")
-    fi.add_argument("--retrain-steps", type=int, default=None, help="steps of each retraining (default: as trained)")
+    _add_config_args(fi, FidelityConfig)
     fi.add_argument("--retrain-dir", default=None, help="keep the retrained checkpoints here (default: a temporary folder)")
-    fi.add_argument("--damping", type=float, default=0.01, help="λ_d of task-if and direct-if")
     fi.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _add_device_arg(fi)
     fi.set_defaults(func=_fidelity)

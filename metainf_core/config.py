@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metainf_core.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from metainf_core.learners import LearnerSpec
 
 
 class Algorithm(str, Enum):
@@ -64,7 +68,8 @@ def default_dtype(method: str) -> str:
 
 def setting(default: Any, help: str, *, flag: str = "", choices: tuple[str, ...] = (), metavar: str = "") -> Any:
     """A config field that is also a command-line option (``cli.py`` makes ``--field-name``, or
-    ``flag``, from it with this help): a new setting is added in one place, its default in one."""
+    ``flag``, from it with this help): a new setting is added in one place, its default in one.
+    A field typed ``X | None`` with default None is an option of type X whose absence means None."""
     return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "metavar": metavar})
 
 
@@ -355,6 +360,87 @@ class LDSConfig:
         if not 1 <= n < num_tasks:
             raise ConfigError(f"alpha = {self.alpha} keeps {n} of {num_tasks} training tasks; it must keep between 1 and M − 1")
         return n
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    """What the landscape diagnostics compute (``diagnostics``, seed 003): T and α of the trajectories
+    (None: the learner's inner_steps, inner_lr; ProtoNet: 1 step), eigen-solver budgets, and how many
+    test tasks (the first ones). ``python -m metainf_core diagnose`` makes its options from the settings;
+    ``to_dict()`` keys the diagnostics cache (the demos ship entries under it)."""
+
+    steps: int | None = setting(None, "adaptation steps T (default: the learner's)")
+    step_size: float | None = setting(None, "adaptation step α (default: the learner's)")
+    num_tasks: int = setting(60, "test tasks used (the first ones; seed 003 uses 60)", flag="--tasks")
+    power_iters: int = 100
+    power_tol: float = 1e-5
+    lanczos_iters: int = 20
+    lanczos_tol: float = 1e-8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "num_tasks", "power_iters", "lanczos_iters")
+        if self.num_tasks < 2:
+            raise ConfigError("coherence needs num_tasks ≥ 2")
+        if self.steps is not None:
+            _check_positive(self, "steps")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ConfigError(f"step_size must be positive, got {self.step_size!r}")
+        if not (self.power_tol >= 0 and self.lanczos_tol >= 0):
+            raise ConfigError("tolerances must be non-negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def trajectory(self, spec: LearnerSpec) -> tuple[int, float]:
+        """(T, α) for ``spec``."""
+        protonet = Algorithm(spec.algo) is Algorithm.PROTONET
+        steps = self.steps if self.steps is not None else (1 if protonet else spec.inner_steps)
+        return steps, self.step_size if self.step_size is not None else spec.inner_lr
+
+
+REMOVAL_ESTIMATORS = ("task-if", "direct-if", "tlxml-exact", "tlxml-gn")  # fidelity.py's cheap removal estimates
+
+
+def check_removal_estimates(methods: Sequence[str], retrain_seeds: Sequence[int]) -> None:
+    """Known removal estimators (``REMOVAL_ESTIMATORS``) and distinct retraining seeds, at least one."""
+    for name in methods:
+        if name not in REMOVAL_ESTIMATORS:
+            raise ConfigError(f"unknown removal estimator {name!r}; choose from {', '.join(REMOVAL_ESTIMATORS)}")
+    if not retrain_seeds or len(set(retrain_seeds)) != len(retrain_seeds):
+        raise ConfigError(f"retrain_seeds must be distinct and at least one, got {list(retrain_seeds)}")
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """Removal fidelity (``fidelity.fidelity_report``, seed 001 Table 1): ``draws`` random sets of ``k``
+    training tasks drawn with ``seed``, removed by retraining (once per seed in ``retrain_seeds``, for
+    ``retrain_steps`` meta-batches; None: as trained) and by each of ``methods`` (task-IF / direct IF
+    with damping λ_d = ``damping``). ``python -m metainf_core fidelity`` makes its options from these fields."""
+
+    k: int = setting(8, "tasks removed per draw")
+    draws: int = setting(5, "random removal sets (detect.random_removal_sets)")
+    seed: int = setting(0, "seed of the random removal sets")
+    methods: tuple[str, ...] = setting(
+        REMOVAL_ESTIMATORS, f"comma-separated (default all): {','.join(REMOVAL_ESTIMATORS)}"
+    )
+    retrain_seeds: tuple[int, ...] = setting((0, 1, 2), "training seeds of the retraining interval")
+    retrain_steps: int | None = setting(None, "steps of each retraining (default: as trained)")
+    damping: float = setting(0.01, "λ_d of task-if and direct-if")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))  # lists from Python or JSON: hashable, as the CLI's
+        object.__setattr__(self, "retrain_seeds", tuple(self.retrain_seeds))
+        _check_positive(self, "k", "draws")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_removal_estimates(self.methods, self.retrain_seeds)
+        if self.retrain_steps is not None:
+            _check_positive(self, "retrain_steps")
+        check_damping_and_dtype(self.damping, "float64")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +46,7 @@ from torch.func import grad, vmap
 
 from metainf_core.cache import CacheEntry
 from metainf_core.checkpoint import load_tensors
-from metainf_core.config import Algorithm
+from metainf_core.config import Algorithm, DiagnosticsConfig  # DiagnosticsConfig lives in config.py (the CLI's options)
 from metainf_core.exceptions import CheckpointError, ConfigError
 from metainf_core.fits import run_fingerprint
 from metainf_core.influence import distributed
@@ -156,42 +155,6 @@ def task_representations(model: nn.Module, spec: LearnerSpec, params: Params, ba
 
 
 # ---- one checkpoint ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DiagnosticsConfig:
-    """What the diagnostics compute: T and α of the trajectories (None: the learner's inner_steps,
-    inner_lr; ProtoNet: 1 step), eigen-solver budgets, and how many test tasks (the first ones)."""
-
-    steps: int | None = None
-    step_size: float | None = None
-    num_tasks: int = 60  # seed 003 §5.1 uses 60 fixed meta-test tasks
-    power_iters: int = 100
-    power_tol: float = 1e-5
-    lanczos_iters: int = 20
-    lanczos_tol: float = 1e-8
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("num_tasks", "power_iters", "lanczos_iters"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.num_tasks < 2:
-            raise ConfigError("coherence needs num_tasks ≥ 2")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
-            raise ConfigError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.step_size is not None and not self.step_size > 0:
-            raise ConfigError(f"step_size must be positive, got {self.step_size!r}")
-        if not (self.power_tol >= 0 and self.lanczos_tol >= 0):
-            raise ConfigError("tolerances must be non-negative")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def trajectory(self, spec: LearnerSpec) -> tuple[int, float]:
-        """(T, α) for ``spec``."""
-        steps = self.steps if self.steps is not None else (1 if _is_protonet(spec) else spec.inner_steps)
-        return steps, self.step_size if self.step_size is not None else spec.inner_lr
-
-
 @dataclass(frozen=True)
 class LandscapeDiagnostics:
     """The §7 statistics of one ω over B tasks; sharpness is E_i of |λ_max| (seed 003 Eq. 4)."""

@@ -22,6 +22,9 @@ retraining with the run's own seed (started from the same initialisation, so com
 space; ``distance_unedited`` is ω̂'s for reference) and the error of the predicted test-loss change.
 First-order estimates describe the removal at ω̂; retraining from scratch also re-runs the whole
 (non-convex, unfinished) optimisation, so exact agreement is not expected (METHODS §8).
+
+``fidelity_report(run, config.FidelityConfig(...))`` draws the random removal sets and runs it all, as
+``python -m metainf_core fidelity`` does (its options are FidelityConfig's fields).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ import torch
 from torch import Tensor
 
 from metainf_core.compare import CompareConfig, get_method, removal_vectors, tlxml_config
+from metainf_core.config import REMOVAL_ESTIMATORS, FidelityConfig, check_removal_estimates
+from metainf_core.detect import random_removal_sets
 from metainf_core.edit import EditSpec, apply_delta, edited_params
 from metainf_core.evaluation import TaskMetrics, mean_ci95
 from metainf_core.exceptions import ConfigError
@@ -49,8 +54,8 @@ from metainf_core.service import Run, open_run
 
 # (stage, done, total): "fit:<method>", "estimates", "retrain"
 FidelityProgress = Callable[[str, int, int], None]
-ESTIMATORS = ("task-if", "direct-if", "tlxml-exact", "tlxml-gn")
-DEFAULT_DAMPING = 0.01
+ESTIMATORS = REMOVAL_ESTIMATORS
+DEFAULT_DAMPING = FidelityConfig.damping
 Estimate = Callable[[np.ndarray], Params]  # removal set B -> ω̂₋B
 
 
@@ -182,8 +187,9 @@ def _speedup(retrain_seconds: float, fit: float, update: float, n: int) -> dict[
 # ---- report ---------------------------------------------------------------------------------
 def removal_fidelity(
     run: Run, removal_sets: Sequence[Sequence[int]], *, methods: Sequence[str] = ESTIMATORS,
-    retrain_seeds: Sequence[int] = (0, 1, 2), retrain_steps: int | None = None, retrain_dir: str | Path | None = None,
-    damping: float = DEFAULT_DAMPING, dtype: str = "float64", progress: FidelityProgress | None = None,
+    retrain_seeds: Sequence[int] = FidelityConfig.retrain_seeds, retrain_steps: int | None = None,
+    retrain_dir: str | Path | None = None, damping: float = DEFAULT_DAMPING, dtype: str = "float64",
+    progress: FidelityProgress | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Seed 001 Table 1 for one run: per method, test accuracy over the removal sets vs retraining
     without them, runtimes and distances (module docstring). Methods that do not apply to the
@@ -192,12 +198,8 @@ def removal_fidelity(
     sets = [np.unique(np.asarray(b, dtype=np.int64).reshape(-1)) for b in removal_sets]
     if not sets or any(len(b) == 0 or b[0] < 0 or b[-1] >= m or len(b) >= m for b in sets):
         raise ConfigError(f"removal sets must be non-empty proper subsets of 0..{m - 1}")
-    for name in methods:
-        if name not in ESTIMATORS:
-            raise ConfigError(f"unknown removal estimator {name!r}; choose from {', '.join(ESTIMATORS)}")
     seeds = [int(s) for s in retrain_seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"retrain_seeds must be distinct and at least one, got {list(retrain_seeds)}")
+    check_removal_estimates(methods, seeds)
     # removal vectors need M solves: dense only, so above q = 5,000 task-IF and direct IF are skipped with why
     cfg = CompareConfig(damping=damping, dtype=dtype, solver="dense")
     before = run.evaluate()
@@ -229,3 +231,16 @@ def removal_fidelity(
         out["rows"][name] = row
     out["rows"]["unedited"] = {**_row([before] * len(sets), [run.params] * len(sets), ref), "fit_seconds": 0.0, "update_seconds": 0.0}
     return out
+
+
+def fidelity_report(
+    run: Run, config: FidelityConfig = FidelityConfig(), *, retrain_dir: str | Path | None = None,
+    progress: FidelityProgress | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`removal_fidelity` over ``config.draws`` random sets of ``config.k`` training tasks
+    (``detect.random_removal_sets`` with ``config.seed``): what ``python -m metainf_core fidelity`` prints."""
+    sets = random_removal_sets(len(run.train_tasks), config.k, config.draws, config.seed)
+    return removal_fidelity(
+        run, sets, methods=config.methods, retrain_seeds=config.retrain_seeds, retrain_steps=config.retrain_steps,
+        retrain_dir=retrain_dir, damping=config.damping, progress=progress,
+    )  # fmt: skip

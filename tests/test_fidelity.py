@@ -15,8 +15,9 @@ import torch
 from test_task_if import M as SMOOTH_M  # noqa: F401 - the fixture is used by name
 from test_task_if import _reoptimise, problem
 
+from metainf_core import fidelity
 from metainf_core.compare import CompareConfig, maml_task_if_fit, removal_vectors
-from metainf_core.config import TaskConfig, TrainConfig
+from metainf_core.config import FidelityConfig, TaskConfig, TrainConfig
 from metainf_core.detect import random_removal_sets
 from metainf_core.edit import apply_delta
 from metainf_core.exceptions import ConfigError
@@ -116,6 +117,17 @@ def test_removal_fidelity_rejects_bad_sets(fashion):
         removal_fidelity(run, [[0]], methods=("grad-sim",))
     with pytest.raises(ConfigError, match="distinct"):
         removal_fidelity(run, [[0]], retrain_seeds=(1, 1))
+
+
+def test_fidelity_report_draws_the_configured_sets(fashion, monkeypatch):
+    """``fidelity_report`` (what the CLI runs) passes FidelityConfig's draws of k tasks and its settings on."""
+    seen = {}
+    monkeypatch.setattr(fidelity, "removal_fidelity", lambda run, sets, **kw: seen.update(sets=sets, **kw))
+    cfg = FidelityConfig(k=3, draws=2, seed=4, methods=("task-if",), retrain_seeds=(0, 5), retrain_steps=7, damping=0.1)
+    fidelity.fidelity_report(fashion[0], cfg, retrain_dir="DIR")
+    assert [list(b) for b in seen.pop("sets")] == [list(b) for b in random_removal_sets(16, 3, 2, 4)]
+    assert seen == {"methods": ("task-if",), "retrain_seeds": (0, 5), "retrain_steps": 7, "retrain_dir": "DIR", "damping": 0.1,
+                    "progress": None}  # fmt: skip
 
 
 def test_smooth_proximal_task_if_beats_direct_if_on_set_removal(problem):  # noqa: F811
