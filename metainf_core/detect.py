@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from metainf_core.exceptions import ConfigError
 from metainf_core.fits import fit_influence
 from metainf_core.influence import TaskInfluence
 from metainf_core.leave_out import leave_out_retrain
-from metainf_core.ranking import Target, all_scores, test_score_matrix
+from metainf_core.ranking import test_score_matrix
 from metainf_core.service import Run
 from metainf_core.words import (
     SIGNIFICANT_SD,
@@ -69,6 +70,8 @@ from metainf_core.words import (
 
 # (stage, done, total): "curvature" and "gradients" (the fit), "edits", "retrain"
 DetectProgress = Callable[[str, int, int], None]
+# (blocked task ids, ξ) -> test metrics of ω̂ + ξ Σ I_meta over them (``blocked_evaluation``)
+BlockedEvaluation = Callable[[np.ndarray, float], TaskMetrics]
 SCORE_KINDS = ("mean", "self", "rank")
 SCORE_ORDERS = {
     "mean": "increasing mean helpfulness over the test taskset (most harmful first)",
@@ -216,17 +219,18 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def detection_scores(run: Run, inf: TaskInfluence, dtype: str, score: str = "mean") -> np.ndarray:
+def detection_scores(run: Run, inf: TaskInfluence, dtype: str, score: str = "mean", table: np.ndarray | None = None) -> np.ndarray:
     """(M,) scores inspected in increasing order: mean helpfulness over all test tasks (``"mean"``),
     minus self-influence (``"self"``) or the mean per-test-task rank (``"rank"``); see the module
-    docstring."""
-    if score == "mean":
-        return all_scores(run, inf, Target(tuple(range(len(run.test_tasks)))), dtype)
+    docstring. ``"mean"`` and ``"rank"`` read the T × M test table (``table``: ``ranking.test_score_table``,
+    computed here when not given); the mean of its rows is the helpfulness for the whole test taskset
+    (the score is linear in the target gradient: equal to float rounding)."""
+    if score not in SCORE_KINDS:
+        raise ConfigError(f"score must be one of {SCORE_KINDS}, got {score!r}")
     if score == "self":
         return -self_influence(inf)
-    if score == "rank":
-        return average_ranks(test_score_matrix(run, inf, dtype, range(len(run.test_tasks)))).mean(0)
-    raise ConfigError(f"score must be one of {SCORE_KINDS}, got {score!r}")
+    table = test_score_matrix(run, inf, dtype, range(len(run.test_tasks))) if table is None else np.asarray(table)
+    return table.mean(0) if score == "mean" else average_ranks(table).mean(0)
 
 
 # ---- removal effect -------------------------------------------------------------------------
@@ -259,11 +263,16 @@ def _check_k(k_values: Sequence[int], m: int) -> list[int]:
     return ks
 
 
+def blocked_evaluation(run: Run, inf: TaskInfluence, ids: np.ndarray | Sequence[int], xi: float) -> TaskMetrics:
+    """Test metrics of ω̂ + ξ Σ_{j∈ids} I_meta (``edit.edited_params``; ξ = −1 ≈ removing ``ids``)."""
+    return run.evaluate(edited_params(run, inf, EditSpec(block=tuple(int(j) for j in ids), xi_block=float(xi))))
+
+
 def removal_effect(
     run: Run, inf: TaskInfluence, scores: np.ndarray, k_values: Sequence[int], *, xis: Sequence[float] = (-1.0,),
     random_draws: int = 5, seed: int = 0, corrupted: Sequence[int] | np.ndarray | None = None, retrain: bool = False,
     retrain_dir: str | Path | None = None, retrain_steps: int | None = None, progress: DetectProgress | None = None,
-    before: TaskMetrics | None = None,
+    before: TaskMetrics | None = None, evaluate: BlockedEvaluation | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Test accuracy (mean ± 95% interval over the test tasks) after removing the k lowest-scored
     training tasks by the one-step edit ω̂ + ξ Σ I_meta (``edit.edited_params``, ξ = −1 ≈
@@ -275,7 +284,10 @@ def removal_effect(
     (a temporary folder, deleted afterwards, when not given).
 
     Edited rows also carry ``gain`` ± ``gain_ci95``: the paired per-test-task accuracy difference to
-    ω̂ (``before``: ω̂'s test metrics, evaluated here when not given).
+    ω̂ (``before``: ω̂'s test metrics, ``Run.as_trained`` when not given). ``evaluate(ids, ξ)`` gives
+    the test metrics of ω̂ + ξ Σ_{j∈ids} I_meta (default: ``blocked_evaluation``); a page passes a
+    cached one, so that the random draws, which depend on k, ξ and the seed only, are evaluated once
+    for every score kind.
     """
     scores = np.asarray(scores, dtype=np.float64)
     m = inf.num_tasks
@@ -295,7 +307,8 @@ def removal_effect(
         if progress is not None:
             progress("edits", done, total)
 
-    before = run.evaluate() if before is None else before
+    before = run.as_trained if before is None else before
+    evaluate = partial(blocked_evaluation, run, inf) if evaluate is None else evaluate
     out: dict[str, Any] = {"before": _accuracy(before.summary()), "xis": xis, "random_draws": random_draws, "seed": seed, "rows": []}
     sets = {k: (lowest_ids(scores, k), random_removal_sets(m, k, random_draws, seed)) for k in ks}
     for k in ks:
@@ -305,11 +318,11 @@ def removal_effect(
             row["corrupted_in_lowest"] = sum(int(j) in bad for j in low)
             row["corrupted_in_random_mean"] = float(np.mean([sum(int(j) in bad for j in r) for r in rand]))
         for xi in xis:
-            row["edit"][f"{xi:g}"] = _with_gain(run.evaluate(edited_params(run, inf, EditSpec(block=low, xi_block=xi))), before)
+            row["edit"][f"{xi:g}"] = _with_gain(evaluate(low, xi), before)
             tick()
             accs = []
             for r in rand:
-                accs.append(run.evaluate(edited_params(run, inf, EditSpec(block=r, xi_block=xi))).summary()["accuracy"])
+                accs.append(evaluate(r, xi).summary()["accuracy"])
                 tick()
             row["random_edit"][f"{xi:g}"] = {"accuracy_mean": float(np.mean(accs)), "accuracy_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0, "accuracies": accs}
         out["rows"].append(row)
@@ -379,9 +392,10 @@ def detect_report(
         inf = fit_influence(run, cfg, progress=progress)
     by_kind = {kind: run.train_tasks.ids_with(kind) for kind in ("noise", "label_flip")}
     kinds = [score] + [s for s in (compare_scores or ()) if s != score]
+    table = test_score_matrix(run, inf, cfg.dtype, range(len(run.test_tasks))) if {"mean", "rank"} & set(kinds) else None
     curves: dict[str, Any] = {}
     for kind in kinds:
-        kind_scores = detection_scores(run, inf, cfg.dtype, kind)
+        kind_scores = detection_scores(run, inf, cfg.dtype, kind, table)
         if kind == score:
             scores = kind_scores
         curves[kind] = {"order": SCORE_ORDERS[kind], "corrupted": detection_curve(kind_scores, bad, m).to_dict(fractions)}
@@ -393,7 +407,7 @@ def detect_report(
         "curves": curves,
     }  # fmt: skip
     if removal:
-        before = run.evaluate()
+        before = run.as_trained
         out["removal"] = removal_effect(
             run, inf, scores, ks, xis=xis, random_draws=random_draws, seed=seed, corrupted=bad, retrain=retrain,
             retrain_dir=retrain_dir, retrain_steps=retrain_steps, progress=progress,
@@ -401,7 +415,7 @@ def detect_report(
         )  # fmt: skip
         # reference: the one-step edit removing exactly the corrupted tasks (what perfect detection buys)
         out["removal"]["all_corrupted_edit"] = {
-            f"{xi:g}": _with_gain(run.evaluate(edited_params(run, inf, EditSpec(block=bad, xi_block=float(xi)))), before)
+            f"{xi:g}": _with_gain(blocked_evaluation(run, inf, bad, xi), before)
             for xi in xis
         }
     out["seconds"] = round(time.time() - started, 2)

@@ -114,7 +114,7 @@ def edited_params(run: Run, inf: TaskInfluence, spec: EditSpec) -> Params:
 
 def edit_report(run: Run, params: Params, test_task: int | None = None) -> dict[str, Any]:
     """Loss and accuracy before and after on the test taskset (mean, 95% interval) and one test task."""
-    before, after = run.evaluate(), run.evaluate(params)
+    before, after = run.as_trained, run.evaluate(params)
     report: dict[str, Any] = {"taskset": {"before": before.summary(), "after": after.summary()}}
     if test_task is not None:
         i = run.test_tasks.check_id(test_task)

@@ -72,6 +72,15 @@ def cache_entry(run: Run, cfg: InfluenceConfig) -> CacheEntry:
     return CacheEntry.for_inputs("influence", cache_inputs(run, cfg))
 
 
+def test_scores_entry(run: Run, cfg: InfluenceConfig) -> CacheEntry:
+    """Where the fit's test table (``ranking.test_score_table``: T × M helpfulness of every training
+    task for each test task) lives: the disk cache, filled from a copy shipped in the run folder
+    (``CacheEntry.ship``) when it has none."""
+    entry = CacheEntry.for_inputs("test-scores", {**cache_inputs(run, cfg), "test_tasks": run.test_tasks.fingerprint()})
+    entry.restore_shipped(run.checkpoint.path)
+    return entry
+
+
 def is_fitted(run: Run, cfg: InfluenceConfig) -> bool:
     """True when the fit is in the disk cache or shipped inside the run folder (loads at once)."""
     entry = cache_entry(run, cfg)

@@ -45,6 +45,12 @@ class Run:
     def batched_metrics(self):  # noqa: ANN201 - a closure from learners
         return create_batched_task_metrics_function(self.model, self.spec)
 
+    @cached_property
+    def as_trained(self) -> TaskMetrics:
+        """ω̂'s per-test-task metrics, evaluated once per opened run (the weights never change after
+        loading): the "before" of every edit, on every page and in the CLI."""
+        return self.evaluate()
+
     def evaluate(self, params: Params | None = None, split: str = "test", task_ids=None, batch_size: int | None = None) -> TaskMetrics:
         """Per-task query loss/accuracy of ``params`` (default ω̂) on the chosen taskset."""
         ts = self.test_tasks if split == "test" else self.train_tasks

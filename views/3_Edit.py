@@ -129,7 +129,7 @@ def edited(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float, xi_e: 
 @st.cache_data(show_spinner=False, max_entries=128)
 def evaluate(path: str, block: tuple[int, ...] = (), enhance: tuple[int, ...] = (), xi_b: float = 0.0, xi_e: float = 0.0):  # noqa: ANN201
     """Per-test-task loss and accuracy (arrays) and the taskset summary, of ω̂ (no sets) or of ω'."""
-    r = get_run(path).evaluate(edited(block, enhance, xi_b, xi_e) if block or enhance else None)
+    r = get_run(path).evaluate(edited(block, enhance, xi_b, xi_e)) if block or enhance else get_run(path).as_trained
     return r.loss, r.accuracy, r.summary()
 
 

@@ -18,6 +18,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core.detect import (
+    DetectProgress,
+    blocked_evaluation,
     corrupted_ids,
     curve_verdict,
     detection_curve,
@@ -27,7 +29,8 @@ from metainf_core.detect import (
 )
 from metainf_core.edit import EditSpec, edited_checkpoint_zip, edited_params
 from metainf_core.exceptions import ConfigError
-from metainf_core.ranking import task_rows
+from metainf_core.fits import test_scores_entry
+from metainf_core.ranking import task_rows, test_score_table
 from metainf_core.words import (
     CHANGE_DIGITS,
     CORRUPTIONS,
@@ -39,7 +42,16 @@ from metainf_core.words import (
     signed,
 )
 from metainf_core.words import points as points_
-from ui import DEFAULT_INFLUENCE, describe_task, require_influence, require_run, show_figure, task_alt, task_strip
+from ui import (
+    DEFAULT_INFLUENCE,
+    describe_task,
+    influence_config,
+    require_influence,
+    require_run,
+    show_figure,
+    task_alt,
+    task_strip,
+)
 
 GALLERY, PER_ROW = 12, 4  # most suspicious tasks shown as thumbnails
 DRAWS, SEED = 5, 0  # random removal sets compared with (detect's defaults)
@@ -86,22 +98,31 @@ DEFAULT_K = min(m - 1, len(bad) or max(1, m // 8))  # the corrupted tasks when k
 
 
 # ---- cached computations -----------------------------------------------------------------------------
+@st.cache_data(show_spinner="Scoring every training task for every test task…", max_entries=8)
+def test_table(path: str) -> np.ndarray:
+    """T × M helpfulness for each test task (``ranking.test_score_table``): on disk once per run and fit."""
+    return test_score_table(run, inf, DEFAULT_INFLUENCE.dtype, test_scores_entry(run, influence_config(path)))
+
+
 @st.cache_data(show_spinner="Scoring every training task…", max_entries=16)
 def suspicion(path: str, kind: str) -> np.ndarray:
     """detect's score: the task inspected first has the lowest value (``detect.detection_scores``)."""
-    return detection_scores(run, inf, DEFAULT_INFLUENCE.dtype, kind)
+    return detection_scores(run, inf, DEFAULT_INFLUENCE.dtype, kind, None if kind == "self" else test_table(path))
 
 
-@st.cache_data(show_spinner="Testing the model as trained…", max_entries=8)
-def as_trained(path: str):  # noqa: ANN201 - TaskMetrics
-    return run.evaluate()
+@st.cache_data(show_spinner=False, max_entries=64)
+def blocked(path: str, ids: tuple[int, ...], xi: float):  # noqa: ANN201 - TaskMetrics
+    """Test metrics with ``ids`` removed at ξ: cached, so the random draws serve every score kind."""
+    return blocked_evaluation(run, inf, ids, xi)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def removal(path: str, kind: str, k: int, xi: float) -> dict:
-    """``detect.removal_effect`` for one k and ξ: the k most suspicious vs DRAWS random k-sets."""
+def removal(path: str, kind: str, k: int, xi: float, progress: DetectProgress | None = None) -> dict:
+    """``detect.removal_effect`` for one k and ξ: the k most suspicious vs DRAWS random k-sets. Not cached
+    itself: each set's evaluation is (``blocked``), so a rerun costs nothing and another score kind
+    evaluates only its own set; ``progress`` sees each set."""
     return removal_effect(run, inf, suspicion(path, kind), [k], xis=[xi], random_draws=DRAWS, seed=SEED,
-                          corrupted=bad if len(bad) else None, before=as_trained(path))
+                          corrupted=bad if len(bad) else None, before=run.as_trained, progress=progress,
+                          evaluate=lambda ids, xi: blocked(path, tuple(int(j) for j in ids), xi))
 
 
 def shown_values(kind: str, scores: np.ndarray) -> np.ndarray:
@@ -251,11 +272,13 @@ if not req or req["path"] != path:
     st.stop()
 
 rk, rkind, rxi, rlabel = req["k"], req["kind"], req["xi"], KIND_LABEL[req["kind"]]
-with st.spinner(f"Removing the {rk} most suspicious tasks and {DRAWS} random sets of {rk}, "
-                f"testing each on all {n_test} test tasks…"):
-    suspicion(path, rkind)
-    mean_helpfulness = suspicion(path, "mean")  # for the first-order prediction below
-    v = removal_verdict(run, removal(path, rkind, rk, rxi), suspicion(path, rkind), mean_helpfulness)
+suspicion(path, rkind)
+mean_helpfulness = suspicion(path, "mean")  # for the first-order prediction below
+testing = f"Removing the {rk} most suspicious tasks and {DRAWS} random sets of {rk}, testing each on all {n_test} test tasks…"
+bar = st.progress(0.0, text=testing)
+effect = removal(path, rkind, rk, rxi, lambda _, done, total: bar.progress(done / total, text=f"{testing} {done}/{total}"))
+bar.empty()
+v = removal_verdict(run, effect, suspicion(path, rkind), mean_helpfulness)
 removed = v.removed  # the set removal_effect removed
 if (rkind, rk, rxi) != (kind, k, xi):
     st.caption(f"The results below are for the {rk} most suspicious by {rlabel} at ξ = {rxi:+g}; "
@@ -298,7 +321,7 @@ def cleaned_zip() -> bytes:
     """The edited checkpoint as a .zip (built when the button is clicked)."""
     params = edited_params(run, inf, EditSpec(block=removed, xi_block=rxi))
     record = {"block": removed.tolist(), "xi_block": rxi, "enhance": [], "xi_enhance": 0.0,
-              "audit": {"score": rkind, "k": rk}, "test": run.evaluate(params).summary()}
+              "audit": {"score": rkind, "k": rk}, "test": blocked(path, tuple(int(j) for j in removed), rxi).summary()}
     return edited_checkpoint_zip(run, params, record, "cleaned")
 
 

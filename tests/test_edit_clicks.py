@@ -1,0 +1,108 @@
+"""The incremental paths behind the Edit and Audit pages' clicks (issue 25 item 3), against the old
+computations on the bundled demos' real data:
+
+- the test table (``ranking.test_score_table``: T × M helpfulness, saved on disk once per run and
+  fit; each demo ships its own) against scoring each test task alone (``all_scores``) and, for the Audit page's "mean" score
+  and first-order prediction, against the helpfulness of the mean test gradient (the old path);
+- ``Run.as_trained`` against ``Run.evaluate()``;
+- ``removal_effect`` with a cached ``evaluate`` against the default one, and that a second score kind
+  re-evaluates only its own set (the random draws depend on k, ξ and the seed only).
+
+Tolerances: the table takes 8 test gradients per vmapped call where a single task's score takes one,
+and a mean of rows where the old score took the row of a mean; in float32 that moves a score by a few
+ulps of the largest (measured ≤ 2.6e-6 relative to a row's largest |score| on both demos), so
+scores are compared at rtol 0 / atol 2e-5 × the largest |score|, and orders exactly (no two scores
+are that close on the demos).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMOS = REPO / "assets" / "demo"
+TOL = 2e-5  # of the largest |score| (module docstring)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def opened(name: str, cache_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    from metainf_core.fits import fit_influence, influence_config_for
+    from metainf_core.service import open_run
+    from ui import DEFAULT_INFLUENCE
+
+    monkeypatch.setenv("METAINF_CACHE", str(cache_dir))  # the shipped fit is restored into it
+    run = open_run(DEMOS / name)
+    cfg = influence_config_for(run, DEFAULT_INFLUENCE)
+    return run, fit_influence(run, cfg), cfg
+
+
+@pytest.mark.parametrize("name", ["protonet-fashion-mnist", "maml-fashion-mnist"])
+def test_test_table_equals_scoring_each_test_task_and_the_old_mean(name, cache_dir, monkeypatch, tmp_path):
+    from metainf_core.cache import CacheEntry
+    from metainf_core.detect import average_ranks, detection_scores
+    from metainf_core.fits import test_scores_entry
+    from metainf_core.ranking import Target, all_scores, test_score_table
+
+    run, inf, cfg = opened(name, cache_dir, monkeypatch)
+    table = test_score_table(run, inf, cfg.dtype)  # computed here
+    assert table.shape == (len(run.test_tasks), inf.num_tasks)
+    entry = test_scores_entry(run, cfg)  # restored from the copy shipped in the demo folder
+    assert entry.complete, "the demo ships its test table (CacheEntry.ship)"
+    shipped = test_score_table(run, inf, cfg.dtype, entry)
+    np.testing.assert_allclose(shipped, table, rtol=0, atol=TOL * np.abs(table).max())
+    for i in (0, 7, len(run.test_tasks) - 1):  # brute force: each test task scored alone, as Explain does
+        alone = all_scores(run, inf, Target((i,)), cfg.dtype)
+        np.testing.assert_allclose(table[i], alone, rtol=0, atol=TOL * np.abs(alone).max())
+    # the old "mean": helpfulness of the mean gradient over all test tasks (one target of 128 tasks)
+    old_mean = all_scores(run, inf, Target(tuple(range(len(run.test_tasks)))), cfg.dtype)
+    new_mean = detection_scores(run, inf, cfg.dtype, "mean", table)
+    np.testing.assert_allclose(new_mean, old_mean, rtol=0, atol=TOL * np.abs(old_mean).max())
+    np.testing.assert_array_equal(np.argsort(new_mean, kind="stable"), np.argsort(old_mean, kind="stable"))
+    np.testing.assert_array_equal(detection_scores(run, inf, cfg.dtype, "rank", table), average_ranks(table).mean(0))
+    # an entry the table is saved into gives back the same numbers, bit for bit
+    fresh = CacheEntry.for_inputs("test-scores", {"test": name}, root=tmp_path)
+    test_score_table(run, inf, cfg.dtype, fresh)
+    assert fresh.complete
+    np.testing.assert_array_equal(test_score_table(run, inf, cfg.dtype, fresh), table)
+
+
+def test_as_trained_is_evaluate_once(cache_dir, monkeypatch):
+    run, _, _ = opened("protonet-fashion-mnist", cache_dir, monkeypatch)
+    first = run.as_trained
+    fresh = run.evaluate()
+    np.testing.assert_array_equal(first.accuracy, fresh.accuracy)
+    np.testing.assert_array_equal(first.loss, fresh.loss)
+    assert run.as_trained is first  # memoised: every page's "before" is this one evaluation
+
+
+def test_removal_effect_reuses_random_draws_across_score_kinds(cache_dir, monkeypatch):
+    from metainf_core.detect import blocked_evaluation, detection_scores, removal_effect
+    from metainf_core.ranking import test_score_table
+
+    run, inf, cfg = opened("protonet-fashion-mnist", cache_dir, monkeypatch)
+    calls: list[tuple[int, ...]] = []
+    seen: dict = {}
+
+    def cached(ids, xi):  # as the Audit page's st.cache_data blocked()
+        key = (tuple(int(j) for j in ids), float(xi))
+        if key not in seen:
+            calls.append(key[0])
+            seen[key] = blocked_evaluation(run, inf, ids, xi)
+        return seen[key]
+
+    table = test_score_table(run, inf, cfg.dtype)
+    kw = {"xis": [-1.0], "random_draws": 3, "seed": 0}
+    by_self = removal_effect(run, inf, detection_scores(run, inf, cfg.dtype, "self"), [16], evaluate=cached, **kw)
+    assert len(calls) == 4  # the 16 most suspicious and 3 random sets
+    by_mean = removal_effect(run, inf, detection_scores(run, inf, cfg.dtype, "mean", table), [16], evaluate=cached, **kw)
+    assert len(calls) == 5  # only the new suspicious set: the random draws are reused
+    assert by_mean["rows"][0]["random_edit"] == by_self["rows"][0]["random_edit"]
+    direct = removal_effect(run, inf, detection_scores(run, inf, cfg.dtype, "mean", table), [16], **kw)
+    assert direct == by_mean  # the default evaluate: the same calls, the same numbers
