@@ -51,7 +51,7 @@ from metainf_core.config import InfluenceConfig
 from metainf_core.edit import EditSpec, edited_params
 from metainf_core.evaluation import TaskMetrics, mean_ci95
 from metainf_core.exceptions import ConfigError
-from metainf_core.fits import fit_influence
+from metainf_core.fits import edit_metrics_entry, fit_influence
 from metainf_core.influence import TaskInfluence
 from metainf_core.leave_out import leave_out_retrain
 from metainf_core.ranking import test_score_matrix
@@ -266,6 +266,20 @@ def _check_k(k_values: Sequence[int], m: int) -> list[int]:
 def blocked_evaluation(run: Run, inf: TaskInfluence, ids: np.ndarray | Sequence[int], xi: float) -> TaskMetrics:
     """Test metrics of ω̂ + ξ Σ_{j∈ids} I_meta (``edit.edited_params``; ξ = −1 ≈ removing ``ids``)."""
     return run.evaluate(edited_params(run, inf, EditSpec(block=tuple(int(j) for j in ids), xi_block=float(xi))))
+
+
+def stored_blocked_evaluation(
+    run: Run, inf: TaskInfluence, cfg: InfluenceConfig, ids: np.ndarray | Sequence[int], xi: float
+) -> TaskMetrics:
+    """``blocked_evaluation`` saved on disk beside the fit ``cfg`` that made ``inf``
+    (``fits.edit_metrics_entry``): a removed set is evaluated once per run, whichever page, score
+    kind, session or server asks; the bytes read back are the ones computed."""
+    entry = edit_metrics_entry(run, cfg, ids, xi)
+    if entry.complete:
+        return TaskMetrics.from_tensors(entry.load()[0])
+    metrics = blocked_evaluation(run, inf, ids, xi)
+    entry.save(metrics.to_tensors(), {"num_test_tasks": len(metrics.task_ids)})
+    return metrics
 
 
 def removal_effect(

@@ -32,6 +32,14 @@ class TaskMetrics:
     loss: np.ndarray
     accuracy: np.ndarray
 
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The three arrays as tensors (for ``cache.CacheEntry.save``), losslessly."""
+        return {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name))) for name in ("task_ids", "loss", "accuracy")}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> TaskMetrics:
+        return cls(*(tensors[name].numpy() for name in ("task_ids", "loss", "accuracy")))
+
     def summary(self) -> dict[str, float]:
         acc, acc_ci = mean_ci95(self.accuracy)
         loss, loss_ci = mean_ci95(self.loss)

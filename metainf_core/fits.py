@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,17 @@ def test_scores_entry(run: Run, cfg: InfluenceConfig) -> CacheEntry:
     task for each test task) lives: the disk cache, filled from a copy shipped in the run folder
     (``CacheEntry.ship``) when it has none."""
     entry = CacheEntry.for_inputs("test-scores", {**cache_inputs(run, cfg), "test_tasks": run.test_tasks.fingerprint()})
+    entry.restore_shipped(run.checkpoint.path)
+    return entry
+
+
+def edit_metrics_entry(run: Run, cfg: InfluenceConfig, block: Sequence[int], xi: float) -> CacheEntry:
+    """Where the test metrics of the edit ω̂ + ξ Σ_{j∈block} I_meta (this fit's I_meta) live: the disk
+    cache, filled from a copy shipped in the run folder when it has none (a demo ships the Audit
+    page's default random removals)."""
+    ids = sorted({int(j) for j in block})
+    inputs = {**cache_inputs(run, cfg), "test_tasks": run.test_tasks.fingerprint(), "block": ids, "xi": float(xi)}
+    entry = CacheEntry.for_inputs("edit-metrics", inputs)
     entry.restore_shipped(run.checkpoint.path)
     return entry
 

@@ -2,9 +2,12 @@
 computations on the bundled demos' real data:
 
 - the test table (``ranking.test_score_table``: T × M helpfulness, saved on disk once per run and
-  fit; each demo ships its own) against scoring each test task alone (``all_scores``) and, for the Audit page's "mean" score
-  and first-order prediction, against the helpfulness of the mean test gradient (the old path);
-- ``Run.as_trained`` against ``Run.evaluate()``;
+  fit; each demo ships its own) against scoring each test task alone (``all_scores``) and, for the
+  Audit page's "mean" score and first-order prediction, against the helpfulness of the mean test
+  gradient (the old path);
+- ``Run.as_trained`` against ``Run.evaluate()``, and ``detect.stored_blocked_evaluation`` (a removed
+  set evaluated once per run, on disk; the demos ship the Audit page's default random draws) against
+  evaluating the set;
 - ``removal_effect`` with a cached ``evaluate`` against the default one, and that a second score kind
   re-evaluates only its own set (the random draws depend on k, ξ and the seed only).
 
@@ -106,3 +109,26 @@ def test_removal_effect_reuses_random_draws_across_score_kinds(cache_dir, monkey
     assert by_mean["rows"][0]["random_edit"] == by_self["rows"][0]["random_edit"]
     direct = removal_effect(run, inf, detection_scores(run, inf, cfg.dtype, "mean", table), [16], **kw)
     assert direct == by_mean  # the default evaluate: the same calls, the same numbers
+
+
+def test_stored_blocked_evaluation_reads_back_what_was_computed_and_the_shipped_draws(cache_dir, monkeypatch):
+    from metainf_core.detect import blocked_evaluation, random_removal_sets, stored_blocked_evaluation
+    from metainf_core.fits import edit_metrics_entry
+
+    run, inf, cfg = opened("protonet-fashion-mnist", cache_dir, monkeypatch)
+    ids = np.arange(3, 40, 3)  # a set no demo ships: computed once, then read back bit for bit
+    entry = edit_metrics_entry(run, cfg, ids, -2.0)
+    assert not entry.complete
+    first = stored_blocked_evaluation(run, inf, cfg, ids, -2.0)
+    assert entry.complete
+    direct = blocked_evaluation(run, inf, ids, -2.0)
+    for metrics in (first, stored_blocked_evaluation(run, inf, cfg, ids[::-1], -2.0)):  # any order of the ids
+        for name in ("task_ids", "loss", "accuracy"):
+            np.testing.assert_array_equal(getattr(metrics, name), getattr(direct, name))
+    # the demo ships the Audit page's default random removals (k = 64, ξ = -1, 5 draws, seed 0): they are
+    # the evaluations made here, up to float32 rounding (another BLAS may flip an image whose two top logits tie)
+    for draw in random_removal_sets(inf.num_tasks, 64, 5, 0)[:2]:
+        assert edit_metrics_entry(run, cfg, draw, -1.0).complete
+        shipped, here = stored_blocked_evaluation(run, inf, cfg, draw, -1.0), blocked_evaluation(run, inf, draw, -1.0)
+        np.testing.assert_allclose(shipped.loss, here.loss, rtol=1e-5, atol=1e-6)
+        assert np.abs(shipped.accuracy - here.accuracy).sum() <= 2 / 15

@@ -19,13 +19,13 @@ import streamlit as st
 
 from metainf_core.detect import (
     DetectProgress,
-    blocked_evaluation,
     corrupted_ids,
     curve_verdict,
     detection_curve,
     detection_scores,
     removal_effect,
     removal_verdict,
+    stored_blocked_evaluation,
 )
 from metainf_core.edit import EditSpec, edited_checkpoint_zip, edited_params
 from metainf_core.exceptions import ConfigError
@@ -112,8 +112,9 @@ def suspicion(path: str, kind: str) -> np.ndarray:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def blocked(path: str, ids: tuple[int, ...], xi: float):  # noqa: ANN201 - TaskMetrics
-    """Test metrics with ``ids`` removed at ξ: cached, so the random draws serve every score kind."""
-    return blocked_evaluation(run, inf, ids, xi)
+    """Test metrics with ``ids`` removed at ξ, on disk once per run (``detect.stored_blocked_evaluation``):
+    the random draws serve every score kind, and the demos ship their default ones."""
+    return stored_blocked_evaluation(run, inf, influence_config(path), ids, xi)
 
 
 def removal(path: str, kind: str, k: int, xi: float, progress: DetectProgress | None = None) -> dict:
