@@ -18,7 +18,7 @@ caches stood in for by dicts:
   default on the demos, and k = 48). Old: the mean helpfulness for the prediction from 128 test
   gradients, 32 tasks per vmapped call, then ω̂'s metrics (the Audit page's own cache), then six
   evaluations. New: the test table (``ranking.test_score_table``, shipped with the demo and restored
-  by ``fits.test_scores_entry``), ω̂ from ``Run.as_trained`` (shared with the Edit page), and each
+  by ``fits.test_scores_entry``), ω̂ from ``Run.as_trained`` (on disk, shipped), and each
   removed set through ``detect.stored_blocked_evaluation`` (on disk; the demos ship the random
   draws at the default k, so k = 64 evaluates only the suspicious set, k = 48 all six).
 - **Audit · same, score "mean"** (a second click with another score): old six evaluations, new one
@@ -161,7 +161,7 @@ def bench_demo(name: str) -> list[tuple[str, float, float, str]]:
     for k, what in ((K_AUDIT, "shipped random draws + 1 evaluation"), (k_other, "6 evaluations (k not shipped)")):
         new_s = table_s + audit(k, self_scores, lambda: table.mean(0), lambda: run.as_trained, page_blocked)
         rows.append((f"Audit · remove the {k} most suspicious", old_click(k), new_s,
-                     f"new: shipped test table ({table_s:.2f} s), ω̂ shared with Edit, {what}"))  # fmt: skip
+                     f"new: shipped test table ({table_s:.2f} s) and ω̂, {what}"))  # fmt: skip
     mean_order = detection_scores(run, inf, dtype, "mean", table)
     old_rekind = timed(lambda: removal_effect(run, inf, mean_order, [k_other], xis=[-1.0], random_draws=DRAWS,
                                                seed=0, corrupted=bad, before=before))[0]  # fmt: skip

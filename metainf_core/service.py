@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from metainf_core.checkpoint import Checkpoint, load_checkpoint
+from metainf_core.cache import CacheEntry
+from metainf_core.checkpoint import MODEL_FILE, Checkpoint, load_checkpoint
 from metainf_core.config import TaskConfig, TrainConfig
 from metainf_core.data import load_dataset
 from metainf_core.data.base import FewShotDataset
@@ -19,6 +20,9 @@ from metainf_core.exceptions import CheckpointError
 from metainf_core.learners import LearnerSpec, Params, create_batched_task_metrics_function
 from metainf_core.models import build_network
 from metainf_core.tasks import TaskSet
+
+
+AS_TRAINED_FORMAT = 1  # of the stored ``Run.as_trained``: raise it when evaluation's numbers change
 
 
 @dataclass(eq=False)
@@ -45,11 +49,26 @@ class Run:
     def batched_metrics(self):  # noqa: ANN201 - a closure from learners
         return create_batched_task_metrics_function(self.model, self.spec)
 
+    def as_trained_entry(self) -> CacheEntry:
+        """Where ``as_trained`` lives on disk: keyed by the weights, learner, test taskset and data,
+        filled from a copy shipped in the run folder (``CacheEntry.ship``) when the cache has none."""
+        inputs = {"format": AS_TRAINED_FORMAT, "model": self.meta["hashes"][MODEL_FILE], "learner": self.spec.key(),
+                  "test_tasks": self.test_tasks.fingerprint(), "dataset": self.dataset.fingerprint}  # fmt: skip
+        entry = CacheEntry.for_inputs("as-trained", inputs)
+        entry.restore_shipped(self.checkpoint.path)
+        return entry
+
     @cached_property
     def as_trained(self) -> TaskMetrics:
-        """ω̂'s per-test-task metrics, evaluated once per opened run (the weights never change after
-        loading): the "before" of every edit, on every page and in the CLI."""
-        return self.evaluate()
+        """ω̂'s per-test-task metrics, evaluated once per run (the weights never change after loading)
+        and kept on disk (``as_trained_entry``; the demos ship theirs): the "before" of every edit, on
+        every page and in the CLI; the bytes read back are the ones computed."""
+        entry = self.as_trained_entry()
+        if entry.complete:
+            return TaskMetrics.from_tensors(entry.load()[0])
+        metrics = self.evaluate()
+        entry.save(metrics.to_tensors(), {"num_test_tasks": len(metrics.task_ids)})
+        return metrics
 
     def evaluate(self, params: Params | None = None, split: str = "test", task_ids=None, batch_size: int | None = None) -> TaskMetrics:
         """Per-task query loss/accuracy of ``params`` (default ω̂) on the chosen taskset."""
