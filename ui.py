@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from metainf_core import api, jobs
-from metainf_core.config import InfluenceConfig
+from metainf_core.config import CompareConfig, InfluenceConfig
 from metainf_core.exceptions import MetainfError
 from metainf_core.figures import thumbnail_strip
 from metainf_core.fits import fit_influence, fit_status, is_fitted
@@ -24,6 +24,9 @@ from metainf_core.words import score, task_summary
 DEMO_DIR = api.DEMO_DIR  # one definition of where the bundled demos live
 DEFAULT_DEMO = "protonet-fashion-mnist"  # fastest to explain and edit interactively
 DEFAULT_INFLUENCE = InfluenceConfig(method="gn", n_orth=512, dtype="float32")
+# The Compare page's settings: dense solves only (a matrix-free task-IF on a demo-sized model runs for hours
+# inside the page; the CLI's `compare --solver cg` offers it). The demos ship their test tables for exactly these.
+COMPARE_CONFIG = CompareConfig(dtype=DEFAULT_INFLUENCE.dtype, solver="dense")
 ALGORITHM_NAMES = {"maml": "MAML", "protonet": "ProtoNet", "proximal-maml": "Proximal MAML"}
 
 

@@ -192,11 +192,41 @@ def _compare(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.service import open_run
 
     names = parse_methods(a.methods)  # before loading anything: unknown names fail fast
+    if (a.test_task is None) == (not a.tables):
+        raise ConfigError("give --test-task (one target) or --tables (every test task), not both")
+    if a.ship and not a.tables:
+        raise ConfigError("--ship stores test tables: give --tables")
     run = open_run(a.path, device=a.device)
-    target = Target.parse(a.test_task, run)
     config = _config_from(a, CompareConfig)
+    if a.tables:
+        return _compare_tables(a, run, names if a.methods else None, config)
+    target = Target.parse(a.test_task, run)
     out = compare_methods(run, target, names, k=a.top, config=config, include_scores=a.scores)
     return {**out, "lds": lds_summary(run)}  # the method with the best committed LDS on runs trained like this one
+
+
+def _compare_tables(a: argparse.Namespace, run, names: list[str] | None, config: CompareConfig) -> dict[str, Any]:  # noqa: ANN001 - a Run
+    """Every test task's scores by each method (``compare.test_score_table``), cached, and with
+    --ship stored in the run folder: what the demos ship so their Compare page answers at once."""
+    from tqdm import tqdm
+
+    from metainf_core.compare import METHODS, test_score_table, test_table_entry
+
+    if names is None:  # every method that applies; a named one that does not is an error below
+        names = [n for n, m in METHODS.items() if not m.skip_reason(run, config)]
+    out: dict[str, Any] = {"config": config.to_dict(), "tables": {}}
+    for n in names:
+        with tqdm(desc=n, unit="test task", disable=a.quiet, file=sys.stderr) as bar:
+
+            def progress(done: int, total: int, bar=bar) -> None:  # noqa: ANN001
+                bar.total, bar.n = total, done
+                bar.refresh()
+
+            table = test_score_table(run, n, config, progress)
+        entry = test_table_entry(run, n, config)
+        out["tables"][n] = {"shape": list(table.shape), "cache": str(entry.directory),
+                            **({"shipped": str(entry.ship(run.checkpoint.path))} if a.ship else {})}  # fmt: skip
+    return out
 
 
 def _parse_ids(text: str | None) -> tuple[int, ...]:
@@ -532,12 +562,17 @@ def _rank_parser(sub: argparse._SubParsersAction) -> None:
 def _compare_parser(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="compare influence methods for one target: scores, Spearman/Pearson, top-k overlap")
     c.add_argument("path", help="checkpoint directory")
-    c.add_argument("--test-task", required=True, help="ID, ID,ID,..., all, or train:J")
+    c.add_argument("--test-task", default=None, help="ID, ID,ID,..., all, or train:J (or --tables)")
     c.add_argument("--methods", default=None, help="comma-separated registry names (default: every method that applies; "
                                                    "see docs/influence-methods.md), e.g. tlxml-gn,grad-sim,task-if")
     c.add_argument("--top", type=int, default=10, help="k of the top-k lists and overlaps")
     _add_config_args(c, CompareConfig)
     c.add_argument("--scores", action="store_true", help="also print every method's full score vector")
+    c.add_argument("--tables", action="store_true",
+                   help="instead of one target: score every test task with each method (default: every method that "
+                        "applies) and cache the (test × training tasks) tables, which compare and the Compare page then read")
+    c.add_argument("--ship", action="store_true", help="with --tables: also store them inside the checkpoint folder (cache/)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar (--tables)")
     _add_device_arg(c)
     c.set_defaults(func=_compare)
 

@@ -50,8 +50,10 @@ Proximal MAML's inner problem is solved by the learner's own solver (as in train
 stationarity ‖∇F(θ̂)‖ is reported, since the implicit derivatives assume a stationary θ̂.
 
 Expensive parts (curvature fits, training-task gradient matrices) are cached on disk under a
-content hash (``cache.CacheEntry``; TLXML fits share ``explain``'s cache), so a second comparison
-only recomputes the target's gradient.
+content hash (``cache.CacheEntry``; TLXML fits share ``fits``' cache), so a second comparison
+only recomputes the target's gradient. ``test_score_table`` scores every test task at once and
+caches the table; the demos ship theirs, and ``compare_methods`` reads a single test task's scores
+from a complete table instead of computing them.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ from torch.func import grad
 from metainf_core.cache import CacheEntry
 from metainf_core.config import SOLVERS, Algorithm, CompareConfig, InfluenceConfig, InfluenceMethod  # noqa: F401 - re-exported
 from metainf_core.exceptions import ConfigError
-from metainf_core.fits import fit_influence, params_as, run_fingerprint
+from metainf_core.fits import fit_influence, params_as, run_fingerprint, test_scores_entry
 from metainf_core.influence.ekfac import ekfac_report, fit_ekfac_sets
 from metainf_core.influence.exact import MAX_EXACT_PARAMS, spectral_factor
 from metainf_core.influence.flat import ParamLayout, create_flat_forward_function, create_flat_loss_function
@@ -90,6 +92,7 @@ from metainf_core.influence.task_if import (
 )
 from metainf_core.peer import DATTRI_VERSION, dattri_task_scores
 from metainf_core.ranking import Target, TaskGradients, all_scores, target_gradient
+from metainf_core.ranking import test_score_table as test_score_table_of_fit
 from metainf_core.service import Run
 from metainf_core.validate import score_agreement, top_k_overlap
 
@@ -510,6 +513,9 @@ METHODS: dict[str, ScoringMethod] = {
 }
 
 
+TLXML_METHODS = {m.compare_name: m.value for m in InfluenceMethod}  # registry name -> the fit's method
+
+
 def get_method(name: str) -> ScoringMethod:
     try:
         return METHODS[name]
@@ -532,6 +538,55 @@ def parse_methods(text: str | None) -> list[str]:
 def method_scores(run: Run, target: Target, name: str, config: CompareConfig = CompareConfig()) -> np.ndarray:
     """Helpfulness (M,) of every training task for ``target`` by the registered method ``name``."""
     return get_method(name)(run, target, config)
+
+
+def test_table_entry(run: Run, name: str, config: CompareConfig = CompareConfig()) -> CacheEntry:
+    """Where method ``name``'s test table (``test_score_table``) for ``config`` lives: the disk cache,
+    filled from a copy shipped in the run folder (``CacheEntry.ship``) when the cache has none."""
+    if name in TLXML_METHODS:  # the fit's own test table (the Audit page's too): one entry per fit
+        return test_scores_entry(run, tlxml_config(TLXML_METHODS[name], config))
+    settings = {**config.to_dict(), "test_tasks": run.test_tasks.fingerprint()}
+    entry = _cache_entry(run, f"{name}:test-table", settings)
+    entry.restore_shipped(run.checkpoint.path)
+    return entry
+
+
+def test_score_table(
+    run: Run, name: str, config: CompareConfig = CompareConfig(), progress: Callable[[int, int], None] | None = None
+) -> np.ndarray:
+    """(T × M) helpfulness of every training task for each single test task by method ``name``: row
+    i is ``method_scores(run, Target((i,)), name, config)``. Computed once per run and settings and
+    cached, so a bundled demo can ship it and its Compare page answers for any test task at once."""
+    method = get_method(name)
+    reason = method.skip_reason(run, config)
+    if reason:
+        raise ConfigError(f"{name} does not apply to this run: {reason}")
+    n_test = len(run.test_tasks)
+    if name in TLXML_METHODS:  # batched over test tasks, from the cached fit (ranking.test_score_table)
+        icfg = tlxml_config(TLXML_METHODS[name], config)
+        table = test_score_table_of_fit(run, fit_influence(run, icfg), icfg.dtype, test_table_entry(run, name, config))
+        if progress is not None:
+            progress(n_test, n_test)
+        return np.asarray(table, dtype=np.float64)
+
+    def compute() -> tuple[dict[str, Tensor], dict[str, Any]]:
+        rows = []
+        for i in range(n_test):
+            rows.append(method.scores(run, Target((i,)), config)[0])
+            if progress is not None:
+                progress(i + 1, n_test)
+        table = torch.from_numpy(np.stack(rows)).to(getattr(torch, config.dtype))  # lossless: computed in this dtype
+        return {"scores": table}, {"method": name, "num_test_tasks": n_test}
+
+    return _cached(test_table_entry(run, name, config), compute)[0]["scores"].double().numpy()
+
+
+def _table_row(run: Run, target: Target, name: str, config: CompareConfig) -> np.ndarray | None:
+    """Row ``i`` of a complete (cached or shipped) test table when ``target`` is the single test task ``i``."""
+    if target.split != "test" or len(target.ids) != 1:
+        return None
+    entry = test_table_entry(run, name, config)
+    return entry.load()[0]["scores"][target.ids[0]].numpy().astype(np.float64) if entry.complete else None
 
 
 def pair_agreement(a: np.ndarray, b: np.ndarray, k: int) -> dict[str, float]:
@@ -569,7 +624,8 @@ def compare_methods(
             out["skipped"][n] = reason
             continue
         started = time.time()
-        s, details = method.scores(run, target, config)
+        row = _table_row(run, target, n, config)
+        s, details = (row, {"from": "test table (test_score_table)"}) if row is not None else method.scores(run, target, config)
         if s.shape != (m,) or not np.isfinite(s).all():
             raise ConfigError(f"{n} produced {s.shape} scores, {int((~np.isfinite(s)).sum())} non-finite")
         order = np.argsort(-s, kind="stable")

@@ -10,8 +10,26 @@ $PY -m metainf_core train "${COMMON[@]}" --algo protonet --steps 600 --meta-batc
 $PY -m metainf_core train "${COMMON[@]}" --algo maml --inner-lr 0.4 --inner-steps 1 --steps 600 --meta-batch 8 --lr 0.002 \
     --out assets/demo/maml-fashion-mnist "$@"
 # What each demo ships so a fresh clone answers at once: the app's default influence fit
-# (Gauss-Newton, N_orth 512, float32; stored float16) and the Landscape page's default diagnostics (16 test tasks).
+# (Gauss-Newton, N_orth 512, float32; stored float16), the Landscape page's default diagnostics (16 test tasks)
+# the Compare page's test tables of its default pair (ui.COMPARE_CONFIG's settings; TLXML's is the Audit
+# page's table of the fit), the model as trained and the Audit page's default random removals.
 for demo in protonet-fashion-mnist maml-fashion-mnist; do
   $PY -m metainf_core fit assets/demo/$demo --method gn --n-orth 512 --dtype float32 --ship --quiet > /dev/null
   $PY -m metainf_core diagnose assets/demo/$demo --tasks 16 --ship --quiet > /dev/null
+  $PY -m metainf_core compare assets/demo/$demo --tables --methods tlxml-gn,grad-sim --dtype float32 --solver dense --ship --quiet > /dev/null
+  # the model as trained (every page's "before") and the Audit page's default random removals (k 64, xi -1, 5 draws, seed 0)
+  $PY - assets/demo/$demo <<'PYEOF'
+import sys
+from metainf_core.detect import random_removal_sets, stored_blocked_evaluation
+from metainf_core.fits import edit_metrics_entry, fit_influence
+from metainf_core.service import open_run
+from ui import DEFAULT_INFLUENCE
+run = open_run(sys.argv[1])
+run.as_trained
+run.as_trained_entry().ship(run.checkpoint.path)
+inf = fit_influence(run, DEFAULT_INFLUENCE)
+for ids in random_removal_sets(len(run.train_tasks), 64, 5, 0):
+    stored_blocked_evaluation(run, inf, DEFAULT_INFLUENCE, ids, -1.0)
+    edit_metrics_entry(run, DEFAULT_INFLUENCE, ids, -1.0).ship(run.checkpoint.path)
+PYEOF
 done

@@ -276,6 +276,16 @@ def test_compare_cli(synthetic_run, prox_run, cache):
     res = run_cli("compare", str(synthetic_run), "--test-task", "0", "--methods", "tlxml-exact,bogus")
     assert res.returncode == 2 and "bogus" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
+    res = run_cli("compare", str(prox_run), "--tables", "--methods", "grad-sim", "--quiet")  # every test task
+    assert res.returncode == 0, res.stderr
+    table = json.loads(res.stdout)["tables"]["grad-sim"]
+    direct = method_scores(open_run(prox_run), Target((2,)), "grad-sim")
+    assert table["shape"] == [4, 16] and "shipped" not in table
+    np.testing.assert_array_equal(compare.test_score_table(open_run(prox_run), "grad-sim")[2], direct)  # cached, same path
+    for args in (("--test-task", "0", "--tables"), (), ("--test-task", "0", "--ship")):
+        res = run_cli("compare", str(prox_run), *args)
+        assert res.returncode == 2 and ("--tables" in res.stderr) and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
+
 
 def test_rank_cli_methods(synthetic_run, cache):
     """rank --method: registry names (tlxml-exact = the old 'exact' path, grad-sim, ...); bad names exit 2."""
@@ -299,3 +309,75 @@ def test_rank_cli_methods(synthetic_run, cache):
         assert len(set(ids)) == 3
         np.testing.assert_allclose(scores[ids], [r["helpfulness"] for r in rows], rtol=1e-9)
         np.testing.assert_allclose([r["helpfulness"] for r in rows], np.sort(scores)[::-1][:3], rtol=1e-9)
+
+
+def test_test_tables_are_the_per_task_scores_cached_and_shipped(synthetic_run, cache, tmp_path, monkeypatch):
+    """``test_score_table``'s row i is method_scores for test task i; the table is computed once
+    (then loaded), ``compare_methods`` reads a single test task's scores from it, and a copy shipped
+    in the run folder fills an empty cache (an altered copy is refused)."""
+    import shutil
+
+    from metainf_core.cache import RESULT
+    from metainf_core.exceptions import CacheError
+
+    run = open_run(synthetic_run)
+    cfg, names, n_test = CompareConfig(), ["tlxml-gn", "grad-sim", "direct-if"], len(run.test_tasks)
+    tables, seen = {}, []
+    for n in names:
+        tables[n] = compare.test_score_table(run, n, cfg, progress=lambda i, t: seen.append((i, t)))
+        assert tables[n].shape == (n_test, len(run.train_tasks))
+        for i in (0, n_test - 1):
+            # the same scorer on the same float64 inputs: equal up to BLAS summation order (~1e-16 relative)
+            direct = method_scores(run, Target((i,)), n, cfg)
+            np.testing.assert_allclose(tables[n][i], direct, rtol=1e-12, atol=1e-12 * np.abs(direct).max(), err_msg=n)
+    per_task = [(i + 1, n_test) for i in range(n_test)]
+    assert seen == [(n_test, n_test)] + per_task * 2  # TLXML: one batched call from the fit's test table (ranking)
+    assert np.abs(tables["tlxml-gn"] - tables["grad-sim"]).max() > 1e-3  # different methods, different tables
+
+    def boom(*a, **kw):
+        raise AssertionError("scored again instead of reading the table")
+
+    monkeypatch.setattr(compare.ScoringMethod, "scores", boom)
+    for n in names:
+        np.testing.assert_array_equal(compare.test_score_table(run, n, cfg), tables[n])
+    out = compare_methods(run, Target((3,)), names, k=4, config=cfg)  # a single test task: from the tables
+    for n in names:
+        assert out["methods"][n]["scores"] == tables[n][3].tolist() and out["methods"][n]["details"]["from"].startswith("test table")
+    with pytest.raises(AssertionError, match="scored again"):  # two test tasks: no table row, computed
+        compare_methods(run, Target((0, 1)), ["grad-sim"], config=cfg)
+
+    copy = tmp_path / "shipped_run"
+    shutil.copytree(synthetic_run, copy)
+    shipped = compare.test_table_entry(run, "grad-sim", cfg).ship(copy)
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "empty_cache"))
+    np.testing.assert_array_equal(compare.test_score_table(open_run(copy), "grad-sim", cfg), tables["grad-sim"])
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "another_empty_cache"))
+    blob = bytearray((shipped / RESULT).read_bytes())
+    blob[-1] ^= 0xFF
+    (shipped / RESULT).write_bytes(bytes(blob))
+    with pytest.raises(CacheError, match="altered or stale"):
+        compare.test_score_table(open_run(copy), "grad-sim", cfg)
+    with pytest.raises(ConfigError, match="does not apply"):
+        compare.test_score_table(run, "dattri-if-cg", cfg)  # needs damping
+
+
+def test_demos_ship_the_compare_pages_test_tables(tmp_path, monkeypatch):
+    """Both demos answer the Compare page's default pair for any test task without computing: TLXML-GN
+    and gradient similarity have their (128 × 512) tables shipped for the page's settings (EK-FAC on
+    the MAML demo is not shipped: docs/benchmarks.md); a shipped TLXML row equals the scores
+    computed here from the shipped fit."""
+    from ui import COMPARE_CONFIG
+
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))
+    for demo in ("protonet-fashion-mnist", "maml-fashion-mnist"):
+        run = open_run(Path(__file__).resolve().parents[1] / "assets" / "demo" / demo)
+        offered = [n for n, m in METHODS.items() if not m.skip_reason(run, COMPARE_CONFIG)]
+        assert "tlxml-gn" in offered and "grad-sim" in offered, demo
+        for n in ("tlxml-gn", "grad-sim"):
+            assert compare.test_table_entry(run, n, COMPARE_CONFIG).complete, (demo, n)  # restored from the run folder
+            assert compare.test_score_table(run, n, COMPARE_CONFIG).shape == (len(run.test_tasks), len(run.train_tasks))
+        shipped = compare.test_score_table(run, "tlxml-gn", COMPARE_CONFIG)[5]
+        here = METHODS["tlxml-gn"].scores(run, Target((5,)), COMPARE_CONFIG)[0]
+        # float32 scores computed on another machine: rounding differs at ~1e-7 of the largest score,
+        # summed over a 512-column projection (bound 1e-4); a wrong row or stale fit differs at O(1)
+        np.testing.assert_allclose(shipped, here, rtol=0, atol=1e-4 * np.abs(here).max(), err_msg=demo)

@@ -8,20 +8,19 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from metainf_core.compare import METHODS, CompareConfig, compare_methods
+from metainf_core.compare import METHODS, compare_methods
 from metainf_core.ranking import Target, ranking_table
 from metainf_core.lds_results import best_lds_method, compare_sentence
 from metainf_core.words import METHOD_HELP, method_name, percent, signed
-from ui import DEFAULT_INFLUENCE, describe_task, get_run, require_influence, require_run, show_figure, task_alt, task_strip, test_task_picker
+from ui import COMPARE_CONFIG as CFG, describe_task, get_run, require_influence, require_run, show_figure, task_alt, task_strip, test_task_picker
 
 st.set_page_config(page_title="metainf · Compare", layout="wide")
 st.title("Compare influence methods")
 st.caption("One method's ranking is an opinion: here two methods rank the same training tasks for the same test task. "
            "Positive score = the training task helped (up-weighting it lowers the test loss), for every method.")
 path, run = require_run(uses_test_task=True)
-# tlxml-gn then shares the app's cached fit; dense solves only: a matrix-free task-IF on a demo-sized model runs for
-# hours inside the page (the CLI's `compare --solver cg` offers it), so above q = 5,000 the page says why it is left out
-CFG = CompareConfig(dtype=DEFAULT_INFLUENCE.dtype, solver="dense")
+# tlxml-gn then shares the app's cached fit; dense solves only (ui.COMPARE_CONFIG), so above q = 5,000 the page
+# says why task-IF is left out; a test task's scores come from the run's test tables when it has them (the demos ship theirs)
 reasons = {name: m.skip_reason(run, CFG) for name, m in METHODS.items()}
 names = [n for n, r in reasons.items() if not r]
 if len(names) < 2:
