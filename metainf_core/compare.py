@@ -87,8 +87,8 @@ from metainf_core.influence.task_if import (
     direct_hessian_hvp,
     fit_task_if_tasks,
     meta_hessian_hvp,
+    proximal_task_gradients,
     target_solve,
-    task_state,
 )
 from metainf_core.peer import DATTRI_VERSION, dattri_task_scores
 from metainf_core.ranking import Target, TaskGradients, all_scores, target_gradient
@@ -253,8 +253,7 @@ def _proximal_gradients(run: Run, mode: str, cfg: CompareConfig) -> TaskGradient
     w = fns.layout.flatten(params).detach()
 
     def gradients(taskset, ids) -> Tensor:
-        states = [task_state(fns, w, t, tcfg) for t in _tasks(run, taskset, ids, w.dtype)]
-        return torch.stack([s.outer_grad if mode == "direct" else s.total_gradient for s in states])
+        return proximal_task_gradients(fns, w, _tasks(run, taskset, ids, w.dtype), tcfg, mode)
 
     return gradients
 

@@ -296,6 +296,16 @@ def total_hessian_hvp(states: Sequence[ProximalTaskState], mode: IFMode | str, d
     return hvp
 
 
+def proximal_task_gradients(
+    fns: ProximalFunctions, w: Tensor, tasks: Sequence[Task], config: TaskIFConfig, mode: IFMode | str
+) -> Tensor:
+    """(T × q) per-task gradients of L_out,j at ω̂ of the kind ``mode`` scores with: total (implicit,
+    through the proximal inner solution; seed 001 Thm 4.3) or partial ("direct", seed 001 eq. 6).
+    The one per-task gradient of proximal MAML: ``TaskIF.target_gradient`` and ``ranking.target_gradient``'s."""
+    mode = IFMode(mode)
+    return torch.stack([task_state(fns, w, t, config).gradient(mode) for t in tasks])
+
+
 @dataclass(frozen=True, eq=False)
 class TaskIF:
     """A fitted task-IF (or direct IF) for M training tasks at ω̂ (module docstring for the maths).
@@ -340,8 +350,7 @@ class TaskIF:
 
     def target_gradient(self, tasks: Sequence[Task]) -> Tensor:
         """Gradient of the mean loss of test ``tasks`` at ω̂, of the fit's kind (total, or partial in "direct")."""
-        states = [task_state(self.fns, self.w, t, self.config) for t in tasks]
-        return torch.stack([s.gradient(self.mode) for s in states]).mean(0)
+        return proximal_task_gradients(self.fns, self.w, tasks, self.config, self.mode).mean(0)
 
     def helpfulness(self, test_grad: Tensor) -> Tensor:
         """(M,) g_iᵀ(ω̂₋ⱼ − ω̂): predicted rise of the test loss when j is removed (positive = j helped)."""
