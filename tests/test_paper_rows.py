@@ -84,6 +84,7 @@ def test_a_row_trains_over_two_sessions_and_its_figures_recompute(tmp_path):
     logs: list[str] = []
     assert run_rows([row], [0], tmp_path, steps=4, log=logs.append) == []
     assert run_status(row, 0, tmp_path)["steps_done"] == 4 and not (run_dir(row, 0, tmp_path) / RESULT_FILE).exists()
+    assert "test_accuracy" not in run_status(row, 0, tmp_path)  # unfinished training: no accuracy to show
     assert "training" in logs[0] and "4 of 8" in logs[-1]
     (result,) = run_rows([row], [0], tmp_path, log=logs.append)
     assert any("resuming" in line for line in logs)
@@ -110,6 +111,12 @@ def test_a_row_trains_over_two_sessions_and_its_figures_recompute(tmp_path):
 
     text = render_paper_rows([summary])
     assert f"{result['noise']['proper']:.1f} (1 seed) / 80.0 ± 5.0" in text and "seed 0: 8 / 8" in text
+    # finished training whose fit is not done (row.json absent): its test accuracy shows, the verdict says what is missing
+    (run_dir(row, 0, tmp_path) / RESULT_FILE).rename(tmp_path / "row.json.away")
+    (pending,) = collect(tmp_path, rows=[row])
+    assert pending["status"][0]["test_accuracy"] == run.meta["test"]["accuracy"] and not pending["results"]
+    assert pending["verdict"] == {"label": "pending", "reason": "training finished; its influence fit and proper tests are not done yet"}
+    assert f"| {run.meta['test']['accuracy']:.3f} (1 seed), fit pending / 0.900 ± 0.100 | — |" in render_paper_rows([pending])
 
 
 def test_unknown_row_is_a_config_error():

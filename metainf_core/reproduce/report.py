@@ -161,9 +161,12 @@ def render_paper_rows(rows: Sequence[dict[str, Any]]) -> str:
         row, res = r["row"], r["results"]
         done = ", ".join(f"seed {st['seed']}: {st['steps_done']:,} / {st['steps']:,}" for st in r["status"])
         ks = ", ".join(f"{x['truncation']:,} ({x['mean_self_rank']:.1f})" for x in res) or "—"
+        trained = [st["test_accuracy"] for st in r["status"] if "test_accuracy" in st]
+        accuracy = _ours([x["test_accuracy"] for x in res], 3) if res else (
+            f"{_ours(trained, 3)}, fit pending" if trained else "—")  # a finished training's accuracy before its fit
         lines.append(
             f"| {row['key']} ({row['train_tasks']:,} / {row['noise_tasks']} noise) | {row['table']} | {done} "
-            f"| {_ours([x['test_accuracy'] for x in res], 3)} / {_pm(row['accuracy'], 3)} | {ks} "
+            f"| {accuracy} / {_pm(row['accuracy'], 3)} | {ks} "
             f"| {_ours([x['noise']['proper'] for x in res], 1)} / {_pm(row['proper'], 1)} "
             f"| {_ours([x['noise']['z'] for x in res], 1)} / {_pm(row['z'], 1)} | {r['verdict']['label']}: {_cell(r['verdict']['reason'])} |"
         )

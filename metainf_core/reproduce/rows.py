@@ -143,8 +143,12 @@ def run_status(row: PaperRow, seed: int, root: str | Path = ROOT) -> dict[str, A
     """How far a run is: steps done of the paper's, whether its result is in."""
     directory = run_dir(row, seed, root)
     meta_path, result = directory / "meta.json", directory / RESULT_FILE
-    step = json.loads(meta_path.read_text(encoding="utf-8")).get("step", 0) if meta_path.is_file() else 0
-    return {"row": row.key, "seed": seed, "steps_done": step, "steps": row.steps, "result": result.is_file()}
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    step = meta.get("step", 0)
+    status = {"row": row.key, "seed": seed, "steps_done": step, "steps": row.steps, "result": result.is_file()}
+    if step >= row.steps and "test" in meta:  # training finished: its test accuracy is known before the fit
+        status["test_accuracy"] = meta["test"]["accuracy"]
+    return status
 
 
 def evaluate_row(row: PaperRow, seed: int, root: str | Path = ROOT, *, device: str = "cpu", log: Log = print,
@@ -266,7 +270,10 @@ def collect(root: str | Path = ROOT, rows: Sequence[PaperRow] | None = None) -> 
         status = [run_status(row, s, root) for s in seeds]
         results = [json.loads((run_dir(row, s, root) / RESULT_FILE).read_text(encoding="utf-8")) for s in seeds
                    if (run_dir(row, s, root) / RESULT_FILE).is_file()]  # fmt: skip
-        out.append({"row": asdict(row), "status": status, "results": results, "verdict": row_verdict(row, results)})
+        verdict = row_verdict(row, results)
+        if not results and any("test_accuracy" in st for st in status):
+            verdict = {"label": "pending", "reason": "training finished; its influence fit and proper tests are not done yet"}
+        out.append({"row": asdict(row), "status": status, "results": results, "verdict": verdict})
     return out
 
 
