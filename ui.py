@@ -273,6 +273,7 @@ MY_JOBS = "_my_jobs"  # ids of the jobs (any kind) this session started: it may 
 FIT_STAGES = {"curvature": "Step 1 of 2, curvature: {done}/{total} tasks",
               "gradients": "Step 2 of 2, task gradients: {done}/{total} tasks"}  # fmt: skip
 DIAGNOSTICS_STAGES = {"snapshots": "Training snapshots: {done}/{total} done"}
+XI_SWEEP_STAGES = {"xis": "ξ values: {done}/{total}"}
 
 
 def remember_job(job: jobs.Job) -> None:

@@ -24,6 +24,8 @@ from metainf_core.exceptions import ConfigError
 from metainf_core.learners import Params
 
 if TYPE_CHECKING:
+    from metainf_core.config import InfluenceConfig
+    from metainf_core.evaluation import TaskMetrics
     from metainf_core.influence import TaskInfluence
     from metainf_core.service import Run
 
@@ -177,3 +179,52 @@ def xi_sweep(
         if progress is not None:
             progress(n + 1, len(xis))
     return XiSweep(tuple(float(x) for x in xis), tuple(acc), tuple(task_acc), tuple(task_loss), tuple(predicted))
+
+
+# ---- the sweep on disk: the Edit page's curve as a background job (jobs.submit_xi_sweep) ----------
+def metrics_evaluation(metrics: TaskMetrics) -> Evaluation:
+    """A ``TaskMetrics`` as ``xi_sweep``'s ``evaluate`` returns it: per-task loss, accuracy, summary."""
+    return metrics.loss, metrics.accuracy, metrics.summary()
+
+
+def load_xi_sweep(run: Run, cfg: InfluenceConfig, block: Sequence[int], xis: Sequence[float] = XI_SWEEP) -> dict[float, TaskMetrics] | None:
+    """The test metrics at each ξ that ``stored_xi_sweep`` saved for ``block`` and this fit, or
+    None when the sweep is not on disk (never computes)."""
+    from metainf_core.evaluation import TaskMetrics
+    from metainf_core.fits import xi_sweep_entry
+
+    entry = xi_sweep_entry(run, cfg, block, xis)
+    if not entry.complete:
+        return None
+    tensors, info = entry.load()
+    ids = tensors["task_ids"].numpy()
+    return {float(xi): TaskMetrics(ids, tensors["loss"][n].numpy(), tensors["accuracy"][n].numpy())
+            for n, xi in enumerate(info["xis"])}  # fmt: skip
+
+
+def stored_xi_sweep(
+    run: Run, inf: TaskInfluence, cfg: InfluenceConfig, block: Sequence[int], xis: Sequence[float] = XI_SWEEP,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[float, TaskMetrics]:  # fmt: skip
+    """The test metrics of ω̂ + ξ Σ_{j∈block} I_meta at each ξ of ``xis`` (``Run.as_trained`` at ξ = 0;
+    ``inf``: the fit ``cfg`` made), saved in one cache entry (``fits.xi_sweep_entry``) once all are
+    evaluated, and read from it when there; ``progress(done, total)`` after each ξ. A sweep cut
+    before its end leaves no result, so the next one evaluates every ξ again (seconds)."""
+    from metainf_core.detect import blocked_evaluation
+    from metainf_core.fits import xi_sweep_entry
+
+    stored = load_xi_sweep(run, cfg, block, xis)
+    if stored is not None:
+        return stored
+    block = sorted({int(j) for j in block})
+    out = {}
+    for n, xi in enumerate(xis):
+        out[float(xi)] = run.as_trained if xi == 0 else blocked_evaluation(run, inf, block, xi)
+        if progress is not None:
+            progress(n + 1, len(xis))
+    rows = list(out.values())
+    tensors = {"task_ids": torch.from_numpy(np.ascontiguousarray(rows[0].task_ids)),
+               "loss": torch.from_numpy(np.stack([m.loss for m in rows])),
+               "accuracy": torch.from_numpy(np.stack([m.accuracy for m in rows]))}  # fmt: skip
+    xi_sweep_entry(run, cfg, block, xis).save(tensors, {"xis": list(out), "num_test_tasks": len(rows[0].task_ids)})
+    return out

@@ -82,15 +82,25 @@ def test_scores_entry(run: Run, cfg: InfluenceConfig) -> CacheEntry:
     return entry
 
 
+def _edit_inputs(run: Run, cfg: InfluenceConfig, block: Sequence[int]) -> dict[str, Any]:
+    """What the test metrics of an edit blocking ``block`` with this fit's I_meta depend on besides ξ."""
+    return {**cache_inputs(run, cfg), "test_tasks": run.test_tasks.fingerprint(), "block": sorted({int(j) for j in block})}
+
+
 def edit_metrics_entry(run: Run, cfg: InfluenceConfig, block: Sequence[int], xi: float) -> CacheEntry:
     """Where the test metrics of the edit ω̂ + ξ Σ_{j∈block} I_meta (this fit's I_meta) live: the disk
     cache, filled from a copy shipped in the run folder when it has none (a demo ships the Audit
     page's default random removals)."""
-    ids = sorted({int(j) for j in block})
-    inputs = {**cache_inputs(run, cfg), "test_tasks": run.test_tasks.fingerprint(), "block": ids, "xi": float(xi)}
-    entry = CacheEntry.for_inputs("edit-metrics", inputs)
+    entry = CacheEntry.for_inputs("edit-metrics", {**_edit_inputs(run, cfg, block), "xi": float(xi)})
     entry.restore_shipped(run.checkpoint.path)
     return entry
+
+
+def xi_sweep_entry(run: Run, cfg: InfluenceConfig, block: Sequence[int], xis: Sequence[float]) -> CacheEntry:
+    """Where the test metrics of ω̂ + ξ Σ_{j∈block} I_meta at every ξ of ``xis`` live (the Edit page's
+    accuracy-versus-ξ curve, ``edit.stored_xi_sweep``; the enhanced set is not part of the sweep):
+    one entry for the whole sweep, whichever test task the page reads it at, and the home of its job."""
+    return CacheEntry.for_inputs("xi-sweep", {**_edit_inputs(run, cfg, block), "xis": [float(x) for x in xis]})
 
 
 def is_fitted(run: Run, cfg: InfluenceConfig) -> bool:

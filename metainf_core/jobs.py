@@ -1,9 +1,11 @@
 """Long work as background jobs: each job its own OS process, its state a JSON file beside the
-cache entry it fills (issue 25). Two kinds of work so far, named by the request's ``kind`` and
-dispatched in the worker (``WORKS``): ``"fit"``, a TLXML influence fit (``submit_fit``), and
+cache entry it fills (issue 25). Three kinds of work so far, named by the request's ``kind`` and
+dispatched in the worker (``WORKS``): ``"fit"``, a TLXML influence fit (``submit_fit``);
 ``"diagnostics"``, the landscape diagnostics over a run's training snapshots
-(``submit_diagnostics``). Both save partial state in their entry as they go and resume from it, so
-submit, progress, cancel, liveness and retry are one code path for both.
+(``submit_diagnostics``); ``"xi_sweep"``, the Edit page's accuracy-versus-ξ curve of a blocked set
+(``submit_xi_sweep``). The first two save partial state in their entry as they go and resume from
+it; a sweep (seconds) saves its result once, and a cut one starts again. Submit, progress, cancel,
+liveness and retry are one code path for all.
 
 Why no job queue (huey, celery): a job fills exactly one content-addressed cache entry
 (``cache.CacheEntry``), and the work already checkpoints itself there and resumes from it
@@ -42,7 +44,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -243,12 +245,7 @@ def submit_fit(run: Run, cfg: InfluenceConfig, *, save_every: int = 64) -> Job:
     key if there is one; a *done* job without a process when the fit is cached or shipped."""
     from metainf_core.fits import is_fitted
 
-    directory = fit_entry(run, cfg)
-    if is_fitted(run, cfg):
-        return Job(directory, "", "done")
-    request = {"kind": "fit", "run": str(run.checkpoint.path), "config": cfg.to_dict(), "device": str(run.device),
-               "save_every": int(save_every)}  # fmt: skip
-    return _submit(directory, request)
+    return _submit_unless_done(fit_entry(run, cfg), is_fitted(run, cfg), "fit", run, cfg.to_dict(), save_every=int(save_every))
 
 
 def diagnostics_entry(run: Run, cfg: DiagnosticsConfig) -> Path:
@@ -267,11 +264,38 @@ def submit_diagnostics(run: Run, cfg: DiagnosticsConfig) -> Job:
     from metainf_core.diagnostics import diagnostics_cache_entry
 
     entry = diagnostics_cache_entry(run, cfg)
-    if entry.complete:
-        return Job(entry.directory, "", "done")
-    request = {"kind": "diagnostics", "run": str(run.checkpoint.path), "config": cfg.to_dict(),
-               "device": str(run.device)}  # fmt: skip
-    return _submit(entry.directory, request)
+    return _submit_unless_done(entry.directory, entry.complete, "diagnostics", run, cfg.to_dict())
+
+
+def xi_sweep_entry(run: Run, cfg: InfluenceConfig, block: Sequence[int], xis: Sequence[float] | None = None) -> Path:
+    """The cache entry directory the Edit page's accuracy-versus-ξ sweep of the blocked set ``block``
+    fills (its job's home; ``xis``: ``edit.XI_SWEEP`` when not given)."""
+    from metainf_core.edit import XI_SWEEP
+    from metainf_core.fits import xi_sweep_entry as entry
+
+    return entry(run, cfg, block, XI_SWEEP if xis is None else xis).directory
+
+
+def submit_xi_sweep(run: Run, cfg: InfluenceConfig, block: Sequence[int], xis: Sequence[float] | None = None) -> Job:
+    """A background job that evaluates ω̂ + ξ Σ_{j∈block} I_meta (the fit ``cfg``, cached or shipped)
+    on the test taskset at every ξ of ``xis`` (``edit.XI_SWEEP`` when not given) into its cache entry
+    (``edit.stored_xi_sweep``); the job already running for this key if there is one; a *done* job
+    without a process when the sweep is cached."""
+    from metainf_core.edit import XI_SWEEP
+    from metainf_core.fits import xi_sweep_entry as sweep_entry
+
+    ids, xis = sorted({int(j) for j in block}), [float(x) for x in (XI_SWEEP if xis is None else xis)]  # JSON: plain numbers
+    entry = sweep_entry(run, cfg, ids, xis)
+    return _submit_unless_done(entry.directory, entry.complete, "xi_sweep", run, cfg.to_dict(), block=ids, xis=xis)
+
+
+def _submit_unless_done(directory: Path, done: bool, kind: str, run: Run, config: dict[str, Any], **extra: Any) -> Job:
+    """A *done* job without a process when the entry already holds the result, else ``_submit``
+    of the request of work ``kind`` (``WORKS``) on ``run`` with settings ``config`` (and ``extra``)."""
+    if done:
+        return Job(directory, "", "done")
+    request = {"kind": kind, "run": str(run.checkpoint.path), "config": config, "device": str(run.device), **extra}
+    return _submit(directory, request)
 
 
 def retry(job: Job) -> Job:
@@ -383,7 +407,19 @@ def _diagnostics(worker: _Worker, request: dict[str, Any]) -> None:
     cached_diagnostics_over_history(run, cfg, progress=lambda done, total: worker.progress("snapshots", done, total))
 
 
-WORKS = {"fit": _fit, "diagnostics": _diagnostics}  # a request's kind -> the work that fills its entry
+def _xi_sweep(worker: _Worker, request: dict[str, Any]) -> None:
+    from metainf_core.edit import stored_xi_sweep
+    from metainf_core.fits import fit_influence, is_fitted
+
+    run = _open(request)
+    cfg = InfluenceConfig.from_dict(request["config"])
+    if not is_fitted(run, cfg):  # a sweep never starts an hours-long fit on its own
+        raise ConfigError("the influence fit for these settings is not computed yet: fit it first")
+    block, xis = [int(j) for j in request["block"]], [float(x) for x in request["xis"]]
+    stored_xi_sweep(run, fit_influence(run, cfg), cfg, block, xis, progress=lambda done, total: worker.progress("xis", done, total))
+
+
+WORKS = {"fit": _fit, "diagnostics": _diagnostics, "xi_sweep": _xi_sweep}  # a request's kind -> the work that fills its entry
 
 
 def _dispatch(worker: _Worker, request: dict[str, Any]) -> None:

@@ -128,6 +128,24 @@ def fit_from_page(at, timeout: float = 900.0):
     return at.run()
 
 
+def sweep_from_page(at, timeout: float = 600.0):
+    """Click the Edit page's "Accuracy versus ξ" when it shows, wait for the background sweep job
+    (``jobs.submit_xi_sweep``) to end, and rerun the page as its progress fragment does when the job
+    ends: the page then draws the curve. A page without the button (the sweep cached) is returned as it is."""
+    if not any(b.key == "edit_curve" for b in at.button):
+        return at
+    from metainf_core import jobs
+    from ui import get_run, influence_config
+
+    at.button(key="edit_curve").click().run()
+    assert not at.exception, at.exception
+    path = at.session_state["model_path"]
+    job = jobs.job_status(jobs.xi_sweep_entry(get_run(path), influence_config(path), at.session_state["edit_block"]))
+    assert job is not None, "the sweep button started no job"
+    assert jobs.wait(job, timeout=timeout).state == "done", jobs.job_status(job.directory)
+    return at.run()
+
+
 def until(what, timeout: float = 600.0):  # noqa: ANN001, ANN201 - any callable, its truthy value
     """Poll ``what()`` until it returns something truthy, and return that (job states, never
     wall-clock assumptions); AssertionError after ``timeout`` s."""

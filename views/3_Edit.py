@@ -3,6 +3,9 @@
 The chosen sets live in non-widget session keys (``edit_block``, ``edit_enhance``: sorted training-task
 ids), so they hold across pages and every control that changes them does so in a callback; the widgets
 that show them (per-task radios, the two lists) are set from the sets before they are drawn.
+
+The accuracy-versus-ξ curve runs as a background job (``jobs.submit_xi_sweep``): the page shows its
+progress and draws the curve when it ends; a set whose sweep is on disk is drawn at once, for any test task.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from metainf_core import jobs
 from metainf_core.edit import (
+    XI_SWEEP,
     EditSpec,
     apply_delta,
     edit_directions,
     edited_checkpoint_zip,
+    load_xi_sweep,
+    metrics_evaluation,
     predicted_loss_change,
     xi_sweep,
 )
@@ -29,8 +36,12 @@ from metainf_core.ranking import Target, all_scores, ranking_table
 from metainf_core.words import CHANGE_DIGITS, outcome, plural, signed, xi_curve_words
 from ui import (
     DEFAULT_INFLUENCE,
+    XI_SWEEP_STAGES,
     describe_task,
     get_run,
+    influence_config,
+    job_progress,
+    remember_job,
     require_influence,
     require_run,
     show_figure,
@@ -285,15 +296,15 @@ def effect_body() -> None:
 
 effect()
 
-# ---- accuracy along ξ for the blocked set ------------------------------------------------------------------
-st.divider()
-block = tuple(chosen(BLOCK))
-if st.button("Accuracy versus ξ (blocked set)", key="edit_curve", disabled=not block,
-             help="Re-evaluates the model with the blocked set at nine values of ξ (the enhanced set left out)"):
-    bar = st.progress(0.0, text="Evaluating…")
-    sweep = xi_sweep(lambda xi: evaluate(path, block, (), xi, 0.0) if xi else evaluate(path), scores, block, test_id,
-                     progress=lambda done, total: bar.progress(done / total, text="Evaluating…"))
-    bar.empty()
+# ---- accuracy along ξ for the blocked set: a background job (jobs.submit_xi_sweep) -----------------------------
+def start_sweep(path: str, block: tuple[int, ...]) -> None:
+    """The "Accuracy versus ξ" callback: submit the sweep's job (or join the one running for this set and fit)."""
+    remember_job(jobs.submit_xi_sweep(get_run(path), influence_config(path), block))
+
+
+def show_sweep(sweep_metrics: dict, block: tuple[int, ...]) -> None:
+    """The curve of the blocked set from its saved sweep (``edit.stored_xi_sweep``), read at this test task."""
+    sweep = xi_sweep(lambda xi: metrics_evaluation(sweep_metrics[xi]), scores, block, test_id, xis=tuple(sweep_metrics))
     xis, accs, task_accs = list(sweep.xis), list(sweep.taskset_accuracy), list(sweep.task_accuracy)
     fig = go.Figure([go.Scatter(x=xis, y=accs, mode="lines+markers", name=f"all {n_test} test tasks"),
                      go.Scatter(x=xis, y=task_accs, mode="lines+markers", name=f"test task {test_id}")])
@@ -305,3 +316,24 @@ if st.button("Accuracy versus ξ (blocked set)", key="edit_curve", disabled=not 
                       yaxis_title="accuracy", yaxis_tickformat=".0%", height=360, margin=dict(l=10, r=10, t=50, b=10))
     show_figure(fig, "edit_curve_fig", f"accuracy_vs_xi-{Path(path).name}-test{test_id}")
     st.caption(xi_curve_words(test_id, xis, task_accs, list(sweep.task_loss), accs, list(sweep.predicted_loss_change), n_test))
+
+
+st.divider()
+block = tuple(chosen(BLOCK))
+sweep_metrics = load_xi_sweep(run, influence_config(path), block) if block else None
+if sweep_metrics is not None:  # this set's sweep is on disk: drawn at once, for any test task
+    show_sweep(sweep_metrics, block)
+else:
+    job = jobs.job_status(jobs.xi_sweep_entry(run, influence_config(path), block)) if block else None
+    if job is not None and job.active:
+        st.info(f"Re-evaluating the model with the {tasks_word(len(block))} blocked at {len(XI_SWEEP)} values of ξ in the "
+                "background: you can change the settings above or use other pages; the curve appears here when it ends.")
+        job_progress(str(job.directory), XI_SWEEP_STAGES, "sweep")
+    else:
+        if job is not None and job.state == "failed":
+            st.error(f"The last sweep stopped before it ended: {job.error}.", icon=":material/error:")
+        elif job is not None and job.state == "cancelled":
+            st.warning("The last sweep was cancelled.", icon=":material/cancel:")
+        st.button("Accuracy versus ξ (blocked set)", key="edit_curve", disabled=not block, on_click=start_sweep, args=(path, block),
+                  help=f"Re-evaluates the model with the blocked set at {len(XI_SWEEP)} values of ξ (the enhanced set left "
+                  "out), in the background; the curve is kept for this set, whichever test task you pick")
