@@ -274,6 +274,27 @@ FIT_STAGES = {"curvature": "Step 1 of 2, curvature: {done}/{total} tasks",
               "gradients": "Step 2 of 2, task gradients: {done}/{total} tasks"}  # fmt: skip
 DIAGNOSTICS_STAGES = {"snapshots": "Training snapshots: {done}/{total} done"}
 XI_SWEEP_STAGES = {"xis": "ξ values: {done}/{total}"}
+REMOVAL_STAGES = {"sets": "Removed sets tested: {done}/{total}"}
+TABLE_STAGES = {"test_tasks": "Test tasks scored: {done}/{total}"}
+
+
+def running_job(job: jobs.Job | None, stages: dict[str, str], what: str, words: str) -> bool:
+    """While ``job`` is active: ``words`` (what runs in the background) and its progress bar
+    (``job_progress``), True; else nothing, False."""
+    if job is None or not job.active:
+        return False
+    st.info(words)
+    job_progress(str(job.directory), stages, what)
+    return True
+
+
+def last_job_note(job: jobs.Job | None, what: str, kept: str = "") -> None:
+    """What the last job for this result left: its error when it failed, a note when it was cancelled
+    (``what``: "The last fit"…; ``kept``: what stays saved)."""
+    if job is not None and job.state == "failed":
+        st.error(f"{what} stopped before it ended: {job.error}.", icon=":material/error:")
+    elif job is not None and job.state == "cancelled":
+        st.warning(f"{what} was cancelled{kept}.", icon=":material/cancel:")
 
 
 def remember_job(job: jobs.Job) -> None:
@@ -292,10 +313,7 @@ def _offer_fit(path: str, run: Run, cfg: InfluenceConfig, job: jobs.Job | None) 
         f"Influence is not fitted yet for this model ({len(run.train_tasks)} training tasks). Fitting looks at every "
         "training task once, runs in the background and is saved as it goes: you can use other pages, leave and come back."
     )
-    if job is not None and job.state == "failed":
-        st.error(f"The last fit stopped before it ended: {job.error}.", icon=":material/error:")
-    elif job is not None and job.state == "cancelled":
-        st.warning("The last fit was cancelled.", icon=":material/cancel:")
+    last_job_note(job, "The last fit")
     saved = fit_status(run, cfg)
     if saved["state"] == "partial":
         st.caption(f"{saved['tasks_done']} of {saved['total']} training tasks are saved from an earlier fit: it resumes from there.")

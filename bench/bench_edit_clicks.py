@@ -17,7 +17,7 @@ caches stood in for by dicts:
 - **Audit · remove the k most suspicious** (score "self", ξ = −1, 5 random draws; k = 64, the page's
   default on the demos, and k = 48). Old: the mean helpfulness for the prediction from 128 test
   gradients, 32 tasks per vmapped call, then ω̂'s metrics (the Audit page's own cache), then six
-  evaluations. New: the test table (``ranking.test_score_table``, shipped with the demo and restored
+  evaluations. New: the test table (``ranking.fit_test_table``, shipped with the demo and restored
   by ``fits.test_scores_entry``), ω̂ from ``Run.as_trained`` (on disk, shipped), and each
   removed set through ``detect.stored_blocked_evaluation`` (on disk; the demos ship the random
   draws at the default k, so k = 64 evaluates only the suspicious set, k = 48 all six).
@@ -98,7 +98,7 @@ def bench_demo(name: str) -> list[tuple[str, float, float, str]]:
     )
     from metainf_core.edit import XI_SWEEP, apply_delta, edit_directions, xi_sweep
     from metainf_core.fits import fit_influence, influence_config_for, test_scores_entry
-    from metainf_core.ranking import Target, all_scores, ranking_table, test_score_table
+    from metainf_core.ranking import Target, all_scores, fit_test_table, ranking_table
     from metainf_core.service import open_run
     from ui import DEFAULT_INFLUENCE
 
@@ -156,7 +156,7 @@ def bench_demo(name: str) -> list[tuple[str, float, float, str]]:
     def old_click(k: int) -> float:
         return audit(k, self_scores, lambda: old_mean_helpfulness(run, inf, dtype), run.evaluate)
 
-    table_s, table = timed(lambda: test_score_table(run, inf, dtype, test_scores_entry(run, cfg)))  # the shipped copy
+    table_s, table = timed(lambda: fit_test_table(run, inf, dtype, test_scores_entry(run, cfg)))  # the shipped copy
     k_other = K_AUDIT * 3 // 4
     for k, what in ((K_AUDIT, "shipped random draws + 1 evaluation"), (k_other, "6 evaluations (k not shipped)")):
         new_s = table_s + audit(k, self_scores, lambda: table.mean(0), lambda: run.as_trained, page_blocked)
@@ -167,7 +167,7 @@ def bench_demo(name: str) -> list[tuple[str, float, float, str]]:
                                                seed=0, corrupted=bad, before=before))[0]  # fmt: skip
     new_rekind = audit(k_other, mean_order, lambda: table.mean(0), lambda: run.as_trained, page_blocked)
     rows.append((f"Audit · same {k_other}, score changed to mean", old_rekind, new_rekind, "old 6 evaluations, new 1"))
-    computed = timed(lambda: test_score_table(run, inf, dtype))[0]
+    computed = timed(lambda: fit_test_table(run, inf, dtype))[0]
     print(f"  computing the test table (a run that ships none; once per run and fit): {computed:.2f} s")
 
     direction = edit_directions(inf.i_meta_sum, block).block

@@ -4,11 +4,15 @@ sessions (Playwright, Debian's chromium), timing what a viewer waits for.
 Prints the seconds from opening a shared Explain link on the bundled ProtoNet demo until its
 ranking shows ("most helpful" heading and the #1 task): one viewer alone; one viewer while
 another session's influence fit runs as a background job; 1, 4 and 8 viewers opening at once
-(p50, p95, max) — and each figure's ratio to the alone baseline measured in the same run.
-The issue's targets on a 2-core machine: during another's fit ≤ 1.5 × alone + 1 s; 4 viewers all
-≤ 4 s; 8 viewers all ≤ 6 s. Figures, never assertions (bench/, not tests/).
+(p50, p95, max) — and each figure's ratio to the alone baseline measured in the same run. Then the
+ξ-edit latency (key press on the Edit page's ξ slider until its result is redrawn and the app idle)
+with 4 viewers editing at once, and the click-to-settle time of each click issue 25 listed as slow
+(one viewer: the click until the expected result shows and the app is idle; a background job's
+time included). The issue's targets on a 2-core machine: during another's fit ≤ 1.5 × alone + 1 s;
+4 viewers all ≤ 4 s; 8 viewers all ≤ 6 s; ξ edit p95 ≤ 1.5 s under 4 editors; every click ≤ 2 s or
+a job with progress. Figures, never assertions (bench/, not tests/).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_serving.py [--rounds 3] [--skip-fit]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_serving.py [--rounds 3] [--skip-fit] [--only clicks]
 
 The fit job is a real one: the MAML demo at N_orth = 256 (a cache key of its own, in a throw-away
 cache folder, so nothing shipped is touched), submitted through ``metainf_core.jobs`` as the
@@ -35,6 +39,8 @@ sys.path.insert(0, str(REPO))  # run from anywhere, as the other benches
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 LINK = "/Explain?model=protonet-fashion-mnist&test={test}"
+MAML = "maml-fashion-mnist"
+PROTONET = "protonet-fashion-mnist"
 
 
 def _free_port() -> int:
@@ -73,18 +79,20 @@ def time_to_ranking(browser, url: str) -> float:  # noqa: ANN001 - a Playwright 
     return took
 
 
-def viewers_at_once(server: str, n: int, test0: int) -> list[float]:
-    """n visitors, each its own browser (own thread: Playwright's sync API is per thread), opening at once."""
+def in_browsers(n: int, prepare, measure) -> list:  # noqa: ANN001 - callables
+    """n visitors, each its own browser on its own thread (Playwright's sync API is per thread):
+    ``prepare(browser, i)`` alone, then all start ``measure(prepared, i)`` at once; its results in order."""
     from playwright.sync_api import sync_playwright
 
-    times: list[float] = [float("nan")] * n
+    results: list = [None] * n
     barrier = threading.Barrier(n)
 
     def one(i: int) -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            prepared = prepare(browser, i)
             barrier.wait()
-            times[i] = time_to_ranking(browser, server + LINK.format(test=(test0 + i) % 128))
+            results[i] = measure(prepared, i)
             browser.close()
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
@@ -92,7 +100,123 @@ def viewers_at_once(server: str, n: int, test0: int) -> list[float]:
         t.start()
     for t in threads:
         t.join()
+    return results
+
+
+def viewers_at_once(server: str, n: int, test0: int) -> list[float]:
+    """n visitors opening a shared Explain link at once: each one's time until the ranking shows."""
+    return in_browsers(n, lambda browser, i: browser,
+                       lambda browser, i: time_to_ranking(browser, server + LINK.format(test=(test0 + i) % 128)))
+
+
+def busy(page) -> bool:  # noqa: ANN001 - a Playwright Page
+    """The app is running a script (its status widget shows) or redrawing (stale elements)."""
+    return page.locator('[data-testid="stStatusWidget"]').count() > 0 or page.locator('[data-stale="true"]').count() > 0
+
+
+def until_ready(page, ready, timeout: float = 600.0) -> float:  # noqa: ANN001 - Page, a callable
+    """Seconds until ``ready()`` holds and the app is idle (polled every 50 ms); nan after ``timeout``."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        try:
+            if ready() and not busy(page):
+                return time.perf_counter() - started
+        except Exception:  # noqa: BLE001 - an element redrawn mid-read: read again
+            pass
+        page.wait_for_timeout(50)
+    return float("nan")
+
+
+def visible(page, text: str | re.Pattern):  # noqa: ANN001, ANN201
+    return lambda: page.get_by_text(text).first.is_visible()
+
+
+def opened(browser, path: str, ready_text: str | re.Pattern):  # noqa: ANN001, ANN201 - (context, page)
+    """A new visitor on ``path``, waited for until ``ready_text`` shows and the app is idle."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(path, timeout=600_000)
+    until_ready(page, visible(page, ready_text))
+    return context, page
+
+
+def goto_ready(page, url: str, ready_text: str | re.Pattern) -> float:  # noqa: ANN001
+    """Seconds from navigating to ``url`` until ``ready_text`` shows and the app is idle."""
+    started = time.perf_counter()
+    page.goto(url, timeout=600_000)
+    until_ready(page, visible(page, ready_text))
+    return time.perf_counter() - started
+
+
+def predicted_line(page) -> str:  # noqa: ANN001
+    """The Edit page's first-order line, which changes with every ξ (linear in ξ)."""
+    return page.get_by_text("Predicted by the influence scores alone").first.inner_text()
+
+
+def block_most_harmful(page) -> float:  # noqa: ANN001
+    page.get_by_role("button", name=re.compile(r"Block the \d+ most harmful")).click()
+    return until_ready(page, visible(page, "Predicted by the influence scores alone"))
+
+
+def xi_moves(page, moves: int) -> list[float]:  # noqa: ANN001
+    """Seconds per ξ move (one ArrowLeft on the blocked set's slider) until the result is redrawn."""
+    times = []
+    for _ in range(moves):
+        before = predicted_line(page)
+        slider = page.get_by_role("slider").first
+        slider.focus()
+        started = time.perf_counter()
+        page.keyboard.press("ArrowLeft")
+        until_ready(page, lambda: predicted_line(page) != before, timeout=120)
+        times.append(time.perf_counter() - started)
     return times
+
+
+def editors_at_once(server: str, n: int, moves: int) -> list[float]:
+    """n viewers on the ProtoNet demo's Edit page, each blocks its test task's most harmful tasks, then
+    all move ξ at once (``moves`` key presses each): every move's latency."""
+
+    def prepare(browser, i: int):  # noqa: ANN001, ANN202 - a Playwright Browser and Page
+        _, page = opened(browser, f"{server}/Edit?model={PROTONET}&test={40 + i}", re.compile(r"Block the \d+ most harmful"))
+        block_most_harmful(page)
+        return page
+
+    return [t for ts in in_browsers(n, prepare, lambda page, i: xi_moves(page, moves)) for t in ts]
+
+
+def slow_clicks(server: str) -> dict[str, float]:
+    """Click-to-settle of each click issue 25 listed as slow, one viewer, demos from an empty cache."""
+    from playwright.sync_api import sync_playwright
+
+    out: dict[str, float] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        _, page = opened(browser, f"{server}/Explain?model={MAML}&test=0", "#1 ·")
+        sidebar = page.locator('[data-testid="stSidebarUserContent"]')
+        was = sidebar.inner_text()
+        page.get_by_role("button", name="Random test task").first.click()
+        out["Explain · Random test task (MAML)"] = until_ready(page, lambda: sidebar.inner_text() != was and page.get_by_text("#1 ·").first.is_visible(), 120)
+
+        _, page = opened(browser, f"{server}/Edit?model={MAML}&test=0", re.compile(r"Block the \d+ most harmful"))
+        out["Edit · block the most harmful (MAML)"] = block_most_harmful(page)
+        out["Edit · one ξ move (MAML)"] = float(np.median(xi_moves(page, 3)))
+        page.get_by_role("button", name="Accuracy versus ξ (blocked set)").click()
+        out["Edit · accuracy versus ξ, a job (MAML)"] = until_ready(page, visible(page, re.compile(r"Test task \d+'s loss")))
+
+        _, page = opened(browser, f"{server}/Audit?model={MAML}", "AUC")
+        page.get_by_role("button", name="Remove the 64 most suspicious").click()
+        out["Audit · remove the 64 most suspicious (MAML, shipped)"] = until_ready(page, visible(page, re.compile(r"^Without the 64 most suspicious")))
+        page.get_by_role("spinbutton").first.fill("48")
+        page.keyboard.press("Enter")
+        until_ready(page, visible(page, "Remove the 48 most suspicious"))
+        page.get_by_role("button", name="Remove the 48 most suspicious").click()
+        out["Audit · remove 48, a job (MAML)"] = until_ready(page, visible(page, re.compile(r"^Without the 48 most suspicious")))
+
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        out["Validate · open (MAML)"] = goto_ready(page, f"{server}/Validate?model={MAML}", "2. Proper tests")
+        out["Compare · open (ProtoNet)"] = goto_ready(page, f"{server}/Compare?model={PROTONET}&test=3", "Spearman")
+        browser.close()
+    return out
 
 
 def start_fit_job(cache: Path):  # noqa: ANN201 - a jobs.Job
@@ -119,6 +243,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3, help="repetitions of the one-viewer baseline")
     ap.add_argument("--skip-fit", action="store_true", help="leave out the during-a-fit measurement")
+    ap.add_argument("--only", choices=("viewers", "edits", "clicks"), help="one part only (the alone baseline always runs)")
+    ap.add_argument("--moves", type=int, default=5, help="ξ moves per editor")
     a = ap.parse_args()
     cache = Path(tempfile.mkdtemp(prefix="bench-serving-cache-"))
     env = {**os.environ, "METAINF_CACHE": str(cache)}
@@ -135,7 +261,7 @@ def main() -> None:
         base = float(np.median(alone))
         print(f"cores {os.cpu_count()} · torch threads as the server sets them (app.py)")
         print(f"one viewer alone:            {stats(alone)}   (baseline {base:.1f} s)")
-        if not a.skip_fit:
+        if not a.skip_fit and a.only in (None, "viewers"):
             job = start_fit_job(cache)
             from metainf_core import jobs
 
@@ -148,11 +274,19 @@ def main() -> None:
             print(f"one viewer during a fit job: {stats(during)}   ratio {np.median(during) / base:4.2f} × alone "
                   f"(target ≤ 1.5 × alone + 1 s = {1.5 * base + 1:.1f} s; the job was {state.state if state else '?'})")
             jobs.cancel(job)
-        for n in (1, 4, 8):
+        for n in (1, 4, 8) if a.only in (None, "viewers") else ():
             times = viewers_at_once(server, n, 20 + 10 * n)
             target = {4: 4.0, 8: 6.0}.get(n)
             print(f"{n} viewer{'s' if n > 1 else ' '} at once:            {stats(times)}   max/alone {max(times) / base:4.2f}"
                   + (f" (target: all ≤ {target:.0f} s)" if target else ""))
+        if a.only in (None, "edits"):
+            one = editors_at_once(server, 1, a.moves)
+            four = editors_at_once(server, 4, a.moves)
+            print(f"ξ edit, 1 editor:            {stats(one)}")
+            print(f"ξ edit, 4 editors at once:   {stats(four)}   (target: p95 ≤ 1.5 s)")
+        if a.only in (None, "clicks"):
+            for what, took in slow_clicks(server).items():
+                print(f"click to settled · {what:<55} {took:6.2f} s")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,20 @@ class CacheEntry:
     def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         info = json.loads((self.directory / INFO).read_text(encoding="utf-8"))
         return load_tensors(self.directory / RESULT), info
+
+    def load_or_compute(
+        self, compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """``compute()`` once per content hash: the saved tensors and info when complete, else computed,
+        saved (with ``fit_seconds``, how long it took) and returned as read back, so every caller gets the
+        bytes that are on disk whichever process computed them."""
+        if not self.complete:
+            started = time.time()
+            tensors, info = compute()
+            info = {**info, "fit_seconds": round(time.time() - started, 3)}
+            self.save({k: v.contiguous() for k, v in tensors.items()}, info)
+        tensors, info = self.load()
+        return tensors, {k: v for k, v in info.items() if k != "inputs"}
 
     def save_partial(self, tensors: dict[str, torch.Tensor], progress: dict[str, Any]) -> None:
         """Checkpoint a running computation: tensors and progress in one atomic file."""

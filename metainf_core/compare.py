@@ -92,7 +92,7 @@ from metainf_core.influence.task_if import (
 )
 from metainf_core.peer import DATTRI_VERSION, dattri_task_scores
 from metainf_core.ranking import Target, TaskGradients, all_scores, target_gradient
-from metainf_core.ranking import test_score_table as test_score_table_of_fit
+from metainf_core.ranking import fit_test_table
 from metainf_core.service import Run
 from metainf_core.validate import score_agreement, top_k_overlap
 
@@ -143,18 +143,6 @@ def _num_params(run: Run) -> int:
 def _cache_entry(run: Run, method: str, settings: dict[str, Any]) -> CacheEntry:
     inputs = {"format": CACHE_FORMAT, "method": method, **run_fingerprint(run), "settings": settings}
     return CacheEntry.for_inputs("compare", inputs)
-
-
-def _cached(entry: CacheEntry, compute: Callable[[], tuple[dict[str, Tensor], dict[str, Any]]]):
-    """``compute()`` once per content hash; later calls load the tensors and info from disk."""
-    if entry.complete:
-        tensors, info = entry.load()
-        return tensors, {k: v for k, v in info.items() if k != "inputs"}
-    started = time.time()
-    tensors, info = compute()
-    info = {**info, "fit_seconds": round(time.time() - started, 3)}
-    entry.save({k: v.contiguous() for k, v in tensors.items()}, info)
-    return tensors, info
 
 
 def _tasks(run: Run, taskset, ids, dtype: torch.dtype):
@@ -242,7 +230,7 @@ def _proximal_fit(run: Run, mode: str, cfg: CompareConfig) -> tuple[dict[str, Te
                 "outer_max_relative_residual": summ["outer"]["max_relative_residual"]}  # fmt: skip
         return {"removals": fit.removals, "gradients": fit.gradients}, info
 
-    return _cached(_cache_entry(run, f"task-if-{mode}", tcfg.to_dict()), compute)
+    return _cache_entry(run, f"task-if-{mode}", tcfg.to_dict()).load_or_compute(compute)
 
 
 def _proximal_gradients(run: Run, mode: str, cfg: CompareConfig) -> TaskGradients:
@@ -327,7 +315,7 @@ def _maml_direct_parts(run: Run, cfg: CompareConfig) -> tuple[dict[str, Tensor],
         g, thetas = _maml_partial(run, _train_tasks(run, getattr(torch, cfg.dtype)), cfg.dtype)
         return {"gradients": g, "thetas": thetas}, {}
 
-    return _cached(_cache_entry(run, "direct-if-maml-parts", {"dtype": cfg.dtype}), compute)
+    return _cache_entry(run, "direct-if-maml-parts", {"dtype": cfg.dtype}).load_or_compute(compute)
 
 
 def _maml_direct_fit(run: Run, cfg: CompareConfig) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -342,7 +330,7 @@ def _maml_direct_fit(run: Run, cfg: CompareConfig) -> tuple[dict[str, Tensor], d
         info = {"mode": "direct", "kept": fac.rank, "num_negative": fac.num_negative, "num_zero": fac.num_zero}
         return {"removals": removals, "gradients": g}, info
 
-    return _cached(_cache_entry(run, "direct-if-maml", {"damping": cfg.damping, "dtype": cfg.dtype}), compute)
+    return _cache_entry(run, "direct-if-maml", {"damping": cfg.damping, "dtype": cfg.dtype}).load_or_compute(compute)
 
 
 def _direct_if(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
@@ -414,7 +402,7 @@ def _matrix_free(run: Run, target: Target, cfg: CompareConfig, mode: str) -> tup
         info = {k: v for k, v in rep.to_dict().items() if k not in ("damping", "seconds", "method")}
         return {"x": rep.x}, {**info, "solver": solver, "solve_seconds": round(rep.seconds, 3)}
 
-    tensors, info = _cached(_cache_entry(run, f"{mode}-matrix-free", settings), compute)
+    tensors, info = _cache_entry(run, f"{mode}-matrix-free", settings).load_or_compute(compute)
     scores = (gradients @ tensors["x"].to(gradients)) / m
     return scores.cpu().numpy(), {**info, "mode": mode, "damping": cfg.damping}
 
@@ -461,7 +449,7 @@ def _train_gradients(run: Run, cfg: CompareConfig) -> Tensor:
         params = params_as(run, cfg.dtype)
         return {"gradients": task_gradients(run.model, run.spec, params, run.train_tasks, run.dataset)}, {}
 
-    return _cached(_cache_entry(run, "grad-sim", {"dtype": cfg.dtype}), compute)[0]["gradients"]
+    return _cache_entry(run, "grad-sim", {"dtype": cfg.dtype}).load_or_compute(compute)[0]["gradients"]
 
 
 # ---- a peer library: dattri at task level (peer.py) --------------------------------------------
@@ -550,34 +538,43 @@ def test_table_entry(run: Run, name: str, config: CompareConfig = CompareConfig(
     return entry
 
 
+TABLE_SAVE_EVERY = 8  # test tasks between the partial saves of a method's test table
+
+
 def test_score_table(
-    run: Run, name: str, config: CompareConfig = CompareConfig(), progress: Callable[[int, int], None] | None = None
-) -> np.ndarray:
+    run: Run, name: str, config: CompareConfig = CompareConfig(), progress: Callable[[int, int], None] | None = None,
+    save_every: int = TABLE_SAVE_EVERY,
+) -> np.ndarray:  # fmt: skip
     """(T × M) helpfulness of every training task for each single test task by method ``name``: row
     i is ``method_scores(run, Target((i,)), name, config)``. Computed once per run and settings and
-    cached, so a bundled demo can ship it and its Compare page answers for any test task at once."""
+    cached, so a bundled demo can ship it and its Compare page answers for any test task at once;
+    the rows done are saved every ``save_every`` test tasks, so a stopped table resumes there."""
     method = get_method(name)
     reason = method.skip_reason(run, config)
     if reason:
         raise ConfigError(f"{name} does not apply to this run: {reason}")
     n_test = len(run.test_tasks)
-    if name in TLXML_METHODS:  # batched over test tasks, from the cached fit (ranking.test_score_table)
+    if name in TLXML_METHODS:  # batched over test tasks, from the cached fit (ranking.fit_test_table)
         icfg = tlxml_config(TLXML_METHODS[name], config)
-        table = test_score_table_of_fit(run, fit_influence(run, icfg), icfg.dtype, test_table_entry(run, name, config))
+        table = fit_test_table(run, fit_influence(run, icfg), icfg.dtype, test_table_entry(run, name, config))
         if progress is not None:
             progress(n_test, n_test)
         return np.asarray(table, dtype=np.float64)
+    entry = test_table_entry(run, name, config)
 
     def compute() -> tuple[dict[str, Tensor], dict[str, Any]]:
-        rows = []
-        for i in range(n_test):
-            rows.append(method.scores(run, Target((i,)), config)[0])
+        saved = entry.load_partial()
+        rows = list(saved[0]["rows"]) if saved is not None else []  # float64: the scores as computed
+        for i in range(len(rows), n_test):
+            rows.append(torch.from_numpy(np.asarray(method.scores(run, Target((i,)), config)[0], dtype=np.float64)))
             if progress is not None:
                 progress(i + 1, n_test)
-        table = torch.from_numpy(np.stack(rows)).to(getattr(torch, config.dtype))  # lossless: computed in this dtype
-        return {"scores": table}, {"method": name, "num_test_tasks": n_test}
+            if (i + 1) % save_every == 0 and i + 1 < n_test:
+                entry.save_partial({"rows": torch.stack(rows)}, {"rows_done": i + 1})
+        table = torch.stack(rows).to(getattr(torch, config.dtype))  # lossless: computed in this dtype
+        return {"scores": table}, {"method": name, "num_test_tasks": n_test, "resumed_from": len(saved[0]["rows"]) if saved else 0}
 
-    return _cached(test_table_entry(run, name, config), compute)[0]["scores"].double().numpy()
+    return entry.load_or_compute(compute)[0]["scores"].double().numpy()
 
 
 def _table_row(run: Run, target: Target, name: str, config: CompareConfig) -> np.ndarray | None:

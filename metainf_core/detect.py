@@ -49,9 +49,9 @@ import numpy as np
 
 from metainf_core.config import InfluenceConfig
 from metainf_core.edit import EditSpec, edited_params
-from metainf_core.evaluation import TaskMetrics, mean_ci95
+from metainf_core.evaluation import TaskMetrics, mean_ci95, stack_metrics, unstack_metrics
 from metainf_core.exceptions import ConfigError
-from metainf_core.fits import edit_metrics_entry, fit_influence
+from metainf_core.fits import edit_metrics_entry, fit_influence, removal_entry
 from metainf_core.influence import TaskInfluence
 from metainf_core.leave_out import leave_out_retrain
 from metainf_core.ranking import test_score_matrix
@@ -222,7 +222,7 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
 def detection_scores(run: Run, inf: TaskInfluence, dtype: str, score: str = "mean", table: np.ndarray | None = None) -> np.ndarray:
     """(M,) scores inspected in increasing order: mean helpfulness over all test tasks (``"mean"``),
     minus self-influence (``"self"``) or the mean per-test-task rank (``"rank"``); see the module
-    docstring. ``"mean"`` and ``"rank"`` read the T × M test table (``table``: ``ranking.test_score_table``,
+    docstring. ``"mean"`` and ``"rank"`` read the T × M test table (``table``: ``ranking.fit_test_table``,
     computed here when not given); the mean of its rows is the helpfulness for the whole test taskset
     (the score is linear in the target gradient: equal to float rounding)."""
     if score not in SCORE_KINDS:
@@ -274,12 +274,40 @@ def stored_blocked_evaluation(
     """``blocked_evaluation`` saved on disk beside the fit ``cfg`` that made ``inf``
     (``fits.edit_metrics_entry``): a removed set is evaluated once per run, whichever page, score
     kind, session or server asks; the bytes read back are the ones computed."""
-    entry = edit_metrics_entry(run, cfg, ids, xi)
-    if entry.complete:
-        return TaskMetrics.from_tensors(entry.load()[0])
-    metrics = blocked_evaluation(run, inf, ids, xi)
-    entry.save(metrics.to_tensors(), {"num_test_tasks": len(metrics.task_ids)})
-    return metrics
+    def compute():
+        metrics = blocked_evaluation(run, inf, ids, xi)
+        return metrics.to_tensors(), {"num_test_tasks": len(metrics.task_ids)}
+
+    return TaskMetrics.from_tensors(edit_metrics_entry(run, cfg, ids, xi).load_or_compute(compute)[0])
+
+
+def removal_sets(scores: np.ndarray, k: int, draws: int, seed: int) -> list[np.ndarray]:
+    """The sets ``removal_effect`` removes for one k: the k lowest-scored first, then ``draws`` random k-sets."""
+    return [lowest_ids(np.asarray(scores, dtype=np.float64), k), *random_removal_sets(len(scores), k, draws, seed)]
+
+
+def removal_evaluated(run: Run, cfg: InfluenceConfig, sets: Sequence[Sequence[int]], xi: float) -> bool:
+    """True when every set's test metrics at ξ are on disk or shipped (reading them costs no evaluation)."""
+    return all(edit_metrics_entry(run, cfg, ids, xi).complete for ids in sets)
+
+
+def stored_removal_evaluations(
+    run: Run, inf: TaskInfluence, cfg: InfluenceConfig, sets: Sequence[Sequence[int]], xi: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[TaskMetrics]:  # fmt: skip
+    """``stored_blocked_evaluation`` of each set at ξ, in order (each saved as it ends, so a stopped run
+    resumes with the sets not yet evaluated), then all of them in one entry (``fits.removal_entry``,
+    the home of the Audit page's removal job); ``progress(done, total)`` after each set."""
+
+    def compute():
+        rows = []
+        for n, ids in enumerate(sets):
+            rows.append(stored_blocked_evaluation(run, inf, cfg, ids, xi))
+            if progress is not None:
+                progress(n + 1, len(sets))
+        return stack_metrics(rows), {"num_sets": len(rows)}
+
+    return unstack_metrics(removal_entry(run, cfg, sets, xi).load_or_compute(compute)[0])
 
 
 def removal_effect(
@@ -324,7 +352,10 @@ def removal_effect(
     before = run.as_trained if before is None else before
     evaluate = partial(blocked_evaluation, run, inf) if evaluate is None else evaluate
     out: dict[str, Any] = {"before": _accuracy(before.summary()), "xis": xis, "random_draws": random_draws, "seed": seed, "rows": []}
-    sets = {k: (lowest_ids(scores, k), random_removal_sets(m, k, random_draws, seed)) for k in ks}
+    sets = {}
+    for k in ks:
+        low, *rand = removal_sets(scores, k, random_draws, seed)
+        sets[k] = (low, rand)
     for k in ks:
         low, rand = sets[k]
         row: dict[str, Any] = {"k": k, "edit": {}, "random_edit": {}}

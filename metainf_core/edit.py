@@ -187,19 +187,20 @@ def metrics_evaluation(metrics: TaskMetrics) -> Evaluation:
     return metrics.loss, metrics.accuracy, metrics.summary()
 
 
+def _sweep_metrics(tensors: dict[str, torch.Tensor], info: dict) -> dict[float, TaskMetrics]:
+    """A saved sweep (``xi_sweep_entry``'s tensors and info) as the test metrics at each ξ."""
+    from metainf_core.evaluation import unstack_metrics
+
+    return dict(zip((float(xi) for xi in info["xis"]), unstack_metrics(tensors), strict=True))
+
+
 def load_xi_sweep(run: Run, cfg: InfluenceConfig, block: Sequence[int], xis: Sequence[float] = XI_SWEEP) -> dict[float, TaskMetrics] | None:
     """The test metrics at each ξ that ``stored_xi_sweep`` saved for ``block`` and this fit, or
     None when the sweep is not on disk (never computes)."""
-    from metainf_core.evaluation import TaskMetrics
     from metainf_core.fits import xi_sweep_entry
 
     entry = xi_sweep_entry(run, cfg, block, xis)
-    if not entry.complete:
-        return None
-    tensors, info = entry.load()
-    ids = tensors["task_ids"].numpy()
-    return {float(xi): TaskMetrics(ids, tensors["loss"][n].numpy(), tensors["accuracy"][n].numpy())
-            for n, xi in enumerate(info["xis"])}  # fmt: skip
+    return _sweep_metrics(*entry.load()) if entry.complete else None
 
 
 def stored_xi_sweep(
@@ -211,20 +212,19 @@ def stored_xi_sweep(
     evaluated, and read from it when there; ``progress(done, total)`` after each ξ. A sweep cut
     before its end leaves no result, so the next one evaluates every ξ again (seconds)."""
     from metainf_core.detect import blocked_evaluation
+    from metainf_core.evaluation import stack_metrics
     from metainf_core.fits import xi_sweep_entry
 
-    stored = load_xi_sweep(run, cfg, block, xis)
-    if stored is not None:
-        return stored
     block = sorted({int(j) for j in block})
-    out = {}
-    for n, xi in enumerate(xis):
-        out[float(xi)] = run.as_trained if xi == 0 else blocked_evaluation(run, inf, block, xi)
-        if progress is not None:
-            progress(n + 1, len(xis))
-    rows = list(out.values())
-    tensors = {"task_ids": torch.from_numpy(np.ascontiguousarray(rows[0].task_ids)),
-               "loss": torch.from_numpy(np.stack([m.loss for m in rows])),
-               "accuracy": torch.from_numpy(np.stack([m.accuracy for m in rows]))}  # fmt: skip
-    xi_sweep_entry(run, cfg, block, xis).save(tensors, {"xis": list(out), "num_test_tasks": len(rows[0].task_ids)})
-    return out
+
+    def compute():
+        rows = []
+        for n, xi in enumerate(xis):
+            rows.append(run.as_trained if xi == 0 else blocked_evaluation(run, inf, block, xi))
+            if progress is not None:
+                progress(n + 1, len(xis))
+        return stack_metrics(rows), {"xis": [float(x) for x in xis], "num_test_tasks": len(rows[0].task_ids)}
+
+    return _sweep_metrics(*xi_sweep_entry(run, cfg, block, xis).load_or_compute(compute))
+
+

@@ -74,7 +74,7 @@ def cache_entry(run: Run, cfg: InfluenceConfig) -> CacheEntry:
 
 
 def test_scores_entry(run: Run, cfg: InfluenceConfig) -> CacheEntry:
-    """Where the fit's test table (``ranking.test_score_table``: T × M helpfulness of every training
+    """Where the fit's test table (``ranking.fit_test_table``: T × M helpfulness of every training
     task for each test task) lives: the disk cache, filled from a copy shipped in the run folder
     (``CacheEntry.ship``) when it has none."""
     entry = CacheEntry.for_inputs("test-scores", {**cache_inputs(run, cfg), "test_tasks": run.test_tasks.fingerprint()})
@@ -101,6 +101,15 @@ def xi_sweep_entry(run: Run, cfg: InfluenceConfig, block: Sequence[int], xis: Se
     accuracy-versus-ξ curve, ``edit.stored_xi_sweep``; the enhanced set is not part of the sweep):
     one entry for the whole sweep, whichever test task the page reads it at, and the home of its job."""
     return CacheEntry.for_inputs("xi-sweep", {**_edit_inputs(run, cfg, block), "xis": [float(x) for x in xis]})
+
+
+def removal_entry(run: Run, cfg: InfluenceConfig, sets: Sequence[Sequence[int]], xi: float) -> CacheEntry:
+    """Where the test metrics of each removed set of ``sets`` at ξ live together (the Audit page's
+    k most suspicious and its random sets, ``detect.stored_removal_evaluations``): the home of their
+    job; each set's metrics are also kept alone (``edit_metrics_entry``), shared with other requests."""
+    blocks = [sorted({int(j) for j in ids}) for ids in sets]
+    return CacheEntry.for_inputs("removal", {**cache_inputs(run, cfg), "test_tasks": run.test_tasks.fingerprint(),
+                                             "sets": blocks, "xi": float(xi)})  # fmt: skip
 
 
 def is_fitted(run: Run, cfg: InfluenceConfig) -> bool:

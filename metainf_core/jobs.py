@@ -1,11 +1,13 @@
 """Long work as background jobs: each job its own OS process, its state a JSON file beside the
-cache entry it fills (issue 25). Three kinds of work so far, named by the request's ``kind`` and
+cache entry it fills (issue 25). Five kinds of work so far, named by the request's ``kind`` and
 dispatched in the worker (``WORKS``): ``"fit"``, a TLXML influence fit (``submit_fit``);
 ``"diagnostics"``, the landscape diagnostics over a run's training snapshots
 (``submit_diagnostics``); ``"xi_sweep"``, the Edit page's accuracy-versus-ξ curve of a blocked set
-(``submit_xi_sweep``). The first two save partial state in their entry as they go and resume from
-it; a sweep (seconds) saves its result once, and a cut one starts again. Submit, progress, cancel,
-liveness and retry are one code path for all.
+(``submit_xi_sweep``); ``"removal"``, the Audit page's removed sets at one ξ (``submit_removal``);
+``"compare_table"``, a method's scores for every test task (``submit_compare_table``). Fits,
+diagnostics and tables save partial state in their entry as they go and resume from it; a removal
+saves each set as it ends and resumes with the others; a sweep (seconds) saves its result once, and a
+cut one starts again. Submit, progress, cancel, liveness and retry are one code path for all.
 
 Why no job queue (huey, celery): a job fills exactly one content-addressed cache entry
 (``cache.CacheEntry``), and the work already checkpoints itself there and resumes from it
@@ -289,6 +291,45 @@ def submit_xi_sweep(run: Run, cfg: InfluenceConfig, block: Sequence[int], xis: S
     return _submit_unless_done(entry.directory, entry.complete, "xi_sweep", run, cfg.to_dict(), block=ids, xis=xis)
 
 
+def removal_entry(run: Run, cfg: InfluenceConfig, sets: Sequence[Sequence[int]], xi: float) -> Path:
+    """The cache entry directory the Audit page's removal of ``sets`` at ξ fills (its job's home)."""
+    from metainf_core.fits import removal_entry as entry
+
+    return entry(run, cfg, sets, xi).directory
+
+
+def submit_removal(run: Run, cfg: InfluenceConfig, sets: Sequence[Sequence[int]], xi: float) -> Job:
+    """A background job that evaluates ω̂ + ξ Σ_{j∈S} I_meta (the fit ``cfg``, cached or shipped) on the
+    test taskset for each removed set S of ``sets`` (``detect.stored_removal_evaluations``); the job
+    already running for these sets if there is one; a *done* job without a process when every set's
+    metrics are on disk or shipped."""
+    from metainf_core.detect import removal_evaluated
+
+    blocks = [sorted({int(j) for j in ids}) for ids in sets]  # JSON: plain numbers
+    return _submit_unless_done(removal_entry(run, cfg, blocks, xi), removal_evaluated(run, cfg, blocks, xi), "removal",
+                               run, cfg.to_dict(), sets=blocks, xi=float(xi))  # fmt: skip
+
+
+def compare_table_entry(run: Run, name: str, config: Any) -> Path:
+    """The cache entry directory method ``name``'s test table with ``config`` (a ``CompareConfig``)
+    fills (``compare.test_table_entry``; its job's home)."""
+    from metainf_core.compare import test_table_entry
+
+    return test_table_entry(run, name, config).directory
+
+
+def submit_compare_table(run: Run, name: str, config: Any) -> Job:
+    """A background job that scores every training task for each test task by method ``name`` with
+    ``config`` (``compare.test_score_table``: the Compare page's table, saved every few test tasks and
+    resumed from there); the job already running for it if there is one; a *done* job without a
+    process when the table is on disk or shipped."""
+    from metainf_core.compare import get_method, test_table_entry
+
+    get_method(name)  # an unknown name fails here, not in the worker
+    entry = test_table_entry(run, name, config)
+    return _submit_unless_done(entry.directory, entry.complete, "compare_table", run, config.to_dict(), method=name)
+
+
 def _submit_unless_done(directory: Path, done: bool, kind: str, run: Run, config: dict[str, Any], **extra: Any) -> Job:
     """A *done* job without a process when the entry already holds the result, else ``_submit``
     of the request of work ``kind`` (``WORKS``) on ``run`` with settings ``config`` (and ``extra``)."""
@@ -407,19 +448,46 @@ def _diagnostics(worker: _Worker, request: dict[str, Any]) -> None:
     cached_diagnostics_over_history(run, cfg, progress=lambda done, total: worker.progress("snapshots", done, total))
 
 
-def _xi_sweep(worker: _Worker, request: dict[str, Any]) -> None:
-    from metainf_core.edit import stored_xi_sweep
+def _fitted(request: dict[str, Any]) -> tuple[Run, Any, InfluenceConfig]:
+    """The request's run, its fit (``TaskInfluence``) and the fit's settings, in the order the edit
+    functions take them: an edit's job never starts an hours-long fit on its own."""
     from metainf_core.fits import fit_influence, is_fitted
 
     run = _open(request)
     cfg = InfluenceConfig.from_dict(request["config"])
-    if not is_fitted(run, cfg):  # a sweep never starts an hours-long fit on its own
+    if not is_fitted(run, cfg):
         raise ConfigError("the influence fit for these settings is not computed yet: fit it first")
+    return run, fit_influence(run, cfg), cfg
+
+
+def _xi_sweep(worker: _Worker, request: dict[str, Any]) -> None:
+    from metainf_core.edit import stored_xi_sweep
+
     block, xis = [int(j) for j in request["block"]], [float(x) for x in request["xis"]]
-    stored_xi_sweep(run, fit_influence(run, cfg), cfg, block, xis, progress=lambda done, total: worker.progress("xis", done, total))
+    stored_xi_sweep(*_fitted(request), block, xis, progress=lambda done, total: worker.progress("xis", done, total))
 
 
-WORKS = {"fit": _fit, "diagnostics": _diagnostics, "xi_sweep": _xi_sweep}  # a request's kind -> the work that fills its entry
+def _removal(worker: _Worker, request: dict[str, Any]) -> None:
+    from metainf_core.detect import stored_removal_evaluations
+
+    sets = [[int(j) for j in ids] for ids in request["sets"]]
+    stored_removal_evaluations(*_fitted(request), sets, float(request["xi"]),
+                               progress=lambda done, total: worker.progress("sets", done, total))  # fmt: skip
+
+
+def _compare_table(worker: _Worker, request: dict[str, Any]) -> None:
+    from metainf_core.compare import TLXML_METHODS, CompareConfig, test_score_table, tlxml_config
+    from metainf_core.fits import is_fitted
+
+    run, name = _open(request), request["method"]
+    config = CompareConfig(**request["config"])
+    if TLXML_METHODS.get(name) == "gn" and not is_fitted(run, tlxml_config("gn", config)):  # hours: never on its own
+        raise ConfigError("the influence fit for these settings is not computed yet: fit it first")
+    test_score_table(run, name, config, progress=lambda done, total: worker.progress("test_tasks", done, total))
+
+
+WORKS = {"fit": _fit, "diagnostics": _diagnostics, "xi_sweep": _xi_sweep, "removal": _removal,
+         "compare_table": _compare_table}  # a request's kind -> the work that fills its entry
 
 
 def _dispatch(worker: _Worker, request: dict[str, Any]) -> None:

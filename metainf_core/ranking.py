@@ -118,14 +118,14 @@ def test_score_matrix(run: Run, inf: TaskInfluence, dtype: str, test_ids: Sequen
     return inf.helpfulness(_task_gradients(run, dtype, run.test_tasks, test_ids)).cpu().numpy()
 
 
-def test_score_table(run: Run, inf: TaskInfluence, dtype: str, entry: CacheEntry | None = None) -> np.ndarray:
-    """``test_score_matrix`` of every test task (T × M), computed once per run and fit: read from
-    ``entry`` (``fits.test_scores_entry``) when it is complete, else computed and saved there. Row i
-    and the row means are what the Audit page's scores and first-order predictions sum over, so a
-    click reads them instead of taking T test gradients again."""
-    if entry is not None and entry.complete:
-        return entry.load()[0]["scores"].numpy()
-    table = test_score_matrix(run, inf, dtype, range(len(run.test_tasks)))
-    if entry is not None:
-        entry.save({"scores": torch.from_numpy(table)}, {"num_test_tasks": len(table), "dtype": dtype})
-    return table
+def fit_test_table(run: Run, inf: TaskInfluence, dtype: str, entry: CacheEntry | None = None) -> np.ndarray:
+    """The fit's test table: ``test_score_matrix`` of every test task (T × M), computed once per run
+    and fit and kept in ``entry`` (``fits.test_scores_entry``) when given. Row i and the row means
+    are what the Audit page's scores and first-order predictions sum over, so a click reads them
+    instead of taking T test gradients again."""
+
+    def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        table = test_score_matrix(run, inf, dtype, range(len(run.test_tasks)))
+        return {"scores": torch.from_numpy(table)}, {"num_test_tasks": len(table), "dtype": dtype}
+
+    return (compute() if entry is None else entry.load_or_compute(compute))[0]["scores"].numpy()

@@ -63,12 +63,11 @@ class Run:
         """ω̂'s per-test-task metrics, evaluated once per run (the weights never change after loading)
         and kept on disk (``as_trained_entry``; the demos ship theirs): the "before" of every edit, on
         every page and in the CLI; the bytes read back are the ones computed."""
-        entry = self.as_trained_entry()
-        if entry.complete:
-            return TaskMetrics.from_tensors(entry.load()[0])
-        metrics = self.evaluate()
-        entry.save(metrics.to_tensors(), {"num_test_tasks": len(metrics.task_ids)})
-        return metrics
+        def compute():
+            metrics = self.evaluate()
+            return metrics.to_tensors(), {"num_test_tasks": len(metrics.task_ids)}
+
+        return TaskMetrics.from_tensors(self.as_trained_entry().load_or_compute(compute)[0])
 
     def evaluate(self, params: Params | None = None, split: str = "test", task_ids=None, batch_size: int | None = None) -> TaskMetrics:
         """Per-task query loss/accuracy of ``params`` (default ω̂) on the chosen taskset."""

@@ -156,3 +156,30 @@ def until(what, timeout: float = 600.0):  # noqa: ANN001, ANN201 - any callable,
         assert time.monotonic() < deadline, "timed out waiting for a job state"
         time.sleep(0.05)
     return value
+
+
+def removal_from_page(at, timeout: float = 600.0):
+    """Click the Audit page's "Remove the k most suspicious", wait for the background job that tests the
+    removed sets (``jobs.submit_removal``) when one started, and rerun the page as its progress fragment
+    does when the job ends: the page then shows the comparison. Sets already on disk start no job."""
+    from metainf_core import jobs
+
+    at.button(key="audit_remove").click().run()
+    assert not at.exception, at.exception
+    mine = at.session_state["_my_jobs"] if "_my_jobs" in at.session_state else set()
+    started = [j for j in jobs.list_jobs() if j.id in mine and j.request.get("kind") == "removal"]
+    for job in started:
+        assert jobs.wait(job, timeout=timeout).state == "done", jobs.job_status(job.directory)
+    return at.run() if started else at
+
+
+def page_with(page: str, timeout: float = 600, **session_state):  # noqa: ANN201 - an AppTest
+    """The page file ``page`` run once in AppTest with ``session_state`` set (e.g. ``model_path``), checked for exceptions."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(page, default_timeout=timeout)
+    for key, value in session_state.items():
+        at.session_state[key] = value
+    at = at.run()
+    assert not at.exception, at.exception
+    return at

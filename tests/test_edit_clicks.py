@@ -1,7 +1,7 @@
 """The incremental paths behind the Edit and Audit pages' clicks (issue 25 item 3), against the old
 computations on the bundled demos' real data:
 
-- the test table (``ranking.test_score_table``: T × M helpfulness, saved on disk once per run and
+- the test table (``ranking.fit_test_table``: T × M helpfulness, saved on disk once per run and
   fit; each demo ships its own) against scoring each test task alone (``all_scores``) and, for the
   Audit page's "mean" score and first-order prediction, against the helpfulness of the mean test
   gradient (the old path);
@@ -51,14 +51,14 @@ def test_test_table_equals_scoring_each_test_task_and_the_old_mean(name, cache_d
     from metainf_core.cache import CacheEntry
     from metainf_core.detect import average_ranks, detection_scores
     from metainf_core.fits import test_scores_entry
-    from metainf_core.ranking import Target, all_scores, test_score_table
+    from metainf_core.ranking import Target, all_scores, fit_test_table
 
     run, inf, cfg = opened(name, cache_dir, monkeypatch)
-    table = test_score_table(run, inf, cfg.dtype)  # computed here
+    table = fit_test_table(run, inf, cfg.dtype)  # computed here
     assert table.shape == (len(run.test_tasks), inf.num_tasks)
     entry = test_scores_entry(run, cfg)  # restored from the copy shipped in the demo folder
     assert entry.complete, "the demo ships its test table (CacheEntry.ship)"
-    shipped = test_score_table(run, inf, cfg.dtype, entry)
+    shipped = fit_test_table(run, inf, cfg.dtype, entry)
     np.testing.assert_allclose(shipped, table, rtol=0, atol=TOL * np.abs(table).max())
     for i in (0, 7, len(run.test_tasks) - 1):  # brute force: each test task scored alone, as Explain does
         alone = all_scores(run, inf, Target((i,)), cfg.dtype)
@@ -71,9 +71,9 @@ def test_test_table_equals_scoring_each_test_task_and_the_old_mean(name, cache_d
     np.testing.assert_array_equal(detection_scores(run, inf, cfg.dtype, "rank", table), average_ranks(table).mean(0))
     # an entry the table is saved into gives back the same numbers, bit for bit
     fresh = CacheEntry.for_inputs("test-scores", {"test": name}, root=tmp_path)
-    test_score_table(run, inf, cfg.dtype, fresh)
+    fit_test_table(run, inf, cfg.dtype, fresh)
     assert fresh.complete
-    np.testing.assert_array_equal(test_score_table(run, inf, cfg.dtype, fresh), table)
+    np.testing.assert_array_equal(fit_test_table(run, inf, cfg.dtype, fresh), table)
 
 
 def test_as_trained_is_evaluate_once(cache_dir, monkeypatch, tmp_path):
@@ -99,7 +99,7 @@ def test_as_trained_is_evaluate_once(cache_dir, monkeypatch, tmp_path):
 
 def test_removal_effect_reuses_random_draws_across_score_kinds(cache_dir, monkeypatch):
     from metainf_core.detect import blocked_evaluation, detection_scores, removal_effect
-    from metainf_core.ranking import test_score_table
+    from metainf_core.ranking import fit_test_table
 
     run, inf, cfg = opened("protonet-fashion-mnist", cache_dir, monkeypatch)
     calls: list[tuple[int, ...]] = []
@@ -112,7 +112,7 @@ def test_removal_effect_reuses_random_draws_across_score_kinds(cache_dir, monkey
             seen[key] = blocked_evaluation(run, inf, ids, xi)
         return seen[key]
 
-    table = test_score_table(run, inf, cfg.dtype)
+    table = fit_test_table(run, inf, cfg.dtype)
     kw = {"xis": [-1.0], "random_draws": 3, "seed": 0}
     by_self = removal_effect(run, inf, detection_scores(run, inf, cfg.dtype, "self"), [16], evaluate=cached, **kw)
     assert len(calls) == 4  # the 16 most suspicious and 3 random sets

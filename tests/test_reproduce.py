@@ -424,3 +424,35 @@ def test_dataset_check_reading_follows_its_rule():
     assert "| protonet | fashion-mnist | 0 | 0.797 | 68.0 / 128 | 0.7 σ | medium e2 section |" in text
     assert "| protonet | omniglot (5-way) | 0 | 0.900 | 82 / 128 | +3.1 σ |" in text
     assert "the dataset, not the method" in text
+
+
+def test_a_hung_figure_exporter_ends_the_export_not_the_run(tmp_path, monkeypatch):
+    """kaleido's Chromium has hung for ever once: the export gives up after its timeout and says why,
+    keeping the figures written before; a working exporter writes them all."""
+    import threading
+    import time
+
+    import plotly.io as pio
+
+    from metainf_core.reproduce.report import write_figures
+
+    spec = {"name": "f", "title": "t", "x_title": "x", "y_title": "y", "series": [{"name": "a", "x": [1, 2], "y": [3, 4]}]}
+    sections = [{"key": "e0", "figures": [dict(spec, name="first"), dict(spec, name="second")]}]
+    calls = []
+    release = threading.Event()
+
+    def exporter(fig, format, scale):  # noqa: A002, ANN001, ANN202 - plotly's keyword names
+        calls.append(fig)
+        if len(calls) == 2:
+            release.wait(30)  # the second figure hangs
+        return b"\x89PNG fake"
+
+    monkeypatch.setattr(pio, "to_image", exporter)
+    started = time.monotonic()
+    written, why = write_figures(sections, tmp_path, timeout=0.5)
+    release.set()
+    assert time.monotonic() - started < 10 and why is not None and "did not answer in 0.5 s" in why
+    assert written == {figure_path(sections[0], sections[0]["figures"][0])}
+    calls.clear()
+    written, why = write_figures(sections, tmp_path, timeout=5)
+    assert why is None and len(written) == 2 and all((tmp_path / w).read_bytes() == b"\x89PNG fake" for w in written)

@@ -40,10 +40,11 @@ from ui import (
     describe_task,
     get_run,
     influence_config,
-    job_progress,
+    last_job_note,
     remember_job,
     require_influence,
     require_run,
+    running_job,
     show_figure,
     task_alt,
     task_strip,
@@ -325,15 +326,10 @@ if sweep_metrics is not None:  # this set's sweep is on disk: drawn at once, for
     show_sweep(sweep_metrics, block)
 else:
     job = jobs.job_status(jobs.xi_sweep_entry(run, influence_config(path), block)) if block else None
-    if job is not None and job.active:
-        st.info(f"Re-evaluating the model with the {tasks_word(len(block))} blocked at {len(XI_SWEEP)} values of ξ in the "
-                "background: you can change the settings above or use other pages; the curve appears here when it ends.")
-        job_progress(str(job.directory), XI_SWEEP_STAGES, "sweep")
-    else:
-        if job is not None and job.state == "failed":
-            st.error(f"The last sweep stopped before it ended: {job.error}.", icon=":material/error:")
-        elif job is not None and job.state == "cancelled":
-            st.warning("The last sweep was cancelled.", icon=":material/cancel:")
+    if not running_job(job, XI_SWEEP_STAGES, "sweep", f"Re-evaluating the model with the {tasks_word(len(block))} blocked at "
+                       f"{len(XI_SWEEP)} values of ξ in the background: you can change the settings above or use other "
+                       "pages; the curve appears here when it ends."):
+        last_job_note(job, "The last sweep")
         st.button("Accuracy versus ξ (blocked set)", key="edit_curve", disabled=not block, on_click=start_sweep, args=(path, block),
                   help=f"Re-evaluates the model with the blocked set at {len(XI_SWEEP)} values of ξ (the enhanced set left "
                   "out), in the background; the curve is kept for this set, whichever test task you pick")

@@ -8,11 +8,26 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from metainf_core.compare import METHODS, compare_methods
+from metainf_core import jobs
+from metainf_core.compare import METHODS, compare_methods, test_table_entry
 from metainf_core.ranking import Target, ranking_table
 from metainf_core.lds_results import best_lds_method, compare_sentence
 from metainf_core.words import METHOD_HELP, method_name, percent, signed
-from ui import COMPARE_CONFIG as CFG, describe_task, get_run, require_influence, require_run, show_figure, task_alt, task_strip, test_task_picker
+from ui import (
+    COMPARE_CONFIG as CFG,
+    TABLE_STAGES,
+    describe_task,
+    get_run,
+    last_job_note,
+    remember_job,
+    require_influence,
+    require_run,
+    running_job,
+    show_figure,
+    task_alt,
+    task_strip,
+    test_task_picker,
+)
 
 st.set_page_config(page_title="metainf · Compare", layout="wide")
 st.title("Compare influence methods")
@@ -48,7 +63,30 @@ if "tlxml-gn" in (a, b):
     require_influence(path, run)  # offers the fit, with progress, when it is not cached yet
 
 
-@st.cache_data(show_spinner="Scoring all training tasks with both methods…", max_entries=64)
+def start_table(path: str, name: str) -> None:
+    """Score every test task with method ``name`` in the background (or join the job doing it)."""
+    remember_job(jobs.submit_compare_table(get_run(path), name, CFG))
+
+
+# Each method's scores come from its test table (every test task at once; the demos ship theirs): a
+# method without one is scored for all test tasks by a background job, started with a click.
+missing = [n for n in (a, b) if not test_table_entry(run, n, CFG).complete]
+for n in missing:
+    job = jobs.job_status(jobs.compare_table_entry(run, n, CFG))
+    words = (f"Scoring all {len(run.train_tasks)} training tasks for each of the {n_test} test tasks with "
+             f"{method_name(n)} in the background: you can use other pages; the comparison appears here when it "
+             "ends, for every test task.")
+    if not running_job(job, TABLE_STAGES, f"scoring with {method_name(n)}", words):
+        st.info(f"{method_name(n)} has not scored this model's training tasks yet. It scores them for all {n_test} test "
+                "tasks at once, in the background, saving as it goes; afterwards every test task compares at once.")
+        last_job_note(job, f"Scoring with {method_name(n)}", "; the test tasks already scored are kept")
+        st.button(f"Score every test task with {method_name(n)}", key=f"compare_table_{n}", type="primary",
+                  on_click=start_table, args=(path, n))
+if missing:
+    st.stop()
+
+
+@st.cache_data(show_spinner="Reading both methods' scores…", max_entries=64)
 def comparison(path: str, test_id: int, a: str, b: str, k: int) -> dict:
     return compare_methods(get_run(path), Target((test_id,)), [a, b], k, CFG)
 

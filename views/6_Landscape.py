@@ -18,7 +18,7 @@ from metainf_core.diagnostics import DiagnosticsConfig, history_snapshots, load_
 from metainf_core.exceptions import ConfigError
 from metainf_core.landscape_metrics import METRICS, PAPER_NAMES, keep_history_command, metric_correlations
 from metainf_core.words import column_name, percent
-from ui import DIAGNOSTICS_STAGES, get_run, job_progress, remember_job, require_run, show_figure
+from ui import DIAGNOSTICS_STAGES, get_run, last_job_note, remember_job, require_run, running_job, show_figure
 
 DEFAULT_TASKS = 16  # seed 003 (and `diagnose`) use 60; 16 keeps a CPU run to seconds per snapshot for small networks
 GRID = dict(rows=math.ceil(len(METRICS) / 2), cols=2)
@@ -58,19 +58,15 @@ def start_diagnostics(path: str, cfg: DiagnosticsConfig) -> None:
 
 if len(rows) < total:
     job = jobs.job_status(jobs.diagnostics_entry(run, cfg))
-    if job is not None and job.active:
-        st.info(f"Computing the diagnostics of the {total} training snapshots on {cfg.num_tasks} test tasks in the "
-                "background: you can use other pages, leave and come back; the curves appear here when it ends.")
-        job_progress(str(job.directory), DIAGNOSTICS_STAGES, "diagnostics")
+    if running_job(job, DIAGNOSTICS_STAGES, "diagnostics", f"Computing the diagnostics of the {total} training snapshots on "
+                   f"{cfg.num_tasks} test tasks in the background: you can use other pages, leave and come back; the "
+                   "curves appear here when it ends."):
         st.stop()
     left = f" ({len(rows)} of {total} done, it resumes from there)" if rows else ""
     st.info(f"Diagnostics of the {total} training snapshots on {cfg.num_tasks} test tasks are not computed yet{left}. "
             "Each snapshot needs power iteration and Lanczos on every task's Hessian; they run in the background and "
             "are saved snapshot by snapshot.")
-    if job is not None and job.state == "failed":
-        st.error(f"The last computation stopped before it ended: {job.error}.", icon=":material/error:")
-    elif job is not None and job.state == "cancelled":
-        st.warning("The last computation was cancelled.", icon=":material/cancel:")
+    last_job_note(job, "The last computation")
     st.button("Compute diagnostics" if not rows else "Resume the diagnostics", type="primary", key="landscape_compute",
               on_click=start_diagnostics, args=(path, cfg))
     st.stop()

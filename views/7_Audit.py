@@ -4,6 +4,8 @@ The whole training taskset is ordered by one of ``detect.SCORE_KINDS`` (the scor
 curve of the ``detect`` CLI), and removing the k most suspicious tasks by the one-step edit is
 compared with removing k random ones (``detect.removal_effect``). Nothing is removed until the button
 is pressed: its settings are kept under the non-widget key ``audit_request`` (set in its callback).
+Sets not yet evaluated are tested by a background job (``jobs.submit_removal``): the page shows its
+progress and reads the saved metrics when it ends; a default removal on a demo is shipped.
 """
 
 from __future__ import annotations
@@ -17,20 +19,22 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from metainf_core import jobs
 from metainf_core.detect import (
-    DetectProgress,
     corrupted_ids,
     curve_verdict,
     detection_curve,
     detection_scores,
     removal_effect,
+    removal_evaluated,
+    removal_sets,
     removal_verdict,
     stored_blocked_evaluation,
 )
 from metainf_core.edit import EditSpec, edited_checkpoint_zip, edited_params
 from metainf_core.exceptions import ConfigError
 from metainf_core.fits import test_scores_entry
-from metainf_core.ranking import task_rows, test_score_table
+from metainf_core.ranking import fit_test_table, task_rows
 from metainf_core.words import (
     CHANGE_DIGITS,
     CORRUPTIONS,
@@ -44,8 +48,12 @@ from metainf_core.words import (
 from metainf_core.words import points as points_
 from ui import (
     DEFAULT_INFLUENCE,
+    REMOVAL_STAGES,
     describe_task,
     influence_config,
+    last_job_note,
+    remember_job,
+    running_job,
     require_influence,
     require_run,
     show_figure,
@@ -100,8 +108,8 @@ DEFAULT_K = min(m - 1, len(bad) or max(1, m // 8))  # the corrupted tasks when k
 # ---- cached computations -----------------------------------------------------------------------------
 @st.cache_data(show_spinner="Scoring every training task for every test task…", max_entries=8)
 def test_table(path: str) -> np.ndarray:
-    """T × M helpfulness for each test task (``ranking.test_score_table``): on disk once per run and fit."""
-    return test_score_table(run, inf, DEFAULT_INFLUENCE.dtype, test_scores_entry(run, influence_config(path)))
+    """T × M helpfulness for each test task (``ranking.fit_test_table``): on disk once per run and fit."""
+    return fit_test_table(run, inf, DEFAULT_INFLUENCE.dtype, test_scores_entry(run, influence_config(path)))
 
 
 @st.cache_data(show_spinner="Scoring every training task…", max_entries=16)
@@ -117,13 +125,25 @@ def blocked(path: str, ids: tuple[int, ...], xi: float):  # noqa: ANN201 - TaskM
     return stored_blocked_evaluation(run, inf, influence_config(path), ids, xi)
 
 
-def removal(path: str, kind: str, k: int, xi: float, progress: DetectProgress | None = None) -> dict:
-    """``detect.removal_effect`` for one k and ξ: the k most suspicious vs DRAWS random k-sets. Not cached
-    itself: each set's evaluation is (``blocked``), so a rerun costs nothing and another score kind
-    evaluates only its own set; ``progress`` sees each set."""
+def removal(path: str, kind: str, k: int, xi: float) -> dict:
+    """``detect.removal_effect`` for one k and ξ: the k most suspicious vs DRAWS random k-sets, read from
+    their saved metrics (``blocked``; the removal job or a shipped copy made them). Not cached itself:
+    another score kind reuses the random draws and evaluates only its own set."""
     return removal_effect(run, inf, suspicion(path, kind), [k], xis=[xi], random_draws=DRAWS, seed=SEED,
-                          corrupted=bad if len(bad) else None, before=run.as_trained, progress=progress,
+                          corrupted=bad if len(bad) else None, before=run.as_trained,
                           evaluate=lambda ids, xi: blocked(path, tuple(int(j) for j in ids), xi))
+
+
+def sets_for(path: str, kind: str, k: int) -> list[np.ndarray]:
+    """The k most suspicious by ``kind``, then the DRAWS random k-sets (``detect.removal_sets``)."""
+    return removal_sets(suspicion(path, kind), k, DRAWS, SEED)
+
+
+def start_removal(path: str, kind: str, k: int, xi: float) -> None:
+    """Test the sets not yet on disk in the background (or join the job already testing them)."""
+    sets = sets_for(path, kind, k)
+    if not removal_evaluated(run, influence_config(path), sets, xi):
+        remember_job(jobs.submit_removal(run, influence_config(path), sets, xi))
 
 
 def shown_values(kind: str, scores: np.ndarray) -> np.ndarray:
@@ -253,9 +273,12 @@ st.session_state.setdefault("audit_xi", -1.0)
 
 
 def request() -> None:
-    """The button's callback: remember what to remove (read from the widgets, before the page reruns)."""
-    st.session_state[REQUEST] = {"path": path, "kind": SCORES[st.session_state["audit_score"]][0],
-                                 "k": int(st.session_state["audit_k"]), "xi": float(st.session_state["audit_xi"])}
+    """The button's callback: remember what to remove (read from the widgets, before the page reruns) and
+    start testing the sets that are not on disk yet."""
+    req = {"path": path, "kind": SCORES[st.session_state["audit_score"]][0], "k": int(st.session_state["audit_k"]),
+           "xi": float(st.session_state["audit_xi"])}  # fmt: skip
+    st.session_state[REQUEST] = req
+    start_removal(path, req["kind"], req["k"], req["xi"])
 
 
 q1, q2, q3 = st.columns([1, 2, 2], vertical_alignment="bottom")
@@ -273,12 +296,17 @@ if not req or req["path"] != path:
     st.stop()
 
 rk, rkind, rxi, rlabel = req["k"], req["kind"], req["xi"], KIND_LABEL[req["kind"]]
-suspicion(path, rkind)
 mean_helpfulness = suspicion(path, "mean")  # for the first-order prediction below
-testing = f"Removing the {rk} most suspicious tasks and {DRAWS} random sets of {rk}, testing each on all {n_test} test tasks…"
-bar = st.progress(0.0, text=testing)
-effect = removal(path, rkind, rk, rxi, lambda _, done, total: bar.progress(done / total, text=f"{testing} {done}/{total}"))
-bar.empty()
+if not removal_evaluated(run, influence_config(path), sets_for(path, rkind, rk), rxi):
+    job = jobs.job_status(jobs.removal_entry(run, influence_config(path), sets_for(path, rkind, rk), rxi))
+    if not running_job(job, REMOVAL_STAGES, "removal", f"Testing the model without the {rk} most suspicious tasks ({rlabel}, "
+                       f"ξ = {rxi:+g}) and without {DRAWS} random sets of {rk}, each on all {n_test} test tasks, in the "
+                       "background: you can change the settings above or use other pages; the results appear here when it ends."):
+        last_job_note(job, "Testing the removed sets", "; the sets already tested are kept")
+        st.button("Test them again", key="audit_retry", on_click=start_removal, args=(path, rkind, rk, rxi),
+                  icon=":material/refresh:", help="Resumes with the sets not tested yet")
+    st.stop()
+effect = removal(path, rkind, rk, rxi)
 v = removal_verdict(run, effect, suspicion(path, rkind), mean_helpfulness)
 removed = v.removed  # the set removal_effect removed
 if (rkind, rk, rxi) != (kind, k, xi):

@@ -25,6 +25,12 @@ def result_path(out: str | Path, dataset: str, algo: str, seed: int) -> Path:
     return Path(out) / FOLDER / f"{dataset}-{algo}-s{seed}.json"
 
 
+def run_settings(medium: dict[str, Any], dataset: str, ways: int, algo: str, seed: int) -> dict[str, Any]:
+    """The medium e2 settings this check ran: ``medium`` with its dataset, learner, seed and taskset size
+    narrowed to this run's (the section's own lists name the Fashion-MNIST runs)."""
+    return {**medium, "datasets": [[dataset, ways]], "algos": [algo], "seeds": [seed], "train_tasks": [medium["train_tasks"][0]]}
+
+
 def run_check(out: str | Path, dataset: str, ways: int, algo: str, seed: int, work: str | Path = ".cache/metainf/reproduce",
               log=print) -> dict[str, Any]:  # fmt: skip
     """Train (or reuse) the medium e2 run with ``dataset``/``ways``/``seed`` and count its proper
@@ -43,7 +49,7 @@ def run_check(out: str | Path, dataset: str, ways: int, algo: str, seed: int, wo
     t1 = time.time()
     rep = _validation(run, c)
     result = {"dataset": dataset, "ways": ways, "algo": algo, "seed": seed, "train_tasks": m, "noise_tasks": noise_count(c, m),
-              "medium_config": c, "accuracy": run.meta["test"]["accuracy"], "noise": rep["noise"],
+              "settings": run_settings(c, dataset, ways, algo, seed), "accuracy": run.meta["test"]["accuracy"], "noise": rep["noise"],
               "train_seconds": t1 - t0, "fit_and_validate_seconds": time.time() - t1}  # fmt: skip
     write_json_atomic(path, result)
     return result

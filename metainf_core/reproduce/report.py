@@ -240,19 +240,46 @@ def _figure(spec: dict[str, Any]):
     return fig
 
 
-def write_figures(sections: Sequence[dict[str, Any]], out: Path) -> tuple[set[str], str | None]:
+FIGURE_TIMEOUT_S = 120.0  # one PNG takes ~1 s; kaleido's Chromium has been seen to hang for ever
+
+
+def _png(fig: Any, timeout: float = FIGURE_TIMEOUT_S) -> bytes:
+    """``plotly.io.to_image`` in a daemon thread, so a hung exporter ends the export (TimeoutError)
+    instead of the whole ``reproduce`` run; the thread is left to the interpreter's exit."""
+    import threading
+
+    import plotly.io as pio
+
+    result: dict[str, Any] = {}
+
+    def export() -> None:
+        try:
+            result["png"] = pio.to_image(fig, format="png", scale=2)
+        except Exception as e:  # noqa: BLE001 - re-raised in the caller
+            result["error"] = e
+
+    worker = threading.Thread(target=export, daemon=True, name="figure-export")
+    worker.start()
+    worker.join(timeout)
+    if "error" in result:
+        raise result["error"]
+    if "png" not in result:
+        raise TimeoutError(f"the PNG exporter (kaleido) did not answer in {timeout:g} s")
+    return result["png"]
+
+
+def write_figures(sections: Sequence[dict[str, Any]], out: Path, timeout: float = FIGURE_TIMEOUT_S) -> tuple[set[str], str | None]:
     """PNG of every figure via Plotly + kaleido (Chromium from ``$BROWSER_PATH`` or /usr/bin/chromium);
-    returns the paths written and, when no PNG could be made, why."""
+    returns the paths written and, when no PNG could be made (no exporter, or none within
+    ``timeout`` s a figure), why."""
     os.environ.setdefault("BROWSER_PATH", "/usr/bin/chromium")
     written: set[str] = set()
     try:
-        import plotly.io as pio
-
         for s in sections:
             for spec in s["figures"]:
                 path = figure_path(s, spec)
                 (out / path).parent.mkdir(parents=True, exist_ok=True)
-                png = pio.to_image(_figure(spec), format="png", scale=2)
+                png = _png(_figure(spec), timeout)
                 tmp = out / (path + ".tmp")
                 tmp.write_bytes(png)
                 tmp.replace(out / path)
