@@ -109,6 +109,29 @@ def viewers_at_once(server: str, n: int, test0: int) -> list[float]:
                        lambda browser, i: time_to_ranking(browser, server + LINK.format(test=(test0 + i) % 128)))
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (all its threads), or by the whole
+    machine when None (every non-idle jiffy in /proc/stat): to tell the server's share of a
+    measurement from the browsers', which share this machine's cores."""
+    tick = os.sysconf("SC_CLK_TCK")
+    if pid is not None:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15 of stat(5)
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / tick  # all but idle and iowait
+
+
+def cpu_share(server_pid: int, measure) -> tuple:  # noqa: ANN001 - a callable
+    """``measure()``'s result with the CPU seconds the server and the whole machine used meanwhile."""
+    s0, m0 = cpu_seconds(server_pid), cpu_seconds()
+    result = measure()
+    return result, cpu_seconds(server_pid) - s0, cpu_seconds() - m0
+
+
+def cpu_words(server: float, machine: float, n: int) -> str:
+    return f"   CPU: server {server:5.1f} s ({server / n:.2f} s a visitor), all processes {machine:5.1f} s"
+
+
 def busy(page) -> bool:  # noqa: ANN001 - a Playwright Page
     """The app is running a script (its status widget shows) or redrawing (stale elements)."""
     return page.locator('[data-testid="stStatusWidget"]').count() > 0 or page.locator('[data-stale="true"]').count() > 0
@@ -275,15 +298,16 @@ def main() -> None:
                   f"(target ≤ 1.5 × alone + 1 s = {1.5 * base + 1:.1f} s; the job was {state.state if state else '?'})")
             jobs.cancel(job)
         for n in (1, 4, 8) if a.only in (None, "viewers") else ():
-            times = viewers_at_once(server, n, 20 + 10 * n)
+            times, cpu_server, cpu_all = cpu_share(proc.pid, lambda n=n: viewers_at_once(server, n, 20 + 10 * n))
             target = {4: 4.0, 8: 6.0}.get(n)
             print(f"{n} viewer{'s' if n > 1 else ' '} at once:            {stats(times)}   max/alone {max(times) / base:4.2f}"
-                  + (f" (target: all ≤ {target:.0f} s)" if target else ""))
+                  + (f" (target: all ≤ {target:.0f} s)" if target else "") + cpu_words(cpu_server, cpu_all, n))
         if a.only in (None, "edits"):
             one = editors_at_once(server, 1, a.moves)
-            four = editors_at_once(server, 4, a.moves)
+            four, cpu_server, cpu_all = cpu_share(proc.pid, lambda: editors_at_once(server, 4, a.moves))
             print(f"ξ edit, 1 editor:            {stats(one)}")
-            print(f"ξ edit, 4 editors at once:   {stats(four)}   (target: p95 ≤ 1.5 s)")
+            print(f"ξ edit, 4 editors at once:   {stats(four)}   (target: p95 ≤ 1.5 s)" + cpu_words(cpu_server, cpu_all, 4)
+                  + " (includes opening the page and blocking)")
         if a.only in (None, "clicks"):
             for what, took in slow_clicks(server).items():
                 print(f"click to settled · {what:<55} {took:6.2f} s")

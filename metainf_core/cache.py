@@ -117,6 +117,7 @@ class CacheEntry:
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.directory / RESULT, dest / RESULT)
         info = json.loads((self.directory / INFO).read_text(encoding="utf-8"))
+        info.pop("source", None)  # where this cache's copy came from: not part of what is shipped
         write_json_atomic(dest / INFO, {**info, "sha256": sha256_file(dest / RESULT)})
         return dest
 

@@ -183,3 +183,21 @@ def page_with(page: str, timeout: float = 600, **session_state):  # noqa: ANN201
     at = at.run()
     assert not at.exception, at.exception
     return at
+
+
+@contextlib.contextmanager
+def gloo_group(init_file: str, rank: int, world: int, timeout_s: float | None = None):
+    """A gloo process group for one spawned test rank, destroyed however the rank's body ends. A rank
+    that exits with its group alive (an assertion, a peer's death) leaves gloo's work objects to be
+    freed during interpreter teardown, which can abort the process (SIGABRT, "terminate called
+    without an active exception"; pytorch/pytorch#179291, #190489)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    kw = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, **kw)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

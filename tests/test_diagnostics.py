@@ -333,16 +333,12 @@ def test_diagnose_ship_then_a_fresh_cache_loads_without_computing(history_run, t
 
 def _diagnostics_worker(rank: int, world: int, init_file: str, run_dir: str, cache_dir: str, counts_dir: str) -> None:
     """One rank of a torchrun-like launch: the cached diagnostics, counting the snapshots it computes."""
-    import torch.distributed as dist
+    from helpers import gloo_group  # tests/helpers.py
 
     from metainf_core import diagnostics
 
-    import datetime
-
     os.environ["METAINF_CACHE"] = cache_dir.format(rank=rank)
     torch.set_num_threads(1)
-    # mismatched collectives fail in a minute, not torch's 30
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     real, steps = diagnostics._snapshot_row, []
 
     def counting(run, batch, step, path, config):
@@ -350,9 +346,9 @@ def _diagnostics_worker(rank: int, world: int, init_file: str, run_dir: str, cac
         return real(run, batch, step, path, config)
 
     diagnostics._snapshot_row = counting
-    rows = diagnostics.cached_diagnostics_over_history(run_dir, DiagnosticsConfig(num_tasks=4, power_iters=40, lanczos_iters=10))
+    with gloo_group(init_file, rank, world, timeout_s=60):  # mismatched collectives fail in a minute, not torch's 30
+        rows = diagnostics.cached_diagnostics_over_history(run_dir, DiagnosticsConfig(num_tasks=4, power_iters=40, lanczos_iters=10))
     Path(counts_dir, f"rank{rank}.json").write_text(__import__("json").dumps({"steps": steps, "rows": [r.to_dict() for r in rows]}))
-    dist.destroy_process_group()
 
 
 def test_diagnostics_are_sharded_over_ranks(history_run, tmp_path, monkeypatch):

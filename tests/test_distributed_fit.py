@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import gloo_group  # tests/helpers.py
 
 from metainf_core.cache import INFO
 from metainf_core.checkpoint import read_tensor_metadata
@@ -112,11 +113,10 @@ def _die_after(tasks: int, die=lambda: os._exit(3)) -> None:
 def _fit_worker(rank: int, world: int, init_file: str, run_dir: str, cache_dir: str, die_after: int) -> None:
     os.environ["METAINF_CACHE"] = cache_dir
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    if rank == 1 and die_after:
-        _die_after(die_after)
-    fit_influence(open_run(run_dir), GN, save_every=8)
-    dist.destroy_process_group()
+    with gloo_group(init_file, rank, world):
+        if rank == 1 and die_after:
+            _die_after(die_after)
+        fit_influence(open_run(run_dir), GN, save_every=8)
 
 
 def _spawn(fn, world: int, tmp_path: Path, *args) -> None:
@@ -165,23 +165,22 @@ def test_a_killed_fit_resumes_with_any_world_size(synthetic_run, reference, tmp_
 def _merge_worker(rank: int, world: int, init_file: str) -> None:
     """3 ranks, rank 2 with no rows / no tasks: tree merge and sharded projections stay exact."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    g = torch.Generator().manual_seed(0)
-    basis = torch.randn(10, 40, generator=g, dtype=torch.float64)  # rank-10 rows in R^40
-    stacks = [torch.randn(n, 10, generator=g, dtype=torch.float64) @ basis for n in (9, 14, 0)]
-    ctx = distributed.context()
-    mine = orthogonal_columns(stacks[rank], 12, 8192) if stacks[rank].shape[0] else stacks[rank]
-    merged = distributed.tree_merge(mine, 12, 8192, ctx)
-    if rank == 0:
-        full = torch.cat(stacks)
-        gram = merged @ merged.T  # orthogonal rows: diagonal Gram
-        assert merged.shape[0] <= 12 and (gram - torch.diag(gram.diagonal())).abs().max() < 1e-8 * gram.abs().max()
-        # Prop. 3–4 (n_orth = 12 ≥ rank 10): same VVᵀ; 1e-10 relative = float64 rounding of two eighs
-        torch.testing.assert_close(merged.T @ merged, full.T @ full, rtol=0, atol=1e-10 * (full.T @ full).abs().max().item())
-    proj = distributed.sharded_projections(lambda ids: torch.as_tensor(ids, dtype=torch.float64)[:, None] * torch.ones(1, 3, dtype=torch.float64),
-                                           7, 3, torch.float64, batch=2)  # fmt: skip
-    assert torch.equal(proj, torch.arange(7, dtype=torch.float64)[:, None].expand(7, 3))  # exact: copies only
-    dist.destroy_process_group()
+    with gloo_group(init_file, rank, world):
+        g = torch.Generator().manual_seed(0)
+        basis = torch.randn(10, 40, generator=g, dtype=torch.float64)  # rank-10 rows in R^40
+        stacks = [torch.randn(n, 10, generator=g, dtype=torch.float64) @ basis for n in (9, 14, 0)]
+        ctx = distributed.context()
+        mine = orthogonal_columns(stacks[rank], 12, 8192) if stacks[rank].shape[0] else stacks[rank]
+        merged = distributed.tree_merge(mine, 12, 8192, ctx)
+        if rank == 0:
+            full = torch.cat(stacks)
+            gram = merged @ merged.T  # orthogonal rows: diagonal Gram
+            assert merged.shape[0] <= 12 and (gram - torch.diag(gram.diagonal())).abs().max() < 1e-8 * gram.abs().max()
+            # Prop. 3–4 (n_orth = 12 ≥ rank 10): same VVᵀ; 1e-10 relative = float64 rounding of two eighs
+            torch.testing.assert_close(merged.T @ merged, full.T @ full, rtol=0, atol=1e-10 * (full.T @ full).abs().max().item())
+        proj = distributed.sharded_projections(lambda ids: torch.as_tensor(ids, dtype=torch.float64)[:, None] * torch.ones(1, 3, dtype=torch.float64),
+                                               7, 3, torch.float64, batch=2)  # fmt: skip
+        assert torch.equal(proj, torch.arange(7, dtype=torch.float64)[:, None].expand(7, 3))  # exact: copies only
 
 
 def test_tree_merge_and_projections_with_an_empty_rank(tmp_path):
@@ -244,19 +243,17 @@ def _late_rank_worker(rank: int, world: int, init_file: str, run_dir: str, cache
     """Both ranks fit the exact (non-sharded) influence; rank 1 arrives late. Rank 0 can finish the
     exact fit alone and write the entry: a late rank that then found the entry complete used to skip
     the entry's barrier, and the next collective of the two ranks no longer matched."""
-    import datetime
     import time as _time
 
     os.environ["METAINF_CACHE"] = cache_dir
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
-    if rank == 1:
-        _time.sleep(4.0)
-    fit_influence(open_run(run_dir), InfluenceConfig(method="exact", dtype="float64"))
-    total = torch.tensor([float(rank + 1)])
-    dist.all_reduce(total)  # the ranks' next collective must be this one on both
-    assert total.item() == 3.0
-    dist.destroy_process_group()
+    with gloo_group(init_file, rank, world, timeout_s=60):
+        if rank == 1:
+            _time.sleep(4.0)
+        fit_influence(open_run(run_dir), InfluenceConfig(method="exact", dtype="float64"))
+        total = torch.tensor([float(rank + 1)])
+        dist.all_reduce(total)  # the ranks' next collective must be this one on both
+        assert total.item() == 3.0
 
 
 def test_a_late_rank_does_not_skip_the_fit_barrier(synthetic_run, tmp_path):

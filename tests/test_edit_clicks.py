@@ -145,3 +145,25 @@ def test_stored_blocked_evaluation_reads_back_what_was_computed_and_the_shipped_
         shipped, here = stored_blocked_evaluation(run, inf, cfg, draw, -1.0), blocked_evaluation(run, inf, draw, -1.0)
         np.testing.assert_allclose(shipped.loss, here.loss, rtol=1e-5, atol=1e-6)
         assert np.abs(shipped.accuracy - here.accuracy).sum() <= 2 / 15
+
+
+@pytest.mark.parametrize("demo", ["protonet-fashion-mnist", "maml-fashion-mnist"])
+def test_the_demos_ship_every_default_audit_removal(demo, tmp_path, monkeypatch):
+    """The Audit page's default click (k = 64, ξ = -1, 5 draws, seed 0) for each score kind reads shipped
+    metrics from an empty cache: no job starts, and a suspicious set's metrics are its evaluation here
+    (float32 rounding as above)."""
+    from metainf_core import jobs
+    from metainf_core.detect import SCORE_KINDS, blocked_evaluation, detection_scores, removal_evaluated, removal_sets
+    from metainf_core.detect import stored_blocked_evaluation
+    from metainf_core.fits import test_scores_entry
+    from metainf_core.ranking import fit_test_table
+
+    run, inf, cfg = opened(demo, tmp_path, monkeypatch)
+    table = fit_test_table(run, inf, cfg.dtype, test_scores_entry(run, cfg))  # shipped too
+    for kind in SCORE_KINDS:
+        sets = removal_sets(detection_scores(run, inf, cfg.dtype, kind, table), 64, 5, 0)
+        assert removal_evaluated(run, cfg, sets, -1.0), kind
+        assert jobs.submit_removal(run, cfg, sets, -1.0).state == "done" and not jobs.list_jobs(tmp_path)
+    shipped, here = stored_blocked_evaluation(run, inf, cfg, sets[0], -1.0), blocked_evaluation(run, inf, sets[0], -1.0)
+    np.testing.assert_allclose(shipped.loss, here.loss, rtol=1e-5, atol=1e-6)
+    assert np.abs(shipped.accuracy - here.accuracy).sum() <= 2 / 15
