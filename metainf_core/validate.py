@@ -8,6 +8,7 @@ them on a fitted run.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -159,3 +160,17 @@ def validation_report(
             for s in range(1, int(overlap.max(initial=0)) + 1)
         ]
     return out
+
+
+def noise_tests_by_truncation(run: Run, inf: TaskInfluence, dtype: str, ks: Sequence[int], max_tests: int = 128) -> list[dict[str, Any]]:
+    """The noise-vs-normal proper tests (TLXML 5.1.2, Eq. 7/9) of one fit at each truncation k of ``ks``:
+    the knob a row's result can be checked against without refitting (issue 23 item 5); the test
+    gradients are taken once and scored at each k."""
+    from metainf_core.ranking import taskset_gradients
+
+    normal = np.ones(inf.num_tasks, dtype=bool)
+    normal[run.train_tasks.ids_with("noise")] = False
+    if normal.all():
+        raise ConfigError("the training taskset has no noise tasks")
+    grads = taskset_gradients(run, dtype, run.test_tasks, np.arange(min(max_tests, len(run.test_tasks))))
+    return [{"k": int(k), **proper_tests(inf.with_truncation(int(k)).helpfulness(grads).cpu().numpy(), normal).to_dict()} for k in ks]

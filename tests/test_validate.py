@@ -96,3 +96,24 @@ def test_superclass_proper_tests_leave_noise_tasks_out(synthetic_run, tmp_path, 
     normal_only = brute([j for j in range(len(train)) if j not in noisy])
     assert [(r["min_shared"], r["proper"], r["total"]) for r in rows] == normal_only
     assert normal_only != brute(list(range(len(train))))  # with the noise tasks the counts change
+
+
+def test_noise_tests_by_truncation_match_the_validation_report_at_each_k(demo_fitted):
+    """The proper tests of one fit at several truncations (issue 23 item 5's knob) equal the validation
+    report of that fit truncated at each k; the test gradients are the same in both (same code,
+    same process: exact equality of counts)."""
+    from metainf_core.fits import fit_influence
+    from metainf_core.service import open_run
+    from metainf_core.validate import noise_tests_by_truncation, validation_report
+    from ui import DEFAULT_INFLUENCE
+
+    run = open_run(demo_fitted)
+    inf = fit_influence(run, DEFAULT_INFLUENCE)
+    ks = sorted({16, 64, inf.truncation})
+    rows = noise_tests_by_truncation(run, inf, DEFAULT_INFLUENCE.dtype, ks, max_tests=32)
+    assert [r["k"] for r in rows] == ks and all(r["total"] == 32 for r in rows)
+    for r in rows:
+        report = validation_report(run, inf.with_truncation(r["k"]), DEFAULT_INFLUENCE, self_rank=False, noise=True,
+                                   superclass=False, max_tests=32, exact_agreement=False)["noise"]  # fmt: skip
+        assert (report["proper"], report["total"]) == (r["proper"], r["total"]) and report["z"] == pytest.approx(r["z"])
+    assert len({r["proper"] for r in rows}) > 1 or len(ks) == 1  # the truncation changes the count on this run

@@ -109,5 +109,18 @@ def render(results: list[dict[str, Any]], medium_e2: dict[str, Any] | None) -> s
         n = r["noise"]
         lines.append(f"| {r['algo']} | {r['dataset']} ({r['ways']}-way) | {r['seed']} | {r['accuracy']:.3f} | {n['proper']:.0f} / {n['total']} "
                      f"| {n['z']:+.1f} σ | `medium-dataset/{r['dataset']}-{r['algo']}-s{r['seed']}.json` |")
-    lines += ["", "**Reading:** " + reading(rows), ""]
+    lines += ["", "**Reading:** " + reading(rows), "", spread(rows), ""]
     return "\n".join(lines)
+
+
+def spread(rows: list[dict[str, Any]]) -> str:
+    """z's mean ± sd over seeds per learner and dataset: how far one seed can be from another here."""
+    import numpy as np
+
+    parts = []
+    for algo in sorted({r["algo"] for r in rows}):
+        for dataset in ("omniglot", "fashion-mnist"):
+            z = [r["noise"]["z"] for r in rows if r["algo"] == algo and r["dataset"] == dataset]
+            if len(z) > 1:
+                parts.append(f"{algo} on {dataset}: z = {np.mean(z):+.1f} ± {np.std(z, ddof=1):.1f} (sd over {len(z)} seeds)")
+    return ("Over seeds: " + "; ".join(parts) + ".") if parts else ""
