@@ -69,6 +69,10 @@ def test_committed_runs_describe_each_folder_from_the_folder(tmp_path):
     (dest / "influence" / "key.safetensors").write_bytes(b"")  # a shipped fit (fits.shipped_fit_path) makes it fitted
     [fitted] = committed_runs(tmp_path)
     assert fitted.fitted and fitted.description.endswith("its influence fit ships with it.")
+    (dest / "row.json").write_text(json.dumps({"noise": {"proper": 81, "total": 128, "z": 3.0}}))  # an evaluated run
+    [evaluated] = committed_runs(tmp_path)
+    assert evaluated.result and "; in 81 of its 128 test tasks the pure-noise training tasks scored below the normal ones " \
+        "on average (the paper: 112.6); its influence fit ships with it." in evaluated.description  # fmt: skip
 
 
 def test_the_repository_lists_its_committed_runs():

@@ -320,6 +320,10 @@ def committed_runs(root: str | Path = ROOT) -> list[CommittedRun]:
             progress = (f"trained {done:,} of {row.steps:,} meta-batches so far (partial)" if done < row.steps
                         else f"fully trained ({row.steps:,} meta-batches)")  # fmt: skip
             fit = "its influence fit ships with it" if fitted else "no influence fit ships with it"
+            if status["result"]:  # evaluated: what its noise test found, beside the paper's
+                n = json.loads((directory / RESULT_FILE).read_text(encoding="utf-8"))["noise"]
+                progress += (f"; in {n['proper']} of its {n['total']} test tasks the pure-noise training tasks scored below the "
+                             f"normal ones on average (the paper: {row.proper[0]:g})")  # fmt: skip
             description = (f"The paper's own setting (TLXML {row.table}): {learner} on {meta['dataset']['name'].capitalize()}, "
                            f"{tc['train_tasks']:,} training tasks{corrupted}, seed {tc['seed']} — {progress}; {fit}.")  # fmt: skip
             out.append(CommittedRun(directory, row.key, seed, done, row.steps, fitted, status["result"], description))
