@@ -577,12 +577,40 @@ def test_score_table(
     return entry.load_or_compute(compute)[0]["scores"].double().numpy()
 
 
+def test_task_entry(run: Run, name: str, config: CompareConfig, test_id: int) -> CacheEntry:
+    """Where method ``name``'s scores for the single test task ``test_id`` live when its whole test
+    table is not wanted (a method whose table costs hours: one test task's scores as a job)."""
+    settings = {**config.to_dict(), "test_tasks": run.test_tasks.fingerprint(), "test_id": int(test_id)}
+    return _cache_entry(run, f"{name}:test-task", settings)
+
+
+def test_task_scores(run: Run, name: str, config: CompareConfig, test_id: int) -> np.ndarray:
+    """``method_scores`` for the single test task ``test_id``, computed once and kept on disk
+    (``test_task_entry``): row ``test_id`` of the test table, for one test task only."""
+    method = get_method(name)
+
+    def compute() -> tuple[dict[str, Tensor], dict[str, Any]]:
+        scores = np.asarray(method.scores(run, Target((int(test_id),)), config)[0], dtype=np.float64)
+        return {"scores": torch.from_numpy(scores)}, {"method": name, "test_id": int(test_id)}
+
+    return test_task_entry(run, name, config, test_id).load_or_compute(compute)[0]["scores"].numpy()
+
+
 def _table_row(run: Run, target: Target, name: str, config: CompareConfig) -> np.ndarray | None:
-    """Row ``i`` of a complete (cached or shipped) test table when ``target`` is the single test task ``i``."""
+    """Row ``i`` of a complete (cached or shipped) test table, or the test task's own stored scores
+    (``test_task_scores``), when ``target`` is the single test task ``i``; None when neither is on disk."""
     if target.split != "test" or len(target.ids) != 1:
         return None
     entry = test_table_entry(run, name, config)
-    return entry.load()[0]["scores"][target.ids[0]].numpy().astype(np.float64) if entry.complete else None
+    if entry.complete:
+        return entry.load()[0]["scores"][target.ids[0]].numpy().astype(np.float64)
+    one = test_task_entry(run, name, config, target.ids[0])
+    return one.load()[0]["scores"].numpy() if one.complete else None
+
+
+def scores_on_disk(run: Run, name: str, config: CompareConfig, test_id: int) -> bool:
+    """True when method ``name``'s scores for test task ``test_id`` can be read without computing."""
+    return test_table_entry(run, name, config).complete or test_task_entry(run, name, config, test_id).complete
 
 
 def pair_agreement(a: np.ndarray, b: np.ndarray, k: int) -> dict[str, float]:

@@ -4,7 +4,8 @@ dispatched in the worker (``WORKS``): ``"fit"``, a TLXML influence fit (``submit
 ``"diagnostics"``, the landscape diagnostics over a run's training snapshots
 (``submit_diagnostics``); ``"xi_sweep"``, the Edit page's accuracy-versus-ξ curve of a blocked set
 (``submit_xi_sweep``); ``"removal"``, the Audit page's removed sets at one ξ (``submit_removal``);
-``"compare_table"``, a method's scores for every test task (``submit_compare_table``). Fits,
+``"compare_table"``, a method's scores for every test task (``submit_compare_table``) or for one
+(``"compare_test_task"``, ``submit_compare_test_task``). Fits,
 diagnostics and tables save partial state in their entry as they go and resume from it; a removal
 saves each set as it ends and resumes with the others; a sweep (seconds) saves its result once, and a
 cut one starts again. Submit, progress, cancel, liveness and retry are one code path for all.
@@ -330,6 +331,17 @@ def submit_compare_table(run: Run, name: str, config: Any) -> Job:
     return _submit_unless_done(entry.directory, entry.complete, "compare_table", run, config.to_dict(), method=name)
 
 
+def submit_compare_test_task(run: Run, name: str, config: Any, test_id: int) -> Job:
+    """A background job that scores every training task for the single test task ``test_id`` by method
+    ``name`` (``compare.test_task_scores``; for a method whose whole table would take hours); the job
+    already running for it if there is one; a *done* job without a process when the scores are on disk."""
+    from metainf_core.compare import get_method, scores_on_disk, test_task_entry
+
+    get_method(name)
+    return _submit_unless_done(test_task_entry(run, name, config, test_id).directory, scores_on_disk(run, name, config, test_id),
+                               "compare_test_task", run, config.to_dict(), method=name, test_id=int(test_id))  # fmt: skip
+
+
 def _submit_unless_done(directory: Path, done: bool, kind: str, run: Run, config: dict[str, Any], **extra: Any) -> Job:
     """A *done* job without a process when the entry already holds the result, else ``_submit``
     of the request of work ``kind`` (``WORKS``) on ``run`` with settings ``config`` (and ``extra``)."""
@@ -475,19 +487,34 @@ def _removal(worker: _Worker, request: dict[str, Any]) -> None:
                                progress=lambda done, total: worker.progress("sets", done, total))  # fmt: skip
 
 
-def _compare_table(worker: _Worker, request: dict[str, Any]) -> None:
-    from metainf_core.compare import TLXML_METHODS, CompareConfig, test_score_table, tlxml_config
+def _compare_request(request: dict[str, Any]) -> tuple[Run, str, Any]:
+    """The request's run, method and ``CompareConfig``; TLXML (Gauss-Newton) only on a fitted run
+    (a comparison never starts an hours-long fit on its own)."""
+    from metainf_core.compare import TLXML_METHODS, CompareConfig, tlxml_config
     from metainf_core.fits import is_fitted
 
-    run, name = _open(request), request["method"]
-    config = CompareConfig(**request["config"])
-    if TLXML_METHODS.get(name) == "gn" and not is_fitted(run, tlxml_config("gn", config)):  # hours: never on its own
+    run, name, config = _open(request), request["method"], CompareConfig(**request["config"])
+    if TLXML_METHODS.get(name) == "gn" and not is_fitted(run, tlxml_config("gn", config)):
         raise ConfigError("the influence fit for these settings is not computed yet: fit it first")
-    test_score_table(run, name, config, progress=lambda done, total: worker.progress("test_tasks", done, total))
+    return run, name, config
+
+
+def _compare_table(worker: _Worker, request: dict[str, Any]) -> None:
+    from metainf_core.compare import test_score_table
+
+    test_score_table(*_compare_request(request), progress=lambda done, total: worker.progress("test_tasks", done, total))
+
+
+def _compare_test_task(worker: _Worker, request: dict[str, Any]) -> None:
+    from metainf_core.compare import test_task_scores
+
+    worker.progress("test_tasks", 0, 1)
+    test_task_scores(*_compare_request(request), int(request["test_id"]))
+    worker.progress("test_tasks", 1, 1)
 
 
 WORKS = {"fit": _fit, "diagnostics": _diagnostics, "xi_sweep": _xi_sweep, "removal": _removal,
-         "compare_table": _compare_table}  # a request's kind -> the work that fills its entry
+         "compare_table": _compare_table, "compare_test_task": _compare_test_task}  # a request's kind -> the work that fills its entry
 
 
 def _dispatch(worker: _Worker, request: dict[str, Any]) -> None:

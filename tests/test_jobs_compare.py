@@ -112,3 +112,28 @@ def test_compare_page_scores_a_run_without_tables_as_jobs(small_run, job_cache):
         shown = next(m.value for m in at.metric if m.label.startswith("Same order? (Spearman)"))
         assert shown == f"{pair_agreement(*direct, 5)['spearman']:+.2f}", (test_id, shown)
     assert len([j for j in jobs.list_jobs(job_cache) if j.request.get("kind") == "compare_table"]) == 2
+
+
+def test_one_test_task_as_a_job_then_another_test_task_asks_again(small_run, job_cache):
+    """"Score test task i" scores only that test task (``compare.test_task_scores`` in a job): the page then
+    compares test task i with the direct scores' Spearman, and another test task offers the buttons again."""
+    from ui import COMPARE_CONFIG
+
+    run = open_run(small_run)
+    at = fit_from_page(page_with(PAGE, model_path=str(small_run)))
+    a, b = at.selectbox(key="compare_a").value, at.selectbox(key="compare_b").value
+    for n in (a, b):
+        at.button(key=f"compare_one_{n}").click().run()
+        assert not at.exception, at.exception
+    started = [j for j in jobs.list_jobs(job_cache) if j.request.get("kind") == "compare_test_task"]
+    assert sorted((j.request["method"], j.request["test_id"]) for j in started) == sorted([(a, 0), (b, 0)])
+    for j in started:
+        assert jobs.wait(j, timeout=600).state == "done", jobs.job_status(j.directory)
+    at.run()
+    assert not at.exception, at.exception
+    direct = [method_scores(run, Target((0,)), n, COMPARE_CONFIG) for n in (a, b)]
+    shown = next(m.value for m in at.metric if m.label.startswith("Same order? (Spearman)"))
+    assert shown == f"{pair_agreement(*direct, 5)['spearman']:+.2f}"
+    assert not table_entry(run, a, COMPARE_CONFIG).complete  # only test task 0 was scored
+    at.number_input(key="_test_task_input").set_value(5).run()
+    assert not at.exception and not at.metric and any(bt.key == f"compare_one_{a}" for bt in at.button)

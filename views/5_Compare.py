@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core import jobs
-from metainf_core.compare import METHODS, compare_methods, test_table_entry
+from metainf_core.compare import METHODS, compare_methods, scores_on_disk, test_task_entry
 from metainf_core.ranking import Target, ranking_table
 from metainf_core.lds_results import best_lds_method, compare_sentence
 from metainf_core.words import METHOD_HELP, method_name, percent, signed
@@ -68,20 +68,32 @@ def start_table(path: str, name: str) -> None:
     remember_job(jobs.submit_compare_table(get_run(path), name, CFG))
 
 
-# Each method's scores come from its test table (every test task at once; the demos ship theirs): a
-# method without one is scored for all test tasks by a background job, started with a click.
-missing = [n for n in (a, b) if not test_table_entry(run, n, CFG).complete]
+def start_test_task(path: str, name: str, test_id: int) -> None:
+    """Score this test task only with method ``name`` in the background (or join the job doing it)."""
+    remember_job(jobs.submit_compare_test_task(get_run(path), name, CFG, test_id))
+
+
+# Each method's scores come from its test table (every test task at once; the demos ship theirs) or from
+# this test task's stored scores: a method with neither is scored by a background job, started with a click.
+missing = [n for n in (a, b) if not scores_on_disk(run, n, CFG, test_id)]
 for n in missing:
-    job = jobs.job_status(jobs.compare_table_entry(run, n, CFG))
-    words = (f"Scoring all {len(run.train_tasks)} training tasks for each of the {n_test} test tasks with "
-             f"{method_name(n)} in the background: you can use other pages; the comparison appears here when it "
-             "ends, for every test task.")
-    if not running_job(job, TABLE_STAGES, f"scoring with {method_name(n)}", words):
-        st.info(f"{method_name(n)} has not scored this model's training tasks yet. It scores them for all {n_test} test "
-                "tasks at once, in the background, saving as it goes; afterwards every test task compares at once.")
-        last_job_note(job, f"Scoring with {method_name(n)}", "; the test tasks already scored are kept")
-        st.button(f"Score every test task with {method_name(n)}", key=f"compare_table_{n}", type="primary",
-                  on_click=start_table, args=(path, n))
+    table_job = jobs.job_status(jobs.compare_table_entry(run, n, CFG))
+    one_job = jobs.job_status(test_task_entry(run, n, CFG, test_id).directory)
+    running = table_job if table_job is not None and table_job.active else one_job
+    words = (f"Scoring all {len(run.train_tasks)} training tasks with {method_name(n)} in the background "
+             f"({'for each of the ' + str(n_test) + ' test tasks' if running is table_job else f'for test task {test_id}'}): "
+             "you can use other pages; the comparison appears here when it ends.")
+    if not running_job(running, TABLE_STAGES, f"scoring with {method_name(n)}", words):
+        st.info(f"{method_name(n)} has not scored this model's training tasks for test task {test_id} yet. Score this test "
+                f"task alone, or all {n_test} test tasks at once (longer; afterwards every test task compares at once). "
+                "Both run in the background and are kept.")
+        last_job_note(table_job, f"Scoring with {method_name(n)}", "; the test tasks already scored are kept")
+        last_job_note(one_job, f"Scoring test task {test_id} with {method_name(n)}")
+        o1, o2 = st.columns(2)
+        o1.button(f"Score test task {test_id} with {method_name(n)}", key=f"compare_one_{n}", type="primary",
+                  on_click=start_test_task, args=(path, n, test_id), width="stretch")
+        o2.button(f"Score all {n_test} test tasks with {method_name(n)}", key=f"compare_table_{n}",
+                  on_click=start_table, args=(path, n), width="stretch")
 if missing:
     st.stop()
 
