@@ -90,10 +90,10 @@ for n in missing:
         last_job_note(table_job, f"Scoring with {method_name(n)}", "; the test tasks already scored are kept")
         last_job_note(one_job, f"Scoring test task {test_id} with {method_name(n)}")
         o1, o2 = st.columns(2)
-        o1.button(f"Score test task {test_id} with {method_name(n)}", key=f"compare_one_{n}", type="primary",
-                  on_click=start_test_task, args=(path, n, test_id), width="stretch")
-        o2.button(f"Score all {n_test} test tasks with {method_name(n)}", key=f"compare_table_{n}",
-                  on_click=start_table, args=(path, n), width="stretch")
+        o1.button(f"Score test task {test_id}", key=f"compare_one_{n}", type="primary", on_click=start_test_task,
+                  args=(path, n, test_id), width="stretch", help=f"With {method_name(n)}, this test task only")
+        o2.button(f"Score all {n_test} test tasks", key=f"compare_table_{n}", on_click=start_table, args=(path, n),
+                  width="stretch", help=f"With {method_name(n)}, every test task (longer)")
 if missing:
     st.stop()
 
