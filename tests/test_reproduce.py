@@ -421,7 +421,10 @@ def test_dataset_check_reading_follows_its_rule():
     assert "only one dataset" in reading([r("omniglot", 3.1)])
     medium = {"tables": [{"rows": [["protonet", "fashion-mnist", 1024, 128, "0.797 ± 0.000", "68.0 ± 0.0 / 128", "0.7 ± 0.0 σ", "5.66", 1]]}]}
     text = render([r("omniglot", 3.1)], medium)
-    assert "| protonet | fashion-mnist | 0 | 0.797 | 68.0 / 128 | 0.7 σ | medium e2 section |" in text
+    assert "| protonet | fashion-mnist | 0 | 0.797 | 68 / 128 | +0.7 σ | medium e2 section |" in text
+    assert "Over seeds: protonet on omniglot" not in text  # one seed each: no spread to state
+    spread = render([r("omniglot", 3.1), r("omniglot", 1.0, 1)], medium)
+    assert "Over seeds: protonet on omniglot: z = +2.0 ± 1.5 (sd over 2 seeds)." in spread
     assert "| protonet | omniglot (5-way) | 0 | 0.900 | 82 / 128 | +3.1 σ |" in text
     assert "the dataset, not the method" in text
 

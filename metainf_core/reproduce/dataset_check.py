@@ -103,7 +103,8 @@ def render(results: list[dict[str, Any]], medium_e2: dict[str, Any] | None) -> s
             algo, dataset, proper, z = r[0], r[1], r[5], r[6]
             if algo in {x["algo"] for x in results} and not any(x["dataset"] == dataset and x["seed"] == 0 and x["algo"] == algo for x in results):
                 one = [re.sub(r" ± 0\.0+(?=\D|$)", "", str(cell)) for cell in (r[4], proper, z)]  # one seed: no spread
-                lines.append(f"| {algo} | {dataset} | 0 | {one[0]} | {one[1]} | {one[2]} | medium e2 section |")
+                (count, tests), zf = (c.strip() for c in one[1].split("/")), float(one[2].split()[0])  # "68.0 / 128", "0.7 σ"
+                lines.append(f"| {algo} | {dataset} | 0 | {one[0]} | {float(count):.0f} / {tests} | {zf:+.1f} σ | medium e2 section |")
                 rows.append({"algo": algo, "dataset": dataset, "seed": 0, "noise": {"z": float(z.split()[0])}})
     for r in results:
         n = r["noise"]
