@@ -56,6 +56,7 @@ skipped = {n: r for n, r in reasons.items() if r}
 if skipped:
     st.caption("Not applicable to this model: " + "; ".join(f"**{method_name(n)}**" for n in skipped)
                + " (see “For researchers” below for why).")
+st.markdown(compare_sentence(best_lds_method(run)))  # before any scoring: which method retraining bears out on models trained like this one
 if a == b:
     st.info("Choose two different methods.")
     st.stop()
@@ -118,7 +119,6 @@ m4.metric(f"Same {res['k']} most harmful", percent(pair["top_k_harmful_overlap"]
 st.caption("A correlation near 0 means the two methods tell different stories about this test task. When they disagree, "
            "prefer the one you can check: the Validate page tests TLXML's rankings on this model (does a training task "
            "find itself, do pure-noise tasks score apart).")
-st.markdown(compare_sentence(best_lds_method(run)))  # which method retraining bears out on models trained like this one
 
 scores = {n: np.asarray(res["methods"][n]["scores"]) for n in (a, b)}
 cols = st.columns(2)
