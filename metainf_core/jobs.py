@@ -463,13 +463,20 @@ def _diagnostics(worker: _Worker, request: dict[str, Any]) -> None:
 def _fitted(request: dict[str, Any]) -> tuple[Run, Any, InfluenceConfig]:
     """The request's run, its fit (``TaskInfluence``) and the fit's settings, in the order the edit
     functions take them: an edit's job never starts an hours-long fit on its own."""
-    from metainf_core.fits import fit_influence, is_fitted
+    from metainf_core.fits import fit_influence
 
     run = _open(request)
-    cfg = InfluenceConfig.from_dict(request["config"])
+    cfg = _require_fit(run, InfluenceConfig.from_dict(request["config"]))
+    return run, fit_influence(run, cfg), cfg
+
+
+def _require_fit(run: Run, cfg: InfluenceConfig) -> InfluenceConfig:
+    """``cfg`` when its fit of ``run`` is cached or shipped; else ConfigError (no job fits on its own)."""
+    from metainf_core.fits import is_fitted
+
     if not is_fitted(run, cfg):
         raise ConfigError("the influence fit for these settings is not computed yet: fit it first")
-    return run, fit_influence(run, cfg), cfg
+    return cfg
 
 
 def _xi_sweep(worker: _Worker, request: dict[str, Any]) -> None:
@@ -491,11 +498,10 @@ def _compare_request(request: dict[str, Any]) -> tuple[Run, str, Any]:
     """The request's run, method and ``CompareConfig``; TLXML (Gauss-Newton) only on a fitted run
     (a comparison never starts an hours-long fit on its own)."""
     from metainf_core.compare import TLXML_METHODS, CompareConfig, tlxml_config
-    from metainf_core.fits import is_fitted
 
     run, name, config = _open(request), request["method"], CompareConfig(**request["config"])
-    if TLXML_METHODS.get(name) == "gn" and not is_fitted(run, tlxml_config("gn", config)):
-        raise ConfigError("the influence fit for these settings is not computed yet: fit it first")
+    if TLXML_METHODS.get(name) == "gn":
+        _require_fit(run, tlxml_config("gn", config))
     return run, name, config
 
 

@@ -297,8 +297,9 @@ if not req or req["path"] != path:
 
 rk, rkind, rxi, rlabel = req["k"], req["kind"], req["xi"], KIND_LABEL[req["kind"]]
 mean_helpfulness = suspicion(path, "mean")  # for the first-order prediction below
-if not removal_evaluated(run, influence_config(path), sets_for(path, rkind, rk), rxi):
-    job = jobs.job_status(jobs.removal_entry(run, influence_config(path), sets_for(path, rkind, rk), rxi))
+requested_sets = sets_for(path, rkind, rk)
+if not removal_evaluated(run, influence_config(path), requested_sets, rxi):
+    job = jobs.job_status(jobs.removal_entry(run, influence_config(path), requested_sets, rxi))
     if not running_job(job, REMOVAL_STAGES, "removal", f"Testing the model without the {rk} most suspicious tasks ({rlabel}, "
                        f"ξ = {rxi:+g}) and without {DRAWS} random sets of {rk}, each on all {n_test} test tasks, in the "
                        "background: you can change the settings above or use other pages; the results appear here when it ends."):
