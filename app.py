@@ -23,7 +23,8 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from metainf_core.jobs import job_slots, usable_cores
+from metainf_core.evaluation import usable_cores
+from metainf_core.jobs import job_slots
 
 SERVER_THREADS = int(os.environ.get("METAINF_SERVER_THREADS", max(1, usable_cores() - job_slots())))
 if torch.get_num_threads() != SERVER_THREADS:  # app.py runs on every page run: set once

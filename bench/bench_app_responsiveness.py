@@ -43,6 +43,17 @@ def main() -> None:
     fit_influence(open_run(DEMO), DEFAULT_INFLUENCE)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; demo {DEMO.name}")
 
+    # one evaluation of every test task, batches one after another vs on the usable cores' threads
+    from metainf_core.evaluation import default_eval_workers
+
+    for demo in (DEMO, DEMO.parent / "maml-fashion-mnist"):
+        r = open_run(demo)
+        r.evaluate()
+        serial = statistics.median(timed(lambda r=r: r.evaluate(workers=1)) for _ in range(args.repeats))
+        pooled = statistics.median(timed(r.evaluate) for _ in range(args.repeats))
+        print(f"evaluate all {len(r.test_tasks)} test tasks of {demo.name}: 1 worker {serial:.3f} s, "
+              f"{default_eval_workers('cpu')} workers {pooled:.3f} s ({serial / pooled:.2f}× faster)")
+
     # what the browser reruns on a ξ move: only the st.fragment (apply the cached Σ I_meta, evaluate)
     import numpy as np
 

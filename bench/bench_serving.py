@@ -4,7 +4,9 @@ sessions (Playwright, Debian's chromium), timing what a viewer waits for.
 Prints the seconds from opening a shared Explain link on the bundled ProtoNet demo until its
 ranking shows ("most helpful" heading and the #1 task): one viewer alone; one viewer while
 another session's influence fit runs as a background job; 1, 4 and 8 viewers opening at once
-(p50, p95, max) — and each figure's ratio to the alone baseline measured in the same run. Then the
+(p50, p95, max) — and each figure's ratio to the alone baseline measured in the same run — beside
+the floor: 1, 4 and 8 visitors opening a bare Streamlit page that shows only the awaited text
+(Streamlit's and the browsers' own cost on this machine, which no change to metainf lowers). Then the
 ξ-edit latency (key press on the Edit page's ξ slider until its result is redrawn and the app idle)
 with 4 viewers editing at once, and the click-to-settle time of each click issue 25 listed as slow
 (one viewer: the click until the expected result shows and the app is idle; a background job's
@@ -49,9 +51,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+FLOOR_APP = """import streamlit as st
+st.title("Explain a test task")
+st.subheader("5 most helpful")
+st.markdown("**#1 ·** training task 0")
+"""  # what time_to_ranking waits for, and nothing else: Streamlit's own cost of opening a page
+
+
+def start_server(env: dict[str, str], app: str | Path = "app.py") -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port), "--server.headless", "true",
                              "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 90
@@ -103,10 +112,24 @@ def in_browsers(n: int, prepare, measure) -> list:  # noqa: ANN001 - callables
     return results
 
 
-def viewers_at_once(server: str, n: int, test0: int) -> list[float]:
+def viewers_at_once(server: str, n: int, test0: int, link: str = LINK) -> list[float]:
     """n visitors opening a shared Explain link at once: each one's time until the ranking shows."""
     return in_browsers(n, lambda browser, i: browser,
-                       lambda browser, i: time_to_ranking(browser, server + LINK.format(test=(test0 + i) % 128)))
+                       lambda browser, i: time_to_ranking(browser, server + link.format(test=(test0 + i) % 128)))
+
+
+def streamlit_floor(env: dict[str, str], counts: tuple[int, ...]) -> dict[int, list[float]]:
+    """n visitors at once opening a bare Streamlit page that shows only what ``time_to_ranking`` waits
+    for: the browsers' and Streamlit's own share of each viewers row, on this machine."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-serving-floor-"))
+    (folder / "floor.py").write_text(FLOOR_APP, encoding="utf-8")
+    proc, server = start_server(env, folder / "floor.py")
+    try:
+        viewers_at_once(server, 1, 0, "/")  # warm-up
+        return {n: viewers_at_once(server, n, 0, "/") for n in counts}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -266,7 +289,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3, help="repetitions of the one-viewer baseline")
     ap.add_argument("--skip-fit", action="store_true", help="leave out the during-a-fit measurement")
-    ap.add_argument("--only", choices=("viewers", "edits", "clicks"), help="one part only (the alone baseline always runs)")
+    ap.add_argument("--only", choices=("viewers", "floor", "edits", "clicks"), help="one part only (the alone baseline always runs)")
     ap.add_argument("--moves", type=int, default=5, help="ξ moves per editor")
     a = ap.parse_args()
     cache = Path(tempfile.mkdtemp(prefix="bench-serving-cache-"))
@@ -302,6 +325,9 @@ def main() -> None:
             target = {4: 4.0, 8: 6.0}.get(n)
             print(f"{n} viewer{'s' if n > 1 else ' '} at once:            {stats(times)}   max/alone {max(times) / base:4.2f}"
                   + (f" (target: all ≤ {target:.0f} s)" if target else "") + cpu_words(cpu_server, cpu_all, n))
+        if a.only in (None, "viewers", "floor"):
+            for n, times in streamlit_floor(env, (1, 4, 8)).items():
+                print(f"floor, {n} at once (a bare Streamlit page): {stats(times)}   — what any Streamlit page costs here")
         if a.only in (None, "edits"):
             one = editors_at_once(server, 1, a.moves)
             four, cpu_server, cpu_all = cpu_share(proc.pid, lambda: editors_at_once(server, 4, a.moves))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +73,31 @@ def default_eval_batch(device: torch.device | str) -> int:
     return 64 if torch.device(device).type == "cuda" else 8
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_eval_workers(device: torch.device | str) -> int:
+    """Batches evaluated at once on the CPU: the usable cores over torch's intra-op threads, so a
+    server at one thread per session (app.py) still gives one viewer's evaluation every core (2.2×
+    faster for the MAML demo on 2 cores; bench/bench_app_responsiveness.py); 1 on a GPU."""
+    if torch.device(device).type == "cuda":
+        return 1
+    return max(1, usable_cores() // max(1, torch.get_num_threads()))
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One lasting pool for every evaluation of the process (its threads keep their network copies, learners.call_network)."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < workers:  # noqa: SLF001 - no public size
+        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="metainf-eval")
+    return _POOL
+
+
 def evaluate_tasks(
     metrics_fn: BatchedMetrics,
     params: Params,
@@ -79,16 +106,24 @@ def evaluate_tasks(
     task_ids: np.ndarray | list[int] | None = None,
     batch_size: int | None = None,
     device: torch.device | str = "cpu",
+    workers: int | None = None,
 ) -> TaskMetrics:
     """Run ``metrics_fn`` (from ``create_batched_task_metrics_function``) over tasks in batches
-    (``batch_size`` tasks per call; default ``default_eval_batch(device)``)."""
+    (``batch_size`` tasks per call; default ``default_eval_batch(device)``), ``workers`` batches
+    at once on threads (default ``default_eval_workers``). Each batch is computed alone, so the
+    numbers do not depend on ``workers``."""
     batch_size = batch_size or default_eval_batch(device)
     ids = np.arange(len(taskset)) if task_ids is None else np.asarray(task_ids, dtype=np.int64)
-    losses, accs = [], []
-    with torch.no_grad():
-        for start in range(0, len(ids), batch_size):
-            batch = taskset.batch(ids[start : start + batch_size], dataset).to(device)
+    chunks = [ids[start : start + batch_size] for start in range(0, len(ids), batch_size)]
+
+    def one(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():  # grad mode is per thread
+            batch = taskset.batch(chunk, dataset).to(device)
             loss, acc = metrics_fn(params, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-            losses.append(loss.cpu().numpy())
-            accs.append(acc.cpu().numpy())
-    return TaskMetrics(ids, np.concatenate(losses), np.concatenate(accs))
+            return loss.cpu().numpy(), acc.cpu().numpy()
+
+    workers = min(len(chunks), workers or default_eval_workers(device))
+    out = list(_pool(workers).map(one, chunks)) if workers > 1 else [one(c) for c in chunks]
+    if not out:
+        return TaskMetrics(ids, np.zeros(0), np.zeros(0))
+    return TaskMetrics(ids, np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out]))

@@ -55,6 +55,7 @@ from typing import IO, TYPE_CHECKING, Any
 from metainf_core.cache import INFO, RESULT
 from metainf_core.config import InfluenceConfig
 from metainf_core.data.base import REPO_ROOT
+from metainf_core.evaluation import usable_cores
 from metainf_core.exceptions import ConfigError, MetainfError
 from metainf_core.io import write_json_atomic
 
@@ -119,11 +120,6 @@ class Job:
 
 
 # ---- the server side: submit, read, cancel, retry --------------------------------------------
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def job_slots() -> int:
     """Jobs that run at once: ``$METAINF_JOB_SLOTS``, else one per spare core (the usable cores
     less one for the server), at least 1."""

@@ -69,11 +69,13 @@ class Run:
 
         return TaskMetrics.from_tensors(self.as_trained_entry().load_or_compute(compute)[0])
 
-    def evaluate(self, params: Params | None = None, split: str = "test", task_ids=None, batch_size: int | None = None) -> TaskMetrics:
-        """Per-task query loss/accuracy of ``params`` (default ω̂) on the chosen taskset."""
+    def evaluate(
+        self, params: Params | None = None, split: str = "test", task_ids=None, batch_size: int | None = None, workers: int | None = None
+    ) -> TaskMetrics:
+        """Per-task query loss/accuracy of ``params`` (default ω̂) on the chosen taskset (``evaluation.evaluate_tasks``)."""
         ts = self.test_tasks if split == "test" else self.train_tasks
         return evaluate_tasks(
-            self.batched_metrics, self.params if params is None else params, ts, self.dataset, task_ids, batch_size, self.device
+            self.batched_metrics, self.params if params is None else params, ts, self.dataset, task_ids, batch_size, self.device, workers
         )
 
 

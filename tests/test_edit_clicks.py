@@ -167,3 +167,26 @@ def test_the_demos_ship_every_default_audit_removal(demo, tmp_path, monkeypatch)
     shipped, here = stored_blocked_evaluation(run, inf, cfg, sets[0], -1.0), blocked_evaluation(run, inf, sets[0], -1.0)
     np.testing.assert_allclose(shipped.loss, here.loss, rtol=1e-5, atol=1e-6)
     assert np.abs(shipped.accuracy - here.accuracy).sum() <= 2 / 15
+
+
+@pytest.mark.parametrize("demo", ["protonet-fashion-mnist", "maml-fashion-mnist"])
+def test_the_demos_ship_each_test_tasks_default_edit(demo, tmp_path, monkeypatch):
+    """The Edit page's default click, "Block the 16 most harmful" at ξ = -1, reads shipped metrics from an
+    empty cache for every test task (the sets taken from the shipped test table, whose orders equal
+    scoring each test task alone: see above), and test task 5's are its evaluation here."""
+    from metainf_core.detect import blocked_evaluation, lowest_ids, removal_evaluated, stored_blocked_evaluation
+    from metainf_core.fits import test_scores_entry
+    from metainf_core.ranking import Target, all_scores, fit_test_table
+    from ui import DEFAULT_EDIT
+
+    run, inf, cfg = opened(demo, tmp_path, monkeypatch)
+    k, xi = DEFAULT_EDIT["edit_k"], DEFAULT_EDIT["edit_xi_block"]
+    table = fit_test_table(run, inf, cfg.dtype, test_scores_entry(run, cfg))
+    sets = [lowest_ids(row, k) for row in table]
+    assert len(sets) == len(run.test_tasks) and removal_evaluated(run, cfg, sets, xi)
+    page_set = lowest_ids(all_scores(run, inf, Target((5,)), cfg.dtype), k)  # what the page computes
+    np.testing.assert_array_equal(page_set, sets[5])
+    shipped, here = stored_blocked_evaluation(run, inf, cfg, page_set, xi), blocked_evaluation(run, inf, page_set, xi)
+    np.testing.assert_allclose(shipped.loss, here.loss, rtol=1e-5, atol=1e-6)
+    assert np.abs(shipped.accuracy - here.accuracy).sum() <= 2 / 15
+    assert not removal_evaluated(run, cfg, [lowest_ids(table[5], k + 1)], xi)  # a set not shipped is not on disk

@@ -4,9 +4,11 @@ landscape diagnostics and the ξ sweep. Real data: the bundled ProtoNet Fashion-
 shipped fit (128 test tasks), at a ξ whose removals are not shipped.
 
 Tolerance: the job evaluates the same float32 network on the same weights, fit and tasks in
-another process (one intra-op thread, as here); only float32 rounding in BLAS kernels picked per
-process may differ, ~1e-7 relative a product, so metrics are compared at rtol 1e-6. A wrong set,
-ξ or fit moves a loss by > 1e-3 and an accuracy by ≥ 1/15 of a task's queries.
+another process (one intra-op thread, as here); only float32 rounding that depends on the process
+(the kernels picked, buffer alignment in reductions) may differ: measured ≤ 1.0e-6 absolute on a loss
+(4.2e-6 relative, on a loss of 0.013) on an AMD EPYC on 2026-12-07, so losses are compared at atol
+1e-5 (+ rtol 1e-6). A wrong set, ξ or fit moves a loss by > 1e-3 and an accuracy by ≥ 1/15 of a
+task's queries.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ def test_same_sets_share_one_job_whose_metrics_are_the_direct_edits(demo_fitted,
     for s, metrics in zip(sets, stored, strict=True):
         here = blocked_evaluation(run, inf, s, XI)
         np.testing.assert_array_equal(metrics.task_ids, here.task_ids)
-        np.testing.assert_allclose(metrics.loss, here.loss, rtol=1e-6, atol=0)
-        np.testing.assert_allclose(metrics.accuracy, here.accuracy, rtol=1e-6, atol=0)
+        np.testing.assert_allclose(metrics.loss, here.loss, rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(metrics.accuracy, here.accuracy, rtol=1e-6, atol=1e-5)
     assert stored[0].summary()["accuracy"] != stored[1].summary()["accuracy"] or not np.array_equal(stored[0].loss, stored[1].loss)
 
 

@@ -4,9 +4,10 @@ landscape diagnostics (tests/test_jobs.py, tests/test_jobs_diagnostics.py). Real
 ProtoNet Fashion-MNIST demo with its shipped fit (128 test tasks).
 
 Tolerance: the job evaluates the same float32 network on the same weights, fit and tasks in
-another process (one intra-op thread, as here); only float32 rounding in BLAS kernels picked per
-process may differ, ~1e-7 relative a product, so curves are compared at rtol 1e-6. A wrong ξ, set
-or fit moves a loss by > 1e-3 and an accuracy by ≥ 1/15 of a task's queries.
+another process (one intra-op thread, as here); only float32 rounding that depends on the process
+(the kernels picked, buffer alignment in reductions) may differ: measured ≤ 1.0e-6 absolute on a loss
+(4.2e-6 relative) on an AMD EPYC on 2026-12-07, so curves are compared at atol 1e-5 (+ rtol 1e-6). A
+wrong ξ, set or fit moves a loss by > 1e-3 and an accuracy by ≥ 1/15 of a task's queries.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def test_same_key_submissions_share_one_job_whose_sweep_is_the_in_process_sweep(
 
     here = xi_sweep(evaluate, scores, block, TEST_TASK)
     for f in fields(here):
-        np.testing.assert_allclose(getattr(from_job, f.name), getattr(here, f.name), rtol=1e-6, atol=0, err_msg=f.name)
+        np.testing.assert_allclose(getattr(from_job, f.name), getattr(here, f.name), rtol=1e-6, atol=1e-5, err_msg=f.name)
     assert from_job.taskset_accuracy[XI_SWEEP.index(0.0)] == run.as_trained.summary()["accuracy"]  # ξ = 0: as trained, bit for bit
 
 

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from metainf_core import jobs
+from metainf_core.detect import lowest_ids, stored_blocked_evaluation
 from metainf_core.edit import (
     XI_SWEEP,
     EditSpec,
@@ -35,6 +36,7 @@ from metainf_core.edit_words import FIGURES, disagreement, edit_sentence, figure
 from metainf_core.ranking import Target, all_scores, ranking_table
 from metainf_core.words import CHANGE_DIGITS, outcome, plural, signed, xi_curve_words
 from ui import (
+    DEFAULT_EDIT,
     DEFAULT_INFLUENCE,
     XI_SWEEP_STAGES,
     describe_task,
@@ -54,7 +56,7 @@ from ui import (
 XI_RANGE = (-8.0, 8.0)
 PICK_ROWS = 8  # most harmful and most helpful tasks offered one by one
 BLOCK, ENHANCE = "edit_block", "edit_enhance"  # the chosen sets (non-widget keys)
-DEFAULTS = {"edit_xi_block": -1.0, "edit_xi_enhance": 1.0, "edit_k": 16}  # widget values Reset restores
+DEFAULTS = DEFAULT_EDIT  # widget values Reset restores
 CHOICES = {"keep": None, "block": BLOCK, "enhance": ENHANCE}
 
 st.set_page_config(page_title="metainf · Edit", layout="wide")
@@ -140,8 +142,14 @@ def edited(block: tuple[int, ...], enhance: tuple[int, ...], xi_b: float, xi_e: 
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def evaluate(path: str, block: tuple[int, ...] = (), enhance: tuple[int, ...] = (), xi_b: float = 0.0, xi_e: float = 0.0):  # noqa: ANN201
-    """Per-test-task loss and accuracy (arrays) and the taskset summary, of ω̂ (no sets) or of ω'."""
-    r = get_run(path).evaluate(edited(block, enhance, xi_b, xi_e)) if block or enhance else get_run(path).as_trained
+    """Per-test-task loss and accuracy (arrays) and the taskset summary, of ω̂ (no sets) or of ω'. A
+    blocked set alone is read from or saved to disk (``detect.stored_blocked_evaluation``): once per
+    run for every session, shared with the Audit page, and shipped by the demos for each test task's
+    default pick, so the first "Block the k most harmful" answers without evaluating."""
+    if block and not enhance:
+        r = stored_blocked_evaluation(get_run(path), inf, influence_config(path), block, xi_b)
+    else:
+        r = get_run(path).evaluate(edited(block, enhance, xi_b, xi_e)) if block or enhance else get_run(path).as_trained
     return r.loss, r.accuracy, r.summary()
 
 
@@ -184,7 +192,7 @@ q1, q2, q3, q4 = st.columns([1, 2, 2, 1], vertical_alignment="bottom")
 restore("edit_k", m)
 k = int(q1.number_input("How many (k)", 1, m, key="edit_k", on_change=remember, args=("edit_k",), help="How many tasks the quick picks take"))
 q2.button(f"Block the {k} most harmful", key="edit_pick_harmful", width="stretch",
-          on_click=lambda: move(order[::-1][: st.session_state["edit_k"]], BLOCK),
+          on_click=lambda: move(lowest_ids(scores, st.session_state["edit_k"]), BLOCK),
           help=f"The {k} training tasks that hurt test task {test_id} most")
 q3.button(f"Enhance the {k} most helpful", key="edit_pick_helpful", width="stretch",
           on_click=lambda: move(order[: st.session_state["edit_k"]], ENHANCE),
