@@ -193,7 +193,8 @@ def paper_fit_notice(paper: paper_rows.CommittedRun, run: Run, cfg: InfluenceCon
 
 def require_run(uses_test_task: bool = False) -> tuple[str, Run]:
     """The session's model (opened and cached), named in the sidebar with the test task when the
-    page uses one, both written to the URL so the link reopens the same view; or a message and stop."""
+    page uses one, both written to the URL (the test task on every page, so a shared link's test task
+    holds on the pages after it) so the link reopens the same view; or a message and stop."""
     path = current_model_path()
     try:
         run = get_run(path)
@@ -203,9 +204,9 @@ def require_run(uses_test_task: bool = False) -> tuple[str, Run]:
         st.stop()
     st.query_params["model"] = model_url_value(path)
     lines = [f"**Model:** {model_label(run)}"]
+    test_id = current_test_task(len(run.test_tasks))  # also where the page has none: a link's ?test= holds for the next page
+    st.query_params["test"] = str(test_id)
     if uses_test_task:
-        test_id = current_test_task(len(run.test_tasks))
-        st.query_params["test"] = str(test_id)
         lines.append(f"**Test task:** {test_id} of 0–{len(run.test_tasks) - 1}")
     st.sidebar.markdown("  \n".join(lines))
     show_link_notices()

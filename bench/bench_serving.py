@@ -56,6 +56,14 @@ st.title("Explain a test task")
 st.subheader("5 most helpful")
 st.markdown("**#1 ·** training task 0")
 """  # what time_to_ranking waits for, and nothing else: Streamlit's own cost of opening a page
+FLOOR_EDIT_APP = """import streamlit as st
+st.title("Edit")
+@st.fragment
+def effect():
+    xi = st.slider("ξ for blocked tasks", -8.0, 8.0, -1.0, 0.5)
+    st.markdown(f"Predicted by the influence scores alone: {xi:+.1f}")
+effect()
+"""  # what xi_moves presses and waits for, and nothing else: Streamlit's own cost of a slider move
 
 
 def start_server(env: dict[str, str], app: str | Path = "app.py") -> tuple[subprocess.Popen, str]:
@@ -118,15 +126,32 @@ def viewers_at_once(server: str, n: int, test0: int, link: str = LINK) -> list[f
                        lambda browser, i: time_to_ranking(browser, server + link.format(test=(test0 + i) % 128)))
 
 
+def floor_server(env: dict[str, str], app: str) -> tuple[subprocess.Popen, str]:
+    """A server of a bare Streamlit page (``app``'s source) that shows only what a measurement waits for."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-serving-floor-"))
+    (folder / "floor.py").write_text(app, encoding="utf-8")
+    return start_server(env, folder / "floor.py")
+
+
 def streamlit_floor(env: dict[str, str], counts: tuple[int, ...]) -> dict[int, list[float]]:
     """n visitors at once opening a bare Streamlit page that shows only what ``time_to_ranking`` waits
     for: the browsers' and Streamlit's own share of each viewers row, on this machine."""
-    folder = Path(tempfile.mkdtemp(prefix="bench-serving-floor-"))
-    (folder / "floor.py").write_text(FLOOR_APP, encoding="utf-8")
-    proc, server = start_server(env, folder / "floor.py")
+    proc, server = floor_server(env, FLOOR_APP)
     try:
         viewers_at_once(server, 1, 0, "/")  # warm-up
         return {n: viewers_at_once(server, n, 0, "/") for n in counts}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def edit_floor(env: dict[str, str], n: int, moves: int) -> list[float]:
+    """n editors at once moving a bare Streamlit slider whose fragment redraws one line: the floor of
+    the ξ-edit rows (no evaluation at all)."""
+    proc, server = floor_server(env, FLOOR_EDIT_APP)
+    try:
+        return [t for ts in in_browsers(n, lambda browser, i: opened(browser, server, "Predicted by")[1],
+                                        lambda page, i: xi_moves(page, moves)) for t in ts]  # fmt: skip
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -230,37 +255,46 @@ def editors_at_once(server: str, n: int, moves: int) -> list[float]:
     return [t for ts in in_browsers(n, prepare, lambda page, i: xi_moves(page, moves)) for t in ts]
 
 
-def slow_clicks(server: str) -> dict[str, float]:
-    """Click-to-settle of each click issue 25 listed as slow, one viewer, demos from an empty cache."""
+def slow_clicks(server: str, repeats: int = 5) -> dict[str, list[float]]:
+    """Click-to-settle of each click issue 25 listed as slow, one viewer, demos from an empty cache:
+    the interactive ones ``repeats`` times (new test tasks; the Edit block in a new session each time,
+    as each visitor's first click), the jobs once."""
     from playwright.sync_api import sync_playwright
 
-    out: dict[str, float] = {}
+    out: dict[str, list[float]] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         _, page = opened(browser, f"{server}/Explain?model={MAML}&test=0", "#1 ·")
         sidebar = page.locator('[data-testid="stSidebarUserContent"]')
-        was = sidebar.inner_text()
-        page.get_by_role("button", name="Random test task").first.click()
-        out["Explain · Random test task (MAML)"] = until_ready(page, lambda: sidebar.inner_text() != was and page.get_by_text("#1 ·").first.is_visible(), 120)
+        clicks = out["Explain · Random test task (MAML)"] = []
+        for _ in range(repeats):
+            was = sidebar.inner_text()
+            page.get_by_role("button", name="Random test task").first.click()
+            clicks.append(until_ready(page, lambda: sidebar.inner_text() != was and page.get_by_text("#1 ·").first.is_visible(), 120))
 
+        clicks = out["Edit · block the most harmful (MAML)"] = []
+        for t in range(repeats):
+            context, page = opened(browser, f"{server}/Edit?model={MAML}&test={t}", re.compile(r"Block the \d+ most harmful"))
+            clicks.append(block_most_harmful(page))
+            context.close()
         _, page = opened(browser, f"{server}/Edit?model={MAML}&test=0", re.compile(r"Block the \d+ most harmful"))
-        out["Edit · block the most harmful (MAML)"] = block_most_harmful(page)
-        out["Edit · one ξ move (MAML)"] = float(np.median(xi_moves(page, 3)))
+        block_most_harmful(page)
+        out["Edit · one ξ move (MAML)"] = xi_moves(page, repeats)
         page.get_by_role("button", name="Accuracy versus ξ (blocked set)").click()
-        out["Edit · accuracy versus ξ, a job (MAML)"] = until_ready(page, visible(page, re.compile(r"Test task \d+'s loss")))
+        out["Edit · accuracy versus ξ, a job (MAML)"] = [until_ready(page, visible(page, re.compile(r"Test task \d+'s loss")))]
 
         _, page = opened(browser, f"{server}/Audit?model={MAML}", "AUC")
         page.get_by_role("button", name="Remove the 64 most suspicious").click()
-        out["Audit · remove the 64 most suspicious (MAML, shipped)"] = until_ready(page, visible(page, re.compile(r"^Without the 64 most suspicious")))
+        out["Audit · remove the 64 most suspicious (MAML, shipped)"] = [until_ready(page, visible(page, re.compile(r"^Without the 64 most suspicious")))]
         page.get_by_role("spinbutton").first.fill("48")
         page.keyboard.press("Enter")
         until_ready(page, visible(page, "Remove the 48 most suspicious"))
         page.get_by_role("button", name="Remove the 48 most suspicious").click()
-        out["Audit · remove 48, a job (MAML)"] = until_ready(page, visible(page, re.compile(r"^Without the 48 most suspicious")))
+        out["Audit · remove 48, a job (MAML)"] = [until_ready(page, visible(page, re.compile(r"^Without the 48 most suspicious")))]
 
         page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        out["Validate · open (MAML)"] = goto_ready(page, f"{server}/Validate?model={MAML}", "2. Proper tests")
-        out["Compare · open (ProtoNet)"] = goto_ready(page, f"{server}/Compare?model={PROTONET}&test=3", "Spearman")
+        out["Validate · open (MAML)"] = [goto_ready(page, f"{server}/Validate?model={MAML}", "2. Proper tests")]
+        out["Compare · open (ProtoNet)"] = [goto_ready(page, f"{server}/Compare?model={PROTONET}&test=3", "Spearman")]
         browser.close()
     return out
 
@@ -334,9 +368,10 @@ def main() -> None:
             print(f"ξ edit, 1 editor:            {stats(one)}")
             print(f"ξ edit, 4 editors at once:   {stats(four)}   (target: p95 ≤ 1.5 s)" + cpu_words(cpu_server, cpu_all, 4)
                   + " (includes opening the page and blocking)")
+            print(f"floor, 4 editors at once (a bare slider): {stats(edit_floor(env, 4, a.moves))}   — what any Streamlit slider costs here")
         if a.only in (None, "clicks"):
             for what, took in slow_clicks(server).items():
-                print(f"click to settled · {what:<55} {took:6.2f} s")
+                print(f"click to settled · {what:<55} " + (stats(took) + f" (n = {len(took)})" if len(took) > 1 else f"{took[0]:6.2f} s"))
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -37,7 +37,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture()
-def server():
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """The dashboard on a free port with a disk cache of its own (what it needs is restored from the
+    demos' shipped copies), so every walk starts as a fresh server's first visitors: a job a walk
+    started earlier cannot have left its result behind."""
     if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
         pytest.fail("Chromium not found at /usr/bin/chromium: run `make setup` (it installs Debian's chromium) or `apt-get install chromium`")
     port = _free_port()
@@ -46,6 +49,7 @@ def server():
          "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],  # a file edited mid-walk must not reload modules under the running app
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "METAINF_CACHE": str(tmp_path_factory.mktemp("e2e-cache"))},
     )  # fmt: skip
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -229,6 +233,27 @@ def test_presenter_walk_in_chromium(demo_fitted, server, tmp_path):
         w.settle()
         page.get_by_role("button", name="Accuracy versus ξ (blocked set)").click()
         w.settle()
+
+        # ---- a second tab while the sweep runs as a job: its own session, usable at once, starting a job
+        # of its own (queued behind the sweep on one job slot) and seeing it end; the first tab meanwhile
+        # picks its curve up without a click
+        tab = context.new_page()
+        t2 = Walk(tab, shots)
+        tab.goto(f"{server}/Audit?model=protonet-fashion-mnist&test=7")
+        expect(tab.get_by_text("AUC", exact=True).first).to_be_visible(timeout=120_000)
+        t2.settle()
+        tab.get_by_role("spinbutton").first.fill("48")
+        tab.keyboard.press("Enter")
+        t2.settle()
+        tab.get_by_role("button", name="Remove the 48 most suspicious").click()
+        t2.settle()
+        expect(tab.get_by_text("Without the 48 most suspicious").first).to_be_visible(timeout=300_000)
+        t2.shot("second_tab_audit_job")
+        t2.nav("Explain")
+        assert t2.test_task() == 7 and w.test_task() == 5  # two sessions: each keeps its own test task
+        expect(tab.get_by_text("#1 ·").first).to_be_visible(timeout=120_000)
+        tab.close()
+        page.bring_to_front()
         expect(page.get_by_text("loss moved the way the influence scores predict", exact=False).first).to_be_visible(timeout=120_000)
         w.shot("edit")
         ckpt = w.download(lambda: page.get_by_role("button", name="Download the edited checkpoint").click(), 120_000)
