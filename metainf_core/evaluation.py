@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -80,22 +81,25 @@ def usable_cores() -> int:
 
 def default_eval_workers(device: torch.device | str) -> int:
     """Batches evaluated at once on the CPU: the usable cores over torch's intra-op threads, so a
-    server at one thread per session (app.py) still gives one viewer's evaluation every core (2.2×
-    faster for the MAML demo on 2 cores; bench/bench_app_responsiveness.py); 1 on a GPU."""
+    server at one thread per session (app.py) still gives one viewer's evaluation every core (2.4×
+    faster on both demos on 2 cores; bench/bench_app_responsiveness.py); 1 on a GPU."""
     if torch.device(device).type == "cuda":
         return 1
     return max(1, usable_cores() // max(1, torch.get_num_threads()))
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (its size, the pool)
+_POOL_LOCK = threading.Lock()  # sessions' threads may ask at once
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """One lasting pool for every evaluation of the process (its threads keep their network copies, learners.call_network)."""
+    """One lasting pool for every evaluation of the process (its threads keep their network copies,
+    learners.call_network); replaced by a larger one when more workers are asked for."""
     global _POOL
-    if _POOL is None or _POOL._max_workers < workers:  # noqa: SLF001 - no public size
-        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="metainf-eval")
-    return _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] < workers:
+            _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="metainf-eval"))
+        return _POOL[1]
 
 
 def evaluate_tasks(

@@ -68,3 +68,19 @@ def test_threads_ranking_different_test_tasks_get_the_serial_scores(demo: str):
             # agreement to 1e-5 of the largest score (rounding is ~1e-7 of it); a session that used
             # another's swapped-in parameters, or none, is off by O(1) or raises
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("demo", ["protonet-fashion-mnist", "maml-fashion-mnist"])
+def test_evaluation_on_worker_threads_is_the_serial_evaluation(demo: str):
+    """``evaluate_tasks`` runs its batches on a pool of threads (``default_eval_workers``); each batch
+    is computed alone, so 2 or 3 workers — also while 3 sessions evaluate at once — give the losses
+    and accuracies of one batch after another."""
+    run = open_run(REPO / "assets" / "demo" / demo, device="cpu")
+    serial = run.evaluate(workers=1)
+    for got in (run.evaluate(workers=2), run.evaluate(workers=3), *_at_once(lambda w: run.evaluate(workers=w), [2, 2, 3])):
+        # the same float32 kernels on the same batches; only which core runs them differs: agreement
+        # to 1e-6 relative (rounding differences would be ~1e-7); a batch evaluated with another
+        # thread's parameters or grad mode would be off by O(1e-2) or more
+        np.testing.assert_array_equal(got.task_ids, serial.task_ids)
+        np.testing.assert_allclose(got.loss, serial.loss, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(got.accuracy, serial.accuracy, rtol=0, atol=1e-9)
