@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli  # tests/helpers.py
+from helpers import positive_definite_damping, run_cli  # tests/helpers.py
 from scipy import stats
 from torch.func import grad
 
@@ -143,12 +143,9 @@ def test_matrix_free_task_if_and_direct_if_match_the_dense_solve(synthetic_run, 
     """Above MAX_EXACT_PARAMS task-IF / direct IF solve (H + λ_d I) x = g_i by CG on HVPs; forced here on
     a 63-parameter MAML where the dense solve fits, both must agree (issue 27 item 4)."""
     run = open_run(synthetic_run)
-    # λ_d must make H + λ_d I positive definite (asserted): then the dense positive-part pseudo-inverse is
-    # the plain inverse that CG converges to. λ_d = 2 did on an Intel Xeon; on an AMD EPYC the fixture's
-    # training (same seed, other rounding) ends where H's smallest eigenvalue is −3.8, so λ_d is raised
-    # until H + λ_d I's smallest eigenvalue is at least 1
-    smallest = float(compare.maml_task_if_fit(run, CompareConfig(damping=2.0)).eigenvalues.min())
-    lam, tol = 2.0 + max(0.0, 1.0 - smallest), 1e-10
+    # H + λ_d I positive definite (asserted; helpers.positive_definite_damping): then the dense
+    # positive-part pseudo-inverse is the plain inverse that CG converges to
+    lam, tol = positive_definite_damping(run), 1e-10
     dense_cfg = CompareConfig(damping=lam)
     assert compare.solver_for(run, dense_cfg) == "dense"
     assert compare.maml_task_if_fit(run, dense_cfg).num_negative == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import positive_definite_damping  # tests/helpers.py
 
 from metainf_core.compare import METHODS, CompareConfig, maml_task_if_fit, method_scores
 from metainf_core.ranking import Target
@@ -20,9 +21,9 @@ def cache(tmp_path, monkeypatch):
 
 def test_dattri_influence_at_task_level_matches_task_if(synthetic_run, cache):
     run = open_run(synthetic_run)
-    # λ = 2 makes H + λI positive definite on this run (asserted), so metainf's positive-part
-    # pseudo-inverse and dattri's plain solve are the same operator
-    cfg = CompareConfig(damping=2.0, max_iter=60)  # dattri-if-cg: min(60, q = 63) iterations
+    # H + λI positive definite on this run (asserted; helpers.positive_definite_damping), so metainf's
+    # positive-part pseudo-inverse and dattri's plain solve are the same operator
+    cfg = CompareConfig(damping=positive_definite_damping(run), max_iter=60)  # dattri-if-cg: min(60, q = 63) iterations
     assert maml_task_if_fit(run, cfg).num_negative == 0
     target = Target((4, 11))
     ours = method_scores(run, target, "task-if", cfg)
@@ -33,7 +34,7 @@ def test_dattri_influence_at_task_level_matches_task_if(synthetic_run, cache):
         print(f"\n{name}: {details}; max |diff| {err:.2e}, scale {scale:.2e}, Spearman-free check of order "
               f"{(np.argsort(theirs) == np.argsort(ours)).mean():.2f}")
         # dattri accumulates its score table in float32 (rel. 6e-8 per entry) and its CG runs a fixed
-        # 60 iterations on a system with κ(H + 2I) < 10³ (residual far below 1e-6): 1e-5 of the scale
+        # 60 iterations on a system with κ(H + λI) < 10³ (residual far below 1e-6): 1e-5 of the scale
         np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5 * scale)
     assert details["library"] == "dattri 0.3.0"
 
