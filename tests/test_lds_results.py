@@ -196,3 +196,18 @@ def test_cli_compare_prints_the_best_lds(like_best, monkeypatch, tmp_path):
     out = json.loads(done.stdout)["lds"]
     assert out["best"]["method"] == "tlxml-gn" and out["best"]["source"] == BEST and out["best"]["retrainings"] == 640
     assert "TLXML (Gauss-Newton) has the highest LDS: +0.27" in out["text"] and RESULTS.is_dir()
+
+
+def test_demo_rows_count_the_committed_retrainings(tmp_path):
+    """The report says how far a demo's LDS retrainings have come: the complete runs in its committed
+    work folder (an unfinished one does not count), or the cost when none has started."""
+    from metainf_core.reproduce.lds_report import demo_rows, retraining_folder
+
+    work = retraining_folder(tmp_path, "protonet-fashion-mnist") / "runs"
+    for name, complete in (("a", True), ("b", True), ("c", False)):
+        (work / name).mkdir(parents=True)
+        (work / name / "meta.json").write_text(json.dumps({"complete": complete}), encoding="utf-8")
+    rows = {r.split(" demo's")[0]: r for r in demo_rows(tmp_path, 20, 4)}
+    assert "2 retrainings finished so far" in rows["the protonet-fashion-mnist"]
+    assert "not measured" in rows["the maml-fashion-mnist"] and "finished so far" not in rows["the maml-fashion-mnist"]
+    assert "9.7 h" in rows["the maml-fashion-mnist"]  # K·R at its recorded training time

@@ -19,6 +19,7 @@ from typing import Any
 from metainf_core.api import DEMO_DIR
 from metainf_core.data.base import REPO_ROOT
 from metainf_core.lds_results import LEARNERS, RANDOM, best_lds_method, load_results
+from metainf_core.reproduce.runs import is_complete
 
 Section = dict[str, Any]
 TLXML = ("tlxml-gn", "tlxml-exact")  # the paper's methods, whose claim the verdict tests
@@ -118,6 +119,12 @@ def lds_verdict(ms: list[dict[str, Any]]) -> dict[str, str]:
     return {"label": "partly" if hits else "not reproduced", "reason": why}
 
 
+def retraining_folder(folder: Path, run_name: str) -> Path:
+    """Where a setting's LDS retrainings are committed while they accumulate over sessions
+    (``lds --work``; complete runs only, without snapshots: ``docs/results/lds/runs/.gitignore``)."""
+    return Path(folder) / "runs" / run_name
+
+
 def demo_rows(folder: Path, subsets: int, seeds: int, demo_dir: Path = DEMO_DIR) -> list[str]:
     """For each bundled demo: measured (in which file) or not, and what K·R retrainings would cost at its recorded training time."""
     out = []
@@ -130,7 +137,11 @@ def demo_rows(folder: Path, subsets: int, seeds: int, demo_dir: Path = DEMO_DIR)
         n = subsets * seeds
         cost = (f" (its meta.json records {seconds / 60:.1f} min of training; K = {subsets} × R = {seeds} retrainings at that pace: "
                 f"{n * seconds / 3600:.1f} h)") if seconds else ""  # fmt: skip
-        out.append(f"{what}: {'measured in ' + found.source if found else 'not measured' + cost}")
+        work = retraining_folder(folder, meta_path.parent.name)
+        done = sum(is_complete(d) for d in (work / "runs").iterdir()) if (work / "runs").is_dir() else 0
+        started = (f"; {done} retrainings finished so far, committed in `{work.relative_to(REPO_ROOT) if work.is_relative_to(REPO_ROOT) else work}` "
+                   "and resumed there by `lds --work`") if done else ""  # fmt: skip
+        out.append(f"{what}: {'measured in ' + found.source if found else 'not measured' + cost + started}")
     return out
 
 
