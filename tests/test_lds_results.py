@@ -1,6 +1,6 @@
 """The committed task-level LDS results where people decide (issue 27 items 2 and 5): the report's
 e8 section is the JSON's numbers, ``best_lds_method`` finds the measurement of a run trained like
-the measured one (and nothing for the demos, whose settings are not measured), and the Validate and
+the measured one (the ProtoNet demo's own setting is measured, the MAML demo's not yet), and the Validate and
 Compare pages and the CLI's ``compare`` state those numbers."""
 
 from __future__ import annotations
@@ -133,7 +133,19 @@ def test_best_lds_method_finds_the_matching_measurement(like_best):
     assert best_lds_method({**run.meta, "train_config": {**run.meta["train_config"], "exclude_tasks": [1]}}) is None
 
 
-@pytest.mark.parametrize("demo", DEMOS, ids=lambda p: p.name)
+DEMO_RESULT = "protonet-demo-a0.5-k20-r2.json"  # the ProtoNet demo's own setting, retrained K = 20 × R = 2
+
+
+def test_the_protonet_demo_is_measured_and_its_sentence_is_the_files_numbers():
+    meta = json.loads((DEMOS[0] / "meta.json").read_text(encoding="utf-8"))
+    found, result = method_lds(meta, "tlxml-gn"), load_results()[DEMO_RESULT]
+    assert found is not None and found.source == DEMO_RESULT and (found.subsets, found.seeds, found.test_tasks) == (20, 2, 128)
+    assert found.lds == pytest.approx(result["methods"]["tlxml-gn"]["mean"]) and found.ceiling == pytest.approx(result["ceiling"]["mean"])
+    words = validate_sentence(found)
+    assert f"{found.lds:.2f}" in words and f"{found.ceiling:.2f}" in words and "(40 retrainings)" in words
+
+
+@pytest.mark.parametrize("demo", DEMOS[1:], ids=lambda p: p.name)
 def test_demo_settings_are_not_measured(demo):
     meta = json.loads((demo / "meta.json").read_text(encoding="utf-8"))
     assert best_lds_method(meta) is None and method_lds(meta, "tlxml-gn") is None
@@ -211,3 +223,18 @@ def test_demo_rows_count_the_committed_retrainings(tmp_path):
     assert "2 retrainings finished so far" in rows["the protonet-fashion-mnist"]
     assert "not measured" in rows["the maml-fashion-mnist"] and "finished so far" not in rows["the maml-fashion-mnist"]
     assert "9.7 h" in rows["the maml-fashion-mnist"]  # K·R at its recorded training time
+
+
+def test_a_result_added_to_the_folder_makes_the_saved_e8_section_stale(tmp_path):
+    """``reproduce`` reruns a section whose committed inputs changed, not only its configuration: a new
+    LDS result in e8's folder makes the saved section out of date, the same files keep it current."""
+    from metainf_core.reproduce import _saved_for, committed_inputs
+
+    (tmp_path / "a.json").write_text("{}", encoding="utf-8")
+    config = {"folder": str(tmp_path)}  # absolute: REPO_ROOT / it is itself
+    section = {"config": config, "inputs": committed_inputs(config)}
+    assert _saved_for(section, config) and set(section["inputs"]) == {"a.json"}
+    (tmp_path / "b.json").write_text("{}", encoding="utf-8")
+    assert not _saved_for(section, config)
+    assert not _saved_for({"config": config}, config)  # saved before inputs were recorded: stale
+    assert _saved_for({"config": {"x": 1}}, {"x": 1})  # an experiment that reads no committed folder

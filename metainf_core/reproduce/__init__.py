@@ -32,7 +32,7 @@ import torch
 from metainf_core.data.base import REPO_ROOT
 from metainf_core.exceptions import ConfigError
 from metainf_core.influence import distributed
-from metainf_core.io import write_atomic, write_json_atomic
+from metainf_core.io import sha256_file, write_atomic, write_json_atomic
 from metainf_core.reproduce.dataset_check import collect as collect_dataset_checks
 from metainf_core.reproduce.experiments import EXPERIMENTS, Context, run_experiment
 from metainf_core.reproduce.report import render_readme, write_figures
@@ -107,6 +107,18 @@ def render(out: str | Path, figures: bool = True) -> Path:
     return out / "README.md"
 
 
+def committed_inputs(config: dict[str, Any]) -> dict[str, str]:
+    """SHA-256 of each committed result an experiment reads (``config["folder"]``'s JSON files, e8's
+    LDS results), so that a result added or changed there makes its saved section stale."""
+    folder = config.get("folder")
+    return {p.name: sha256_file(p) for p in sorted((REPO_ROOT / folder).glob("*.json"))} if folder else {}
+
+
+def _saved_for(section: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a saved section was made with this configuration and from these committed inputs."""
+    return section.get("config") == config and section.get("inputs", {}) == committed_inputs(config)
+
+
 def reproduce(
     out: str | Path, *, only: Sequence[str] | None = None, scale: str = "report", work: str | Path | None = None,
     force: bool = False, figures: bool = True, log: Callable[[str], None] = print, device: str = "cpu",
@@ -131,7 +143,7 @@ def reproduce(
         path = section_path(out, key, scale)
         if config is None:
             log(f"{key}: no {scale}-scale configuration; skipped")
-        elif not force and path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("config") == config:
+        elif not force and path.is_file() and _saved_for(json.loads(path.read_text(encoding="utf-8")), config):
             log(f"{key}: up to date ({path})")
         else:
             todo.append((key, config, path))
@@ -139,7 +151,7 @@ def reproduce(
     for key, config, path in todo:
         log(f"{key}: running")
         env = environment()  # before running: the code that was imported, not later edits
-        section = {**run_experiment(key, config, ctx), "scale": scale, "environment": env}
+        section = {**run_experiment(key, config, ctx), "scale": scale, "environment": env, "inputs": committed_inputs(config)}
         if primary:
             write_json_atomic(path, section)
         log(f"{key}: {section['verdict']['label']} in {section['seconds']:.0f} s")
