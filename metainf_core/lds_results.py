@@ -29,7 +29,7 @@ from typing import Any
 
 from metainf_core.config import TaskConfig, TrainConfig
 from metainf_core.data.base import REPO_ROOT
-from metainf_core.words import method_name
+from metainf_core.words import listed, method_name
 
 RESULTS = REPO_ROOT / "docs" / "results" / "lds"  # one task_lds result a file (absent outside a source checkout)
 RECIPE_IGNORED = ("seed", "test_tasks", "checkpoint_every", "keep_history")
@@ -166,7 +166,7 @@ def not_measured_sentence(folder: str | Path = RESULTS) -> str:
     kinds = list(dict.fromkeys(s.split(" (")[0] for s in settings))  # the settings without their corrupted-task counts
     noisy = sum(" (" in s for s in settings)
     mix = "" if not noisy else " (all with corrupted tasks)" if noisy == len(settings) else " (with and without corrupted tasks)"
-    return head + f"; so far it has been run only for {' and '.join(kinds)}{mix}."
+    return head + f"; so far it has been run only for {listed(kinds)}{mix}."
 
 
 def validate_sentence(m: MeasuredLDS | None, folder: str | Path = RESULTS) -> str:

@@ -52,6 +52,12 @@ def plural(n: int, noun: str, many: str | None = None) -> str:
     return f"{n} {noun if n == 1 else many or noun + 's'}"
 
 
+def listed(items: Iterable[str]) -> str:
+    """Items as a sentence lists them: ``"A"``, ``"A and B"``, ``"A, B and C"``."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+
+
 def class_list(names: Iterable[str]) -> str:
     """Classes as one readable cell: ``"Trouser; Sandal; Pullover"`` (not a Python list)."""
     return "; ".join(str(n) for n in names)

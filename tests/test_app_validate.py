@@ -44,10 +44,13 @@ def test_validate_flow(demo_fitted):
     at.run()
     at = fit_from_page(at)
     assert not at.exception, at.exception
-    # the demo's setting has no committed LDS measurement (docs/results/lds): said, with what is measured
-    from metainf_core.lds_results import validate_sentence
+    # the demo's own setting has a committed LDS measurement (docs/results/lds): its numbers, said once
+    from metainf_core.lds_results import method_lds, validate_sentence
+    from metainf_core.service import open_run
 
-    assert [m.value for m in at.markdown if m.value.startswith("Not yet checked against retraining")] == [validate_sentence(None)]
+    measured = method_lds(open_run(REPO / "assets" / "demo" / "protonet-fashion-mnist"), "tlxml-gn")
+    assert measured is not None and measured.source == "protonet-demo-a0.5-k20-r2.json"
+    assert [m.value for m in at.markdown if m.value.startswith("Checked against retraining")] == [validate_sentence(measured)]
     metrics = {m.label: m.value for m in at.metric}
     label, value = next((k, v) for k, v in metrics.items() if k.startswith("Mean self-rank at k = "))
     k = int(label.rsplit("= ", 1)[1])

@@ -247,3 +247,9 @@ def test_every_registered_method_has_plain_words():
 
     assert all(method_name(m) != m for m in METHODS), [m for m in METHODS if method_name(m) == m]
     assert set(METHODS) <= set(METHOD_HELP), sorted(set(METHODS) - set(METHOD_HELP))
+
+
+def test_listed_reads_as_a_sentence():
+    from metainf_core.words import listed
+
+    assert [listed(x) for x in ([], ["A"], ["A", "B"], ["A", "B", "C"])] == ["", "A", "A and B", "A, B and C"]
