@@ -32,15 +32,43 @@ from metainf_core.data.base import REPO_ROOT
 from metainf_core.words import listed, method_name
 
 RESULTS = REPO_ROOT / "docs" / "results" / "lds"  # one task_lds result a file (absent outside a source checkout)
+SUPPLEMENTS = "methods"  # RESULTS' subfolder: methods scored later on a committed measurement's own retrainings
 RECIPE_IGNORED = ("seed", "test_tasks", "checkpoint_every", "keep_history")
 RANDOM = "random"  # lds.RANDOM: the baseline, never "the best method" (importing lds would pull in training)
 LEARNERS = {"maml": "MAML", "protonet": "ProtoNet", "proximal-maml": "proximal MAML"}
 
 
-def load_results(folder: str | Path = RESULTS) -> dict[str, dict[str, Any]]:
-    """Every committed result in ``folder`` by file name, sorted; {} when there is none."""
+def result_files(folder: str | Path = RESULTS) -> list[Path]:
+    """The committed result files: ``folder/*.json`` (a measurement each), then ``folder/methods/*.json``
+    (more methods scored later on a measurement's own retrainings), each sorted; [] when there are none."""
     folder = Path(folder)
-    return {p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+    return [*sorted(folder.glob("*.json")), *sorted((folder / SUPPLEMENTS).glob("*.json"))] if folder.is_dir() else []
+
+
+def measurement_key(result: Mapping[str, Any]) -> str:
+    """What makes two results one set of retrainings: base run, its training, the LDS configuration
+    (K, α, R, subset seed, steps) and the test tasks."""
+    r = result
+    return json.dumps([r["run"]["path"], r["run"]["task_config"], r["run"]["train_config"], r["config"], r["test_tasks"]], sort_keys=True)
+
+
+def load_results(folder: str | Path = RESULTS) -> dict[str, dict[str, Any]]:
+    """Every committed measurement in ``folder`` by file name, sorted, with the methods its supplements
+    (``methods/*.json`` of the same ``measurement_key``) scored merged in, its own first; ``"files"``
+    lists the files it was read from (paths relative to ``folder``). A supplement whose measurement is
+    not committed stands alone. {} when there is none."""
+    folder = Path(folder)
+    out: dict[str, dict[str, Any]] = {}
+    for path in result_files(folder):
+        name, r = path.relative_to(folder).as_posix(), json.loads(path.read_text(encoding="utf-8"))
+        base = next((b for n, b in out.items() if path.parent != folder and "/" not in n and measurement_key(b) == measurement_key(r)), None)
+        if base is None:
+            out[name] = {**r, "files": [name]}
+            continue
+        base["methods"] = {**base["methods"], **{n: v for n, v in r["methods"].items() if n not in base["methods"]}}
+        base["skipped"] = {**r.get("skipped", {}), **base.get("skipped", {})}
+        base["files"].append(name)
+    return out
 
 
 def recipe(setting: Any) -> dict[str, Any] | None:
@@ -111,10 +139,17 @@ def matching_results(setting: Any, folder: str | Path = RESULTS) -> list[tuple[s
     return sorted(found, key=order)
 
 
+def solved(row: Mapping[str, Any]) -> bool:
+    """Whether a scored method's solve did what it names: False for an iterative solve that stopped
+    without converging (CG meeting negative curvature where H + λI is not positive definite), whose
+    scores are not that method's."""
+    return bool(row.get("details", {}).get("converged", True))
+
+
 def ranked_methods(result: Mapping[str, Any]) -> list[tuple[str, float]]:
-    """(method, mean LDS) of a result's methods, best first; the random baseline and fixed-truncation
-    variants (``tlxml-gn@K``, not a method one picks) left out."""
-    rows = [(n, float(m["mean"])) for n, m in result["methods"].items() if n != RANDOM and "@" not in n]
+    """(method, mean LDS) of a result's methods, best first; the random baseline, fixed-truncation
+    variants (``tlxml-gn@K``, not a method one picks) and unconverged solves (``solved``) left out."""
+    rows = [(n, float(m["mean"])) for n, m in result["methods"].items() if n != RANDOM and "@" not in n and solved(m)]
     return sorted(rows, key=lambda x: -x[1])
 
 

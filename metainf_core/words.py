@@ -73,6 +73,8 @@ METHOD_NAMES = {  # compare.METHODS keys -> what a visitor reads
     "direct-if-ekfac": "Direct influence with a fast curvature approximation (EK-FAC)",
     "dattri-if-explicit": "Influence by the dattri library (exact solve)",
     "dattri-if-cg": "Influence by the dattri library (iterative solve)",
+    "task-if/cg": "Task influence, solved iteratively (conjugate gradient)",  # lds: a registry method with solver "cg"
+    "direct-if/cg": "Direct influence, solved iteratively (conjugate gradient)",
 }
 
 METHOD_HELP = {  # one plain sentence per scoring method (the paper's description stays in compare.METHODS)

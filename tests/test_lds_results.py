@@ -22,7 +22,9 @@ from metainf_core.lds_results import (
     compare_sentence,
     load_results,
     measured_settings,
+    measurement_key,
     method_lds,
+    result_files,
     validate_sentence,
 )
 from metainf_core.reproduce import load_sections
@@ -63,13 +65,16 @@ def test_report_section_is_the_committed_json(tmp_path):
     assert fresh["tables"] == committed["tables"] and fresh["figures"] == committed["figures"], (
         "docs/results/lds changed: python -m metainf_core reproduce --out docs/results --only e8-lds --force")
     assert fresh["verdict"] == committed["verdict"]
-    results = load_results()
+    results = {p.relative_to(RESULTS).as_posix(): json.loads(p.read_text(encoding="utf-8")) for p in result_files()}
+    assert any(name.startswith("methods/") for name in results), "the supplements (EK-FAC, dattri, CG) are read too"
     settings, per_method = committed["tables"][0], committed["tables"][1]
     methods = per_method["columns"][2:]
+    assert {"direct-if-ekfac", "dattri-if-explicit", "task-if/cg"} <= set(methods)
     listed = [f for row in settings["rows"] for f in row[1].split(", ")]
     assert sorted(listed) == sorted(results), "every committed result appears once"
     for srow, mrow in zip(settings["rows"], per_method["rows"], strict=True):
         r = results[srow[1].split(", ")[0]]
+        assert all(measurement_key(results[f]) == measurement_key(r) for f in srow[1].split(", ")), "one set of retrainings a row"
         assert srow[6:10] == [r["config"]["subsets"], f"{r['config']['alpha']:g}", r["config"]["seeds"], r["config"]["subsets"] * r["config"]["seeds"]]
         assert srow[10] == f"{r['ceiling']['mean']:.3f} ± {r['ceiling']['sd']:.3f}" and mrow[1] == f"{r['ceiling']['mean']:.3f}"
         assert srow[12] == f"{r['null']['q95']:+.3f}"
@@ -78,8 +83,8 @@ def test_report_section_is_the_committed_json(tmp_path):
             if m is None:
                 assert cell in ("skipped", "—")
                 continue
-            frac = m["fraction_of_ceiling"]
-            assert cell == f"{m['mean']:+.3f} ± {m['sd']:.3f}" + ("" if frac is None else f" ({frac:.2f})")
+            frac, unsolved = m["fraction_of_ceiling"], m["details"].get("converged") is False
+            assert cell == f"{m['mean']:+.3f} ± {m['sd']:.3f}" + ("" if frac is None else f" ({frac:.2f})") + (" †" if unsolved else "")
             if frac is not None:  # the fraction is mean / ceiling (up to float rounding of one division)
                 assert frac == pytest.approx(m["mean"] / r["ceiling"]["mean"], rel=1e-12)
 
@@ -238,3 +243,34 @@ def test_a_result_added_to_the_folder_makes_the_saved_e8_section_stale(tmp_path)
     assert not _saved_for(section, config)
     assert not _saved_for({"config": config}, config)  # saved before inputs were recorded: stale
     assert _saved_for({"config": {"x": 1}}, {"x": 1})  # an experiment that reads no committed folder
+
+
+def test_supplements_join_their_measurement_and_unconverged_solves_never_win(tmp_path):
+    """Methods scored later on a measurement's own retrainings (``methods/*.json``) join that
+    measurement; one whose retrainings differ stands alone; a CG solve that stopped without
+    converging is shown with † and is never the best method, however high its LDS."""
+    from metainf_core.reproduce import committed_inputs
+    from metainf_core.reproduce.lds_report import best_of
+
+    base, extra = "maml-noise12-a0.5-k20-r4.json", "maml-noise12-a0.5-k20-r4-matrix-free.json"
+    (tmp_path / "methods").mkdir()
+    (tmp_path / base).write_bytes((RESULTS / base).read_bytes())
+    supplement = json.loads((RESULTS / "methods" / extra).read_text(encoding="utf-8"))
+    assert supplement["methods"]["direct-if/cg"]["details"]["converged"] is False
+    supplement["methods"]["direct-if/cg"]["mean"] = 0.99  # far above every solved method
+    (tmp_path / "methods" / extra).write_text(json.dumps(supplement), encoding="utf-8")
+    other = {**supplement, "config": {**supplement["config"], "alpha": 0.25}}  # other retrainings
+    (tmp_path / "methods" / "other.json").write_text(json.dumps(other), encoding="utf-8")
+
+    results = load_results(tmp_path)
+    assert set(results) == {base, "methods/other.json"}
+    joined = results[base]
+    assert joined["files"] == [base, f"methods/{extra}"] and {"task-if/cg", "direct-if/cg", "tlxml-gn"} <= set(joined["methods"])
+    assert joined["methods"]["task-if"] == json.loads((RESULTS / base).read_text(encoding="utf-8"))["methods"]["task-if"]
+    (m,) = [x for x in measurements(results) if x["config"]["alpha"] == 0.5]
+    assert best_of(m)[0] != "direct-if/cg" and best_of(m)[1] < 0.99
+    section = run_experiment("e8-lds", {"folder": str(tmp_path)}, Context(tmp_path / "work"))
+    per_method = section["tables"][1]
+    row = next(r for r in per_method["rows"] if r[0] == "MAML, 12 noise, α 0.5, R 4")
+    assert row[per_method["columns"].index("direct-if/cg")].startswith("+0.990") and row[per_method["columns"].index("direct-if/cg")].endswith("†")
+    assert set(committed_inputs({"folder": str(tmp_path)})) == {base, f"methods/{extra}", "methods/other.json"}

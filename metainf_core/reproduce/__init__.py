@@ -108,10 +108,12 @@ def render(out: str | Path, figures: bool = True) -> Path:
 
 
 def committed_inputs(config: dict[str, Any]) -> dict[str, str]:
-    """SHA-256 of each committed result an experiment reads (``config["folder"]``'s JSON files, e8's
-    LDS results), so that a result added or changed there makes its saved section stale."""
+    """SHA-256 of each committed result an experiment reads (``config["folder"]``'s result files, e8's
+    LDS results and their supplements, ``lds_results.result_files``), so that a result added or changed there makes its saved section stale."""
+    from metainf_core.lds_results import result_files
+
     folder = config.get("folder")
-    return {p.name: sha256_file(p) for p in sorted((REPO_ROOT / folder).glob("*.json"))} if folder else {}
+    return {p.relative_to(REPO_ROOT / folder).as_posix(): sha256_file(p) for p in result_files(REPO_ROOT / folder)} if folder else {}
 
 
 def _saved_for(section: dict[str, Any], config: dict[str, Any]) -> bool:

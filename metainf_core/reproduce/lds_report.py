@@ -18,7 +18,7 @@ from typing import Any
 
 from metainf_core.api import DEMO_DIR
 from metainf_core.data.base import REPO_ROOT
-from metainf_core.lds_results import LEARNERS, RANDOM, best_lds_method, load_results
+from metainf_core.lds_results import LEARNERS, RANDOM, best_lds_method, load_results, measurement_key, ranked_methods, solved
 from metainf_core.reproduce.runs import is_complete
 
 Section = dict[str, Any]
@@ -37,9 +37,8 @@ def measurements(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
     skipped methods pooled."""
     groups: dict[str, dict[str, Any]] = {}
     for name, r in results.items():
-        key = json.dumps([r["run"]["path"], r["run"]["task_config"], r["run"]["train_config"], r["config"], r["test_tasks"]], sort_keys=True)
-        g = groups.setdefault(key, {**r, "files": [], "methods": {}, "skipped": {}})
-        g["files"].append(name)
+        g = groups.setdefault(measurement_key(r), {**r, "files": [], "methods": {}, "skipped": {}})
+        g["files"] += r.get("files", [name])
         g["methods"] = {**g["methods"], **{n: v for n, v in r["methods"].items() if n not in g["methods"]}}
         g["skipped"] = {**g["skipped"], **r.get("skipped", {})}
     return sorted(groups.values(), key=lambda m: [get(m) for get in FACTORS.values()])
@@ -59,9 +58,12 @@ def _ceiling(m: Mapping[str, Any]) -> float | None:
     return None if m.get("ceiling") is None else float(m["ceiling"]["mean"])
 
 
+UNSOLVED = "†"  # marks the LDS of a solve that stopped without converging (lds_results.solved)
+
+
 def _lds_cell(row: Mapping[str, Any]) -> str:
     frac = row.get("fraction_of_ceiling")
-    return f"{row['mean']:+.3f} ± {row['sd']:.3f}" + ("" if frac is None else f" ({frac:.2f})")
+    return f"{row['mean']:+.3f} ± {row['sd']:.3f}" + ("" if frac is None else f" ({frac:.2f})") + ("" if solved(row) else f" {UNSOLVED}")
 
 
 def method_order(ms: list[dict[str, Any]]) -> list[str]:
@@ -85,7 +87,7 @@ def try_rows(ms: list[dict[str, Any]]) -> list[list[Any]]:
             b = min(later, key=get)
             held = ", ".join(_factor_text(g, FACTORS[g](a)) for g in others)
             rows.append([f, held, f"{get(a)} → {get(b)}", " → ".join(_fmt(_ceiling(x)) for x in (a, b)),
-                         " → ".join(f"{n} {v:+.3f}" for n, v in (best_of(a), best_of(b)))])  # fmt: skip
+                         f"{_best_text(a)} → {_best_text(b)}"])  # fmt: skip
     return rows
 
 
@@ -99,10 +101,33 @@ def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
-def best_of(m: Mapping[str, Any]) -> tuple[str, float]:
-    """The method (not random, not a fixed truncation) with the highest mean LDS in a measurement."""
-    rows = [(n, float(v["mean"])) for n, v in m["methods"].items() if n != RANDOM and "@" not in n]
-    return max(rows, key=lambda x: x[1])
+def best_of(m: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The method (not random, not a fixed truncation, not an unconverged solve) with the highest mean
+    LDS in a measurement; None when it scored no such method."""
+    return next(iter(ranked_methods(m)), None)
+
+
+def _best_text(m: Mapping[str, Any]) -> str:
+    best = best_of(m)
+    return "no solved method" if best is None else f"{best[0]} {best[1]:+.3f}"
+
+
+def solver_text(details: Mapping[str, Any]) -> str | None:
+    """How an approximate or outside method was solved, from its stored details (``lds.task_lds``):
+    CG's convergence, EK-FAC's residual against the exact solve, the peer library and its attributor;
+    None for the methods solved exactly here."""
+    d = details
+    if d.get("solver") == "cg":
+        how = (f"converged in {d['iterations']} iterations" if d["converged"]
+               else f"stopped at iteration {d['iterations']} without converging ({d['note']})" if d.get("note")
+               else f"not converged after {d['iterations']} iterations")  # fmt: skip
+        return f"conjugate gradient at λ = {d['damping']:g}: {how}; relative residual {d['relative_residual']:.2f}"
+    if "residual_against" in d:
+        return (f"EK-FAC ({d['kronecker_layers']} Kronecker-factored layers, {d['diagonal_parameters']} parameters diagonal) at λ = {d['damping']:g}: "
+                f"relative residual {d['relative_residual']:.2f} against the solve with the exact {d['residual_against'].removeprefix('exact ')}")  # fmt: skip
+    if "library" in d:
+        return f"{d['library']}, its {d['attributor']} attributor, at λ = {d['damping']:g}"
+    return None
 
 
 def lds_verdict(ms: list[dict[str, Any]]) -> dict[str, str]:
@@ -111,9 +136,10 @@ def lds_verdict(ms: list[dict[str, Any]]) -> dict[str, str]:
     room = [m for m in ms if (_ceiling(m) or -1.0) > m["null"]["q95"] and any(t in m["methods"] for t in TLXML)]
     hits = [m for m in room if max(m["methods"][t]["mean"] for t in TLXML if t in m["methods"]) > m["null"]["q95"]]
     top = max(ms, key=lambda m: _ceiling(m) or -1.0)
-    name, value = best_of(top)
+    best = best_of(top)
     why = (f"the better TLXML method's LDS lies above the chance band on {len(hits)} of the {len(room)} measurements whose noise ceiling "
-           f"does; the highest ceiling, {_fmt(_ceiling(top))} ({label(top)}), has {name} best at {value:+.3f}")  # fmt: skip
+           f"does; the highest ceiling, {_fmt(_ceiling(top))} ({label(top)}), has "
+           + ("no solved method" if best is None else f"{best[0]} best at {best[1]:+.3f}"))  # fmt: skip
     if room and len(hits) == len(room):
         return {"label": "reproduced", "reason": why}
     return {"label": "partly" if hits else "not reproduced", "reason": why}
@@ -166,6 +192,7 @@ def lds_report(c: dict[str, Any], ctx: Any) -> Section:
     lds_rows = [[label(m), _fmt(_ceiling(m)), *(_lds_cell(m["methods"][n]) if n in m["methods"] else ("skipped" if n in m["skipped"] else "—") for n in methods)]
                 for m in ms]  # fmt: skip
     fixed = [[label(m), n, _lds_cell(v)] for m in ms for n, v in m["methods"].items() if "@" in n]
+    solved = [[label(m), n, how, _lds_cell(v)] for m in ms for n, v in m["methods"].items() if (how := solver_text(v.get("details", {})))]
     tables = [
         {"title": "Measurements: K subsets of α·M training tasks, each retrained with R seeds; noise ceiling (split-half over seeds, Spearman–Brown, "
                   "mean ± sd over test tasks), √ceiling (the correlation a noise-free predictor could reach) and the chance band (95th percentile "
@@ -173,7 +200,8 @@ def lds_report(c: dict[str, Any], ctx: Any) -> Section:
          "columns": ["measurement", "files", "data (network)", "M (noise tasks)", "meta-batches", "test tasks", "K", "α", "R", "retrainings",
                      "noise ceiling", "√ceiling", "chance 95 %"], "rows": settings},
         {"title": "LDS per method: mean ± sd over test tasks (fraction of the noise ceiling, where the ceiling lies above the chance band); "
-                  "skipped = the method does not apply to the learner, — = not scored",
+                  f"skipped = the method does not apply to the learner, — = not scored, {UNSOLVED} = its iterative solve stopped without converging "
+                  "(next table), so the numbers are not that method's and no verdict or 'best method' counts them",
          "columns": ["measurement", "noise ceiling", *methods], "rows": lds_rows},
         {"title": "What each try showed: measurements of the same data and network that differ in one factor (noise ceiling; best method's LDS)",
          "columns": ["changed", "held fixed", "from → to", "noise ceiling", "best method"], "rows": try_rows(ms)},
@@ -181,6 +209,9 @@ def lds_report(c: dict[str, Any], ctx: Any) -> Section:
     if fixed:
         tables.append({"title": "TLXML at fixed truncations (K eigen-directions kept; the registry method uses its self-rank choice)",
                        "columns": ["measurement", "method", "LDS (fraction of ceiling)"], "rows": fixed})  # fmt: skip
+    if solved:
+        tables.append({"title": "Methods solved approximately or by a peer library, on the same retrainings (files in methods/): how each solve went",
+                       "columns": ["measurement", "method", "solve", "LDS (fraction of ceiling)"], "rows": solved})  # fmt: skip
     datasets = sorted({m["run"]["task_config"]["dataset"] for m in ms})
     nets = sorted({m["run"]["train_config"]["arch"] for m in ms})
     ks, tests = sorted({m["config"]["subsets"] for m in ms}), sorted({len(m["test_tasks"]) for m in ms})
