@@ -55,7 +55,9 @@ def plural(n: int, noun: str, many: str | None = None) -> str:
 def listed(items: Iterable[str]) -> str:
     """Items as a sentence lists them: ``"A"``, ``"A and B"``, ``"A, B and C"``."""
     items = list(items)
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def class_list(names: Iterable[str]) -> str:

@@ -126,7 +126,9 @@ def test_best_lds_method_finds_the_matching_measurement(like_best):
     assert best is not None and best.source == BEST and best.method == top == "tlxml-gn"
     assert best.lds == raw["methods"][top]["mean"] and best.ceiling == raw["ceiling"]["mean"]
     assert (best.subsets, best.seeds, best.retrainings) == (20, 32, 640) and best.above_chance
-    assert [n for n, _ in best.others] == sorted((n for n in raw["methods"] if n not in ("random", top)), key=lambda n: -raw["methods"][n]["mean"])
+    others = [n for n, m in raw["methods"].items() if n not in ("random", top) and "@" not in n and m["details"].get("converged") is not False]
+    assert {"dattri-if-explicit", "grad-sim"} <= set(others) and "task-if/cg" not in others  # a supplement joins; an unconverged CG does not count
+    assert [n for n, _ in best.others] == sorted(others, key=lambda n: -raw["methods"][n]["mean"])
     exact = method_lds(run, "tlxml-exact")
     assert exact.source == BEST and exact.lds == raw["methods"]["tlxml-exact"]["mean"]
     assert method_lds(run, "direct-if") is None  # skipped for ProtoNet in every measurement
@@ -274,3 +276,33 @@ def test_supplements_join_their_measurement_and_unconverged_solves_never_win(tmp
     row = next(r for r in per_method["rows"] if r[0] == "MAML, 12 noise, α 0.5, R 4")
     assert row[per_method["columns"].index("direct-if/cg")].startswith("+0.990") and row[per_method["columns"].index("direct-if/cg")].endswith("†")
     assert set(committed_inputs({"folder": str(tmp_path)})) == {base, f"methods/{extra}", "methods/other.json"}
+
+
+def test_readme_method_table_is_the_committed_lds():
+    """The README's "Which method to believe" table: each cell is the committed measurement's mean
+    LDS and fraction of the ceiling (with † for an unconverged solve), its header the ceiling and
+    chance band, and the two measurements are each learner's highest ceiling."""
+    from metainf_core.lds_results import solved
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = text.split("## Which method to believe", 1)[1].split("\n\n")
+    table = next(b for b in lines if b.startswith("| method |")).splitlines()
+    results = load_results()
+    files = {"ProtoNet": "protonet-noise12-a0.5-k20-r32.json", "MAML": "maml-noise12-a0.5-k20-r4.json"}
+    for learner, name in files.items():
+        r = results[name]
+        best = max((x for x in results.values() if x["run"]["train_config"]["algo"] == learner.lower()), key=lambda x: x["ceiling"]["mean"])
+        assert best is r, f"{learner}: the highest ceiling is another measurement"
+        assert f"{learner}, R = {r['config']['seeds']} (ceiling {r['ceiling']['mean']:.3f}, chance < {r['null']['q95']:+.3f})" in table[0]
+
+    def cell(r: dict, method: str) -> str:
+        if method in r["methods"]:
+            m = r["methods"][method]
+            return (f"{m['mean']:+.3f} ({m['fraction_of_ceiling']:.2f})" + ("" if solved(m) else " †")).replace("-", "−")
+        return "does not apply" if method in r["skipped"] else "not scored"
+
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert len(rows) >= 9
+    for row in rows:
+        method = row[0].strip("`")
+        assert [row[2], row[3]] == [cell(results[files["ProtoNet"]], method), cell(results[files["MAML"]], method)], method

@@ -1,12 +1,13 @@
 """Report experiment e8: the task-level LDS (issue 27) of every method on every committed measurement.
 
-Built from ``docs/results/lds/*.json`` (``lds.task_lds`` results, made by ``python -m metainf_core lds``);
-rendering retrains nothing. A *measurement* is one set of retrainings: the files that share a base run
-and an LDS configuration (K subsets of fraction α, R seeds, the subset seed) are one, their methods
-pooled (``…-truncations.json`` adds TLXML at fixed truncations to the R = 32 one). The section gives
-each measurement's noise ceiling and chance band, each method's mean LDS ± sd over test tasks with its
-fraction of the ceiling, the measurements that differ in one factor side by side, a bar chart, and
-which settings (the demos', Omniglot) are not measured.
+Built from ``docs/results/lds/*.json`` (``lds.task_lds`` results, made by ``python -m metainf_core lds``)
+and the methods scored later on their retrainings (``methods/*.json``: fixed TLXML truncations, EK-FAC,
+dattri, CG; ``lds_results.load_results``); rendering retrains nothing. A *measurement* is one set of
+retrainings: the files that share a base run and an LDS configuration (K subsets of fraction α, R
+seeds, the subset seed) are one, their methods pooled. The section gives each measurement's noise
+ceiling and chance band, each method's mean LDS ± sd over test tasks with its fraction of the
+ceiling, how each approximate or peer solve went, the measurements that differ in one factor side by
+side, a bar chart, and which settings (the demos', Omniglot) are not measured.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def lds_verdict(ms: list[dict[str, Any]]) -> dict[str, str]:
 
 def retraining_folder(folder: Path, run_name: str) -> Path:
     """Where a setting's LDS retrainings are committed while they accumulate over sessions
-    (``lds --work``; complete runs only, without snapshots: ``docs/results/lds/runs/.gitignore``)."""
+    (``lds --work``; weights, meta and tasksets, without snapshots or optimiser state:
+    ``docs/results/lds/runs/.gitignore``; an unfinished run there restarts from step 0)."""
     return Path(folder) / "runs" / run_name
 
 
