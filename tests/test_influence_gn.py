@@ -91,9 +91,15 @@ def test_resume_from_state_dict(data):
 
     # absorbing a fit over the other tasks (how a resumed fit takes over another process's buffer):
     # the same V Vᵀ (Prop. 3–4, N_orth = 64 > q = 63); 1e-9 relative: float64 rounding of other eighs
-    rest = GaussNewtonFit(model, spec, params, train_ts, ds, cfg)
+    rest = GaussNewtonFit(model, spec, params, train_ts, ds, GaussNewtonConfig(n_orth=64, task_batch=4, n_max=10**6))  # unreduced
     rest.add_tasks(np.arange(10, M))
+    rest.config = cfg  # the same settings; its buffer holds more rows than N_max, as two full buffers together do
+    assert rest.num_buffered > cfg.buffer_limit + part.num_buffered
+    seen = []
+    reduce = part._reduce
+    part._reduce = lambda: (seen.append(part.num_buffered), reduce())  # noqa: E731 - record what each reduction sees
     part.absorb(rest)
+    assert seen and max(seen) <= cfg.buffer_limit  # slices fill the buffer to N_max: no reduction holds more (memory)
     assert part.tasks_done == M and part.done.all()
     c = part.orthogonal_rows()
     torch.testing.assert_close(c.T @ c, a.T @ a, rtol=1e-9, atol=1e-12)

@@ -124,3 +124,35 @@ def test_unknown_row_is_a_config_error():
 
     with pytest.raises(ConfigError, match="om-protonet-512"):
         get_row("om-protonet-99")
+
+
+def test_batch_norm_check_evaluates_as_the_core_and_averages_the_sets():
+    """scripts/paper_row_batch_norm.py on the ProtoNet demo (conv4 with batch norm): with each set's
+    own statistics its per-task accuracy is the core's evaluation; with momentum None the first batch
+    norm's running mean after the gathering pass is the mean of the sets' channel means."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from metainf_core.api import DEMO_DIR
+    from metainf_core.service import open_run
+
+    spec = importlib.util.spec_from_file_location("bn_check", Path(__file__).resolve().parents[1] / "scripts" / "paper_row_batch_norm.py")
+    bn_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bn_check)
+    run = open_run(DEMO_DIR / "protonet-fashion-mnist", device="cpu")
+    params = {k: v.detach() for k, v in run.params.items()}
+    net = bn_check.with_running_statistics(run.model, params, None)
+    acc, _ = bn_check.per_task(net, run.test_tasks, run, train_mode=True)
+    # the same tasks and weights, looped here and vmapped there: accuracies are fractions of a few queries, float32 rounding moves no argmax here
+    np.testing.assert_allclose(acc, run.evaluate().accuracy, atol=1e-6)
+    ids = np.arange(6)
+    net = bn_check.with_running_statistics(run.model, params, None)  # fresh: training-mode passes above updated the statistics
+    bn_check.gather_statistics(net, run, ids)
+    first_conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    first_bn = next(m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    with torch.no_grad():
+        means = [first_conv(x).mean((0, 2, 3)) for j in ids for b in [run.train_tasks.batch([int(j)], run.dataset)] for x in (b.support_x[0], b.query_x[0])]
+    torch.testing.assert_close(first_bn.running_mean, torch.stack(means).mean(0), rtol=1e-5, atol=1e-6)  # float32 averages in another order
+    assert int(first_bn.num_batches_tracked) == 2 * len(ids)

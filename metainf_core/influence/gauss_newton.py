@@ -216,13 +216,22 @@ class GaussNewtonFit:
     def absorb(self, other: GaussNewtonFit) -> None:
         """Add the buffer of ``other``, a fit of the same settings over disjoint tasks: its rows are
         stacked onto this buffer (V Vᵀ adds up) and reduced by Algorithm 2 when over N_max —
-        exact when N_orth ≥ rank (Prop. 3–4). How a resumed fit takes over other processes' work."""
+        exact when N_orth ≥ rank (Prop. 3–4). How a resumed fit takes over other processes' work.
+        The rows go in as slices that fill the buffer up to N_max, as streamed tasks do, so that no
+        reduction sees more than N_max rows: two full buffers at once (2·N_max rows) would need about
+        twice the memory (at N_orth = 8,192 and q = 28,320, > 24 GB: killed by the kernel, 2026-12-07)."""
         if other.config != self.config or other.row_dim != self.row_dim or len(other.done) != len(self.done):
             raise ConfigError("cannot absorb a Gauss-Newton fit of other settings, dimensions or taskset")
         if (self.done & other.done).any():
             raise MetainfError(f"the two fits share {int((self.done & other.done).sum())} tasks: each task may count once")
-        if other.num_buffered:
-            self._blocks.append(other._rows().to(dtype=self.w.dtype, device=self.w.device))
+        rows, start = other._rows(), 0
+        while start < rows.shape[0]:
+            room = self.config.buffer_limit - self.num_buffered
+            if room <= 0:
+                self._reduce()
+                continue
+            self._blocks.append(rows[start : start + room].to(dtype=self.w.dtype, device=self.w.device))
+            start += room
         self.done |= other.done
         self.num_reductions += other.num_reductions
         if self.num_buffered > self.config.buffer_limit:
