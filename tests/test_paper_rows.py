@@ -111,12 +111,13 @@ def test_a_row_trains_over_two_sessions_and_its_figures_recompute(tmp_path):
 
     text = render_paper_rows([summary])
     assert f"{result['noise']['proper']:.1f} (1 seed) / 80.0 ± 5.0" in text and "seed 0: 8 / 8" in text
+    assert f"| {result['train_accuracy']:.3f} (1 seed) / 1.000 ± 0.000 |" in text  # training accuracy beside the paper's
     # finished training whose fit is not done (row.json absent): its test accuracy shows, the verdict says what is missing
     (run_dir(row, 0, tmp_path) / RESULT_FILE).rename(tmp_path / "row.json.away")
     (pending,) = collect(tmp_path, rows=[row])
     assert pending["status"][0]["test_accuracy"] == run.meta["test"]["accuracy"] and not pending["results"]
     assert pending["verdict"] == {"label": "pending", "reason": "training finished; its influence fit and proper tests are not done yet"}
-    assert f"| {run.meta['test']['accuracy']:.3f} (1 seed), fit pending / 0.900 ± 0.100 | — |" in render_paper_rows([pending])
+    assert f"| {run.meta['test']['accuracy']:.3f} (1 seed), fit pending / 0.900 ± 0.100 | — / 1.000 ± 0.000 | — |" in render_paper_rows([pending])
 
 
 def test_unknown_row_is_a_config_error():

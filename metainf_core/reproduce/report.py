@@ -152,9 +152,9 @@ def render_paper_rows(rows: Sequence[dict[str, Any]]) -> str:
         "",
         "**Verdict rule, fixed before the numbers:** " + " ".join(row_verdict.__doc__.split()),
         "",
-        "| row | paper | training | test accuracy (ours / paper) | truncation k (mean self-rank) | proper tests of 128 (ours / paper) "
-        "| z (ours / paper) | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| row | paper | training | test accuracy (ours / paper) | training accuracy (ours / paper) | truncation k (mean self-rank) "
+        "| proper tests of 128 (ours / paper) | z (ours / paper) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     notes: list[str] = []
     for r in rows:
@@ -166,7 +166,7 @@ def render_paper_rows(rows: Sequence[dict[str, Any]]) -> str:
             f"{_ours(trained, 3)}, fit pending" if trained else "—")  # a finished training's accuracy before its fit
         lines.append(
             f"| {row['key']} ({row['train_tasks']:,} / {row['noise_tasks']} noise) | {row['table']} | {done} "
-            f"| {accuracy} / {_pm(row['accuracy'], 3)} | {ks} "
+            f"| {accuracy} / {_pm(row['accuracy'], 3)} | {_ours([x['train_accuracy'] for x in res], 3)} / {_pm(row['train_accuracy'], 3)} | {ks} "
             f"| {_ours([x['noise']['proper'] for x in res], 1)} / {_pm(row['proper'], 1)} "
             f"| {_ours([x['noise']['z'] for x in res], 1)} / {_pm(row['z'], 1)} | {r['verdict']['label']}: {_cell(r['verdict']['reason'])} |"
         )
@@ -174,6 +174,19 @@ def render_paper_rows(rows: Sequence[dict[str, Any]]) -> str:
             notes.append(res[0]["differences"])
     for diff in notes:
         lines += ["", "Where the runs differ from the paper's text: " + "; ".join(diff) + "."]
+    checks = [c for r in rows for c in r.get("batch_norm", [])]
+    if checks:
+        lines += ["", "**Training accuracy with running batch-norm statistics** (`scripts/paper_row_batch_norm.py`: the same weights, "
+                  "statistics gathered over the training tasks' sets, evaluated as `model.eval()` does; normal / noise tasks):"]  # fmt: skip
+        for c in checks:
+            own, cum, ema = c["own_statistics"], c["cumulative"], c["ema"]
+            lines.append(
+                f"- {c['row']} seed {c['seed']}: each set's own statistics (how it trained) {own['train']:.3f} ({own['train_normal']:.3f} / "
+                f"{own['train_noise']:.3f}); running, averaged over all sets {cum['train']:.3f} ({cum['train_normal']:.3f} / {cum['train_noise']:.3f}); "
+                f"running, momentum 0.1 {ema['train']:.3f} ({ema['train_normal']:.3f} / {ema['train_noise']:.3f}); the paper's "
+                f"{c['paper_train_accuracy'][0]:.3f} means noise-task accuracy ≈ {c['paper_implied_noise_accuracy_if_normal_as_ours']:.2f} "
+                f"if its normal tasks were fit as ours. Test accuracy {own['test']:.3f} / {cum['test']:.3f} / {ema['test']:.3f}."
+            )  # fmt: skip
     return "\n".join(lines + [""])
 
 

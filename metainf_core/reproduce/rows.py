@@ -32,6 +32,7 @@ Log = Callable[[str], None]
 
 ROOT = REPO_ROOT / "docs" / "results" / "paper"  # committed run folders, one per row and seed
 RESULT_FILE = "row.json"
+BATCH_NORM_FILE = "batch_norm.json"  # scripts/paper_row_batch_norm.py: training accuracy with running batch-norm statistics
 # TLXML 5.1: "We train the meta-parameters with Adam, employing a meta-batch size of 32."; B.3: seeds
 # 0, 1, 2, 3, 42, 128 test tasks, N_orth = 8,192, N_max = 2 × 8,192, truncation by self-rank.
 PAPER_SEEDS = (0, 1, 2, 3, 42)
@@ -273,7 +274,9 @@ def collect(root: str | Path = ROOT, rows: Sequence[PaperRow] | None = None) -> 
         verdict = row_verdict(row, results)
         if not results and any("test_accuracy" in st for st in status):
             verdict = {"label": "pending", "reason": "training finished; its influence fit and proper tests are not done yet"}
-        out.append({"row": asdict(row), "status": status, "results": results, "verdict": verdict})
+        checks = [json.loads((run_dir(row, s, root) / BATCH_NORM_FILE).read_text(encoding="utf-8")) for s in seeds
+                  if (run_dir(row, s, root) / BATCH_NORM_FILE).is_file()]  # fmt: skip
+        out.append({"row": asdict(row), "status": status, "results": results, "verdict": verdict, "batch_norm": checks})
     return out
 
 
