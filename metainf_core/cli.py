@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import Field, fields
 from typing import Any, get_args, get_type_hints
 
@@ -90,6 +92,32 @@ def _influence_config(a: argparse.Namespace) -> InfluenceConfig:
     return _config_from(a, InfluenceConfig, dtype=a.dtype or default_dtype(a.method))
 
 
+@contextmanager
+def _stage_bars(quiet: bool, unit: str) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A ``progress(stage, done, total)`` that shows one tqdm bar on stderr per stage (the previous
+    stage's bar closed when the next starts); None when ``quiet``. Every bar is closed on exit."""
+    if quiet:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        for name in [n for n in bars if n != stage]:
+            bars.pop(name).close()
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr)
+        bars[stage].n = done
+        bars[stage].refresh()
+
+    try:
+        yield progress
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
 def _fitted(a: argparse.Namespace):
     """The run and its TLXML fit (from the cache, or fitted now with a progress bar on stderr)."""
     from metainf_core.fits import fit_influence
@@ -97,22 +125,8 @@ def _fitted(a: argparse.Namespace):
 
     run = open_run(a.path, device=a.device)
     cfg = _influence_config(a)
-    bar = None
-    if not getattr(a, "quiet", False):
-        from tqdm.auto import tqdm
-
-        def progress(stage: str, done: int, total: int) -> None:
-            nonlocal bar
-            if bar is None or bar.desc != stage:
-                if bar is not None:
-                    bar.close()
-                bar = tqdm(total=total, desc=stage, unit="task", file=sys.stderr)
-            bar.n = done
-            bar.refresh()
-
-    inf = fit_influence(run, cfg, progress=None if getattr(a, "quiet", False) else progress)
-    if bar is not None:
-        bar.close()
+    with _stage_bars(getattr(a, "quiet", False), "task") as progress:
+        inf = fit_influence(run, cfg, progress=progress)
     return run, cfg, inf
 
 
@@ -339,11 +353,12 @@ def _paper_rows(a: argparse.Namespace, only: list[str] | None) -> dict[str, Any]
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    if keys == ["schedule"]:  # issue 23's order, finished runs skipped
-        results = run_schedule(root, device=a.device, steps=a.steps, log=log)
-        keys = sorted({r["row"] for r in results} | {s["row"] for r in collect(root) for s in r["status"]})
-    else:
-        results = run_rows(keys, seeds, root, device=a.device, steps=a.steps, log=log)
+    with _stage_bars(getattr(a, "quiet", False), "task") as progress:  # the influence fits' progress
+        if keys == ["schedule"]:  # issue 23's order, finished runs skipped
+            results = run_schedule(root, device=a.device, steps=a.steps, log=log, progress=progress)
+            keys = sorted({r["row"] for r in results} | {s["row"] for r in collect(root) for s in r["status"]})
+        else:
+            results = run_rows(keys, seeds, root, device=a.device, steps=a.steps, log=log, progress=progress)
     if not a.rows_root:
         render(a.out, figures=not a.no_figures)
     return {"results": results, "rows": [{"row": r["row"]["key"], "status": r["status"], "verdict": r["verdict"]}
@@ -356,29 +371,13 @@ def _detect(a: argparse.Namespace) -> dict[str, Any]:
     from metainf_core.service import open_run
 
     run = open_run(a.path, device=a.device)
-    bars: dict[str, Any] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if a.quiet:
-            return
-        from tqdm.auto import tqdm
-
-        for name in [n for n in bars if n != stage]:
-            bars.pop(name).close()
-        if stage not in bars:
-            bars[stage] = tqdm(total=total, desc=stage, unit="step", file=sys.stderr)
-        bars[stage].n = done
-        bars[stage].refresh()
-
     xis = tuple(float(x) for x in a.xi.split(",")) if a.xi else (-1.0,)
-    try:
+    with _stage_bars(a.quiet, "step") as progress:
         return detect_report(
             run, _influence_config(a), score=a.score, k_values=_parse_ids(a.k) or None, xis=xis, random_draws=a.draws,
-            seed=a.seed, retrain=a.retrain, retrain_dir=a.retrain_dir, retrain_steps=a.retrain_steps, progress=progress,
+            seed=a.seed, retrain=a.retrain, retrain_dir=a.retrain_dir, retrain_steps=a.retrain_steps,
+            progress=progress,
         )  # fmt: skip
-    finally:
-        for bar in bars.values():
-            bar.close()
 
 
 def _fidelity(a: argparse.Namespace) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def test_cli_refuses_rows_outside_their_setting(bad, tmp_path):
     assert res.returncode == 2 and ("--scale paper" in res.stderr or "unknown row" in res.stderr), res.stderr
 
 
-def test_a_row_trains_over_two_sessions_and_its_figures_recompute(tmp_path):
+def test_a_row_trains_over_two_sessions_and_its_figures_recompute(tmp_path, monkeypatch):
     """A toy row (fashion-mnist 3-way, conv4×4, M = 16 with 2 noise tasks, 8 meta-batches): the first
     "session" stops at meta-batch 4 and leaves no result; the second resumes, finishes, fits, and
     writes row.json whose truncation, self-rank and proper tests equal a recomputation from the fit."""
@@ -79,6 +79,7 @@ def test_a_row_trains_over_two_sessions_and_its_figures_recompute(tmp_path):
     from metainf_core.service import open_run
     from metainf_core.validate import proper_tests, self_ranks
 
+    monkeypatch.setenv("METAINF_CACHE", str(tmp_path / "cache"))  # a fresh cache: the row fits here, with progress
     row = PaperRow("toy", "Table 11", "protonet", "conv4", 4, 16, 2, 8, 0, (0.9, 0.1), (1.0, 0.0), (80.0, 5.0), (3.0, 1.0),
                    dataset="fashion-mnist", ways=3)  # fmt: skip
     logs: list[str] = []
@@ -86,8 +87,10 @@ def test_a_row_trains_over_two_sessions_and_its_figures_recompute(tmp_path):
     assert run_status(row, 0, tmp_path)["steps_done"] == 4 and not (run_dir(row, 0, tmp_path) / RESULT_FILE).exists()
     assert "test_accuracy" not in run_status(row, 0, tmp_path)  # unfinished training: no accuracy to show
     assert "training" in logs[0] and "4 of 8" in logs[-1]
-    (result,) = run_rows([row], [0], tmp_path, log=logs.append)
+    seen: list[tuple[str, int, int]] = []
+    (result,) = run_rows([row], [0], tmp_path, log=logs.append, progress=lambda *x: seen.append(x))
     assert any("resuming" in line for line in logs)
+    assert seen and seen[-1][1] == seen[-1][2] and max(t for _, _, t in seen) == 16  # the fit's progress, every training task
     run = open_run(run_dir(row, 0, tmp_path))
     assert run.meta["step"] == 8 and run.meta["train_config"]["checkpoint_every"] == 100
     assert TaskConfig.from_dict(run.meta["task_config"]).noise_tasks == 2

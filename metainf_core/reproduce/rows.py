@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from metainf_core.config import InfluenceConfig, TaskConfig, TrainConfig
 from metainf_core.data.base import REPO_ROOT
 from metainf_core.exceptions import ConfigError
 from metainf_core.io import write_json_atomic
+
+if TYPE_CHECKING:
+    from metainf_core.influence.fit import FitProgress
 
 Log = Callable[[str], None]
 
@@ -153,8 +156,9 @@ def run_status(row: PaperRow, seed: int, root: str | Path = ROOT) -> dict[str, A
 
 
 def evaluate_row(row: PaperRow, seed: int, root: str | Path = ROOT, *, device: str = "cpu", log: Log = print,
-                 cfg: InfluenceConfig | None = None) -> dict[str, Any]:  # fmt: skip
-    """Fit, truncation by self-rank, proper tests (Eq. 7/9) for a finished run; writes ``row.json``."""
+                 cfg: InfluenceConfig | None = None, progress: FitProgress | None = None) -> dict[str, Any]:  # fmt: skip
+    """Fit, truncation by self-rank, proper tests (Eq. 7/9) for a finished run; writes ``row.json``.
+    ``progress(stage, done, total)`` follows the fit (hours at the paper's N_orth)."""
     from metainf_core.fits import fit_influence
     from metainf_core.service import open_run
     from metainf_core.validate import validation_report
@@ -166,7 +170,7 @@ def evaluate_row(row: PaperRow, seed: int, root: str | Path = ROOT, *, device: s
     cfg = cfg or influence_config(row)
     started = time.time()
     log(f"{row.key} seed {seed}: fitting TLXML (Gauss-Newton, N_orth = {cfg.n_orth:,})")
-    inf = fit_influence(run, cfg)
+    inf = fit_influence(run, cfg, progress=progress)
     report = validation_report(run, inf, cfg, self_rank=True, noise=True, superclass=False, max_tests=TEST_TASKS, exact_agreement=False)
     normal = np.ones(len(run.train_tasks), dtype=bool)
     normal[run.train_tasks.ids_with("noise")] = False
@@ -189,7 +193,7 @@ def evaluate_row(row: PaperRow, seed: int, root: str | Path = ROOT, *, device: s
 
 
 def run_rows(rows: Sequence[str | PaperRow], seeds: Sequence[int], root: str | Path = ROOT, *, device: str = "cpu",
-             steps: int | None = None, log: Log = print) -> list[dict[str, Any]]:  # fmt: skip
+             steps: int | None = None, log: Log = print, progress: FitProgress | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Train each (row, seed) run up to meta-batch ``steps`` (all of the paper's by default) and
     evaluate the finished ones; returns their results (``row.json``). Rows by key or as ``PaperRow``."""
     results = []
@@ -205,18 +209,19 @@ def run_rows(rows: Sequence[str | PaperRow], seeds: Sequence[int], root: str | P
                 continue
             result_path = directory / RESULT_FILE
             results.append(json.loads(result_path.read_text(encoding="utf-8")) if result_path.is_file()
-                           else evaluate_row(row, seed, root, device=device, log=log))  # fmt: skip
+                           else evaluate_row(row, seed, root, device=device, log=log, progress=progress))  # fmt: skip
     return results
 
 
-def run_schedule(root: str | Path = ROOT, *, device: str = "cpu", steps: int | None = None, log: Log = print) -> list[dict[str, Any]]:
+def run_schedule(root: str | Path = ROOT, *, device: str = "cpu", steps: int | None = None, log: Log = print,
+                 progress: FitProgress | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Work down ``SCHEDULE`` (issue 23's order): each run without a result is trained (or resumed)
     and evaluated before the next starts; finished runs are skipped (a GPU lease's script)."""
     results = []
     for key, seed in SCHEDULE:
         if (run_dir(ROWS[key], seed, root) / RESULT_FILE).is_file():
             continue
-        done = run_rows([key], [seed], root, device=device, steps=steps, log=log)
+        done = run_rows([key], [seed], root, device=device, steps=steps, log=log, progress=progress)
         if not done:  # stopped at ``steps``: the later runs wait their turn
             break
         results += done
