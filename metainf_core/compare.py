@@ -25,12 +25,14 @@ Methods (g_j = gradient of training task j's query loss, g_i = the target's; 1/M
   ProtoNet is refused: it has no weight adaptation (only class centroids), so the partial derivative
   at adapted weights θ̂_j is undefined.
 - Sizes: ``CompareConfig.solver`` "auto" keeps the dense solves above for q ≤ MAX_EXACT_PARAMS and
-  above that solves matrix-free (MAML / ProtoNet: one CG — or Neumann — solve (H + λ_d I) x = g_i on
-  Hessian-vector products per target, helpfulness (1/M) G x, ``task_if.meta_hessian_hvp`` /
-  ``direct_hessian_hvp``; proximal MAML: ``fit_task_if`` with CG outer and inner solves). The
-  residual ‖(H + λ_d I)x − g_i‖/‖g_i‖, iterations and convergence are in the details. On an
-  indefinite H + λ_d I, CG stops at the first negative curvature (Steihaug), where the dense path
-  drops the negative eigen-directions: the two agree where H + λ_d I is positive definite.
+  above that solves matrix-free (MAML / ProtoNet: one Lanczos — or CG, or Neumann — solve of
+  (H + λ_d I) x = g_i on Hessian-vector products per target, helpfulness (1/M) G x,
+  ``task_if.meta_hessian_hvp`` / ``direct_hessian_hvp``; proximal MAML: ``fit_task_if`` with such an
+  outer solve and CG inner ones). The residual ‖(H + λ_d I)x − g_i‖/‖g_i‖, iterations and convergence
+  are in the details. Lanczos keeps the positive Ritz directions, the dense path's positive part
+  matrix-free (equal once the Krylov space is invariant); on an indefinite H + λ_d I — a trained
+  meta-learner's, on every LDS setting measured — CG stops at the first negative curvature
+  (Steihaug), so CG agrees with the dense path only where H + λ_d I is positive definite.
 - ``direct-if-ekfac`` (seed 001 §5.1, A.3): direct IF with H_D replaced by EK-FAC of the query sets'
   Fishers at the adapted weights (``influence.ekfac.fit_ekfac_sets``; Kronecker factors for linear
   layers, a diagonal for the rest); the residual of its x against the exact H_D is in the details.
@@ -188,10 +190,11 @@ def _tlxml(method: str) -> Scorer:
 # ---- task-IF ----------------------------------------------------------------------------------
 def solver_for(run: Run, cfg: CompareConfig) -> str:
     """task-IF / direct IF's solver on this run: ``cfg.solver``, and for "auto" the dense positive-part
-    pseudo-inverse when q ≤ MAX_EXACT_PARAMS, else CG on Hessian-vector products (matrix-free)."""
+    pseudo-inverse when q ≤ MAX_EXACT_PARAMS, else the same positive part by Lanczos on Hessian-vector
+    products (matrix-free; CG stops at the negative curvature a trained meta-learner's H has)."""
     if cfg.solver != "auto":
         return cfg.solver
-    return "dense" if _num_params(run) <= MAX_EXACT_PARAMS else "cg"
+    return "dense" if _num_params(run) <= MAX_EXACT_PARAMS else "lanczos"
 
 
 def _dense_size_reason(run: Run, method: str, cfg: CompareConfig) -> str | None:
@@ -199,7 +202,7 @@ def _dense_size_reason(run: Run, method: str, cfg: CompareConfig) -> str | None:
     q = _num_params(run)
     if solver_for(run, cfg) == "dense" and q > MAX_EXACT_PARAMS:
         return (f"{method} with solver 'dense' builds q × q Hessians, infeasible for q = {q:,} > {MAX_EXACT_PARAMS:,} "
-                "(solver 'auto' or 'cg' solves on Hessian-vector products)")  # fmt: skip
+                "(solver 'auto', 'lanczos' or 'cg' solves on Hessian-vector products)")  # fmt: skip
     return None
 
 
@@ -209,10 +212,12 @@ def _task_if_check(run: Run, cfg: CompareConfig) -> str | None:
 
 def task_if_config(run: Run, mode: str, cfg: CompareConfig) -> TaskIFConfig:
     """Proximal MAML's task-IF settings: the learner's inner solver; positive-part pseudo-inverses when dense,
-    else CG / Neumann on HVPs for the outer and inner solves."""
+    else CG / Lanczos / Neumann on HVPs for the outer solve and CG / Neumann for the inner ones (the
+    proximal inner Hessian is regularised by λ: CG where the outer solve is Lanczos)."""
     solver = solver_for(run, cfg)
     method = "exact" if solver == "dense" else solver
-    return TaskIFConfig(mode=mode, damping=cfg.damping, method=method, inner_method=method, inner_solver="gd",
+    inner = "cg" if method == "lanczos" else method
+    return TaskIFConfig(mode=mode, damping=cfg.damping, method=method, inner_method=inner, inner_solver="gd",
                         dense=_num_params(run) <= DENSE_MAX_PARAMS,
                         **({} if solver == "dense" else {"tol": cfg.tol, "inner_tol": cfg.tol}))  # fmt: skip
 

@@ -301,7 +301,7 @@ class InfluenceConfig:
         return cls(**values)
 
 
-SOLVERS = ("auto", "dense", "cg", "neumann")  # task-IF / direct IF's linear solves (compare.solver_for)
+SOLVERS = ("auto", "dense", "cg", "lanczos", "neumann")  # task-IF / direct IF's linear solves (compare.solver_for)
 
 
 @dataclass(frozen=True)
@@ -314,7 +314,7 @@ class CompareConfig:
     damping: float = setting(0.0, "λ_d of task-if and direct-if")
     dtype: str = setting("float64", "arithmetic of every method", choices=("float32", "float64"))
     n_orth: int = setting(InfluenceConfig.n_orth, "tlxml-gn: Algorithm 1's N_orth")
-    solver: str = setting("auto", "task-if / direct-if: dense q × q solves, or cg / neumann on Hessian-vector products "
+    solver: str = setting("auto", "task-if / direct-if: dense q × q solves, or cg / lanczos (the dense positive part) / neumann on Hessian-vector products "
                                   "(auto: dense when q ≤ 5,000, else cg; hours on a CPU for the demos)", choices=SOLVERS)
     tol: float = setting(1e-6, "relative residual ‖(H + λ_d I)x − g‖/‖g‖ the matrix-free solves stop at")
     max_iter: int = setting(200, "Hessian-vector products (cg) or series terms (neumann) per matrix-free solve")

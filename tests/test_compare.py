@@ -159,10 +159,29 @@ def test_matrix_free_task_if_and_direct_if_match_the_dense_solve(synthetic_run, 
         # ‖x − x*‖/‖x*‖ ≤ κ · (relative residual) and κ(H + λ_d I) < 10³ here, so 1e-10 leaves 1e-7 in x; the
         # scores (1/M) G x inherit it
         np.testing.assert_allclose(s, dense, rtol=1e-6, atol=1e-7 * np.abs(dense).max())
-    # the auto solver switches by size: dense at q = 63, CG beyond MAX_EXACT_PARAMS (and dense forced there is refused)
-    assert compare.solver_for(SimpleNamespace(params={"w": torch.zeros(MAX_EXACT_PARAMS + 1)}), CompareConfig()) == "cg"
+    # the auto solver switches by size: dense at q = 63, Lanczos beyond MAX_EXACT_PARAMS (and dense forced there is refused)
+    assert compare.solver_for(SimpleNamespace(params={"w": torch.zeros(MAX_EXACT_PARAMS + 1)}), CompareConfig()) == "lanczos"
     with pytest.raises(ConfigError, match="removal vectors need M"):
         compare.removal_vectors(run, "task-if", CompareConfig(damping=lam, solver="cg"))
+
+
+def test_lanczos_task_if_is_the_dense_positive_part_where_cg_stops(synthetic_run, cache):
+    """At the default damping the synthetic MAML's H + λ_d I is indefinite: the dense task-IF / direct IF
+    keep its positive eigen-directions, CG stops at negative curvature, and the matrix-free Lanczos
+    solve (solver "lanczos", at most q = 63 HVPs) gives the dense scores (float64; the Ritz values equal
+    the eigenvalues once the Krylov space is the whole space: 1e-6 relative is rounding with room)."""
+    run = open_run(synthetic_run)
+    cfg = CompareConfig()
+    target = Target((2, 9))
+    assert compare.maml_task_if_fit(run, cfg).num_negative > 0
+    for name in ("task-if", "direct-if"):
+        dense = method_scores(run, target, name, cfg)
+        s, details = METHODS[name].scores(run, target, CompareConfig(solver="lanczos", tol=1e-12, max_iter=63))
+        print(f"\n{name} lanczos: {details}; max |diff| {np.abs(s - dense).max():.2e}, scale {np.abs(dense).max():.2e}")
+        assert details["solver"] == "lanczos" and details["converged"]
+        np.testing.assert_allclose(s, dense, rtol=1e-6, atol=1e-6 * np.abs(dense).max())
+        cg, cg_details = METHODS[name].scores(run, target, CompareConfig(solver="cg", tol=1e-10))
+        assert not cg_details["converged"] and "negative curvature" in cg_details["note"]
 
 
 def test_compare_pairs_match_scipy_and_sets_and_are_cached(synthetic_run, cache, monkeypatch):

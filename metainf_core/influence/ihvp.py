@@ -12,6 +12,11 @@ the time taken. Methods (``IHVPMethod``):
   is then False.
 - ``cg``: conjugate gradient (Hestenes–Stiefel) to ‖r‖ ≤ tol·‖v‖; stops with converged=False
   on negative curvature pᵀ(H + λI)p ≤ 0 rather than diverge.
+- ``lanczos``: the positive-part pseudo-inverse of ``exact`` without the q × q matrix: Lanczos on
+  (H + λI) from v (full reorthogonalisation) and the Ritz pairs' inverse on the Krylov space, negative
+  Ritz values dropped (TLXML B.2); converged when x stops changing (or the space is invariant), the
+  residual reporting what the dropped directions leave. Where CG meets negative curvature, this
+  still solves the system the dense task-IF solves.
 - ``neumann``: x = η Σ_{k=0}^{K} (I − η(H + λI))^k v (seed 001 §5.1), η = 1/λ_max by power
   iteration unless given; converges iff 0 < η λ_i < 2 for every eigenvalue λ_i of H + λI.
 - ``gauss-newton``: x = U diag(s) Uᵀ v from a ``CurvatureFactor`` (Gauss-Newton or spectral),
@@ -24,7 +29,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -41,6 +46,7 @@ class IHVPMethod(str, Enum):
 
     EXACT = "exact"
     CG = "cg"
+    LANCZOS = "lanczos"
     NEUMANN = "neumann"
     GAUSS_NEWTON = "gauss-newton"
 
@@ -208,6 +214,59 @@ def solve_cg(hvp: HVP, v: Tensor, *, damping: float = 0.0, tol: float | None = N
                    note=note, ok=ok)
 
 
+def solve_lanczos(hvp: HVP, v: Tensor, *, damping: float = 0.0, tol: float | None = None, max_iter: int | None = None,
+                  keep_negative: bool = False, rtol: float | None = None) -> IHVPResult:
+    """x = ‖v‖ Q_k S f(Θ) Sᵀ e₁ after k Lanczos steps on H + λI from v (Q_k orthonormal, T_k = S Θ Sᵀ),
+    f(θ) = 1/θ for Ritz values above rtol·max|θ| (default k·eps, as ``spectral_factor``) and 0 for the
+    others, negative ones included unless ``keep_negative``: ``solve_exact``'s positive-part
+    pseudo-inverse (TLXML B.2) restricted to the Krylov space, equal to it once the space is invariant.
+    Stops when ‖x_k − x_{k−1}‖ ≤ tol·‖x_k‖ (converged), the next Lanczos vector vanishes (converged,
+    exact on the space) or at ``max_iter`` (default min(q, 200); not converged). ``iterations`` = k;
+    the residual is that of the full system, so dropped directions show in it (as for ``exact``)."""
+    _check_vector(v, damping)
+    tol = _default_tol(v) if tol is None else tol
+    max_iter = min(v.numel(), 200) if max_iter is None else min(max_iter, v.numel())
+    if tol <= 0 or max_iter < 1:
+        raise ConfigError(f"lanczos needs tol > 0 and max_iter ≥ 1, got tol={tol}, max_iter={max_iter}")
+    t0, op = time.perf_counter(), _Counted(hvp, v)
+    beta0 = v.norm()
+    basis, alphas, betas = [v / beta0], [], []
+    x, x_prev, ok, note, dropped = torch.zeros_like(v), None, False, "", 0
+    for k in range(1, max_iter + 1):
+        w = op(basis[-1]) + damping * basis[-1]
+        alphas.append(w @ basis[-1])
+        q = torch.stack(basis, 1)
+        for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
+            w = w - q @ (q.T @ w)
+        t = torch.diag(torch.stack(alphas))
+        if betas:
+            off = torch.stack(betas)
+            t = t + torch.diag(off, 1) + torch.diag(off, -1)
+        theta, s_vecs = torch.linalg.eigh(t)
+        cut = (rtol if rtol is not None else k * torch.finfo(theta.dtype).eps) * theta.abs().max().clamp_min(1e-300)
+        keep = (theta.abs() > cut) if keep_negative else (theta > cut)
+        dropped = int((~keep).sum())
+        x = q @ (s_vecs[:, keep] @ (beta0 * s_vecs[0, keep] / theta[keep]))
+        beta = w.norm()
+        if x_prev is not None and float((x - x_prev).norm()) <= tol * float(x.norm()):
+            ok = True
+            break
+        if float(beta) <= tol * float(theta.abs().max()):
+            ok, note = True, "invariant Krylov space"
+            break
+        x_prev = x
+        betas.append(beta)
+        basis.append(w / beta)
+    else:
+        note = f"max_iter={max_iter} reached"
+    if dropped:
+        note = "; ".join(filter(None, [note, f"{dropped} Ritz value(s) of H + λI ≤ 0 dropped (positive part)"]))
+    residual = op(x) + damping * x - v
+    res = _result(IHVPMethod.LANCZOS, x, v, residual, t0, iterations=k, tol=tol, damping=damping, hvp_calls=op.calls,
+                  note=note, ok=ok)
+    return replace(res, converged=ok)  # the Krylov solve converged; the residual shows what the positive part leaves
+
+
 def solve_neumann(hvp: HVP, v: Tensor, *, damping: float = 0.0, terms: int = 1000, scale: float | None = None,
                   tol: float | None = None, power_iters: int = 20) -> IHVPResult:
     """x = η Σ_{k=0}^{K} (I − η(H + λI))^k v, K = ``terms`` (METHODS §6), stopping early at tol.
@@ -287,6 +346,7 @@ def solve_gauss_newton(hvp: HVP | None, v: Tensor, *, factor: CurvatureFactor, d
 _SOLVERS: dict[IHVPMethod, Callable[..., IHVPResult]] = {
     IHVPMethod.EXACT: solve_exact,
     IHVPMethod.CG: solve_cg,
+    IHVPMethod.LANCZOS: solve_lanczos,
     IHVPMethod.NEUMANN: solve_neumann,
     IHVPMethod.GAUSS_NEWTON: solve_gauss_newton,
 }

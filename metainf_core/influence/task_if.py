@@ -104,8 +104,8 @@ class TaskIFConfig:
             except ValueError:
                 allowed = [e.value for e in enum]
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}") from None
-        if self.method not in ("exact", "cg", "neumann"):
-            raise ConfigError(f"method must be 'exact', 'cg' or 'neumann', got {self.method!r}")
+        if self.method not in ("exact", "cg", "lanczos", "neumann"):
+            raise ConfigError(f"method must be 'exact', 'cg', 'lanczos' or 'neumann', got {self.method!r}")
         if self.inner_method not in ("exact", "cg", "neumann", "ekfac"):
             raise ConfigError(f"inner_method must be 'exact', 'cg', 'neumann' or 'ekfac', got {self.inner_method!r}")
         if not (self.damping >= 0 and math.isfinite(self.damping)):
@@ -478,11 +478,12 @@ def direct_hessian_hvp(query_loss: Callable[[Tensor, Tensor, Tensor], Tensor], t
 
 
 def target_solve(hvp: HVP, g: Tensor, method: str, damping: float, tol: float, max_iter: int) -> IHVPResult:
-    """x = (H + λ_d I)⁻¹ g by CG (at most ``max_iter`` HVPs) or a Neumann series (``max_iter`` terms), to relative
-    residual ``tol``; on an indefinite H + λ_d I, CG stops at the first negative curvature (Steihaug's rule:
-    the Krylov iterate so far, reported ``converged=False`` with its residual)."""
+    """x = (H + λ_d I)⁻¹ g by CG (at most ``max_iter`` HVPs), Lanczos (the positive-part pseudo-inverse of the
+    dense task-IF, at most ``max_iter`` HVPs) or a Neumann series (``max_iter`` terms), to relative residual
+    ``tol`` (Lanczos: to a relative change of x); on an indefinite H + λ_d I, CG stops at the first negative
+    curvature (Steihaug's rule: the Krylov iterate so far, reported ``converged=False`` with its residual)."""
     if method == IHVPMethod.NEUMANN.value:
         return solve_ihvp(hvp, g, method, damping=damping, tol=tol, terms=max_iter)
-    if method != IHVPMethod.CG.value:
-        raise ConfigError(f"matrix-free solves use 'cg' or 'neumann', got {method!r}")
+    if method not in (IHVPMethod.CG.value, IHVPMethod.LANCZOS.value):
+        raise ConfigError(f"matrix-free solves use 'cg', 'lanczos' or 'neumann', got {method!r}")
     return solve_ihvp(hvp, g, method, damping=damping, tol=tol, max_iter=max_iter)
