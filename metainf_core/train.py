@@ -30,6 +30,7 @@ from metainf_core.checkpoint import (
     TRAIN_STATE_FILE,
     TRAIN_TASKS_FILE,
     load_tensors,
+    read_meta,
     read_tensor_metadata,
     save_checkpoint,
     save_tensors,
@@ -229,6 +230,15 @@ def base_meta(
     }
 
 
+def _finished_at(out: Path, step: int) -> bool:
+    """Whether ``out``'s meta.json records a finished training at ``step`` (test accuracy evaluated)."""
+    try:
+        meta = read_meta(out)
+    except (CheckpointError, OSError, ValueError):
+        return False
+    return bool(meta.get("complete")) and meta.get("step") == step and "test" in meta
+
+
 def train(
     task_cfg: TaskConfig,
     train_cfg: TrainConfig,
@@ -271,6 +281,8 @@ def train(
     for split, ts, name in (("train", train_ts, TRAIN_TASKS_FILE), ("test", test_ts, TEST_TASKS_FILE)):
         if TaskSet.load(out / name).fingerprint() != ts.fingerprint():
             raise CheckpointError(f"{out / name}: the {split} taskset on disk differs from the regenerated one")
+    if resume and st.step >= train_cfg.steps and _finished_at(out, st.step):
+        return out  # nothing to train: the finished run's meta (test accuracy, training time) stays as written
 
     metrics_fn = create_batched_task_metrics_function(model, spec)
     meta = base_meta(dataset, task_cfg, train_cfg, sum(p.numel() for p in params.values()))

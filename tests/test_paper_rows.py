@@ -106,8 +106,12 @@ def test_a_row_trains_over_two_sessions_and_its_figures_recompute(tmp_path, monk
     again = proper_tests(test_score_matrix(run, inf, cfg.dtype, np.arange(128)), normal)
     assert (result["noise"]["proper"], result["noise"]["total"]) == (again.proper, again.total) and again.total == 128
     assert result["parameters"] == count_parameters(run.model)
-    # a third call reuses row.json; the summary and the report show the run beside the paper's row
+    # a third call reuses row.json, and leaves the finished run's meta as it was (its training time and test
+    # accuracy: resuming a finished training trains nothing and rewrites nothing); the summary and the report
+    # show the run beside the paper's row
+    meta_before = (run_dir(row, 0, tmp_path) / "meta.json").read_bytes()
     assert run_rows([row], [0], tmp_path, log=logs.append) == [json.loads((run_dir(row, 0, tmp_path) / RESULT_FILE).read_text())]
+    assert (run_dir(row, 0, tmp_path) / "meta.json").read_bytes() == meta_before
     (summary,) = collect(tmp_path, rows=[row])
     assert summary["verdict"]["label"].startswith("preliminary") and summary["status"][0]["steps_done"] == 8
     from metainf_core.reproduce.report import render_paper_rows
