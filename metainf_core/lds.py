@@ -220,10 +220,12 @@ def skip_reason(run: Run, name: str, config: CompareConfig) -> str | None:
     return get_method(fixed[0] if fixed else name).skip_reason(run, config)
 
 
-def score_matrix(run: Run, name: str, test_ids: Sequence[int], cfg: LDSConfig, config: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
+def score_matrix(run: Run, name: str, test_ids: Sequence[int], cfg: LDSConfig, config: CompareConfig,
+                 tick: Callable[[], None] | None = None) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
     """(T, M) helpfulness by method ``name`` for each test task: a ``compare`` registry name, a
     TLXML fit at a fixed truncation (``tlxml-gn@K``: the registry's cached fit, K eigen-directions
-    kept instead of the self-rank choice) or ``random``."""
+    kept instead of the self-rank choice) or ``random``. ``tick()`` after each test task a
+    registry method scores (minutes on the demos: a progress bar's step)."""
     m = len(run.train_tasks)
     if name == RANDOM:
         rng = np.random.default_rng([cfg.subset_seed, m, len(test_ids)])
@@ -240,6 +242,8 @@ def score_matrix(run: Run, name: str, test_ids: Sequence[int], cfg: LDSConfig, c
     for t in test_ids:
         s, details = method.scores(run, Target((int(t),)), config)
         rows.append(s)
+        if tick is not None:
+            tick()
     return np.stack(rows), details
 
 
@@ -291,14 +295,18 @@ def task_lds(
         "methods": {}, "skipped": {},
     }  # fmt: skip
     scores: dict[str, np.ndarray] = {}
+    bar = tqdm(total=len(names) * len(tests), desc="lds scores", unit="score", disable=progress is not None or not distributed.is_primary())
     for n in names:
         reason = skip_reason(run, n, config)
         if reason:
             out["skipped"][n] = reason
+            bar.update(len(tests))
             continue
-        started = time.time()
-        scores[n], details = score_matrix(run, n, tests, cfg, config)
+        started, before = time.time(), bar.n
+        scores[n], details = score_matrix(run, n, tests, cfg, config, tick=lambda: bar.update(1))
+        bar.update(before + len(tests) - bar.n)  # methods scored at once (random, fixed truncations) count whole
         out["methods"][n] = {"details": details, "score_seconds": round(time.time() - started, 3)}
+    bar.close()
     all_losses, out["retraining"] = retrained_losses(run, kept, cfg, work, progress)
     losses = all_losses[:, :, tests]  # (K, R, T)
     out["null"] = null_band(kept, losses.mean(1), m, seed=cfg.subset_seed)

@@ -107,7 +107,9 @@ def test_lds_matches_dattri_and_an_oracle(lds_setting) -> None:
     # a fixed truncation at the self-rank choice is the registry's method
     k = result["methods"]["tlxml-exact"]["details"]["truncation"]
     fixed, details = score_matrix(run, f"tlxml-exact@{k}", result["test_tasks"], CFG, DAMPING)
-    registry = score_matrix(run, "tlxml-exact", result["test_tasks"], CFG, DAMPING)[0]
+    ticks: list[int] = []
+    registry = score_matrix(run, "tlxml-exact", result["test_tasks"], CFG, DAMPING, tick=lambda: ticks.append(1))[0]
+    assert len(ticks) == len(result["test_tasks"])  # one progress step per test task scored
     np.testing.assert_allclose(fixed, registry, rtol=1e-9, atol=1e-12)  # batched vs per-target float64 gradients: rounding only
     assert details == {"truncation": k}
     for bad in ("grad-sim@3", "tlxml-gn@0", "tlxml-gn@x"):
