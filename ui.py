@@ -26,7 +26,7 @@ DEFAULT_DEMO = "protonet-fashion-mnist"  # fastest to explain and edit interacti
 DEFAULT_INFLUENCE = InfluenceConfig(method="gn", n_orth=512, dtype="float32")
 DEFAULT_EDIT = {"edit_xi_block": -1.0, "edit_xi_enhance": 1.0, "edit_k": 16}  # the Edit page's widget values (Reset restores them)
 # The Compare page's settings: dense solves only (a matrix-free task-IF on a demo-sized model runs for hours
-# inside the page; the CLI's `compare --solver cg` offers it). The demos ship their test tables for exactly these.
+# inside the page; the CLI's `compare --solver lanczos` offers it). The demos ship their test tables for exactly these.
 COMPARE_CONFIG = CompareConfig(dtype=DEFAULT_INFLUENCE.dtype, solver="dense")
 ALGORITHM_NAMES = {"maml": "MAML", "protonet": "ProtoNet", "proximal-maml": "Proximal MAML"}
 
