@@ -375,8 +375,7 @@ def _detect(a: argparse.Namespace) -> dict[str, Any]:
     with _stage_bars(a.quiet, "step") as progress:
         return detect_report(
             run, _influence_config(a), score=a.score, k_values=_parse_ids(a.k) or None, xis=xis, random_draws=a.draws,
-            seed=a.seed, retrain=a.retrain, retrain_dir=a.retrain_dir, retrain_steps=a.retrain_steps,
-            progress=progress,
+            seed=a.seed, retrain=a.retrain, retrain_dir=a.retrain_dir, retrain_steps=a.retrain_steps, progress=progress,
         )  # fmt: skip
 
 

@@ -53,17 +53,20 @@ def measurement_key(result: Mapping[str, Any]) -> str:
 
 
 def load_results(folder: str | Path = RESULTS) -> dict[str, dict[str, Any]]:
-    """Every committed measurement in ``folder`` by file name, sorted, with the methods its supplements
-    (``methods/*.json`` of the same ``measurement_key``) scored merged in, its own first; ``"files"``
-    lists the files it was read from (paths relative to ``folder``). A supplement whose measurement is
-    not committed stands alone. {} when there is none."""
+    """Every committed measurement in ``folder`` by the name of its first file (``result_files``
+    order: a top-level file before its supplements), with the methods of every later file of the same
+    ``measurement_key`` merged in, the first file's own first; ``"files"`` lists the files it was read
+    from (paths relative to ``folder``). A supplement whose measurement is not committed stands alone.
+    {} when there is none."""
     folder = Path(folder)
     out: dict[str, dict[str, Any]] = {}
+    by_key: dict[str, dict[str, Any]] = {}
     for path in result_files(folder):
         name, r = path.relative_to(folder).as_posix(), json.loads(path.read_text(encoding="utf-8"))
-        base = next((b for n, b in out.items() if path.parent != folder and "/" not in n and measurement_key(b) == measurement_key(r)), None)
+        key = measurement_key(r)
+        base = by_key.get(key)
         if base is None:
-            out[name] = {**r, "files": [name]}
+            out[name] = by_key[key] = {**r, "files": [name]}
             continue
         base["methods"] = {**base["methods"], **{n: v for n, v in r["methods"].items() if n not in base["methods"]}}
         base["skipped"] = {**r.get("skipped", {}), **base.get("skipped", {})}

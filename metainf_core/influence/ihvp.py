@@ -230,12 +230,14 @@ def solve_lanczos(hvp: HVP, v: Tensor, *, damping: float = 0.0, tol: float | Non
         raise ConfigError(f"lanczos needs tol > 0 and max_iter ≥ 1, got tol={tol}, max_iter={max_iter}")
     t0, op = time.perf_counter(), _Counted(hvp, v)
     beta0 = v.norm()
-    basis, alphas, betas = [v / beta0], [], []
+    basis = v.new_zeros(v.numel(), max_iter)  # Q: the Lanczos vectors as columns, filled in place
+    basis[:, 0] = v / beta0
+    alphas, betas = [], []
     x, x_prev, ok, note, dropped = torch.zeros_like(v), None, False, "", 0
     for k in range(1, max_iter + 1):
-        w = op(basis[-1]) + damping * basis[-1]
-        alphas.append(w @ basis[-1])
-        q = torch.stack(basis, 1)
+        q, last = basis[:, :k], basis[:, k - 1]
+        w = op(last) + damping * last
+        alphas.append(w @ last)
         for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
             w = w - q @ (q.T @ w)
         t = torch.diag(torch.stack(alphas))
@@ -255,8 +257,9 @@ def solve_lanczos(hvp: HVP, v: Tensor, *, damping: float = 0.0, tol: float | Non
             ok, note = True, "invariant Krylov space"
             break
         x_prev = x
-        betas.append(beta)
-        basis.append(w / beta)
+        if k < max_iter:
+            betas.append(beta)
+            basis[:, k] = w / beta
     else:
         note = f"max_iter={max_iter} reached"
     if dropped:

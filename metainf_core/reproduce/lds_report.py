@@ -19,7 +19,7 @@ from typing import Any
 
 from metainf_core.api import DEMO_DIR
 from metainf_core.data.base import REPO_ROOT
-from metainf_core.lds_results import LEARNERS, RANDOM, best_lds_method, load_results, measurement_key, ranked_methods, solved
+from metainf_core.lds_results import LEARNERS, RANDOM, best_lds_method, load_results, ranked_methods, solved
 from metainf_core.reproduce.runs import is_complete
 
 Section = dict[str, Any]
@@ -33,16 +33,9 @@ FACTORS = {  # what one try changed: (column name, value from a measurement)
 
 
 def measurements(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The results grouped by (base run, LDS configuration, test tasks), ordered by learner, noise
-    tasks, α and R; each with its files, the first file's numbers, and every file's methods and
-    skipped methods pooled."""
-    groups: dict[str, dict[str, Any]] = {}
-    for name, r in results.items():
-        g = groups.setdefault(measurement_key(r), {**r, "files": [], "methods": {}, "skipped": {}})
-        g["files"] += r.get("files", [name])
-        g["methods"] = {**g["methods"], **{n: v for n, v in r["methods"].items() if n not in g["methods"]}}
-        g["skipped"] = {**g["skipped"], **r.get("skipped", {})}
-    return sorted(groups.values(), key=lambda m: [get(m) for get in FACTORS.values()])
+    """The measurements of ``load_results`` (one per set of retrainings, its files' methods already
+    joined there), ordered by learner, noise tasks, α and R."""
+    return sorted(results.values(), key=lambda m: [get(m) for get in FACTORS.values()])
 
 
 def label(m: Mapping[str, Any]) -> str:
@@ -194,7 +187,7 @@ def lds_report(c: dict[str, Any], ctx: Any) -> Section:
     lds_rows = [[label(m), _fmt(_ceiling(m)), *(_lds_cell(m["methods"][n]) if n in m["methods"] else ("skipped" if n in m["skipped"] else "—") for n in methods)]
                 for m in ms]  # fmt: skip
     fixed = [[label(m), n, _lds_cell(v)] for m in ms for n, v in m["methods"].items() if "@" in n]
-    solved = [[label(m), n, how, _lds_cell(v)] for m in ms for n, v in m["methods"].items() if (how := solver_text(v.get("details", {})))]
+    solves = [[label(m), n, how, _lds_cell(v)] for m in ms for n, v in m["methods"].items() if (how := solver_text(v.get("details", {})))]
     tables = [
         {"title": "Measurements: K subsets of α·M training tasks, each retrained with R seeds; noise ceiling (split-half over seeds, Spearman–Brown, "
                   "mean ± sd over test tasks), √ceiling (the correlation a noise-free predictor could reach) and the chance band (95th percentile "
@@ -211,9 +204,9 @@ def lds_report(c: dict[str, Any], ctx: Any) -> Section:
     if fixed:
         tables.append({"title": "TLXML at fixed truncations (K eigen-directions kept; the registry method uses its self-rank choice)",
                        "columns": ["measurement", "method", "LDS (fraction of ceiling)"], "rows": fixed})  # fmt: skip
-    if solved:
+    if solves:
         tables.append({"title": "Methods solved approximately or by a peer library, on the same retrainings (files in methods/): how each solve went",
-                       "columns": ["measurement", "method", "solve", "LDS (fraction of ceiling)"], "rows": solved})  # fmt: skip
+                       "columns": ["measurement", "method", "solve", "LDS (fraction of ceiling)"], "rows": solves})  # fmt: skip
     datasets = sorted({m["run"]["task_config"]["dataset"] for m in ms})
     nets = sorted({m["run"]["train_config"]["arch"] for m in ms})
     ks, tests = sorted({m["config"]["subsets"] for m in ms}), sorted({len(m["test_tasks"]) for m in ms})
