@@ -125,6 +125,11 @@ class MeasuredLDS:
     def above_chance(self) -> bool:
         return self.lds > self.chance_q95
 
+    @property
+    def ceiling_above_chance(self) -> bool:
+        """Whether retraining agrees with itself beyond chance: else no LDS there can tell a ranking's worth."""
+        return self.ceiling is not None and self.ceiling > self.chance_q95
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "others": dict(self.others), "retrainings": self.retrainings, "above_chance": self.above_chance}
 
@@ -220,7 +225,15 @@ def validate_sentence(m: MeasuredLDS | None, folder: str | Path = RESULTS) -> st
         text += (f" Retraining is itself noisy: two independent rounds of these retrainings would agree with each other at about "
                  f"{m.ceiling:.2f} (the noise ceiling)")
         text += f", so the ranking reaches {m.fraction:.2f} of that." if m.fraction is not None and m.above_chance else "."
+        if not m.ceiling_above_chance:
+            text += f" That is {_too_noisy(m)}"
     return text
+
+
+def _too_noisy(m: MeasuredLDS) -> str:
+    """Said where retraining does not agree with itself beyond chance (``ceiling_above_chance`` False)."""
+    return (f"no more than random rankings reach, so with {m.seeds} retrainings each the check cannot yet tell how far to "
+            "trust any ranking here: more retrainings would be needed.")
 
 
 def compare_sentence(best: MeasuredLDS | None, folder: str | Path = RESULTS) -> str:
@@ -229,12 +242,13 @@ def compare_sentence(best: MeasuredLDS | None, folder: str | Path = RESULTS) -> 
         return not_measured_sentence(folder)
     head = f"Checked against retraining on models trained like this one ({_scale(best)}"
     ceiling = "" if best.ceiling is None else f"; retraining's own noise ceiling {best.ceiling:.2f}"
+    noisy = "" if best.ceiling is None or best.ceiling_above_chance else f" That noise ceiling is {_too_noisy(best)}"
     if not best.above_chance:
         return (f"{head}{ceiling}): no method predicts it better than chance — the highest LDS, {method_name(best.method)}'s "
-                f"{best.lds:+.2f}, is below the {best.chance_q95:.2f} that random rankings exceed one time in 20.")  # fmt: skip
+                f"{best.lds:+.2f}, is below the {best.chance_q95:.2f} that random rankings exceed one time in 20.{noisy}")  # fmt: skip
     others = ", ".join(f"{method_name(n)} {v:+.2f}" for n, v in best.others)
     return (f"{head}{ceiling}), **{method_name(best.method)}** has the highest LDS: {best.lds:+.2f} ({_chance(best)})"
-            + (f"; the others: {others}." if others else "."))  # fmt: skip
+            + (f"; the others: {others}." if others else ".") + noisy)  # fmt: skip
 
 
 def lds_summary(setting: Any, folder: str | Path = RESULTS) -> dict[str, Any]:

@@ -154,6 +154,9 @@ def test_each_demo_is_measured_and_its_sentence_is_the_files_numbers(demo):
     assert found.lds == pytest.approx(result["methods"]["tlxml-gn"]["mean"]) and found.ceiling == pytest.approx(result["ceiling"]["mean"])
     words = validate_sentence(found)
     assert f"{found.lds:.2f}" in words and f"{found.ceiling:.2f}" in words and "(40 retrainings)" in words
+    # a noise ceiling inside the chance band is said plainly: the check cannot tell yet (both demos at R = 2)
+    noisy = result["ceiling"]["mean"] <= result["null"]["q95"]
+    assert ("cannot yet tell" in words) == noisy and ("cannot yet tell" in compare_sentence(best_lds_method(meta))) == noisy
 
 
 def test_an_unmeasured_setting_says_so():
@@ -178,6 +181,7 @@ def test_sentences_state_the_numbers(like_best):
     assert (f"{0.27:.2f}", f"{0.56:.2f}", f"{0.48:.2f}") == (f"{gn['mean']:.2f}", f"{raw['ceiling']['mean']:.2f}", f"{gn['fraction_of_ceiling']:.2f}")
     c = compare_sentence(best_lds_method(run))
     assert "**TLXML (Gauss-Newton)** has the highest LDS: +0.27" in c and "TLXML (exact) +0.14" in c
+    assert "cannot yet tell" not in v + c  # a ceiling of 0.56 lies far above the chance band
     # a setting where no method beats chance says so (ProtoNet without noise tasks: best −0.015 < 0.063)
     homog = load_results()["protonet-homog-a0.5-k20-r4.json"]["run"]
     assert "no method predicts it better than chance" in compare_sentence(best_lds_method(homog))
