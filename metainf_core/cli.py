@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -396,6 +397,8 @@ def _fidelity(a: argparse.Namespace) -> dict[str, Any]:
 
 def _lds(a: argparse.Namespace) -> dict[str, Any] | None:
     """Task-level LDS of each method with its noise ceiling (metainf_core.lds): a table, or JSON with --json."""
+    from pathlib import Path
+
     from metainf_core.compare import CompareConfig
     from metainf_core.ranking import Target
     from metainf_core.influence import distributed
@@ -408,8 +411,11 @@ def _lds(a: argparse.Namespace) -> dict[str, Any] | None:
     target = Target.parse(a.test_tasks, run)
     if target.split != "test":
         raise ConfigError(f"--test-tasks {a.test_tasks!r}: LDS is measured on test tasks (ids, comma-separated, or all)")
+    measured = json.loads(Path(a.losses_from).read_text()) if a.losses_from else None
     result = task_lds(run, cfg, methods=methods, test_ids=target.ids, work=a.work, config=CompareConfig(damping=a.damping),
-                      progress=(lambda done, total: None) if a.quiet else None, include_data=a.data)  # fmt: skip
+                      progress=(lambda done, total: None) if a.quiet else None, include_data=a.data, measured=measured)  # fmt: skip
+    if measured is not None:
+        result["source"] = f"{a.losses_from} (same subsets, seeds and retrainings; methods scored {datetime.date.today()})"
     if not distributed.is_primary():  # torchrun: rank 0 prints
         return None
     if a.out:
@@ -645,6 +651,8 @@ def _lds_parser(sub: argparse._SubParsersAction) -> None:
     ld.add_argument("--test-tasks", default="all", help="test task ids, comma-separated, or all")
     ld.add_argument("--damping", type=float, default=0.01, help="λ_d of task-if and direct-if")
     ld.add_argument("--work", default=None, help="where the retrained runs are kept (default .cache/metainf/lds); reused and resumed")
+    ld.add_argument("--losses-from", default=None, help="a committed measurement of this run (an lds --data JSON): score the "
+                    "methods against its retrained losses instead of retraining (the same K, α, R and subset seed)")
     ld.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     ld.add_argument("--data", action="store_true", help="include the subsets and per-seed losses in the JSON")
     ld.add_argument("--out", default=None, help="also write the JSON result (compact; with --data's arrays if given) to this file")

@@ -35,11 +35,14 @@ Methods (g_j = gradient of training task j's query loss, g_i = the target's; 1/M
   (Steihaug), so CG agrees with the dense path only where H + λ_d I is positive definite.
 - ``direct-if-ekfac`` (seed 001 §5.1, A.3): direct IF with H_D replaced by EK-FAC of the query sets'
   Fishers at the adapted weights (``influence.ekfac.fit_ekfac_sets``; Kronecker factors for linear
-  layers, a diagonal for the rest); the residual of its x against the exact H_D is in the details.
+  and convolution layers, a diagonal for the rest); the residual of its x against the exact H_D is in the details.
   MAML only (EK-FAC does not apply to the total Hessian, seed 001 §5.1).
 - ``dattri-if-explicit`` / ``dattri-if-cg`` (peer library, ``peer.py``): dattri 0.3.0's influence
   attributors with a task's query loss after adaptation as one training example, s_ji / M with
   s_ji = g_jᵀ (H + λ_d I)⁻¹ g_i (plain inverse). MAML and ProtoNet.
+- ``dattri-trak`` (peer library, ``peer.dattri_trak_scores``): dattri's TRAK with the same task
+  losses: randomly projected meta-gradients, φ_iᵀ (ΦᵀΦ)⁻¹ φ_j (1 − e^(−L_j)) / M; no Hessian, so it
+  runs at the demos' sizes (the training side computed once per run and cached).
 - ``grad-sim``: first-order baseline g_iᵀ g_j with meta-gradients (total derivatives) at ω̂; no
   Hessian (= TLXML with H replaced by M·I). Positive = a gradient step on task j lowers the target
   loss to first order. All learners.
@@ -76,7 +79,7 @@ from metainf_core.cache import CacheEntry
 from metainf_core.config import SOLVERS, Algorithm, CompareConfig, InfluenceConfig, InfluenceMethod  # noqa: F401 - re-exported
 from metainf_core.exceptions import ConfigError
 from metainf_core.fits import fit_influence, params_as, run_fingerprint, test_scores_entry
-from metainf_core.influence.ekfac import ekfac_report, fit_ekfac_sets
+from metainf_core.influence.ekfac import EKFACFactor, ekfac_report, fit_ekfac_sets
 from metainf_core.influence.exact import MAX_EXACT_PARAMS, spectral_factor
 from metainf_core.influence.flat import ParamLayout, create_flat_forward_function, create_flat_loss_function
 from metainf_core.influence.gradients import iter_task_batches, task_gradients
@@ -92,7 +95,7 @@ from metainf_core.influence.task_if import (
     proximal_task_gradients,
     target_solve,
 )
-from metainf_core.peer import DATTRI_VERSION, dattri_task_scores
+from metainf_core.peer import DATTRI_VERSION, dattri_task_scores, dattri_trak_scores, trak_dimension, trak_train_side
 from metainf_core.ranking import Target, TaskGradients, all_scores, target_gradient
 from metainf_core.ranking import fit_test_table
 from metainf_core.service import Run
@@ -365,14 +368,19 @@ def _direct_ekfac(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndar
     grads, thetas = parts["gradients"], parts["thetas"]
     tasks = _train_tasks(run, grads.dtype)
     layout = ParamLayout.from_params(params_as(run, cfg.dtype))
-    started = time.time()
-    factor = fit_ekfac_sets(run.model, [(layout.unflatten(th), t[2]) for th, t in zip(thetas, tasks, strict=True)])
+
+    def compute():  # the factor does not depend on the target: once per run (a few minutes on the demos)
+        factor = fit_ekfac_sets(run.model, [(layout.unflatten(th), t[2]) for th, t in zip(thetas, tasks, strict=True)])
+        return factor.to_tensors()
+
+    tensors, info = _cache_entry(run, "direct-if-ekfac-factor", {"dtype": cfg.dtype, "kronecker_layers": "linear, conv2d (KFC)"}).load_or_compute(compute)
+    factor = EKFACFactor.from_tensors(tensors, info)
     g = target_gradient(run, target, cfg.dtype, _maml_partial_gradients(run, cfg.dtype))
     hvp = direct_hessian_hvp(_maml_loss(run, cfg.dtype)[1], thetas, tasks)
     rep = ekfac_report(factor, hvp, g.to(grads), cfg.damping, cfg.tol)
     details = {"relative_residual": rep.relative_residual, "residual_against": "exact H_D + λ_d I",
                "kronecker_layers": len(factor.blocks), "diagonal_parameters": int(factor.diagonal.numel()),
-               "damping": cfg.damping, "fit_seconds": round(time.time() - started, 3)}  # fmt: skip
+               "damping": cfg.damping, "fit_seconds": info["fit_seconds"], "solve_seconds": round(rep.seconds, 3)}  # fmt: skip
     return ((grads @ rep.x) / len(run.train_tasks)).cpu().numpy(), details
 
 
@@ -462,6 +470,8 @@ def _dattri_check(attributor: str) -> Check:
     def check(run: Run, cfg: CompareConfig) -> str | None:
         if _algo(run) is Algorithm.PROXIMAL_MAML:
             return "dattri differentiates the task loss with torch.func; proximal-maml's implicit adaptation is not composable"
+        if attributor == "trak":
+            return None
         if cfg.damping <= 0:
             return ("dattri solves (H + λ_d I) x = g with no pseudo-inverse, and a meta-Hessian with unused "
                     "directions (dead units) is singular: it needs damping λ_d > 0")  # fmt: skip
@@ -486,6 +496,19 @@ def _dattri(attributor: str) -> Scorer:
     return score
 
 
+def _dattri_trak(run: Run, target: Target, cfg: CompareConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """dattri's TRAK at task level; its training side (projected gradients' inverse kernel) is cached per run."""
+    dtype = getattr(torch, cfg.dtype)
+    train = _train_tasks(run, dtype)
+    dim = trak_dimension(len(train))
+    side, _ = _cache_entry(run, "dattri-trak", {"dtype": cfg.dtype, "proj_dim": dim, "proj_seed": 0}).load_or_compute(
+        lambda: (trak_train_side(run, train, dtype), {}))  # fmt: skip
+    tests = _tasks(run, run.test_tasks if target.split == "test" else run.train_tasks, list(target.ids), dtype)
+    s = dattri_trak_scores(run, train, tests, dtype, train_side=side)
+    details = {"library": f"dattri {DATTRI_VERSION}", "attributor": "trak", "projection_dim": dim, "projection_seed": 0}
+    return s.mean(1) / len(train), details  # the target's mean loss, helpfulness as the influence attributors
+
+
 def _always(run: Run, cfg: CompareConfig) -> str | None:
     return None
 
@@ -501,6 +524,7 @@ METHODS: dict[str, ScoringMethod] = {
         ScoringMethod("direct-if-ekfac", "seed 001 direct IF with EK-FAC for H_D (Kronecker-factored Fisher at the adapted weights)", _direct_ekfac_check, _direct_ekfac),
         ScoringMethod("dattri-if-explicit", "peer library dattri: explicit-Hessian influence, one task = one example", _dattri_check("explicit"), _dattri("explicit")),
         ScoringMethod("dattri-if-cg", "peer library dattri: CG influence, one task = one example", _dattri_check("cg"), _dattri("cg")),
+        ScoringMethod("dattri-trak", "peer library dattri: TRAK (projected meta-gradients, no Hessian), one task = one example", _dattri_check("trak"), _dattri_trak),
     )
 }
 

@@ -315,9 +315,9 @@ class CompareConfig:
     dtype: str = setting("float64", "arithmetic of every method", choices=("float32", "float64"))
     n_orth: int = setting(InfluenceConfig.n_orth, "tlxml-gn: Algorithm 1's N_orth")
     solver: str = setting("auto", "task-if / direct-if: dense q × q solves, or cg / lanczos (the dense positive part) / neumann on Hessian-vector products "
-                                  "(auto: dense when q ≤ 5,000, else cg; hours on a CPU for the demos)", choices=SOLVERS)
+                                  "(auto: dense when q ≤ 5,000, else lanczos; hours on a CPU for the demos)", choices=SOLVERS)
     tol: float = setting(1e-6, "relative residual ‖(H + λ_d I)x − g‖/‖g‖ the matrix-free solves stop at")
-    max_iter: int = setting(200, "Hessian-vector products (cg) or series terms (neumann) per matrix-free solve")
+    max_iter: int = setting(200, "Hessian-vector products (cg, lanczos) or series terms (neumann) per matrix-free solve")
 
     def __post_init__(self) -> None:
         check_damping_and_dtype(self.damping, self.dtype)

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -271,17 +271,45 @@ def parse_lds_methods(text: str | None) -> list[str] | None:
 
 
 # ---- the report ------------------------------------------------------------------------------
+STORED_TEST_TOLERANCE = 1e-4  # relative: the same training on another CPU moves the mean test loss by ~1e-7 (measured 2e-7)
+
+
+def stored_losses(run: Run, measured: Mapping[str, Any], kept: np.ndarray, tests: Sequence[int]) -> tuple[np.ndarray, dict[str, Any]]:
+    """(K, R, T) per-seed losses of ``tests`` read from a committed measurement (``task_lds``'s result
+    with ``include_data``) instead of retraining: for scoring a method added later on the same
+    retrainings. Refused unless it measured this run's configuration on the same subsets and the run
+    is the one it measured (its mean test loss within ``STORED_TEST_TOLERANCE``, since a run trained
+    again elsewhere agrees with the original only to rounding)."""
+    if "data" not in measured:
+        raise ConfigError("the measurement has no per-seed losses: it was written without --data")
+    for key in ("task_config", "train_config"):
+        if measured["run"][key] != run.meta[key]:
+            raise ConfigError(f"the measurement is of another run: its {key} differs from this run's")
+    if not np.array_equal(np.asarray(measured["data"]["subsets"]), kept):
+        raise ConfigError("the measurement used other subsets (K, α or --subset-seed differ)")
+    was, now = measured["run"]["test"]["loss"], run.meta["test"]["loss"]
+    if abs(was - now) > STORED_TEST_TOLERANCE * abs(was):
+        raise ConfigError(f"this run's mean test loss {now:.6g} is not the measured run's {was:.6g}: another model")
+    index = {int(t): i for i, t in enumerate(measured["test_tasks"])}
+    missing = [t for t in tests if int(t) not in index]
+    if missing:
+        raise ConfigError(f"test tasks {missing[:5]} were not measured")
+    return (np.asarray(measured["data"]["losses"], dtype=np.float64)[:, :, [index[int(t)] for t in tests]],
+            {**measured["retraining"], "trained_now": 0, "losses_read_from_measurement": True})  # fmt: skip
+
+
 def task_lds(
     run: Run, cfg: LDSConfig = LDSConfig(), *, methods: Sequence[str] | None = None, test_ids: Sequence[int] | None = None,
     work: str | Path | None = None, config: CompareConfig = DEFAULT_CONFIG,
-    progress: Progress | None = None, include_data: bool = True,
+    progress: Progress | None = None, include_data: bool = True, measured: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Task-level LDS of each method on ``run`` with its noise ceiling (module docstring).
 
     Scores come first (cached fits; under torchrun every rank takes part in them), then the K·R
     retrainings (cached under ``work``). Methods that do not apply are listed under ``skipped``.
     ``include_data`` adds the subsets, how many corrupted tasks each keeps, and the per-seed losses
-    (K × R × T): enough to recompute every number here.
+    (K × R × T): enough to recompute every number here. ``measured``: such a result of this run, whose
+    losses are used instead of retraining (``stored_losses``; its seeds per subset must be ``cfg.seeds``).
     """
     names = default_methods() if methods is None else list(methods)
     tests = list(range(len(run.test_tasks))) if test_ids is None else [run.test_tasks.check_id(int(t)) for t in test_ids]
@@ -294,6 +322,9 @@ def task_lds(
                 "test": run.meta.get("test")},
         "methods": {}, "skipped": {},
     }  # fmt: skip
+    stored = None if measured is None else stored_losses(run, measured, kept, tests)  # refused before any scoring
+    if stored is not None and stored[0].shape[1] != cfg.seeds:
+        raise ConfigError(f"the measurement has {stored[0].shape[1]} seeds per subset, not --seeds {cfg.seeds}")
     scores: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(names) * len(tests), desc="lds scores", unit="score", disable=progress is not None or not distributed.is_primary())
     for n in names:
@@ -307,8 +338,11 @@ def task_lds(
         bar.update(before + len(tests) - bar.n)  # methods scored at once (random, fixed truncations) count whole
         out["methods"][n] = {"details": details, "score_seconds": round(time.time() - started, 3)}
     bar.close()
-    all_losses, out["retraining"] = retrained_losses(run, kept, cfg, work, progress)
-    losses = all_losses[:, :, tests]  # (K, R, T)
+    if stored is not None:
+        losses, out["retraining"] = stored
+    else:
+        all_losses, out["retraining"] = retrained_losses(run, kept, cfg, work, progress)
+        losses = all_losses[:, :, tests]  # (K, R, T)
     out["null"] = null_band(kept, losses.mean(1), m, seed=cfg.subset_seed)
     out["ceiling"] = ceiling = noise_ceiling(losses) if cfg.seeds >= 2 else None
     # a ceiling inside the chance band of a mean correlation over these K subsets (its 95th

@@ -56,7 +56,8 @@ def load_results(folder: str | Path = RESULTS) -> dict[str, dict[str, Any]]:
     """Every committed measurement in ``folder`` by the name of its first file (``result_files``
     order: a top-level file before its supplements), with the methods of every later file of the same
     ``measurement_key`` merged in, the first file's own first; ``"files"`` lists the files it was read
-    from (paths relative to ``folder``). A supplement whose measurement is not committed stands alone.
+    from (paths relative to ``folder``); ``skipped`` (does not apply) and ``not_scored`` (applies but too
+    costly here) reasons are merged alike. A supplement whose measurement is not committed stands alone.
     {} when there is none."""
     folder = Path(folder)
     out: dict[str, dict[str, Any]] = {}
@@ -70,6 +71,7 @@ def load_results(folder: str | Path = RESULTS) -> dict[str, dict[str, Any]]:
             continue
         base["methods"] = {**base["methods"], **{n: v for n, v in r["methods"].items() if n not in base["methods"]}}
         base["skipped"] = {**r.get("skipped", {}), **base.get("skipped", {})}
+        base["not_scored"] = {**r.get("not_scored", {}), **base.get("not_scored", {})}
         base["files"].append(name)
     return out
 

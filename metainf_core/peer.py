@@ -16,6 +16,11 @@ dattri vmaps its per-example gradients over the data tensors, and ProtoNet's pro
 vmapped over labels (``F.one_hot``), so the data given to dattri are the images only and the task
 labels, shared by every task in metainf's class-major layout, are closed over (refused otherwise).
 dattri accumulates its scores in the default dtype (float32) whatever the model's dtype.
+
+dattri's ``TRAKAttributor`` (Park et al. 2023) takes the same task losses with no Hessian at all:
+seeded random projections φ_j of the meta-gradients and a kernel regression over them
+(``dattri_trak_scores``); it runs at the demos' sizes, where the influence attributors' q × q
+Hessian does not fit and their CG needs up to q Hessian-vector products per test task.
 """
 
 from __future__ import annotations
@@ -82,4 +87,65 @@ def dattri_task_scores(run: Run, train: Sequence[Task], test: Sequence[Task], at
     full = _loader(train, len(train))
     attr.cache(full)
     scores = attr.attribute(full, _loader(test, len(test)))
+    return scores.detach().to(torch.float64).cpu().numpy()
+
+
+TRAK_MAX_DIM = 512  # dattri's default projection dimension
+
+
+def trak_dimension(num_train: int) -> int:
+    """TRAK's projection dimension d: dattri's default 512, at most half the training tasks, so that
+    the d × d kernel ΦᵀΦ of the M projected gradients stays invertible (rank ≤ M) without damping."""
+    return max(1, min(TRAK_MAX_DIM, num_train // 2))
+
+
+def _trak_attributor(run: Run, tasks: Sequence[Task], num_train: int, dtype: torch.dtype, proj_seed: int):
+    """dattri's ``TRAKAttributor`` on the task loss (one task = one example; ``dattri_trak_scores``)."""
+    from dattri.algorithm.trak import TRAKAttributor
+    from dattri.task import AttributionTask
+
+    sy, qy = shared_labels(tasks)
+    model = with_composite_batch_norm(run.model).to(dtype)
+    model.load_state_dict({k: v.to(dtype) for k, v in run.params.items()}, strict=False)
+    task_loss = create_task_loss_function(model, run.spec)
+
+    def one_task_loss(params: dict[str, Tensor], data: tuple[Tensor, Tensor]) -> Tensor:
+        """Query loss after adaptation of one task, data = (support images, query images); dattri vmaps it."""
+        return task_loss(params, data[0], sy, data[1], qy)
+
+    def correct_probability(params: dict[str, Tensor], data: tuple[Tensor, Tensor]) -> Tensor:
+        return torch.exp(-one_task_loss(params, data))
+
+    task = AttributionTask(loss_func=one_task_loss, model=model, checkpoints=model.state_dict(),
+                           checkpoints_load_func=lambda m, _ckpt: m)  # fmt: skip
+    projector = {"proj_dim": trak_dimension(num_train), "proj_max_batch_size": 32, "proj_seed": proj_seed,
+                 "device": "cpu", "proj_type": "normal"}  # fmt: skip  (dattri updates a shared default dict: pass every key)
+    return TRAKAttributor(task=task, correct_probability_func=correct_probability, projector_kwargs=projector)
+
+
+def trak_train_side(run: Run, train: Sequence[Task], dtype: torch.dtype = torch.float64, proj_seed: int = 0) -> dict[str, Tensor]:
+    """What TRAK keeps of the training tasks (dattri's ``cache``): (ΦᵀΦ)⁻¹Φᵀ (d × M) and 1 − p_j (M),
+    computed once and reused for every test task (``dattri_trak_scores``)."""
+    attr = _trak_attributor(run, train, len(train), dtype, proj_seed)
+    attr.cache(_loader(train, 32))
+    return {"inverse_kernel_features": attr.inv_XTX_XT_list[0].detach(), "one_minus_p": attr.Q.detach()}
+
+
+def dattri_trak_scores(run: Run, train: Sequence[Task], test: Sequence[Task], dtype: torch.dtype = torch.float64,
+                       proj_seed: int = 0, train_side: dict[str, Tensor] | None = None) -> np.ndarray:  # fmt: skip
+    """(M, T) dattri ``TRAKAttributor`` scores (Park et al. 2023, one checkpoint) with a task as one
+    example: φ_j = Pᵀ g_j / √q (P a seeded q × d Gaussian projection, ``trak_dimension``), and
+
+        τ_ji = φ_iᵀ (ΦᵀΦ)⁻¹ φ_j · (1 − p_j),   p_j = exp(−L_j(ω)),
+
+    L_j the task's query loss after adaptation (``create_task_loss_function``), whose gradient plays
+    the role of TRAK's margin gradient and exp(−L_j) of its correct-class probability. Both gradients
+    are loss gradients, so the sign is helpfulness as for the influence attributors. ``train_side``:
+    ``trak_train_side``'s result for these training tasks (else computed here)."""
+    side = train_side if train_side is not None else trak_train_side(run, train, dtype, proj_seed)
+    attr = _trak_attributor(run, [*train, *test], len(train), dtype, proj_seed)
+    # dattri's attribute() reads the cached training side from these attributes (its cache() sets them)
+    attr.full_train_dataloader = _loader(train, 32)
+    attr.inv_XTX_XT_list, attr.Q = [side["inverse_kernel_features"]], side["one_minus_p"]
+    scores = attr.attribute(_loader(test, 32))
     return scores.detach().to(torch.float64).cpu().numpy()

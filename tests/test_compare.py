@@ -247,7 +247,7 @@ def test_compare_pairs_match_scipy_and_sets_and_are_cached(synthetic_run, cache,
 def test_proximal_task_if_and_direct_if(prox_run, cache):
     run = open_run(prox_run)
     out = compare_methods(run, Target((0,)), k=4)
-    assert set(out["skipped"]) == {"tlxml-exact", "tlxml-gn", "dattri-if-explicit", "dattri-if-cg", "direct-if-ekfac"}
+    assert set(out["skipped"]) == {"tlxml-exact", "tlxml-gn", "dattri-if-explicit", "dattri-if-cg", "dattri-trak", "direct-if-ekfac"}
     assert "proximal-maml" in out["skipped"]["tlxml-exact"] and "proximal-maml" in out["skipped"]["dattri-if-cg"]
     assert set(out["methods"]) == {"task-if", "direct-if", "grad-sim"}
     for n in ("task-if", "direct-if"):

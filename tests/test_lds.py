@@ -162,3 +162,31 @@ def test_cli_lds_table_and_json(lds_setting, monkeypatch) -> None:
     assert got["ceiling"]["mean"] == pytest.approx(result["ceiling"]["mean"], abs=1e-12) and "data" not in got
     bad = run_cli("lds", run.checkpoint.path, "--methods", "nope")
     assert bad.returncode == 2 and "unknown method" in bad.stderr
+
+
+def test_a_method_added_later_is_scored_on_a_measurement_s_losses(lds_setting, monkeypatch, tmp_path) -> None:
+    """``lds --losses-from``: a committed measurement's retrained losses stand in for the retrainings,
+    so a method added later is scored on the same ground truth; refused for another run or design."""
+    run, work, result = lds_setting
+    monkeypatch.setenv("METAINF_CACHE", str(work.parent / "cache"))
+    measured, out, empty = tmp_path / "measured.json", tmp_path / "later.json", tmp_path / "no-retrainings"
+    measured.write_text(json.dumps(result))
+    done = run_cli("lds", run.checkpoint.path, "--subsets", 5, "--seeds", 2, "--subset-seed", 3, "--work", empty, "--quiet",
+                   "--methods", "grad-sim", "--losses-from", measured, "--out", out, "--data")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    later = json.loads(out.read_text())
+    assert not empty.exists() and later["retraining"]["losses_read_from_measurement"] and later["source"].startswith(str(measured))
+    assert later["data"]["losses"] == result["data"]["losses"] and json.dumps(later["ceiling"]) == json.dumps(result["ceiling"])
+    # the same cached scores against the same losses: the same LDS (NaN where a test task's losses tie)
+    np.testing.assert_array_equal(later["methods"]["grad-sim"]["per_test"], result["methods"]["grad-sim"]["per_test"])
+    for bad, why in (
+        ({k: v for k, v in result.items() if k != "data"}, "without --data"),
+        ({**result, "run": {**result["run"], "test": {**result["run"]["test"], "loss": result["run"]["test"]["loss"] * 1.01}}}, "another model"),
+        ({**result, "run": {**result["run"], "train_config": {**result["run"]["train_config"], "lr": 0.5}}}, "another run"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            task_lds(run, CFG, methods=[RANDOM], measured=bad)
+    with pytest.raises(ConfigError, match="other subsets"):
+        task_lds(run, LDSConfig(subsets=5, alpha=0.5, seeds=2, subset_seed=4), methods=[RANDOM], measured=result)
+    with pytest.raises(ConfigError, match="seeds per subset"):
+        task_lds(run, LDSConfig(subsets=5, alpha=0.5, seeds=3, subset_seed=3), methods=[RANDOM], measured=result)

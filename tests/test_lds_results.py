@@ -144,6 +144,26 @@ DEMO_RESULTS = {"protonet-fashion-mnist": "protonet-demo-a0.5-k20-r2.json", "mam
 
 
 @pytest.mark.parametrize("demo", DEMOS, ids=lambda p: p.name)
+def test_every_method_is_scored_on_the_demos_or_says_why(demo):
+    """Issue 27's table on both demos' settings: each registered method has an LDS there (the peer
+    library's TRAK and, for MAML, EK-FAC among them) or a recorded reason — does not apply or fit
+    (``skipped``, the method's own skip reason) or costs too much (``not_scored``) — and the report
+    lists every reason."""
+    from metainf_core.compare import METHODS
+    from metainf_core.reproduce.lds_report import solver_text, why_not_scored
+
+    r = load_results()[DEMO_RESULTS[demo.name]]
+    for method in METHODS:
+        assert method in r["methods"] or r["skipped"].get(method) or r.get("not_scored", {}).get(method), method
+    assert {"tlxml-gn", "grad-sim", "dattri-trak", "random"} <= set(r["methods"])
+    assert ("direct-if-ekfac" in r["methods"]) == (demo.name.startswith("maml"))
+    trak = r["methods"]["dattri-trak"]
+    assert "projected to 256 dimensions" in solver_text(trak["details"]) and trak["num_tests"] == 128  # d = min(512, M/2)
+    listed = {(row[0], row[2]) for row in why_not_scored([r])}
+    assert listed == {*r["skipped"].items(), *r.get("not_scored", {}).items()}
+
+
+@pytest.mark.parametrize("demo", DEMOS, ids=lambda p: p.name)
 def test_each_demo_is_measured_and_its_sentence_is_the_files_numbers(demo):
     """Both demos' own settings are measured (K = 20 halves × R = 2 seeds, all 128 test tasks): the
     Validate page's sentence is the committed file's numbers."""

@@ -5,7 +5,11 @@ Fisher matrix F = (1/n) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i (J_i = ∂z_i/
 with pseudo-gradients G_ic = J_iᵀ b_ic, b_ic = √p_ic (e_c − p_i), as F = (1/n) Σ_ic G_ic G_icᵀ (exact).
 EK-FAC keeps F's blocks on the diagonal and, per ``nn.Linear`` layer (weight and bias folded,
 ã = [a; 1]), takes the eigenbases of the Kronecker factors A = (1/n) Σ_i ã_i ã_iᵀ and
-S = (1/n) Σ_ic δ_ic δ_icᵀ (δ_ic = ∂(Σ_k b_kcᵀ z_k)/∂s_i at the layer's output s), then replaces
+S = (1/n) Σ_ic δ_ic δ_icᵀ (δ_ic = ∂(Σ_k b_kcᵀ z_k)/∂s_i at the layer's output s). An ``nn.Conv2d``
+layer (one group, numeric padding) is a linear map of each input patch, so it gets the same block by
+KFC (Grosse & Martens 2016): ã_it = [patch t of input i; 1] over its T output positions, W folded to
+out × (in·kh·kw), A = (1/n) Σ_i (1/T) Σ_t ã_it ã_itᵀ and S = (1/n) Σ_ic Σ_t δ_ict δ_ictᵀ (A ⊗ S is
+then KFC's T·Ω ⊗ Γ). EK-FAC then replaces
 K-FAC's eigenvalues s_k a_l by the *exact* second moments of the pseudo-gradients in that basis,
 
     Λ_kl = (1/n) Σ_ic ((Q_Sᵀ G_ic Q_A)_kl)²   (= diag of (Q_S ⊗ Q_A)ᵀ F_block (Q_S ⊗ Q_A)),
@@ -25,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +45,8 @@ from metainf_core.learners import Params, with_composite_batch_norm
 
 @dataclass(frozen=True, eq=False)
 class KronBlock:
-    """One ``nn.Linear`` layer: flat offsets of its weight (out × in) and bias, eigenbases, corrected eigenvalues."""
+    """One ``nn.Linear`` or ``nn.Conv2d`` layer: flat offsets of its weight (out × fan-in, fan-in = in or
+    in·kh·kw) and bias, eigenbases, corrected eigenvalues."""
 
     weight: slice
     bias: slice | None
@@ -63,10 +69,10 @@ class KronBlock:
 
 @dataclass(frozen=True, eq=False)
 class EKFACFactor:
-    """EK-FAC of one loss's Fisher (module docstring): Kronecker blocks for linear layers, a diagonal for the rest."""
+    """EK-FAC of one loss's Fisher (module docstring): Kronecker blocks for linear and convolution layers, a diagonal for the rest."""
 
     blocks: tuple[KronBlock, ...]
-    diagonal_index: Tensor  # flat indices of the parameters outside linear layers
+    diagonal_index: Tensor  # flat indices of the parameters outside those layers
     diagonal: Tensor  # their Λ_k = F_kk
     q: int
     num_points: int = field(default=0)
@@ -92,15 +98,60 @@ class EKFACFactor:
 
         return self._apply(v, inv)
 
+    def to_tensors(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The factor as named tensors and a JSON layout (``cache.CacheEntry``), losslessly (``from_tensors``)."""
+        tensors = {"diagonal_index": self.diagonal_index, "diagonal": self.diagonal}
+        layout = []
+        for i, b in enumerate(self.blocks):
+            for name in ("q_s", "q_a", "eigenvalues", "kfac_eigenvalues"):
+                tensors[f"block{i}.{name}"] = getattr(b, name)
+            layout.append({"weight": [b.weight.start, b.weight.stop], "shape": list(b.shape),
+                           "bias": [b.bias.start, b.bias.stop] if b.bias is not None else None})  # fmt: skip
+        return tensors, {"blocks": layout, "q": self.q, "num_points": self.num_points}
 
-def _linear_layers(net: nn.Module, layout: ParamLayout) -> dict[str, nn.Linear]:
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], layout: dict[str, Any]) -> EKFACFactor:
+        """The factor ``to_tensors`` wrote."""
+        blocks = tuple(
+            KronBlock(slice(*b["weight"]), slice(*b["bias"]) if b["bias"] is not None else None, tuple(b["shape"]),
+                      *(tensors[f"block{i}.{name}"] for name in ("q_s", "q_a", "eigenvalues", "kfac_eigenvalues")))  # fmt: skip
+            for i, b in enumerate(layout["blocks"])
+        )
+        return cls(blocks, tensors["diagonal_index"], tensors["diagonal"], int(layout["q"]), int(layout["num_points"]))
+
+
+Layer = nn.Linear | nn.Conv2d
+
+
+def _kronecker_layer(m: nn.Module) -> bool:
+    """Whether ``m`` gets a Kronecker block: a linear layer, or a convolution whose patches ``F.unfold`` gives."""
+    if isinstance(m, nn.Linear):
+        return True
+    return (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+            and not isinstance(m.padding, str))  # fmt: skip
+
+
+def _kronecker_layers(net: nn.Module, layout: ParamLayout) -> dict[str, Layer]:
     names = set(layout.names)
-    return {n: m for n, m in net.named_modules() if isinstance(m, nn.Linear) and f"{n}.weight" in names}
+    return {n: m for n, m in net.named_modules() if _kronecker_layer(m) and f"{n}.weight" in names}
+
+
+def _block_shape(layer: Layer) -> tuple[int, int]:
+    """The weight as a matrix: out × fan-in (a convolution's (out, in, kh, kw) row-major, as ``F.unfold``'s patches)."""
+    return int(layer.weight.shape[0]), int(layer.weight[0].numel())
+
+
+def _patches(layer: Layer, a: Tensor) -> tuple[Tensor, int]:
+    """The layer's inputs as rows (n·T) × fan-in, and T (positions per point; 1 for a linear layer)."""
+    if isinstance(layer, nn.Linear):
+        return a, 1
+    cols = F.unfold(a, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (n, fan-in, T)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]), int(cols.shape[2])
 
 
 @dataclass(frozen=True, eq=False)
 class _SetStats:
-    """One point set's pieces: per linear layer ã ãᵀ and δ δᵀ sums, and the (n·C) × q pseudo-gradients."""
+    """One point set's pieces: per layer Σ ã ãᵀ (over positions, divided by T) and Σ δ δᵀ, and the (n·C) × q pseudo-gradients."""
 
     aa: dict[str, Tensor]
     dd: dict[str, Tensor]
@@ -108,7 +159,7 @@ class _SetStats:
     n: int
 
 
-def _set_stats(net: nn.Module, layout: ParamLayout, layers: dict[str, nn.Linear], params: Params, x: Tensor) -> _SetStats:
+def _set_stats(net: nn.Module, layout: ParamLayout, layers: dict[str, Layer], params: Params, x: Tensor) -> _SetStats:
     n = int(x.shape[0])
     if n == 0:
         raise ConfigError("EK-FAC needs at least one point")
@@ -149,10 +200,11 @@ def _set_stats(net: nn.Module, layout: ParamLayout, layers: dict[str, nn.Linear]
             deltas[name].append(d)
     aa, dd = {}, {}
     for name in names:
-        a = acts[name].detach()
+        a, positions = _patches(layers[name], acts[name].detach())
         a = torch.cat([a, torch.ones_like(a[:, :1])], 1) if layers[name].bias is not None else a
-        d = torch.cat(deltas[name], 0).detach()  # (C·n) × out
-        aa[name], dd[name] = a.T @ a, d.T @ d
+        d = torch.cat(deltas[name], 0).detach()  # (C·n) × out (× positions for a convolution)
+        d = d.movedim(1, -1).reshape(-1, d.shape[1])  # rows: (C·n·T) × out
+        aa[name], dd[name] = a.T @ a / positions, d.T @ d
     return _SetStats(aa, dd, g.detach(), n)
 
 
@@ -172,7 +224,7 @@ def fit_ekfac_sets(model: nn.Module, sets: Sequence[tuple[Params, Tensor]]) -> E
         raise ConfigError("EK-FAC needs at least one point set")
     layout = ParamLayout.from_params(sets[0][0])
     net = with_composite_batch_norm(model)
-    layers = _linear_layers(net, layout)
+    layers = _kronecker_layers(net, layout)
     offsets = dict(zip(layout.names, torch.cumsum(torch.tensor((0, *layout.sizes)), 0).tolist(), strict=False))
     sizes = dict(zip(layout.names, layout.sizes, strict=True))
     k_sets = len(sets)
@@ -200,7 +252,7 @@ def fit_ekfac_sets(model: nn.Module, sets: Sequence[tuple[Params, Tensor]]) -> E
         st = _set_stats(net, layout, layers, params, x)
         for name, lin in layers.items():
             (q_s, q_a), (wsl, bsl) = bases[name], slices[name]
-            gw = st.g[:, wsl].reshape(-1, *lin.weight.shape)
+            gw = st.g[:, wsl].reshape(-1, *_block_shape(lin))
             gm = torch.cat([gw, st.g[:, bsl].unsqueeze(-1)], 2) if bsl else gw
             proj = q_s.eigenvectors.T @ gm @ q_a.eigenvectors
             lam[name] = lam.get(name, 0) + (proj**2).sum(0) / (st.n * k_sets)
@@ -209,7 +261,7 @@ def fit_ekfac_sets(model: nn.Module, sets: Sequence[tuple[Params, Tensor]]) -> E
     for name, lin in layers.items():
         (q_s, q_a), (wsl, bsl) = bases[name], slices[name]
         kfac = q_s.eigenvalues.clamp_min(0).unsqueeze(1) * q_a.eigenvalues.clamp_min(0).unsqueeze(0)
-        blocks.append(KronBlock(wsl, bsl, tuple(lin.weight.shape), q_s.eigenvectors, q_a.eigenvectors, lam[name], kfac))
+        blocks.append(KronBlock(wsl, bsl, _block_shape(lin), q_s.eigenvectors, q_a.eigenvectors, lam[name], kfac))
     return EKFACFactor(tuple(blocks), idx, diag, layout.numel, sum(int(x.shape[0]) for _, x in sets))
 
 

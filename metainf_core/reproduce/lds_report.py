@@ -119,9 +119,21 @@ def solver_text(details: Mapping[str, Any]) -> str | None:
     if "residual_against" in d:
         return (f"EK-FAC ({d['kronecker_layers']} Kronecker-factored layers, {d['diagonal_parameters']} parameters diagonal) at λ = {d['damping']:g}: "
                 f"relative residual {d['relative_residual']:.2f} against the solve with the exact {d['residual_against'].removeprefix('exact ')}")  # fmt: skip
+    if "library" in d and "projection_dim" in d:  # TRAK: no Hessian, so no damping
+        return f"{d['library']}, its {d['attributor']} attributor, gradients projected to {d['projection_dim']} dimensions (seed {d['projection_seed']})"
     if "library" in d:
         return f"{d['library']}, its {d['attributor']} attributor, at λ = {d['damping']:g}"
     return None
+
+
+def why_not_scored(ms: list[dict[str, Any]]) -> list[list[str]]:
+    """(method, measurements, reason) for every recorded skip or cost reason, one row per method and reason."""
+    rows: dict[tuple[str, str], list[str]] = {}
+    for m in ms:
+        for kind in ("skipped", "not_scored"):
+            for method, why in m.get(kind, {}).items():
+                rows.setdefault((method, why), []).append(label(m))
+    return [[method, "; ".join(labels), why] for (method, why), labels in rows.items()]
 
 
 def lds_verdict(ms: list[dict[str, Any]]) -> dict[str, str]:
@@ -184,8 +196,9 @@ def lds_report(c: dict[str, Any], ctx: Any) -> Section:
                  "—" if m.get("ceiling") is None else f"{m['ceiling']['mean']:.3f} ± {m['ceiling']['sd']:.3f}",
                  "—" if (_ceiling(m) or 0.0) <= 0 else f"{m['ceiling']['attainable']:.3f}", f"{m['null']['q95']:+.3f}"]
                 for m in ms]  # fmt: skip
-    lds_rows = [[label(m), _fmt(_ceiling(m)), *(_lds_cell(m["methods"][n]) if n in m["methods"] else ("skipped" if n in m["skipped"] else "—") for n in methods)]
-                for m in ms]  # fmt: skip
+    lds_rows = [[label(m), _fmt(_ceiling(m)), *(_lds_cell(m["methods"][n]) if n in m["methods"] else ("skipped" if n in m["skipped"]
+                 else "not run" if n in m.get("not_scored", {}) else "—") for n in methods)] for m in ms]  # fmt: skip
+    why_rows = why_not_scored(ms)
     fixed = [[label(m), n, _lds_cell(v)] for m in ms for n, v in m["methods"].items() if "@" in n]
     solves = [[label(m), n, how, _lds_cell(v)] for m in ms for n, v in m["methods"].items() if (how := solver_text(v.get("details", {})))]
     tables = [
@@ -195,12 +208,16 @@ def lds_report(c: dict[str, Any], ctx: Any) -> Section:
          "columns": ["measurement", "files", "data (network)", "M (noise tasks)", "meta-batches", "test tasks", "K", "α", "R", "retrainings",
                      "noise ceiling", "√ceiling", "chance 95 %"], "rows": settings},
         {"title": "LDS per method: mean ± sd over test tasks (fraction of the noise ceiling, where the ceiling lies above the chance band); "
-                  f"skipped = the method does not apply to the learner, — = not scored, {UNSOLVED} = its iterative solve stopped without converging "
+                  f"skipped = the method does not apply to the learner or this network's size, not run = it applies but costs too much here "
+                  f"(why: the table after the next), — = not scored, {UNSOLVED} = its iterative solve stopped without converging "
                   "(next table), so the numbers are not that method's and no verdict or 'best method' counts them",
          "columns": ["measurement", "noise ceiling", *methods], "rows": lds_rows},
         {"title": "What each try showed: measurements of the same data and network that differ in one factor (noise ceiling; best method's LDS)",
          "columns": ["changed", "held fixed", "from → to", "noise ceiling", "best method"], "rows": try_rows(ms)},
     ]  # fmt: skip
+    if why_rows:
+        tables.append({"title": "Why a method is skipped or not run on a measurement (the reason recorded with it)",
+                       "columns": ["method", "measurements", "why"], "rows": why_rows})  # fmt: skip
     if fixed:
         tables.append({"title": "TLXML at fixed truncations (K eigen-directions kept; the registry method uses its self-rank choice)",
                        "columns": ["measurement", "method", "LDS (fraction of ceiling)"], "rows": fixed})  # fmt: skip
