@@ -75,6 +75,7 @@ METHOD_NAMES = {  # compare.METHODS keys -> what a visitor reads
     "direct-if-ekfac": "Direct influence with a fast curvature approximation (EK-FAC)",
     "dattri-if-explicit": "Influence by the dattri library (exact solve)",
     "dattri-if-cg": "Influence by the dattri library (iterative solve)",
+    "dattri-trak": "TRAK by the dattri library (random projections)",
     "task-if/cg": "Task influence, solved iteratively (conjugate gradient)",  # lds: a registry method with solver "cg"
     "direct-if/cg": "Direct influence, solved iteratively (conjugate gradient)",
 }
@@ -88,6 +89,7 @@ METHOD_HELP = {  # one plain sentence per scoring method (the paper's descriptio
     "direct-if-ekfac": "Direct influence, with the curvature approximated layer by layer so that it fits larger networks.",
     "dattri-if-explicit": "Another library's influence estimate (dattri), treating each training task as one example.",
     "dattri-if-cg": "The same library's estimate, solved step by step instead of all at once.",
+    "dattri-trak": "The same library's TRAK method: compares compressed gradients of the tasks, with no curvature, so it fits large networks.",
 }
 
 # tasks.CORRUPTIONS -> (one task, several tasks, what such a task holds)
