@@ -274,12 +274,13 @@ def parse_lds_methods(text: str | None) -> list[str] | None:
 STORED_TEST_TOLERANCE = 1e-4  # relative: the same training on another CPU moves the mean test loss by ~1e-7 (measured 2e-7)
 
 
-def stored_losses(run: Run, measured: Mapping[str, Any], kept: np.ndarray, tests: Sequence[int]) -> tuple[np.ndarray, dict[str, Any]]:
+def stored_losses(run: Run, measured: Mapping[str, Any], kept: np.ndarray, tests: Sequence[int], seeds: Sequence[int]
+                  ) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
     """(K, R, T) per-seed losses of ``tests`` read from a committed measurement (``task_lds``'s result
     with ``include_data``) instead of retraining: for scoring a method added later on the same
-    retrainings. Refused unless it measured this run's configuration on the same subsets and the run
-    is the one it measured (its mean test loss within ``STORED_TEST_TOLERANCE``, since a run trained
-    again elsewhere agrees with the original only to rounding)."""
+    retrainings. Refused unless it measured this run's configuration on the same subsets and training
+    ``seeds`` (``train_seeds``), and the run is the one it measured (its mean test loss within
+    ``STORED_TEST_TOLERANCE``, since a run trained again elsewhere agrees with the original only to rounding)."""
     if "data" not in measured:
         raise ConfigError("the measurement has no per-seed losses: it was written without --data")
     for key in ("task_config", "train_config"):
@@ -287,6 +288,9 @@ def stored_losses(run: Run, measured: Mapping[str, Any], kept: np.ndarray, tests
             raise ConfigError(f"the measurement is of another run: its {key} differs from this run's")
     if not np.array_equal(np.asarray(measured["data"]["subsets"]), kept):
         raise ConfigError("the measurement used other subsets (K, α or --subset-seed differ)")
+    if list(measured["train_seeds"]) != list(seeds):
+        raise ConfigError(f"the measurement has {len(measured['train_seeds'])} seeds per subset {measured['train_seeds']}, "
+                          f"not this configuration's {list(seeds)} (--seeds)")  # fmt: skip
     was, now = measured["run"]["test"]["loss"], run.meta["test"]["loss"]
     if abs(was - now) > STORED_TEST_TOLERANCE * abs(was):
         raise ConfigError(f"this run's mean test loss {now:.6g} is not the measured run's {was:.6g}: another model")
@@ -309,7 +313,7 @@ def task_lds(
     retrainings (cached under ``work``). Methods that do not apply are listed under ``skipped``.
     ``include_data`` adds the subsets, how many corrupted tasks each keeps, and the per-seed losses
     (K × R × T): enough to recompute every number here. ``measured``: such a result of this run, whose
-    losses are used instead of retraining (``stored_losses``; its seeds per subset must be ``cfg.seeds``).
+    losses are used instead of retraining (``stored_losses``).
     """
     names = default_methods() if methods is None else list(methods)
     tests = list(range(len(run.test_tasks))) if test_ids is None else [run.test_tasks.check_id(int(t)) for t in test_ids]
@@ -322,9 +326,7 @@ def task_lds(
                 "test": run.meta.get("test")},
         "methods": {}, "skipped": {},
     }  # fmt: skip
-    stored = None if measured is None else stored_losses(run, measured, kept, tests)  # refused before any scoring
-    if stored is not None and stored[0].shape[1] != cfg.seeds:
-        raise ConfigError(f"the measurement has {stored[0].shape[1]} seeds per subset, not --seeds {cfg.seeds}")
+    stored = None if measured is None else stored_losses(run, measured, kept, tests, train_seeds(run, cfg))  # refused before any scoring
     scores: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(names) * len(tests), desc="lds scores", unit="score", disable=progress is not None or not distributed.is_primary())
     for n in names:

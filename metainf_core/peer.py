@@ -25,11 +25,11 @@ Hessian does not fit and their CG needs up to q Hessian-vector products per test
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from metainf_core.exceptions import ConfigError
@@ -55,6 +55,28 @@ def _loader(tasks: Sequence[Task], batch_size: int) -> DataLoader:
                       batch_size=batch_size, shuffle=False)  # fmt: skip
 
 
+def _one_task_loss(run: Run, tasks: Sequence[Task], dtype: torch.dtype) -> tuple[nn.Module, Callable[..., Tensor]]:
+    """The network dattri differentiates (composite batch norm, the run's weights in ``dtype``) and one
+    task's query loss after adaptation, (params, support images, query images) -> loss, with the
+    label layout every task of ``tasks`` shares closed over (``shared_labels``)."""
+    sy, qy = shared_labels(tasks)
+    model = with_composite_batch_norm(run.model).to(dtype)
+    model.load_state_dict({k: v.to(dtype) for k, v in run.params.items()}, strict=False)
+    task_loss = create_task_loss_function(model, run.spec)
+
+    def one_task_loss(params: dict[str, Tensor], sx: Tensor, qx: Tensor) -> Tensor:
+        return task_loss(params, sx, sy, qx, qy)
+
+    return model, one_task_loss
+
+
+def _attribution_task(model: nn.Module, loss_func: Callable[..., Tensor]):
+    """dattri's ``AttributionTask`` of ``loss_func(params, data)`` at the model's own weights (one checkpoint)."""
+    from dattri.task import AttributionTask
+
+    return AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict(), checkpoints_load_func=lambda m, _ckpt: m)
+
+
 def dattri_task_scores(run: Run, train: Sequence[Task], test: Sequence[Task], attributor: str = "cg",
                        damping: float = 0.0, dtype: torch.dtype = torch.float64, max_iter: int = 200,
                        tol: float = 1e-7) -> np.ndarray:  # fmt: skip
@@ -62,22 +84,17 @@ def dattri_task_scores(run: Run, train: Sequence[Task], test: Sequence[Task], at
     ``test`` (module docstring), by dattri's ``IFAttributorExplicit`` or ``IFAttributorCG``
     (``max_iter`` iterations, stopping when dattri's residual norm < ``tol``)."""
     from dattri.algorithm.influence_function import IFAttributorCG, IFAttributorExplicit
-    from dattri.task import AttributionTask
 
     if attributor not in ATTRIBUTORS:
         raise ConfigError(f"dattri attributor must be one of {ATTRIBUTORS}, got {attributor!r}")
-    sy, qy = shared_labels([*train, *test])
-    model = with_composite_batch_norm(run.model).to(dtype)
-    model.load_state_dict({k: v.to(dtype) for k, v in run.params.items()}, strict=False)
-    task_loss = create_task_loss_function(model, run.spec)
+    model, one_task_loss = _one_task_loss(run, [*train, *test], dtype)
 
     def loss_func(params: dict[str, Tensor], data: tuple[Tensor, Tensor]) -> Tensor:
         """Mean query loss after adaptation over the tasks of ``data`` = (support images, query images)."""
         sx, qx = data
-        return torch.stack([task_loss(params, sx[b], sy, qx[b], qy) for b in range(sx.shape[0])]).mean()
+        return torch.stack([one_task_loss(params, sx[b], qx[b]) for b in range(sx.shape[0])]).mean()
 
-    task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict(),
-                           checkpoints_load_func=lambda m, _ckpt: m)  # fmt: skip
+    task = _attribution_task(model, loss_func)
     if attributor == "explicit":
         attr = IFAttributorExplicit(task=task, regularization=damping)
     else:
@@ -102,22 +119,17 @@ def trak_dimension(num_train: int) -> int:
 def _trak_attributor(run: Run, tasks: Sequence[Task], num_train: int, dtype: torch.dtype, proj_seed: int):
     """dattri's ``TRAKAttributor`` on the task loss (one task = one example; ``dattri_trak_scores``)."""
     from dattri.algorithm.trak import TRAKAttributor
-    from dattri.task import AttributionTask
 
-    sy, qy = shared_labels(tasks)
-    model = with_composite_batch_norm(run.model).to(dtype)
-    model.load_state_dict({k: v.to(dtype) for k, v in run.params.items()}, strict=False)
-    task_loss = create_task_loss_function(model, run.spec)
+    model, one_task_loss = _one_task_loss(run, tasks, dtype)
 
-    def one_task_loss(params: dict[str, Tensor], data: tuple[Tensor, Tensor]) -> Tensor:
+    def loss_func(params: dict[str, Tensor], data: tuple[Tensor, Tensor]) -> Tensor:
         """Query loss after adaptation of one task, data = (support images, query images); dattri vmaps it."""
-        return task_loss(params, data[0], sy, data[1], qy)
+        return one_task_loss(params, *data)
 
     def correct_probability(params: dict[str, Tensor], data: tuple[Tensor, Tensor]) -> Tensor:
-        return torch.exp(-one_task_loss(params, data))
+        return torch.exp(-loss_func(params, data))
 
-    task = AttributionTask(loss_func=one_task_loss, model=model, checkpoints=model.state_dict(),
-                           checkpoints_load_func=lambda m, _ckpt: m)  # fmt: skip
+    task = _attribution_task(model, loss_func)
     projector = {"proj_dim": trak_dimension(num_train), "proj_max_batch_size": 32, "proj_seed": proj_seed,
                  "device": "cpu", "proj_type": "normal"}  # fmt: skip  (dattri updates a shared default dict: pass every key)
     return TRAKAttributor(task=task, correct_probability_func=correct_probability, projector_kwargs=projector)
